@@ -1,0 +1,62 @@
+"""Config keys of iif-d2. With the defaults, every model is exactly detectron2's."""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_iif_config"]
+
+
+def add_iif_config(cfg):
+    """Add iif-d2's keys to a detectron2 config (in place).
+
+    Args:
+        cfg (CfgNode): a config from ``detectron2.config.get_cfg()``.
+    """
+    _C = cfg
+    # ---------------------------------------------------------------------------------------
+    # Inverse Image Frequency on the box classifier (IIFFastRCNNOutputLayers).
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.ROI_BOX_HEAD.IIF = CN()
+    # Switch. False: the box predictor is detectron2's FastRCNNOutputLayers, bit for bit.
+    _C.MODEL.ROI_BOX_HEAD.IIF.ENABLED = False
+    # Where the weights w act. "end_to_end": loss CE(softmax(w * z), y) and scores
+    # softmax(w * z) at inference; "post_process": plain softmax CE in training, softmax(w * z)
+    # only at inference (paper Table XIII).
+    _C.MODEL.ROI_BOX_HEAD.IIF.MODE = "end_to_end"
+    # Weight formula (paper Table III): "raw" ln(K/f), "smooth" ln((K+1)/(f+1))+1, "relative"
+    # ln((K-f)/f) (alias "prob"), "base2" log2(K/f), "base10" log10(K/f), "gombit"
+    # -ln(-ln(1-p)), "normit" -Phi^-1(p); p = f/K.
+    _C.MODEL.ROI_BOX_HEAD.IIF.VARIANT = "raw"
+    # Frequency f_c: "image" = training images containing class c (IIF), "instance" = instances
+    # of c (IOF, the authors' "*_obj" variants; the LVIS recipe uses base10 IOF).
+    _C.MODEL.ROI_BOX_HEAD.IIF.FREQUENCY = "image"
+    # K, the total: "total" = number of training images (IIF) or of instances (IOF), as the
+    # authors' released weights; "sum" = sum_c f_c, as the paper's Eq. 11 writes it.
+    _C.MODEL.ROI_BOX_HEAD.IIF.NORMALIZER = "total"
+    # Where the class counts come from: "dataset" = counted on the dicts of DATASETS.TRAIN that
+    # the trainer uses (after FILTER_EMPTY_ANNOTATIONS, crowd boxes excluded); "json" = the
+    # image_count / instance_count fields of the registered training dataset's LVIS json;
+    # "file" = COUNTS_FILE.
+    _C.MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE = "dataset"
+    # Counts file for COUNTS_SOURCE "file": a CSV with image_count and instance_count columns
+    # (one row per class, in contiguous-id order; a "# num_images: N" line gives K), a JSON
+    # saved by `python -m iif_d2.class_stats`, or an LVIS json. "iif_d2://lvis_v1_train.csv"
+    # and "iif_d2://coco_train2017.csv" name the LVIS v1 / COCO train counts shipped here.
+    _C.MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE = ""
+    # Accept weights <= 0 ("relative"/"normit" on classes with p >= 0.5, e.g. COCO person).
+    # A negative weight flips the sign of that class's logit: leave False unless you mean it.
+    _C.MODEL.ROI_BOX_HEAD.IIF.ALLOW_NONPOSITIVE_WEIGHTS = False
+    # Initialisation of the box classifier cls_score: "default" = detectron2's N(0, 0.01^2),
+    # "constant" = weights 0.001 and bias 0, as the authors' plain-linear IIF runs.
+    _C.MODEL.ROI_BOX_HEAD.IIF.CLS_SCORE_INIT = "default"
+    # Decoupled training, stage 2 (paper Sec. VI-B): freeze every parameter except the box
+    # classifier(s) cls_score; pair it with MODEL.WEIGHTS = a softmax stage-1 checkpoint.
+    _C.MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER = False
+
+    # ---------------------------------------------------------------------------------------
+    # Mask post-processing at test time (IIFGeneralizedRCNN).
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.ROI_MASK_HEAD.INFERENCE = CN()
+    # Binarisation threshold of the pasted soft masks. detectron2 hard-codes 0.5; the paper's
+    # LVIS recipe uses 0.4.
+    _C.MODEL.ROI_MASK_HEAD.INFERENCE.MASK_THRESHOLD = 0.5
+    return cfg

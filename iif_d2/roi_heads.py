@@ -1,0 +1,63 @@
+"""ROI heads whose box predictors are :class:`IIFFastRCNNOutputLayers`."""
+
+from typing import List
+
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
+from detectron2.structures import Instances
+
+from .fast_rcnn import IIFFastRCNNOutputLayers
+
+__all__ = ["IIFStandardROIHeads", "IIFCascadeROIHeads"]
+
+
+@ROI_HEADS_REGISTRY.register()
+class IIFStandardROIHeads(StandardROIHeads):
+    """:class:`StandardROIHeads` with an :class:`IIFFastRCNNOutputLayers` box predictor."""
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = IIFFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret
+
+
+@ROI_HEADS_REGISTRY.register()
+class IIFCascadeROIHeads(CascadeROIHeads):
+    """:class:`CascadeROIHeads` with IIF box predictors in every stage.
+
+    Each stage's loss scales its own logits. At inference with IIF on, the stages' *logits* are
+    averaged and the IIF softmax is applied once to the average (the authors' code, METHOD.md
+    §2); upstream averages the stages' probabilities, which is what runs with IIF off.
+    """
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictors"] = [
+            IIFFastRCNNOutputLayers(
+                cfg, head.output_shape, box2box_transform=predictor.box2box_transform
+            )
+            for head, predictor in zip(ret["box_heads"], ret["box_predictors"])
+        ]
+        return ret
+
+    def _forward_box(self, features, proposals, targets=None):
+        if self.training or self.box_predictor[-1].iif_mode == "off":
+            return super()._forward_box(features, proposals, targets)
+        return self._inference_average_logits(features, proposals)
+
+    def _inference_average_logits(self, features, proposals) -> List[Instances]:
+        features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        logits_sum = None
+        for k in range(self.num_cascade_stages):
+            if k > 0:
+                # empty boxes are kept at inference so the stages' rows stay aligned
+                proposals = self._create_proposals_from_boxes(prev_boxes, image_sizes)  # noqa
+            predictions = self._run_stage(features, proposals, k)
+            prev_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            logits_sum = predictions[0] if logits_sum is None else logits_sum + predictions[0]
+        mean_logits = logits_sum / self.num_cascade_stages
+        # the last stage's predictor: its IIF softmax on the averaged logits, its boxes
+        instances, _ = self.box_predictor[-1].inference((mean_logits, predictions[1]), proposals)
+        return instances
