@@ -17,5 +17,5 @@ setup(
         "setuptools<81",  # detectron2 imports pkg_resources, removed in setuptools 81
         # detectron2 itself is installed from source (see README); not on PyPI.
     ],
-    extras_require={"dev": ["pytest", "ruff==0.15.*"]},
+    extras_require={"dev": ["pytest", "ruff==0.17.*"]},
 )

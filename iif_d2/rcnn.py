@@ -32,7 +32,7 @@ class IIFGeneralizedRCNN(GeneralizedRCNN):
         if not do_postprocess:
             return results
         processed = []
-        for result, inputs in zip(results, batched_inputs):
+        for result, inputs in zip(results, batched_inputs, strict=True):
             height = inputs.get("height", result.image_size[0])
             width = inputs.get("width", result.image_size[1])
             r = detector_postprocess(result, height, width, mask_threshold=self.mask_threshold)

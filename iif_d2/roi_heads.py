@@ -37,7 +37,7 @@ class IIFCascadeROIHeads(CascadeROIHeads):
             IIFFastRCNNOutputLayers(
                 cfg, head.output_shape, box2box_transform=predictor.box2box_transform
             )
-            for head, predictor in zip(ret["box_heads"], ret["box_predictors"])
+            for head, predictor in zip(ret["box_heads"], ret["box_predictors"], strict=True)
         ]
         return ret
 
@@ -49,11 +49,11 @@ class IIFCascadeROIHeads(CascadeROIHeads):
     def _inference_average_logits(self, features, proposals) -> List[Instances]:
         features = [features[f] for f in self.box_in_features]
         image_sizes = [x.image_size for x in proposals]
-        logits_sum = None
+        logits_sum, prev_boxes = None, None
         for k in range(self.num_cascade_stages):
             if k > 0:
                 # empty boxes are kept at inference so the stages' rows stay aligned
-                proposals = self._create_proposals_from_boxes(prev_boxes, image_sizes)  # noqa
+                proposals = self._create_proposals_from_boxes(prev_boxes, image_sizes)
             predictions = self._run_stage(features, proposals, k)
             prev_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             logits_sum = predictions[0] if logits_sum is None else logits_sum + predictions[0]
