@@ -14,7 +14,10 @@ __version__ = "0.1.0"
 __all__ = ["VARIANTS", "iif_weights"]
 
 if importlib.util.find_spec("detectron2") is not None:
-    from . import compat  # noqa: F401  (must precede every other detectron2 import)
+    from . import (
+        compat,  # noqa: F401  (must precede every other detectron2 import)
+        data,  # noqa: F401  (registers the synthetic datasets)
+    )
     from .class_stats import ClassStats, class_stats_from_config, load_counts_file
     from .config import add_iif_config
     from .fast_rcnn import IIFFastRCNNOutputLayers

@@ -39,7 +39,17 @@ class MissingCompiledOpError(RuntimeError):
 
 
 class _MissingCompiledOps(types.ModuleType):
-    """Stands in for ``detectron2._C`` when detectron2 was installed without compiled ops."""
+    """Stands in for ``detectron2._C`` when detectron2 was installed without compiled ops.
+
+    The informational queries of ``detectron2.utils.collect_env`` answer "not compiled"; any
+    op raises :class:`MissingCompiledOpError`.
+    """
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.get_compiler_version = lambda: "none: detectron2 installed without compiled ops"
+        self.get_cuda_version = lambda: "none"
+        self.has_cuda = lambda: False
 
     def __getattr__(self, name):
         if name.startswith("__"):

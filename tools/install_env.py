@@ -95,7 +95,8 @@ def ensure_venv(venv: Path) -> Path:
 def ensure_torch(py: Path):
     if succeeds([py, "-c", "import torch, torchvision"]):
         return
-    run([py, "-m", "pip", "install", "torch", "torchvision"])
+    # torch depends on an unbounded setuptools: keep it below 81 (pkg_resources) in the same step
+    run([py, "-m", "pip", "install", "torch", "torchvision", "setuptools<81"])
 
 
 def detectron2_importable(py: Path) -> bool:

@@ -1,0 +1,62 @@
+"""``Trainer``: detectron2's DefaultTrainer with IIF's evaluators, decoupled training and
+multi-process CPU training; ``setup`` builds the config the way detectron2's tools do."""
+
+import logging
+
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_setup
+
+from .compat import cpu_safe_ddp
+from .config import add_iif_config
+from .evaluation import build_evaluator
+
+__all__ = ["Trainer", "setup", "freeze_all_but_box_classifier"]
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_all_but_box_classifier(model) -> int:
+    """Freeze every parameter except the box classifiers' ``cls_score`` (decoupled stage 2).
+
+    Returns:
+        the number of parameters left trainable.
+    """
+    trainable = 0
+    for name, param in model.named_parameters():
+        keep = ".box_predictor." in f".{name}" and ".cls_score." in name
+        param.requires_grad_(keep)
+        trainable += param.numel() if keep else 0
+    if trainable == 0:
+        raise ValueError("TRAIN_ONLY_CLASSIFIER: the model has no box_predictor.cls_score.")
+    return trainable
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with LVIS/COCO evaluation, ``TRAIN_ONLY_CLASSIFIER`` and CPU DDP."""
+
+    def __init__(self, cfg):
+        with cpu_safe_ddp():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if cfg.MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER:
+            n = freeze_all_but_box_classifier(model)
+            logger.info("Decoupled training: only the box classifier is trained (%d params).", n)
+        return model
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def setup(args):
+    """Config from ``args`` (detectron2's argument parser) with iif-d2's keys, frozen."""
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
