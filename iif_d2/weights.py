@@ -68,7 +68,8 @@ def _formula(variant: str, f: torch.Tensor, k: float) -> torch.Tensor:
 
 def _names(idx: torch.Tensor, class_names: Optional[Sequence[str]]) -> str:
     idx = idx.tolist()
-    shown = [f"{i} ({class_names[i]})" if class_names else str(i) for i in idx[:_MAX_LISTED]]
+    named = class_names is not None and len(class_names) > max(idx)
+    shown = [f"{i} ({class_names[i]})" if named else str(i) for i in idx[:_MAX_LISTED]]
     more = f" and {len(idx) - _MAX_LISTED} more" if len(idx) > _MAX_LISTED else ""
     return ", ".join(shown) + more
 
@@ -123,14 +124,22 @@ def iif_weights(
             "these classes from the label space."
         )
     w = _formula(variant, f, k)
+    nonfinite = torch.nonzero(~torch.isfinite(w)).flatten()
+    if nonfinite.numel():
+        raise ValueError(
+            f"IIF variant {variant!r} is infinite for class(es) {_names(nonfinite, class_names)}, "
+            "whose count equals K. Use 'smooth', or check the counts and K."
+        )
     if not allow_nonpositive:
-        nonpos = torch.nonzero(~(w > 0)).flatten()
+        nonpos = torch.nonzero(w <= 0).flatten()
         if nonpos.numel():
             raise ValueError(
                 f"IIF variant {variant!r} gives weights <= 0 (they flip the sign of the logits) "
-                f"for class(es) {_names(nonpos, class_names)}, whose frequency is >= K/2 or "
-                "equal to K. Use 'raw', 'smooth', 'base2', 'base10' or 'gombit', or set "
-                "MODEL.ROI_BOX_HEAD.IIF.ALLOW_NONPOSITIVE_WEIGHTS True to accept them."
+                f"for class(es) {_names(nonpos, class_names)}, too frequent for it (p = f/K >= "
+                "0.5 for relative/normit, >= 1 - 1/e for gombit, = 1 otherwise). 'smooth' is "
+                "positive for every count; 'raw', 'base2' and 'base10' for every count below K. "
+                "Or set MODEL.ROI_BOX_HEAD.IIF.ALLOW_NONPOSITIVE_WEIGHTS True (CLI: "
+                "--allow-nonpositive) to accept them."
             )
     w = w.to(torch.float32)
     if background:

@@ -1,0 +1,165 @@
+"""Class statistics: counting, files, config sources, errors."""
+
+import json
+import os
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from iif_d2 import add_iif_config
+from iif_d2.class_stats import (
+    STATS_FILENAME,
+    ClassStats,
+    class_stats_from_config,
+    count_dataset_dicts,
+    iif_weights_from_config,
+    load_counts_file,
+)
+
+DICTS = [
+    {"annotations": [{"category_id": 0}, {"category_id": 0}, {"category_id": 2}]},
+    {"annotations": [{"category_id": 2}, {"category_id": 1, "iscrowd": 1}]},
+    {"annotations": [{"category_id": 0}]},
+    {"annotations": []},
+]
+
+
+def test_count_dataset_dicts_by_hand():
+    s = count_dataset_dicts(DICTS, 4)
+    assert s.image_counts == [2, 0, 2, 0]  # class 1 only as a crowd box: not counted
+    assert s.instance_counts == [3, 0, 2, 0]
+    assert s.num_images == 4
+
+
+def test_count_rejects_out_of_range_category():
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        count_dataset_dicts(DICTS, 2)
+
+
+def test_frequencies_and_normalizers():
+    s = ClassStats([2, 1], [5, 1], num_images=3)
+    assert s.frequencies("image") == ([2, 1], 3)
+    assert s.frequencies("image", "sum") == ([2, 1], 3)
+    assert s.frequencies("instance") == ([5, 1], 6)
+    with pytest.raises(ValueError, match="FREQUENCY"):
+        s.frequencies("pixel")
+    with pytest.raises(ValueError, match="num_images"):
+        ClassStats([1], [1]).frequencies("image")
+    with pytest.raises(ValueError, match="one entry per class"):
+        ClassStats([1, 2], [1])
+
+
+def test_shipped_counts_files():
+    lvis = load_counts_file("iif_d2://lvis_v1_train.csv")
+    assert lvis.num_classes == 1203 and lvis.num_images == 100170
+    assert sum(lvis.instance_counts) == 1270141
+    assert lvis.class_names[0] == "aerosol_can" and lvis.image_counts[0] == 64
+    coco = load_counts_file("iif_d2://coco_train2017.csv")
+    assert coco.num_classes == 80 and coco.num_images == 118287
+    assert sum(coco.instance_counts) == 860001 and coco.class_names[0] == "person"
+
+
+def test_csv_json_and_round_trip(tmp_path):
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text("# num_images: 9\ncategory_id,image_count,instance_count\n2,1,4\n1,3,3\n")
+    s = load_counts_file(str(csv_file))
+    assert s.image_counts == [3, 1] and s.instance_counts == [3, 4] and s.num_images == 9
+    s.save(str(tmp_path / "s.json"))
+    assert load_counts_file(str(tmp_path / "s.json")) == s
+
+
+def test_lvis_and_coco_json(tmp_path):
+    cats = [{"id": 5, "name": "b"}, {"id": 1, "name": "a"}]
+    anns = [
+        {"image_id": 1, "category_id": 5},
+        {"image_id": 1, "category_id": 5},
+        {"image_id": 2, "category_id": 1, "iscrowd": 1},
+        {"image_id": 2, "category_id": 5},
+    ]
+    coco = {"images": [{"id": 1}, {"id": 2}, {"id": 3}], "annotations": anns, "categories": cats}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    s = load_counts_file(str(tmp_path / "coco.json"))
+    assert s.class_names == ["a", "b"] and s.image_counts == [0, 2] and s.instance_counts == [0, 3]
+    assert s.num_images == 3
+    lvis_cats = [dict(c, image_count=2 * c["id"], instance_count=3 * c["id"]) for c in cats]
+    (tmp_path / "lvis.json").write_text(json.dumps(dict(coco, categories=lvis_cats)))
+    s = load_counts_file(str(tmp_path / "lvis.json"))
+    assert s.image_counts == [2, 10] and s.instance_counts == [3, 15]
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("image_count\n1\n", "instance_count"),
+        ("image_count,instance_count\n1,x\n", "not an integer"),
+    ],
+)
+def test_bad_counts_files(tmp_path, content, match):
+    f = tmp_path / "bad.csv"
+    f.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_counts_file(str(f))
+
+
+def test_missing_counts_file():
+    with pytest.raises(FileNotFoundError, match="COUNTS_FILE"):
+        load_counts_file("/nonexistent/counts.csv")
+
+
+def _cfg(tmp_path, **iif):
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.DATASETS.TRAIN = ("iif_synthetic_tiny_train",)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 8
+    cfg.OUTPUT_DIR = str(tmp_path)
+    for k, v in iif.items():
+        setattr(cfg.MODEL.ROI_BOX_HEAD.IIF, k, v)
+    return cfg
+
+
+def test_stats_of_registered_dataset_match_its_json(tmp_path):
+    s = class_stats_from_config(_cfg(tmp_path))
+    dicts = DatasetCatalog.get("iif_synthetic_tiny_train")
+    with open(MetadataCatalog.get("iif_synthetic_tiny_train").json_file) as f:
+        cats = json.load(f)["categories"]
+    assert s.num_images == len(dicts)
+    assert s.image_counts == [c["image_count"] for c in cats]
+    assert s.instance_counts == [c["instance_count"] for c in cats]
+    assert s.class_names == MetadataCatalog.get("iif_synthetic_tiny_train").thing_classes
+    saved = load_counts_file(os.path.join(tmp_path, STATS_FILENAME))
+    assert saved.image_counts == s.image_counts and saved.num_images == s.num_images
+    from_json = class_stats_from_config(_cfg(tmp_path, COUNTS_SOURCE="json"))
+    assert from_json.image_counts == s.image_counts
+
+
+def test_weights_from_config_check_num_classes(tmp_path):
+    cfg = _cfg(tmp_path, COUNTS_SOURCE="file", COUNTS_FILE="iif_d2://coco_train2017.csv")
+    assert iif_weights_from_config(cfg, 80).shape == (81,)
+    with pytest.raises(ValueError, match="NUM_CLASSES = 8"):
+        iif_weights_from_config(cfg, 8)
+
+
+@pytest.mark.parametrize(
+    "iif, match",
+    [
+        ({"COUNTS_SOURCE": "file"}, "COUNTS_FILE"),
+        ({"COUNTS_SOURCE": "somewhere"}, "not one of"),
+    ],
+)
+def test_bad_config_sources(tmp_path, iif, match):
+    with pytest.raises(ValueError, match=match):
+        class_stats_from_config(_cfg(tmp_path, **iif))
+
+
+def test_coco_guard_names_person_and_safe_variants(tmp_path):
+    cfg = _cfg(
+        tmp_path,
+        COUNTS_SOURCE="file",
+        COUNTS_FILE="iif_d2://coco_train2017.csv",
+        VARIANT="normit",
+    )
+    with pytest.raises(ValueError, match="person.*raw"):
+        iif_weights_from_config(cfg, 80)
+    cfg.MODEL.ROI_BOX_HEAD.IIF.ALLOW_NONPOSITIVE_WEIGHTS = True
+    assert iif_weights_from_config(cfg, 80)[0] < 0

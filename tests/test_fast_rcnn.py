@@ -1,0 +1,199 @@
+"""IIFFastRCNNOutputLayers against detectron2's FastRCNNOutputLayers and the paper's maths."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from iif_d2 import IIFFastRCNNOutputLayers
+from iif_d2.compat import fast_rcnn_supports
+
+C = 4
+WEIGHTS = torch.tensor([7.5, 3.25, 1.5, 0.75, 1.0])  # C foreground weights, background 1
+
+
+def _kwargs(**extra):
+    return dict(
+        input_shape=ShapeSpec(channels=16),
+        box2box_transform=Box2BoxTransform(weights=(10, 10, 5, 5)),
+        num_classes=C,
+        **extra,
+    )
+
+
+def _pair(mode="end_to_end", weights=WEIGHTS, **extra):
+    torch.manual_seed(0)
+    upstream = FastRCNNOutputLayers(**_kwargs(**extra))
+    torch.manual_seed(0)
+    iif = IIFFastRCNNOutputLayers(**_kwargs(iif_mode=mode, iif_weights=weights, **extra))
+    return upstream, iif
+
+
+def _proposals(n_per_image=(6, 5)):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for n in n_per_image:
+        inst = Instances((64, 64))
+        xy = torch.rand(n, 2, generator=g) * 32
+        wh = torch.rand(n, 2, generator=g) * 24 + 4
+        inst.proposal_boxes = Boxes(torch.cat([xy, xy + wh], 1))
+        inst.gt_boxes = Boxes(torch.cat([xy + 1, xy + wh - 1], 1))
+        inst.gt_classes = torch.randint(0, C + 1, (n,), generator=g)
+        out.append(inst)
+    return out
+
+
+def _features(n=11):
+    return torch.randn(n, 16, generator=torch.Generator().manual_seed(2))
+
+
+def _losses(module, predictions, proposals):
+    with EventStorage():
+        return module.losses(predictions, proposals)
+
+
+@pytest.mark.parametrize("mode", ["off", "end_to_end", "post_process"])
+def test_all_ones_weights_reproduce_upstream_exactly(mode):
+    upstream, iif = _pair(mode, torch.ones(C + 1))
+    x, props = _features(), _proposals()
+    p_up, p_iif = upstream(x), iif(x)
+    assert torch.equal(p_up[0], p_iif[0]) and torch.equal(p_up[1], p_iif[1])
+    l_up, l_iif = _losses(upstream, p_up, props), _losses(iif, p_iif, props)
+    assert l_up.keys() == l_iif.keys()
+    for k in l_up:
+        assert torch.equal(l_up[k], l_iif[k]), k
+    for a, b in zip(upstream.predict_probs(p_up, props), iif.predict_probs(p_iif, props)):
+        assert torch.equal(a, b)
+    (a,), (b,) = upstream.inference(p_up, props)[0][:1], iif.inference(p_iif, props)[0][:1]
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_classes, b.pred_classes)
+
+
+def test_off_mode_ignores_weights_and_matches_upstream():
+    upstream, iif = _pair("off", None)
+    x, props = _features(), _proposals()
+    assert not hasattr(iif, "iif_weights")
+    for a, b in zip(upstream.predict_probs(upstream(x), props), iif.predict_probs(iif(x), props)):
+        assert torch.equal(a, b)
+
+
+def test_end_to_end_loss_is_ce_of_scaled_logits():
+    _, iif = _pair("end_to_end")
+    x, props = _features(), _proposals()
+    scores, deltas = iif(x)
+    gt = torch.cat([p.gt_classes for p in props])
+    expected = F.cross_entropy(scores * WEIGHTS, gt)
+    assert torch.allclose(_losses(iif, (scores, deltas), props)["loss_cls"], expected)
+
+
+def test_gradient_is_weighted_softmax_residual():
+    """Paper Eq. 16: dL/dz_i = w_i (q_i - 1[i = y]), q = softmax(w * z); mean over RoIs."""
+    _, iif = _pair("end_to_end")
+    props = _proposals()
+    z = torch.randn(11, C + 1, dtype=torch.float32, requires_grad=True)
+    deltas = torch.zeros(11, 4 * C)
+    _losses(iif, (z, deltas), props)["loss_cls"].backward()
+    gt = torch.cat([p.gt_classes for p in props])
+    q = torch.softmax(WEIGHTS * z.detach(), dim=1)
+    expected = WEIGHTS * (q - F.one_hot(gt, C + 1)) / len(gt)
+    assert torch.allclose(z.grad, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["end_to_end", "post_process"])
+def test_scores_are_weighted_softmax_and_sum_to_one(mode):
+    _, iif = _pair(mode)
+    x, props = _features(), _proposals()
+    scores, deltas = iif(x)
+    probs = torch.cat(iif.predict_probs((scores, deltas), props))
+    assert torch.allclose(probs.sum(1), torch.ones(len(probs)))
+    assert torch.allclose(probs, torch.softmax(scores * WEIGHTS, 1))
+
+
+def test_post_process_trains_like_upstream():
+    upstream, iif = _pair("post_process")
+    x, props = _features(), _proposals()
+    l_up, l_iif = _losses(upstream, upstream(x), props), _losses(iif, iif(x), props)
+    for k in l_up:
+        assert torch.equal(l_up[k], l_iif[k])
+
+
+def test_background_keeps_its_logit_sign():
+    """A multiplicative weight never flips the sign of a logit (positive weights)."""
+    _, iif = _pair("end_to_end")
+    z = torch.randn(50, C + 1)
+    scaled = iif.scale_logits(z)
+    assert torch.equal(torch.sign(scaled), torch.sign(z))
+    assert torch.equal(scaled[:, C], z[:, C])
+
+
+def test_empty_batch():
+    _, iif = _pair("end_to_end")
+    props = _proposals((0,))
+    preds = iif(torch.zeros(0, 16))
+    losses = _losses(iif, preds, props)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert torch.cat(iif.predict_probs(preds, props)).shape == (0, C + 1)
+
+
+def test_loss_is_fp32_under_autocast():
+    _, iif = _pair("end_to_end")
+    props = _proposals()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, deltas = iif(_features())
+        assert scores.dtype == torch.bfloat16
+        scaled = iif.scale_logits(scores)
+        loss = _losses(iif, (scores, deltas), props)["loss_cls"]
+    assert scaled.dtype == torch.float32 and loss.dtype == torch.float32
+    gt = torch.cat([p.gt_classes for p in props])
+    assert torch.allclose(loss, F.cross_entropy(scores.float() * WEIGHTS, gt))
+
+
+def test_weights_are_a_non_persistent_buffer():
+    _, iif = _pair("end_to_end")
+    assert "iif_weights" in dict(iif.named_buffers())
+    assert "iif_weights" not in iif.state_dict()  # checkpoints stay loadable by detectron2
+
+
+def test_constant_init():
+    iif = IIFFastRCNNOutputLayers(
+        **_kwargs(iif_mode="end_to_end", iif_weights=WEIGHTS, cls_score_init="constant")
+    )
+    assert torch.all(iif.cls_score.weight == 0.001) and torch.all(iif.cls_score.bias == 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"iif_mode": "sometimes", "iif_weights": WEIGHTS}, "not one of"),
+        ({"iif_mode": "end_to_end", "iif_weights": WEIGHTS[:-1]}, "C\\+1"),
+        ({"iif_mode": "end_to_end", "iif_weights": WEIGHTS, "cls_score_init": "x"}, "INIT"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        IIFFastRCNNOutputLayers(**_kwargs(**kwargs))
+
+
+@pytest.mark.skipif(
+    not fast_rcnn_supports("use_sigmoid_ce"), reason="detectron2 without USE_SIGMOID_CE (v0.6)"
+)
+@pytest.mark.parametrize("fed", [False, True])
+def test_sigmoid_ce_and_federated_loss_see_scaled_logits(fed):
+    extra = {"use_sigmoid_ce": True}
+    if fed:
+        extra.update(
+            use_fed_loss=True,
+            get_fed_loss_cls_weights=lambda: torch.ones(C),
+            fed_loss_num_classes=C,  # every class kept: deterministic
+        )
+    upstream, iif = _pair("end_to_end", **extra)
+    x, props = _features(), _proposals()
+    scores, deltas = iif(x)
+    got = _losses(iif, (scores, deltas), props)["loss_cls"]
+    want = _losses(upstream, (scores * WEIGHTS, deltas), props)["loss_cls"]
+    assert torch.allclose(got, want)
+    probs = torch.cat(iif.predict_probs((scores, deltas), props))
+    assert torch.allclose(probs, torch.sigmoid(scores * WEIGHTS))
