@@ -38,6 +38,20 @@ class Trainer(DefaultTrainer):
         with cpu_safe_ddp():
             super().__init__(cfg)
 
+    # detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the AMP scaler
+    # (main does, under "_trainer"): add them there, so that a resumed run loses nothing.
+    if "state_dict" not in DefaultTrainer.__dict__:
+
+        def state_dict(self):
+            ret = super().state_dict()
+            ret["_trainer"] = self._trainer.state_dict()
+            return ret
+
+        def load_state_dict(self, state_dict):
+            super().load_state_dict(state_dict)
+            if "_trainer" in state_dict:
+                self._trainer.load_state_dict(state_dict["_trainer"])
+
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)

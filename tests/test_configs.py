@@ -1,0 +1,70 @@
+"""Every YAML merges and builds its model; each header names its paper row."""
+
+import glob
+import os
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "**", "*.yaml"), recursive=True)
+)
+LEAVES = [c for c in CONFIGS if not os.path.basename(c).startswith("Base-")]
+# the shipped train counts, so that no LVIS/COCO json is needed to build a model
+COUNTS = {"LVISv1": "iif_d2://lvis_v1_train.csv", "COCO": "iif_d2://coco_train2017.csv"}
+
+
+def load(name):
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, name))
+    cfg.MODEL.DEVICE = "cpu"
+    for prefix, counts in COUNTS.items():
+        if name.startswith(prefix):
+            cfg.MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE = "file"
+            cfg.MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE = counts
+    cfg.OUTPUT_DIR = ""
+    return cfg
+
+
+def test_configs_found():
+    assert len(LEAVES) >= 33
+
+
+@pytest.mark.parametrize("name", LEAVES)
+def test_config_builds_model(name):
+    cfg = load(name)
+    model = build_model(cfg)
+    predictors = [m for m in model.modules() if isinstance(m, IIFFastRCNNOutputLayers)]
+    assert predictors, "every config uses the IIF box predictor"
+    iif = cfg.MODEL.ROI_BOX_HEAD.IIF
+    for p in predictors:
+        assert p.iif_mode == (iif.MODE if iif.ENABLED else "off")
+        if iif.ENABLED:
+            assert p.iif_weights.shape == (cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,)
+            assert p.iif_weights[-1] == 1.0
+
+
+@pytest.mark.parametrize("name", LEAVES)
+def test_header_names_paper_row(name):
+    with open(os.path.join(ROOT, name)) as f:
+        header = f.readline()
+    assert header.startswith("#")
+    if name.startswith("LVISv1"):
+        assert "Table" in header
+    else:
+        assert "Table" in header or "no paper row" in header or "tests" in header
+
+
+def test_variant_leaves_cover_table_xiv():
+    from iif_d2.weights import VARIANTS
+
+    for variant in VARIANTS:
+        for freq, tag in (("image", "iif"), ("instance", "iof")):
+            cfg = load(f"LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_{tag}_{variant}.yaml")
+            assert cfg.MODEL.ROI_BOX_HEAD.IIF.VARIANT == variant
+            assert cfg.MODEL.ROI_BOX_HEAD.IIF.FREQUENCY == freq
