@@ -65,7 +65,7 @@ def test_cascade_inference_averages_logits_then_applies_iif(tmp_path):
         (got,) = heads._forward_box(features, proposals)
         # the same stages, by hand: mean of the stages' logits, then softmax(w * mean)
         feats = [features[f] for f in heads.box_in_features]
-        props, logits = proposals, []
+        props, logits, pred = proposals, [], None
         for k in range(heads.num_cascade_stages):
             if k:
                 boxes = heads.box_predictor[k - 1].predict_boxes(pred, props)
