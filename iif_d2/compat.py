@@ -69,6 +69,26 @@ def _check_pkg_resources():
         )
 
 
+# v0.6 ops reached through ``torch.ops.detectron2`` rather than ``detectron2._C``.
+_TORCH_OPS = {"nms_rotated": "nms_rotated(Tensor dets, Tensor scores, float iou) -> Tensor"}
+_LIBRARY = None
+
+
+def _register_missing_torch_ops():
+    """Declare ``torch.ops.detectron2.*`` ops whose kernels raise MissingCompiledOpError."""
+    global _LIBRARY
+    import torch
+
+    _LIBRARY = torch.library.Library("detectron2", "DEF")
+    for name, schema in _TORCH_OPS.items():
+        _LIBRARY.define(schema)
+
+        def kernel(*args, _name=name):
+            getattr(sys.modules["detectron2._C"], _name)  # raises MissingCompiledOpError
+
+        _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
+
+
 def _install_missing_ops_placeholder() -> bool:
     """Register the ``detectron2._C`` placeholder if the real one is absent. Returns has-ops."""
     if "detectron2._C" in sys.modules:
@@ -79,6 +99,7 @@ def _install_missing_ops_placeholder() -> bool:
     import detectron2
 
     detectron2._C = sys.modules["detectron2._C"]
+    _register_missing_torch_ops()
     logger.info("detectron2 has no compiled ops; calling one raises MissingCompiledOpError.")
     return False
 

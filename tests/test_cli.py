@@ -1,0 +1,54 @@
+"""``python -m iif_d2.cli``: weights and counts from files and registered datasets."""
+
+import json
+
+import pytest
+
+from iif_d2.cli import main
+
+
+def test_counts_file_prints_weights(capsys):
+    assert main(["--counts-file", "iif_d2://lvis_v1_train.csv", "--variant", "raw"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split("\t") == ["0", "aerosol_can", "64", "109", "7.3557"]
+    assert lines[-1].split("\t")[1:] == ["__background__", "", "", "1.0000"]
+
+
+def test_iof_and_save(tmp_path, capsys):
+    out = tmp_path / "w.json"
+    args = ["--counts-file", "iif_d2://lvis_v1_train.csv", "--variant", "base10"]
+    assert main([*args, "--frequency", "instance", "--save", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert round(data["weights"]["base10"][0], 4) == 4.0664
+    assert data["stats"]["num_images"] == 100170 and len(data["weights"]["base10"]) == 1204
+
+
+def test_all_variants_of_registered_dataset(capsys):
+    assert main(["--dataset", "iif_synthetic_tiny_train", "--all-variants"]) == 0
+    header = capsys.readouterr().out.splitlines()[1].split("\t")
+    assert header[4:] == [
+        f"{v}-{f}"
+        for f in ("IIF", "IOF")
+        for v in ("raw", "smooth", "relative", "base2", "base10", "gombit", "normit")
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--counts-file", "iif_d2://coco_train2017.csv", "--variant", "normit"], "person"),
+        (["--counts-file", "iif_d2://coco_train2017.csv", "--variant", "cubic"], "Valid variants"),
+        (["--counts-file", "/no/such/file.csv"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_message(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_file_settings(capsys):
+    cfg = "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_iof_base10.yaml"
+    opts = ["MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE", "file"]
+    opts += ["MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE", "iif_d2://lvis_v1_train.csv"]
+    assert main(["--config-file", cfg, *opts]) == 0
+    assert capsys.readouterr().out.splitlines()[2].endswith("4.0664")
