@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""IIF box head vs detectron2's softmax head, in the same process: train-step and inference
+time, printed as ratios (IIF / softmax). Target: <= 1.01 on a GPU, <= 1.03 on CPU.
+
+Two levels, each timed alternately (A, B, A, B, ...) so drift hits both, median of repeats:
+  head:  FastRCNNOutputLayers vs IIFFastRCNNOutputLayers (end-to-end), LVIS sizes
+         (C = 1203, 1024-d RoI features, 512 RoIs per image): forward + loss + backward;
+         forward + scores + boxes (NMS excluded: its input size depends on the scores).
+  model: the tiny Mask R-CNN of configs/quick_schedules (softmax vs IIF), a full SGD step
+         and inference on the synthetic set.
+
+    python tools/benchmark.py [--device cuda] [--repeats 30]
+"""
+
+# isort: off
+import iif_d2  # noqa: F401
+
+# isort: on
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device):
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def compare(name, fns, device, repeats, warmup=3):
+    """Time each of ``fns`` (label -> callable) alternately; print medians and the ratio."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(_time(fn, device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base, iif = med["softmax"], med["iif"]
+    print(
+        f"{name:<28} softmax {base * 1e3:9.2f} ms  iif {iif * 1e3:9.2f} ms  ratio {iif / base:.3f}"
+    )
+    return iif / base
+
+
+def head_benchmark(device, repeats, images):
+    C, R, D = 1203, 512 * images, 1024
+    kwargs = {
+        "input_shape": ShapeSpec(channels=D),
+        "box2box_transform": Box2BoxTransform(weights=(10, 10, 5, 5)),
+        "num_classes": C,
+        "test_score_thresh": 1e-4,
+        "test_topk_per_image": 300,
+    }
+    weights = torch.rand(C + 1) * 8 + 3
+    weights[-1] = 1
+    heads = {
+        "softmax": FastRCNNOutputLayers(**kwargs).to(device),
+        "iif": IIFFastRCNNOutputLayers(iif_mode="end_to_end", iif_weights=weights, **kwargs).to(
+            device
+        ),
+    }
+    heads["iif"].load_state_dict(heads["softmax"].state_dict())
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(R, D, generator=g).to(device)
+    props = []
+    for _ in range(images):
+        inst = Instances((800, 1333))
+        xy = torch.rand(512, 2, generator=g) * 600
+        boxes = torch.cat([xy, xy + torch.rand(512, 2, generator=g) * 200 + 8], 1)
+        inst.proposal_boxes = Boxes(boxes.to(device))
+        inst.gt_boxes = Boxes((boxes + 2).to(device))
+        inst.gt_classes = torch.randint(0, C + 1, (512,), generator=g).to(device)
+        props.append(inst)
+
+    def train(head):
+        def step():
+            with EventStorage():
+                head.zero_grad()
+                losses = head.losses(head(x), props)
+                sum(losses.values()).backward()
+
+        return step
+
+    def infer(head):
+        # scores and boxes, not NMS: how many candidates NMS sees depends on the scores
+        # themselves (IIF's are more peaked), which is not an overhead of the head
+        def run():
+            with torch.no_grad():
+                predictions = head(x)
+                head.predict_probs(predictions, props)
+                head.predict_boxes(predictions, props)
+
+        return run
+
+    return [
+        compare("head train step", {k: train(h) for k, h in heads.items()}, device, repeats),
+        compare("head inference", {k: infer(h) for k, h in heads.items()}, device, repeats),
+    ]
+
+
+def model_benchmark(device, repeats):
+    models = {}
+    for key, name in (
+        ("softmax", "mask_rcnn_R_18_FPN_instant"),
+        ("iif", "mask_rcnn_R_18_FPN_instant_iif"),
+    ):
+        cfg = get_cfg()
+        add_iif_config(cfg)
+        cfg.merge_from_file(os.path.join(REPO, "configs", "quick_schedules", name + ".yaml"))
+        cfg.MODEL.DEVICE = device.type
+        cfg.OUTPUT_DIR = ""
+        torch.manual_seed(0)
+        models[key] = build_model(cfg)
+    models["iif"].load_state_dict(models["softmax"].state_dict())
+    data = DatasetCatalog.get("iif_synthetic_tiny_train")[:2]
+    from detectron2.data.detection_utils import annotations_to_instances
+
+    inputs = []
+    for d in data:
+        img = torch.as_tensor(read_image(d["file_name"], "BGR").transpose(2, 0, 1).copy())
+        inst = annotations_to_instances(d["annotations"], img.shape[1:])
+        inputs.append({"image": img, "instances": inst, "height": 96, "width": 96})
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-4) for k, m in models.items()}
+
+    def train(key):
+        def step():
+            m = models[key].train()
+            with EventStorage():
+                losses = m(inputs)
+            opts[key].zero_grad()
+            sum(losses.values()).backward()
+            opts[key].step()
+
+        return step
+
+    def infer(key):
+        def run():
+            with torch.no_grad():
+                models[key].eval()(inputs)
+
+        return run
+
+    return [
+        compare("tiny Mask R-CNN train step", {k: train(k) for k in models}, device, repeats),
+        compare("tiny Mask R-CNN inference", {k: infer(k) for k in models}, device, repeats),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--images", type=int, default=2, help="images per batch (512 RoIs each)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
+    print(
+        f"device: {device} ({name or platform.machine()}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
+    ratios = head_benchmark(device, args.repeats, args.images)
+    ratios += model_benchmark(device, args.repeats)
+    target = 1.01 if device.type == "cuda" else 1.03
+    print(f"max ratio {max(ratios):.3f} (target <= {target})")
+
+
+if __name__ == "__main__":
+    main()
