@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .weights import iif_weights
+from .weights import additive_margins, iif_weights
 
 __all__ = [
     "ClassStats",
@@ -31,6 +31,7 @@ __all__ = [
     "load_counts_file",
     "class_stats_from_config",
     "iif_weights_from_config",
+    "additive_margins_from_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -304,13 +305,7 @@ def class_stats_from_config(cfg) -> ClassStats:
     return stats
 
 
-def iif_weights_from_config(cfg, num_classes: int, background: bool = True) -> torch.Tensor:
-    """IIF weights (C+1 with background, else C) for ``cfg.MODEL.ROI_BOX_HEAD.IIF``.
-
-    Raises:
-        ValueError: counts whose length is not ``num_classes``, and every error of
-            :func:`iif_d2.weights.iif_weights`.
-    """
+def _checked_frequencies(cfg, num_classes: int):
     iif = cfg.MODEL.ROI_BOX_HEAD.IIF
     stats = class_stats_from_config(cfg)
     if stats.num_classes != num_classes:
@@ -320,11 +315,30 @@ def iif_weights_from_config(cfg, num_classes: int, background: bool = True) -> t
             "is trained on, or fix MODEL.ROI_HEADS.NUM_CLASSES."
         )
     f, k = stats.frequencies(iif.FREQUENCY, iif.NORMALIZER)
+    return f, k, stats.class_names
+
+
+def iif_weights_from_config(cfg, num_classes: int, background: bool = True) -> torch.Tensor:
+    """IIF weights (C+1 with background, else C) for ``cfg.MODEL.ROI_BOX_HEAD.IIF``.
+
+    Raises:
+        ValueError: counts whose length is not ``num_classes``, and every error of
+            :func:`iif_d2.weights.iif_weights`.
+    """
+    iif = cfg.MODEL.ROI_BOX_HEAD.IIF
+    f, k, names = _checked_frequencies(cfg, num_classes)
     return iif_weights(
         f,
         k,
         iif.VARIANT,
         background=background,
         allow_nonpositive=iif.ALLOW_NONPOSITIVE_WEIGHTS,
-        class_names=stats.class_names,
+        class_names=names,
     )
+
+
+def additive_margins_from_config(cfg, num_classes: int) -> torch.Tensor:
+    """Margins (C+1) of ``cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN``, from IIF's class counts."""
+    am = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
+    f, k, names = _checked_frequencies(cfg, num_classes)
+    return additive_margins(f, k, am.TYPE, am.TAU, class_names=names)

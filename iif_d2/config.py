@@ -53,6 +53,20 @@ def add_iif_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER = False
 
     # ---------------------------------------------------------------------------------------
+    # Additive-margin baselines on the same box predictor (paper Fig. 1 comparison). They use
+    # the class counts of MODEL.ROI_BOX_HEAD.IIF (COUNTS_SOURCE, COUNTS_FILE, FREQUENCY,
+    # NORMALIZER) and cannot be combined with IIF.ENABLED.
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN = CN()
+    _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.ENABLED = False
+    # "balanced_softmax": loss CE(z + ln f_c); "logit_adjustment": loss CE(z + TAU ln p_c);
+    # "logit_adjustment_posthoc": plain loss, scores softmax(z - TAU ln p_c). Background
+    # margin 0 in all three; plain z at test for the two loss variants.
+    _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.TYPE = "balanced_softmax"
+    # tau of logit adjustment (Menon et al. 2021); unused by balanced_softmax.
+    _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.TAU = 1.0
+
+    # ---------------------------------------------------------------------------------------
     # Mask post-processing at test time (IIFGeneralizedRCNN).
     # ---------------------------------------------------------------------------------------
     _C.MODEL.ROI_MASK_HEAD.INFERENCE = CN()

@@ -7,12 +7,14 @@ from detectron2.config import configurable
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from torch import nn
 
-from .class_stats import iif_weights_from_config
+from .class_stats import additive_margins_from_config, iif_weights_from_config
+from .weights import MARGIN_TYPES
 
-__all__ = ["IIFFastRCNNOutputLayers", "IIF_MODES"]
+__all__ = ["IIFFastRCNNOutputLayers", "IIF_MODES", "MARGIN_MODES"]
 
 logger = logging.getLogger(__name__)
 IIF_MODES = ("off", "end_to_end", "post_process")
+MARGIN_MODES = ("off",) + MARGIN_TYPES
 CLS_SCORE_INITS = ("default", "constant")
 
 
@@ -30,6 +32,10 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     foreground logits are scaled, the background column is unused, as upstream.
     ``iif_weights`` is a non-persistent buffer: checkpoints stay loadable by plain detectron2,
     and the weights always follow the config and the saved class statistics.
+
+    The additive baselines (``margin_mode``, see :func:`iif_d2.weights.additive_margins`) add
+    a margin m instead: CE(z + m) in the loss (balanced softmax, logit adjustment) or
+    softmax(z - m) at test (post-hoc logit adjustment). IIF and margins are exclusive.
     """
 
     @configurable
@@ -40,6 +46,8 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         iif_mode: str = "off",
         iif_weights=None,
         cls_score_init: str = "default",
+        margin_mode: str = "off",
+        margins=None,
         **kwargs,
     ):
         """
@@ -48,30 +56,45 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
             iif_mode: one of :data:`IIF_MODES`.
             iif_weights: (C+1,) weights, background last; required unless ``iif_mode="off"``.
             cls_score_init: "default" (detectron2's) or "constant" (weights 0.001, bias 0).
+            margin_mode: one of :data:`MARGIN_MODES`; only with ``iif_mode="off"``.
+            margins: (C+1,) additive margins, background last; required unless margins are off.
         """
         super().__init__(input_shape, **kwargs)
         if iif_mode not in IIF_MODES:
             raise ValueError(f"IIF MODE {iif_mode!r} is not one of {IIF_MODES}.")
         if cls_score_init not in CLS_SCORE_INITS:
             raise ValueError(f"IIF CLS_SCORE_INIT {cls_score_init!r} not in {CLS_SCORE_INITS}.")
-        self.iif_mode = iif_mode
+        if margin_mode not in MARGIN_MODES:
+            raise ValueError(f"Additive margin {margin_mode!r} is not one of {MARGIN_MODES}.")
+        if iif_mode != "off" and margin_mode != "off":
+            raise ValueError("IIF and additive margins are exclusive: enable one of them.")
+        self.iif_mode, self.margin_mode = iif_mode, margin_mode
         if iif_mode != "off":
-            w = torch.as_tensor(iif_weights, dtype=torch.float32)
-            if w.shape != (self.num_classes + 1,):
-                raise ValueError(
-                    f"iif_weights must have shape ({self.num_classes + 1},) = C+1 with the "
-                    f"background weight last; got {tuple(w.shape)}."
-                )
-            self.register_buffer("iif_weights", w, persistent=False)
+            self.register_buffer("iif_weights", self._per_class(iif_weights), persistent=False)
+        if margin_mode != "off":
+            self.register_buffer("margins", self._per_class(margins), persistent=False)
         if cls_score_init == "constant":
             nn.init.constant_(self.cls_score.weight, 0.001)
             nn.init.constant_(self.cls_score.bias, 0.0)
+
+    def _per_class(self, values) -> torch.Tensor:
+        v = torch.as_tensor(values, dtype=torch.float32)
+        if v.shape != (self.num_classes + 1,):
+            raise ValueError(
+                f"Per-class IIF weights / margins must have shape ({self.num_classes + 1},) = "
+                f"C+1 with the background last; got {tuple(v.shape)}."
+            )
+        return v
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         iif = cfg.MODEL.ROI_BOX_HEAD.IIF
         ret["cls_score_init"] = iif.CLS_SCORE_INIT
+        margin = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
+        if margin.ENABLED:
+            ret["margin_mode"] = margin.TYPE
+            ret["margins"] = additive_margins_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         if not iif.ENABLED:
             return ret
         if iif.MODE not in IIF_MODES[1:]:
@@ -87,17 +110,35 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         """Return w * z in fp32 (z: (R, C+1) class logits)."""
         return scores.float() * self.iif_weights
 
+    def _loss_logits(self, scores: torch.Tensor):
+        """The logits the loss sees, or None when they are upstream's."""
+        if self.iif_mode == "end_to_end":
+            return self.scale_logits(scores)
+        if self.margin_mode in ("balanced_softmax", "logit_adjustment"):
+            return scores.float() + self.margins
+        return None
+
+    def _test_logits(self, scores: torch.Tensor):
+        """The logits the scores come from, or None when they are upstream's."""
+        if self.iif_mode != "off":
+            return self.scale_logits(scores)
+        if self.margin_mode == "logit_adjustment_posthoc":
+            return scores.float() - self.margins
+        return None
+
     def losses(self, predictions, proposals):
-        if self.iif_mode != "end_to_end":
-            return super().losses(predictions, proposals)
         scores, proposal_deltas = predictions
-        return super().losses((self.scale_logits(scores), proposal_deltas), proposals)
+        logits = self._loss_logits(scores)
+        if logits is None:
+            return super().losses(predictions, proposals)
+        return super().losses((logits, proposal_deltas), proposals)
 
     def predict_probs(self, predictions, proposals):
-        if self.iif_mode == "off":
-            return super().predict_probs(predictions, proposals)
         scores, proposal_deltas = predictions
-        return super().predict_probs((self.scale_logits(scores), proposal_deltas), proposals)
+        logits = self._test_logits(scores)
+        if logits is None:
+            return super().predict_probs(predictions, proposals)
+        return super().predict_probs((logits, proposal_deltas), proposals)
 
     def extra_repr(self) -> str:
-        return f"iif_mode={self.iif_mode}"
+        return f"iif_mode={self.iif_mode}, margin_mode={self.margin_mode}"

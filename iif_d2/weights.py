@@ -25,7 +25,14 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["VARIANTS", "VARIANT_ALIASES", "canonical_variant", "iif_weights"]
+__all__ = [
+    "VARIANTS",
+    "VARIANT_ALIASES",
+    "MARGIN_TYPES",
+    "canonical_variant",
+    "iif_weights",
+    "additive_margins",
+]
 
 VARIANTS = ("raw", "smooth", "relative", "base2", "base10", "gombit", "normit")
 # Names used by the authors' configs and the paper, accepted as synonyms.
@@ -145,3 +152,38 @@ def iif_weights(
     if background:
         w = torch.cat([w, w.new_ones(1)])
     return w
+
+
+MARGIN_TYPES = ("balanced_softmax", "logit_adjustment", "logit_adjustment_posthoc")
+
+
+def additive_margins(counts, total: float, kind: str, tau: float = 1.0, *, class_names=None):
+    """Additive logit margins m (C+1, background 0), the baselines IIF is compared with.
+
+    * ``balanced_softmax``: loss CE(z + m), m_c = ln f_c (Ren et al. 2020), plain z at test.
+    * ``logit_adjustment``: loss CE(z + m), m_c = tau * ln p_c (Menon et al. 2021), z at test.
+    * ``logit_adjustment_posthoc``: plain loss, scores softmax(z - m) at test.
+
+    The background margin is 0: only foreground logits move, as in the paper's Fig. 1
+    comparison. Unlike IIF's positive weights, a margin can push a logit across zero.
+
+    Args:
+        counts, total: per-class frequencies f and K (p = f / K), as :func:`iif_weights`.
+        kind: one of :data:`MARGIN_TYPES`.
+        tau: the logit-adjustment temperature.
+        class_names: optional names for error messages.
+
+    Returns:
+        float32 tensor of shape (C + 1,).
+    """
+    if kind not in MARGIN_TYPES:
+        raise ValueError(f"Unknown additive margin {kind!r}. Valid: {', '.join(MARGIN_TYPES)}.")
+    f = torch.as_tensor(counts, dtype=torch.float64).flatten()
+    zero = torch.nonzero(f <= 0).flatten()
+    if zero.numel():
+        raise ValueError(
+            f"Additive margin {kind!r} needs ln f_c, infinite for classes with zero count: "
+            f"{_names(zero, class_names)}. Remove them from the label space."
+        )
+    m = torch.log(f) if kind == "balanced_softmax" else tau * torch.log(f / float(total))
+    return torch.cat([m, m.new_zeros(1)]).to(torch.float32)

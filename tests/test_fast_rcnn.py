@@ -1,5 +1,7 @@
 """IIFFastRCNNOutputLayers against detectron2's FastRCNNOutputLayers and the paper's maths."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -197,3 +199,74 @@ def test_sigmoid_ce_and_federated_loss_see_scaled_logits(fed):
     assert torch.allclose(got, want)
     probs = torch.cat(iif.predict_probs((scores, deltas), props))
     assert torch.allclose(probs, torch.sigmoid(scores * WEIGHTS))
+
+
+# --------------------------------------------------------------- additive-margin baselines
+COUNTS = [40, 10, 4, 1]
+K = 50
+
+
+@pytest.mark.parametrize("kind", ["balanced_softmax", "logit_adjustment"])
+def test_margin_in_loss_plain_scores(kind):
+    from iif_d2.weights import additive_margins
+
+    m = additive_margins(COUNTS, K, kind, tau=1.0)
+    expected_m = [math.log(f) if kind == "balanced_softmax" else math.log(f / K) for f in COUNTS]
+    assert torch.allclose(m, torch.tensor([*expected_m, 0.0]))
+    upstream, module = _pair("off", None)
+    module = IIFFastRCNNOutputLayers(**_kwargs(margin_mode=kind, margins=m))
+    module.load_state_dict(upstream.state_dict())
+    x, props = _features(), _proposals()
+    scores, deltas = module(x)
+    gt = torch.cat([p.gt_classes for p in props])
+    got = _losses(module, (scores, deltas), props)["loss_cls"]
+    assert torch.allclose(got, F.cross_entropy(scores + m, gt))
+    for a, b in zip(
+        upstream.predict_probs(upstream(x), props), module.predict_probs((scores, deltas), props)
+    ):
+        assert torch.equal(a, b)  # plain softmax(z) at test
+
+
+def test_posthoc_logit_adjustment():
+    from iif_d2.weights import additive_margins
+
+    m = additive_margins(COUNTS, K, "logit_adjustment_posthoc", tau=0.5)
+    assert torch.allclose(m[:-1], 0.5 * torch.log(torch.tensor(COUNTS, dtype=torch.float) / K))
+    upstream, _ = _pair("off", None)
+    module = IIFFastRCNNOutputLayers(**_kwargs(margin_mode="logit_adjustment_posthoc", margins=m))
+    module.load_state_dict(upstream.state_dict())
+    x, props = _features(), _proposals()
+    preds = module(x)
+    l_up, l_m = _losses(upstream, upstream(x), props), _losses(module, preds, props)
+    assert torch.equal(l_up["loss_cls"], l_m["loss_cls"])
+    probs = torch.cat(module.predict_probs(preds, props))
+    assert torch.allclose(probs, torch.softmax(preds[0] - m, 1))
+
+
+def test_margins_can_flip_a_logit_sign_weights_cannot():
+    """The paper's Fig. 1 argument: z + m crosses zero for some z, w * z (w > 0) never does."""
+    from iif_d2.weights import additive_margins, iif_weights
+
+    z = torch.tensor([0.5, -0.5, 2.0, 1.0, 0.0])
+    m = additive_margins(COUNTS, K, "logit_adjustment")
+    w = iif_weights(COUNTS, K, "raw")
+    assert (torch.sign(z + m) != torch.sign(z))[:-1].any()
+    assert torch.equal(torch.sign(z * w), torch.sign(z))
+
+
+def test_iif_and_margins_are_exclusive():
+    with pytest.raises(ValueError, match="exclusive"):
+        IIFFastRCNNOutputLayers(
+            **_kwargs(
+                iif_mode="end_to_end",
+                iif_weights=WEIGHTS,
+                margin_mode="balanced_softmax",
+                margins=torch.zeros(C + 1),
+            )
+        )
+    with pytest.raises(ValueError, match="not one of"):
+        IIFFastRCNNOutputLayers(**_kwargs(margin_mode="focal", margins=torch.zeros(C + 1)))
+    from iif_d2.weights import additive_margins
+
+    with pytest.raises(ValueError, match="zero count"):
+        additive_margins([3, 0], 5, "balanced_softmax", class_names=["a", "b"])

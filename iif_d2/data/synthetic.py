@@ -1,167 +1,283 @@
-"""A small synthetic, long-tailed instance-segmentation dataset in LVIS v1 format.
+"""SynthLT: a synthetic long-tailed instance-segmentation dataset in LVIS v1 format.
 
-Images hold coloured shapes (rectangles, ellipses, triangles) on a noisy background; a class
-is a (shape, colour) pair, so classes sharing a shape differ only by colour. Class frequencies
-follow an exponential profile with the requested imbalance factor. Deterministic from a seed.
+Each class is a (colour, shape) pair: 8 colours x 3 shapes, with confusable neighbours (red /
+orange, blue / cyan, ...), so classes that share a shape differ only by a colour the model must
+learn, under per-instance colour jitter and texture noise. Images hold several instances that
+may overlap (masks are the visible parts), over a cluttered background of unannotated
+distractors.
+
+Train is long-tailed with LVIS's groups: class c appears in
+``n_c = round(max_images * imbalance ** (-c / (C - 1)))`` images (at least 1), so the rare
+(1-10 images), common (11-100) and frequent (> 100) groups are all populated. The colour/shape
+assignment is a Latin square, so every group mixes all shapes and most colours. Val holds every
+class, each in ``val_images_per_class`` images, exhaustively annotated (every absent class is a
+negative). Everything is deterministic from the seed.
 """
 
+import dataclasses
 import json
+import logging
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["make_synthetic_lvis", "register_synthetic_lvis", "synthetic_class_names"]
+__all__ = ["SynthSpec", "class_names", "generate_split", "register_synthetic_lvis"]
+
+logger = logging.getLogger(__name__)
 
 SHAPES = ("rectangle", "ellipse", "triangle")
 COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (40, 70, 220),
-    "yellow": (230, 210, 40),
-    "magenta": (200, 50, 200),
-    "cyan": (40, 200, 210),
-    "orange": (240, 140, 30),
-    "white": (240, 240, 240),
+    "red": (215, 40, 40),
+    "orange": (235, 135, 30),
+    "yellow": (225, 210, 45),
+    "green": (45, 170, 60),
+    "cyan": (40, 195, 205),
+    "blue": (45, 75, 215),
+    "purple": (135, 55, 200),
+    "pink": (230, 110, 180),
 }
+MAX_CLASSES = len(SHAPES) * len(COLOURS)
 
 
-def synthetic_class_names(num_classes: int) -> List[str]:
-    combos = [f"{c}_{s}" for c in COLOURS for s in SHAPES]
-    if not 1 <= num_classes <= len(combos):
-        raise ValueError(f"num_classes must lie in [1, {len(combos)}], got {num_classes}.")
-    return combos[:num_classes]
+@dataclasses.dataclass(frozen=True)
+class SynthSpec:
+    """What to generate; part of the cache key (a changed spec regenerates the data)."""
+
+    num_classes: int = 24
+    max_images: int = 300  # train images of the most frequent class
+    imbalance: float = 150.0  # max_images / images of the rarest class
+    classes_per_image: float = 3.0  # mean number of classes in a train image
+    val_images_per_class: int = 8
+    image_size: int = 128
+    distractors: int = 3
+    seed: int = 0
 
 
-def _polygon(shape: str, x0: float, y0: float, w: float, h: float) -> List[float]:
-    if shape == "rectangle":
-        pts = [(x0, y0), (x0 + w, y0), (x0 + w, y0 + h), (x0, y0 + h)]
-    elif shape == "triangle":
-        pts = [(x0 + w / 2, y0), (x0 + w, y0 + h), (x0, y0 + h)]
+def class_names(num_classes: int) -> List[str]:
+    """Names of the first ``num_classes`` classes, in contiguous-id order (most frequent first)."""
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must lie in [1, {MAX_CLASSES}], got {num_classes}.")
+    colours = list(COLOURS)
+    names = []
+    for c in range(num_classes):
+        colour = c % len(colours)
+        shape = (c // len(colours) + colour) % len(SHAPES)  # Latin square
+        names.append(f"{colours[colour]}_{SHAPES[shape]}")
+    return names
+
+
+def train_image_counts(spec: SynthSpec) -> List[int]:
+    """Images per class in train: the exponential long-tail profile."""
+    C = spec.num_classes
+    return [
+        max(1, round(spec.max_images * spec.imbalance ** (-c / max(C - 1, 1)))) for c in range(C)
+    ]
+
+
+def _assign(spec: SynthSpec, split: str, rng) -> List[List[int]]:
+    """Classes present in each image of the split."""
+    C = spec.num_classes
+    if split == "train":
+        counts = train_image_counts(spec)
+        n_images = math.ceil(sum(counts) / spec.classes_per_image)
     else:
-        cx, cy = x0 + w / 2, y0 + h / 2
-        pts = [
-            (cx + w / 2 * math.cos(t), cy + h / 2 * math.sin(t))
-            for t in np.linspace(0, 2 * math.pi, 16, endpoint=False)
-        ]
-    return [float(v) for p in pts for v in p]
+        counts = [spec.val_images_per_class] * C
+        n_images = math.ceil(C * spec.val_images_per_class / spec.classes_per_image)
+    n_images = max(n_images, max(counts))
+    present: List[List[int]] = [[] for _ in range(n_images)]
+    for c, n in enumerate(counts):
+        for i in rng.choice(n_images, size=n, replace=False):
+            present[i].append(c)
+    return [p for p in present if p]  # no empty images
 
 
-def make_synthetic_lvis(
-    json_file: str,
-    image_dir: str,
-    *,
-    num_images: int = 32,
-    num_classes: int = 8,
-    imbalance: float = 10.0,
-    instances_per_image: int = 3,
-    image_size: int = 96,
-    seed: int = 0,
-    split: str = "train",
-) -> Dict:
-    """Write ``num_images`` PNG images to ``image_dir`` and their LVIS v1 json to ``json_file``.
+def _shape_mask(shape: str, box: Tuple[float, float, float, float], size: int, angle: float):
+    x0, y0, w, h = box
+    cx, cy = x0 + w / 2, y0 + h / 2
+    if shape == "ellipse":
+        t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        pts = np.stack([w / 2 * np.cos(t), h / 2 * np.sin(t)], 1)
+    elif shape == "rectangle":
+        pts = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
+    else:
+        pts = np.array([[0, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    pts = pts @ rot.T + [cx, cy]
+    img = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(img).polygon([tuple(p) for p in pts], fill=1)
+    return np.asarray(img, dtype=bool)
 
-    Class c is drawn with probability proportional to ``imbalance ** (-c / (C - 1))``.
 
-    Returns:
-        the json dict (categories carry ``image_count``, ``instance_count``, ``frequency``).
-    """
-    rng = np.random.RandomState(seed)
-    names = synthetic_class_names(num_classes)
-    prior = imbalance ** (-np.arange(num_classes) / max(num_classes - 1, 1))
-    prior /= prior.sum()
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for i in range(num_images):
-        arr = rng.randint(60, 110, size=(image_size, image_size, 3)).astype(np.uint8)
-        img = Image.fromarray(arr)
-        draw = ImageDraw.Draw(img)
-        present = set()
-        for _ in range(rng.randint(1, instances_per_image + 1)):
-            c = int(rng.choice(num_classes, p=prior))
-            w, h = rng.uniform(0.2, 0.5, size=2) * image_size
-            x0, y0 = rng.uniform(0, image_size - w), rng.uniform(0, image_size - h)
-            poly = _polygon(SHAPES[c % len(SHAPES)], x0, y0, w, h)
-            draw.polygon(poly, fill=COLOURS[names[c].split("_")[0]])
-            xs, ys = poly[0::2], poly[1::2]
-            box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": c + 1,
-                    "bbox": box,
-                    "area": box[2] * box[3],
-                    "segmentation": [poly],
-                }
-            )
-            present.add(c + 1)
-        file_name = f"{i + 1:06d}.png"
-        img.save(os.path.join(image_dir, file_name))
-        images.append(
-            {
-                "id": i + 1,
-                "width": image_size,
-                "height": image_size,
-                "coco_url": f"synthetic://{os.path.basename(image_dir)}/{file_name}",
-                "neg_category_ids": sorted(set(range(1, num_classes + 1)) - present)[:2],
-                "not_exhaustive_category_ids": [],
-            }
+def _background(size: int, n_distractors: int, rng) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = rng.uniform(70, 130, size=3)
+    grad = rng.uniform(-30, 30, size=(2, 3))
+    arr = base + xx[..., None] * grad[0] + yy[..., None] * grad[1]
+    arr = arr + rng.normal(0, 8, size=(size, size, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(n_distractors):  # unannotated clutter: grey blobs and lines
+        grey = tuple(int(v) for v in rng.uniform(40, 190) + rng.uniform(-10, 10, size=3))
+        x, y = rng.uniform(0, size, size=2)
+        r = rng.uniform(3, size / 8)
+        if rng.rand() < 0.5:
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=grey)
+        else:
+            x2, y2 = rng.uniform(0, size, size=2)
+            draw.line([x, y, x2, y2], fill=grey, width=int(rng.randint(1, 4)))
+    return np.asarray(img).astype(np.float32)
+
+
+def _polygons(mask: np.ndarray) -> List[List[float]]:
+    import cv2
+
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    return [c.flatten().astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def _render(spec: SynthSpec, classes: List[int], names: List[str], rng):
+    """One image: returns the uint8 array and its annotations (visible masks)."""
+    size = spec.image_size
+    arr = _background(size, spec.distractors, rng)
+    objects = [c for c in classes for _ in range(1 if rng.rand() < 0.7 else 2)]
+    rng.shuffle(objects)
+    scale = min(1.0, math.sqrt(3.0 / len(objects)))
+    owner = np.full((size, size), -1)
+    masks = []
+    for k, c in enumerate(objects):
+        w, h = rng.uniform(0.16, 0.36, size=2) * size * scale + 6
+        x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
+        shape = names[c].split("_")[1]
+        mask = _shape_mask(shape, (x0, y0, w, h), size, rng.uniform(-0.4, 0.4))
+        colour = np.array(COLOURS[names[c].split("_")[0]]) + rng.uniform(-18, 18, size=3)
+        texture = rng.normal(0, 10, size=(int(mask.sum()), 1))
+        arr[mask] = np.clip(colour + texture, 0, 255)
+        owner[mask] = k
+        masks.append(mask)
+    anns = []
+    for k, c in enumerate(objects):
+        visible = owner == k
+        polys = _polygons(visible)
+        if visible.sum() < 12 or not polys:
+            # hidden by later objects: move it to the front so every assigned class stays
+            arr[masks[k]] = np.clip(np.array(COLOURS[names[c].split("_")[0]]), 0, 255)
+            owner[masks[k]] = k
+            visible, polys = masks[k], _polygons(masks[k])
+        ys, xs = np.nonzero(visible)
+        box = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1)]
+        box.append(float(ys.max() - ys.min() + 1))
+        anns.append(
+            {"category_id": c + 1, "bbox": box, "area": float(visible.sum()), "segmentation": polys}
         )
-    categories = []
+    return arr.astype(np.uint8), anns
+
+
+def _categories(spec: SynthSpec, train_anns: List[Dict]) -> List[Dict]:
+    names = class_names(spec.num_classes)
+    images = [set() for _ in names]
+    instances = [0] * len(names)
+    for a in train_anns:
+        images[a["category_id"] - 1].add(a["image_id"])
+        instances[a["category_id"] - 1] += 1
+    cats = []
     for c, name in enumerate(names):
-        anns = [a for a in annotations if a["category_id"] == c + 1]
-        n_img = len({a["image_id"] for a in anns})
-        freq = "r" if n_img <= 10 else "c" if n_img <= 100 else "f"
-        categories.append(
+        n = len(images[c])
+        freq = "r" if n <= 10 else "c" if n <= 100 else "f"
+        cats.append(
             {
                 "id": c + 1,
                 "name": name,
                 "synonyms": [name],
+                "def": f"a {name.replace('_', ' ')}",
                 "frequency": freq,
-                "image_count": n_img,
-                "instance_count": len(anns),
+                "image_count": n,
+                "instance_count": instances[c],
             }
         )
-    data = {
-        "info": {"description": f"iif-d2 synthetic long-tailed set ({split}), seed {seed}"},
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-        "licenses": [],
-    }
-    with open(json_file, "w") as f:
-        json.dump(data, f)
-    return data
+    return cats
 
 
-def register_synthetic_lvis(name: str, root: str, *, split: str = "train", **kwargs):
-    """Register ``name`` as an LVIS-format dataset generated under ``root`` on first use.
+def generate_split(spec: SynthSpec, split: str, image_dir: str) -> Dict:
+    """Render the images of ``split`` ("train" or "val") into ``image_dir``.
 
-    Args:
-        name: dataset name for DATASETS.TRAIN / TEST.
-        root: folder for ``<split>.json`` and ``<split>/`` images.
-        split, kwargs: passed to :func:`make_synthetic_lvis`.
+    Returns:
+        the LVIS-format dict without ``categories`` (they come from train).
+    """
+    rng = np.random.RandomState(spec.seed + (0 if split == "train" else 1_000_003))
+    names = class_names(spec.num_classes)
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    for i, classes in enumerate(_assign(spec, split, rng)):
+        arr, anns = _render(spec, classes, names, rng)
+        file_name = f"{i + 1:06d}.png"
+        Image.fromarray(arr).save(os.path.join(image_dir, file_name))
+        present = {a["category_id"] for a in anns}
+        absent = sorted(set(range(1, spec.num_classes + 1)) - present)
+        images.append(
+            {
+                "id": i + 1,
+                "width": spec.image_size,
+                "height": spec.image_size,
+                "coco_url": f"synthlt://{os.path.basename(image_dir)}/{file_name}",
+                # exhaustively annotated: every absent class is a verified negative
+                "neg_category_ids": absent,
+                "not_exhaustive_category_ids": [],
+            }
+        )
+        for a in anns:
+            annotations.append(dict(a, id=len(annotations) + 1, image_id=i + 1))
+    return {"images": images, "annotations": annotations, "licenses": []}
+
+
+def _write_dataset(spec: SynthSpec, root: str):
+    splits = {s: generate_split(spec, s, os.path.join(root, s)) for s in ("train", "val")}
+    categories = _categories(spec, splits["train"]["annotations"])
+    for split, data in splits.items():
+        data["categories"] = categories
+        data["info"] = {"description": f"iif-d2 SynthLT {split}", "spec": dataclasses.asdict(spec)}
+        tmp = os.path.join(root, f"{split}.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, os.path.join(root, f"{split}.json"))  # complete files only
+
+
+def ensure_generated(spec: SynthSpec, root: str) -> None:
+    """Generate the dataset under ``root`` unless it is there with the same spec."""
+    try:
+        with open(os.path.join(root, "val.json")) as f:
+            if json.load(f)["info"]["spec"] == dataclasses.asdict(spec):
+                return
+    except (OSError, ValueError, KeyError):
+        pass
+    logger.info("Generating SynthLT under %s ...", root)
+    os.makedirs(root, exist_ok=True)
+    _write_dataset(spec, root)
+
+
+def register_synthetic_lvis(prefix: str, root: str, spec: SynthSpec = SynthSpec()):
+    """Register ``<prefix>_train`` and ``<prefix>_val`` (LVIS format, LVIS evaluation),
+    generated under ``root`` on first use.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets.lvis import load_lvis_json
 
-    json_file = os.path.join(root, f"{split}.json")
-    image_dir = os.path.join(root, split)
+    for split in ("train", "val"):
+        json_file = os.path.join(root, f"{split}.json")
 
-    def load():
-        if not os.path.exists(json_file):
-            os.makedirs(root, exist_ok=True)
-            make_synthetic_lvis(json_file, image_dir, split=split, **kwargs)
-        return load_lvis_json(json_file, root + os.sep)
+        def load(json_file=json_file):
+            ensure_generated(spec, root)
+            return load_lvis_json(json_file, root + os.sep)
 
-    num_classes = kwargs.get("num_classes", 8)
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(
-        json_file=json_file,
-        image_root=root,
-        evaluator_type="lvis",
-        thing_classes=synthetic_class_names(num_classes),
-    )
+        name = f"{prefix}_{split}"
+        DatasetCatalog.register(name, load)
+        MetadataCatalog.get(name).set(
+            json_file=json_file,
+            image_root=root,
+            evaluator_type="lvis",
+            thing_classes=class_names(spec.num_classes),
+        )

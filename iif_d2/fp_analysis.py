@@ -1,0 +1,435 @@
+"""False-positive analysis of box detections against an LVIS- or COCO-format ground truth.
+
+python -m iif_d2.fp_analysis --gt datasets/lvis/lvis_v1_val.json \\
+    --results output/inference/lvis_instances_results.json [--score-thresh 0.05] [--json-out f.json]
+
+The results file is a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``, as
+detectron2's LVIS/COCO evaluators write it (``lvis_instances_results.json``,
+``coco_instances_results.json``); category ids are the ground-truth json's ids. Only boxes are
+analysed (a ``segmentation`` key is ignored).
+
+Two measures:
+
+* :func:`false_positives_per_image`: detections above a score threshold are matched one-to-one to
+  the ground-truth boxes of their class (greedily, by descending score, IoU >= 0.5). Unmatched
+  detections are false positives; a duplicate of a matched object is one.
+* :func:`delta_ap_fp`: TIDE's dAP_FP, the box AP50 gained when every detection that overlaps no
+  ground-truth box of its class at IoU >= 0.5 is removed. Duplicates are not removed.
+
+The ground truth is LVIS-format when its images carry ``neg_category_ids``. LVIS is federated: a
+detection is evaluated only where its class is present in the image or listed as negative there,
+and an unmatched detection of a class listed in the image's ``not_exhaustive_category_ids`` is
+not penalised. Both rules are applied as ``LVISEval`` applies them. COCO-format ground truth has
+no such lists and every detection is evaluated.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+from collections import Counter, defaultdict
+from numbers import Real
+
+import numpy as np
+import pycocotools.mask as mask_utils
+from lvis import LVIS, LVISEval, LVISResults
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from .compat import numpy_float_alias
+
+logger = logging.getLogger(__name__)
+
+_RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
+_LVIS_MAX_DETS = 300  # LVIS's official limit of detections per image
+
+
+def _read_json(source, what: str):
+    """Return ``source`` itself, or the json it names when it is a path."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{what} file not found: {source}")
+    with open(source) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what} file {source} is not valid json: {e}") from e
+
+
+def load_gt(gt) -> dict:
+    """Load and check a ground-truth json (LVIS or COCO format).
+
+    Args:
+        gt: a path, or the already loaded dict.
+
+    Returns:
+        The dict, with ``images``, ``annotations`` and ``categories`` (not copied).
+    """
+    data = _read_json(gt, "ground-truth")
+    if not isinstance(data, dict) or any(
+        not isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise ValueError(
+            "ground truth must be a json object with lists images/annotations/categories"
+        )
+    if not data["images"]:
+        raise ValueError("ground truth has no images")
+    for i, ann in enumerate(data["annotations"]):
+        if any(k not in ann for k in ("image_id", "category_id", "bbox")):
+            raise ValueError(f"ground-truth annotations[{i}] lacks image_id/category_id/bbox")
+    return data
+
+
+def _check_detection(i: int, det) -> dict:
+    if not isinstance(det, dict) or any(k not in det for k in _RESULT_KEYS):
+        raise ValueError(f"results[{i}] is not a detection with keys {', '.join(_RESULT_KEYS)}")
+    bbox = det["bbox"]
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise ValueError(f"results[{i}]: bbox must be [x, y, w, h], got {bbox!r}")
+    if not all(isinstance(v, Real) for v in (*bbox, det["score"])):
+        raise ValueError(f"results[{i}]: bbox and score must be numbers")
+    return {
+        "image_id": det["image_id"],
+        "category_id": det["category_id"],
+        "bbox": [float(v) for v in bbox],
+        "score": float(det["score"]),
+    }
+
+
+def load_results(results, gt: dict | None = None) -> list[dict]:
+    """Load and check box detections.
+
+    Args:
+        results: a path to a results json, or a list of detection dicts.
+        gt: if given, image and category ids must be ones of this ground truth.
+
+    Returns:
+        New dicts with only ``image_id``, ``category_id``, ``bbox`` and ``score`` (the input is
+        never modified).
+    """
+    data = _read_json(results, "results")
+    if not isinstance(data, list):
+        raise ValueError("results must be a json list of detections")
+    dets = [_check_detection(i, d) for i, d in enumerate(data)]
+    if gt is not None:
+        images = {img["id"] for img in gt["images"]}
+        categories = {cat["id"] for cat in gt["categories"]}
+        for i, det in enumerate(dets):
+            if det["image_id"] not in images:
+                raise ValueError(f"results[{i}]: image_id {det['image_id']} is not in the gt")
+            if det["category_id"] not in categories:
+                raise ValueError(f"results[{i}]: category_id {det['category_id']} is not in the gt")
+    return dets
+
+
+def is_lvis_format(gt: dict) -> bool:
+    """Whether ``gt`` is federated LVIS-format: its images carry ``neg_category_ids``.
+
+    Args:
+        gt: a loaded ground-truth dict.
+
+    Returns:
+        True for LVIS format, False for COCO format. Raises ValueError if only some images
+        carry the key.
+    """
+    flags = {"neg_category_ids" in img for img in gt["images"]}
+    if len(flags) > 1:
+        raise ValueError("only some ground-truth images have neg_category_ids")
+    return flags == {True}
+
+
+def _federated_sets(gt: dict):
+    """Per image: the evaluable category ids (present or negative), the not-exhaustive ones."""
+    present = defaultdict(set)
+    for ann in gt["annotations"]:
+        present[ann["image_id"]].add(ann["category_id"])
+    evaluable, not_exhaustive = {}, {}
+    for img in gt["images"]:
+        evaluable[img["id"]] = present[img["id"]] | set(img["neg_category_ids"])
+        not_exhaustive[img["id"]] = set(img.get("not_exhaustive_category_ids", []))
+    return evaluable, not_exhaustive
+
+
+def _gt_boxes(gt: dict) -> dict:
+    """(image_id, category_id) -> list of (bbox, iscrowd)."""
+    boxes = defaultdict(list)
+    for ann in gt["annotations"]:
+        boxes[ann["image_id"], ann["category_id"]].append((ann["bbox"], int(ann.get("iscrowd", 0))))
+    return boxes
+
+
+def _box_ious(dets: list[dict], gts: list) -> np.ndarray:
+    """IoU (intersection over detection area for crowd boxes, as COCO), shape (dets, gts)."""
+    if not dets or not gts:
+        return np.zeros((len(dets), len(gts)))
+    det_boxes = np.asarray([d["bbox"] for d in dets], dtype=np.float64)
+    gt_boxes = np.asarray([g[0] for g in gts], dtype=np.float64)
+    return np.asarray(mask_utils.iou(det_boxes, gt_boxes, [g[1] for g in gts]))
+
+
+def _match(dets: list[dict], gts: list, iou_thresh: float) -> list[str]:
+    """Greedy one-to-one matching of one image and class; dets sorted by descending score.
+
+    Returns per detection "tp", "crowd" (matches only crowd boxes: ignored) or "fp".
+    """
+    ious = _box_ious(dets, gts)
+    crowd = np.array([bool(g[1]) for g in gts], dtype=bool)
+    taken = np.zeros(len(gts), dtype=bool)
+    statuses = []
+    for row in ious:
+        free = ~crowd & ~taken & (row >= iou_thresh)
+        if free.any():
+            taken[int(np.argmax(np.where(free, row, -1.0)))] = True
+            statuses.append("tp")
+        elif (crowd & (row >= iou_thresh)).any():
+            statuses.append("crowd")
+        else:
+            statuses.append("fp")
+    return statuses
+
+
+def _check_thresholds(score_thresh: float, iou_thresh: float):
+    if not 0.0 < iou_thresh <= 1.0:
+        raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+
+
+def _group_by_image_class(dets: list[dict], federated) -> tuple[dict, int]:
+    """Evaluable detections by (image_id, category_id), sorted by descending score (stable),
+    and the number of detections left out by LVIS's federated rule."""
+    groups, not_evaluable = defaultdict(list), 0
+    for det in dets:
+        if federated and det["category_id"] not in federated[0][det["image_id"]]:
+            not_evaluable += 1
+            continue
+        groups[det["image_id"], det["category_id"]].append(det)
+    for group in groups.values():
+        group.sort(key=lambda d: -d["score"])
+    return groups, not_evaluable
+
+
+def false_positives_per_image(gt, results, score_thresh=0.05, iou_thresh=0.5) -> dict:
+    """Count false positives: detections that match no ground truth one-to-one.
+
+    In each image and class, the detections with score >= ``score_thresh`` are matched greedily
+    in descending score order to the unmatched ground-truth box of highest IoU >= ``iou_thresh``.
+    Unmatched detections are false positives, except (``ignored``): those overlapping a crowd
+    box (``iscrowd`` = 1; crowd boxes never count as matched objects), and for LVIS those of a
+    class in the image's ``not_exhaustive_category_ids``. For LVIS, detections of a class
+    neither present in the image nor in its ``neg_category_ids`` are left out
+    (``not_evaluable``).
+
+    Args:
+        gt: ground-truth json path or loaded dict (LVIS or COCO format).
+        results: results json path or list of detection dicts.
+        score_thresh: detections below this score are not considered.
+        iou_thresh: IoU a detection needs to match a ground-truth box.
+
+    Returns:
+        ``fp_per_image`` (fp / number of gt images), ``fp``, ``tp``, ``ignored``,
+        ``not_evaluable``, ``detections`` (= tp + fp + ignored + not_evaluable: all with
+        score >= score_thresh), ``images``, ``score_thresh``, ``iou_thresh``.
+    """
+    _check_thresholds(score_thresh, iou_thresh)
+    gt = load_gt(gt)
+    dets = [d for d in load_results(results, gt) if d["score"] >= score_thresh]
+    federated = _federated_sets(gt) if is_lvis_format(gt) else None
+    groups, not_evaluable = _group_by_image_class(dets, federated)
+    gt_boxes, counts = _gt_boxes(gt), Counter()
+    for (image_id, category_id), group in groups.items():
+        for status in _match(group, gt_boxes.get((image_id, category_id), []), iou_thresh):
+            if status == "crowd" or (
+                status == "fp" and federated and category_id in federated[1][image_id]
+            ):
+                status = "ignored"
+            counts[status] += 1
+    num_images = len(gt["images"])
+    return {
+        "fp_per_image": counts["fp"] / num_images,
+        "fp": counts["fp"],
+        "tp": counts["tp"],
+        "ignored": counts["ignored"],
+        "not_evaluable": not_evaluable,
+        "detections": len(dets),
+        "images": num_images,
+        "score_thresh": score_thresh,
+        "iou_thresh": iou_thresh,
+    }
+
+
+class _LVISFromDict(LVIS):
+    """``lvis.LVIS`` built from a loaded dict (``LVIS.__init__`` only takes a path)."""
+
+    def __init__(self, dataset: dict):
+        self.logger = logging.getLogger("lvis.lvis")
+        self.dataset = dataset
+        self._create_index()
+
+
+def _gt_for_eval(gt: dict, lvis: bool) -> dict:
+    """A shallow copy of ``gt`` with what the evaluators need: annotation ids 1..N (0 would read
+    as "unmatched"), ``area``, ``iscrowd``; for LVIS ``not_exhaustive_category_ids`` and a
+    ``frequency`` ("f" where missing: it only affects APr/APc/APf, not AP50)."""
+    anns = [
+        {"area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0, **a, "id": i + 1}
+        for i, a in enumerate(gt["annotations"])
+    ]
+    images, categories = gt["images"], gt["categories"]
+    if lvis:
+        images = [{"not_exhaustive_category_ids": [], **img} for img in images]
+        categories = [{"frequency": "f", **cat} for cat in categories]
+    return {**gt, "images": images, "categories": categories, "annotations": anns}
+
+
+def _lvis_ap50(gt: dict, dets: list[dict]) -> float:
+    lvis_gt = _LVISFromDict(gt)
+    # LVISResults deep-copies its gt's dataset: give it one without the annotations
+    images_only = _LVISFromDict({**gt, "annotations": []})
+    lvis_dt = LVISResults(images_only, [dict(d) for d in dets], max_dets=_LVIS_MAX_DETS)
+    evaluator = LVISEval(lvis_gt, lvis_dt, "bbox")
+    with numpy_float_alias():
+        evaluator.run()
+    return float(evaluator.results["AP50"])
+
+
+def _coco_ap50(gt: dict, dets: list[dict]) -> float:
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(d) for d in dets]), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[1])
+
+
+def _ap50(gt: dict, dets: list[dict], lvis: bool) -> float:
+    """Box AP50 in percent: LVISEval (max 300 dets/image) or COCOeval (max 100 dets/image)."""
+    if not dets:
+        return 0.0
+    ap = (_lvis_ap50 if lvis else _coco_ap50)(_gt_for_eval(gt, lvis), dets)
+    if ap < 0:  # the evaluators' -1: no category has a ground-truth box
+        logger.warning("AP50 is undefined (no ground-truth boxes); reporting 0.")
+        return 0.0
+    return 100.0 * ap
+
+
+def box_ap50(gt, results) -> float:
+    """Box AP50 of ``results``, with LVISEval for LVIS-format gt, else pycocotools COCOeval.
+
+    Args:
+        gt: ground-truth json path or loaded dict.
+        results: results json path or list of detection dicts.
+
+    Returns:
+        AP50 in percent (0 when there are no detections).
+    """
+    gt = load_gt(gt)
+    return _ap50(gt, load_results(results, gt), is_lvis_format(gt))
+
+
+def _background_indices(gt: dict, dets: list[dict], iou_thresh: float) -> set[int]:
+    """Indices of the evaluable detections whose IoU with every gt box of their class in their
+    image is < iou_thresh. LVIS detections that LVISEval leaves out are kept."""
+    federated = _federated_sets(gt) if is_lvis_format(gt) else None
+    gt_boxes, groups = _gt_boxes(gt), defaultdict(list)
+    for i, det in enumerate(dets):
+        if not federated or det["category_id"] in federated[0][det["image_id"]]:
+            groups[det["image_id"], det["category_id"]].append(i)
+    background = set()
+    for key, indices in groups.items():
+        ious = _box_ious([dets[i] for i in indices], gt_boxes.get(key, []))
+        best = ious.max(axis=1) if ious.shape[1] else np.zeros(len(indices))
+        background.update(i for i, iou in zip(indices, best) if iou < iou_thresh)
+    return background
+
+
+def delta_ap_fp(gt, results, iou_thresh=0.5) -> dict:
+    """TIDE's dAP_FP: box AP50 gained when every detection that matches no ground truth of its
+    class at IoU >= ``iou_thresh`` is removed.
+
+    Not one-to-one: a detection is removed only if its IoU with every ground-truth box of its own
+    class in its image (crowd boxes included, by intersection over detection area) is below
+    ``iou_thresh``; duplicates stay. For LVIS, detections outside the federated rule are kept
+    (LVISEval ignores them, and removing them would only change the 300-per-image cut).
+
+    Args:
+        gt: ground-truth json path or loaded dict (LVIS or COCO format).
+        results: results json path or list of detection dicts (all scores are used).
+        iou_thresh: IoU that counts as matching a ground-truth box.
+
+    Returns:
+        ``ap50`` and ``ap50_without_fp`` (percent), ``delta_ap_fp`` (their difference) and
+        ``removed`` (the number of detections removed).
+    """
+    _check_thresholds(0.0, iou_thresh)
+    gt = load_gt(gt)
+    dets = load_results(results, gt)
+    lvis = is_lvis_format(gt)
+    background = _background_indices(gt, dets, iou_thresh)
+    kept = [d for i, d in enumerate(dets) if i not in background]
+    before = _ap50(gt, dets, lvis)
+    after = _ap50(gt, kept, lvis) if background else before
+    return {
+        "ap50": before,
+        "ap50_without_fp": after,
+        "delta_ap_fp": after - before,
+        "removed": len(background),
+    }
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="python -m iif_d2.fp_analysis", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--gt", required=True, help="ground-truth json (LVIS or COCO format)")
+    p.add_argument("--results", required=True, help="detections json, e.g. lvis_instances_results")
+    p.add_argument("--score-thresh", type=float, default=0.05, help="for the FP counts only")
+    p.add_argument("--iou-thresh", type=float, default=0.5)
+    p.add_argument("--json-out", help="also write both analyses to this json file")
+    return p
+
+
+def _print_table(gt_path: str, lvis: bool, fp: dict, tide: dict):
+    print(f"# {gt_path}: {'LVIS' if lvis else 'COCO'} format, {fp['images']} images")
+    print(
+        f"# false positives, one-to-one (score >= {fp['score_thresh']}, IoU >= {fp['iou_thresh']})"
+    )
+    for key in ("fp_per_image", "fp", "tp", "ignored", "not_evaluable", "detections"):
+        value = fp[key]
+        print(f"{key}\t{value:.4f}" if isinstance(value, float) else f"{key}\t{value}")
+    print(f"# TIDE dAP_FP, box AP50 (IoU >= {fp['iou_thresh']}, all scores)")
+    for key in ("ap50", "ap50_without_fp", "delta_ap_fp"):
+        print(f"{key}\t{tide[key]:.2f}")
+    print(f"removed\t{tide['removed']}")
+
+
+def main(argv=None) -> int:
+    """Command line: print both analyses; exit 2 for a missing file or malformed input."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        gt = load_gt(args.gt)
+        dets = load_results(args.results, gt)
+        fp = false_positives_per_image(gt, dets, args.score_thresh, args.iou_thresh)
+        tide = delta_ap_fp(gt, dets, args.iou_thresh)
+        lvis = is_lvis_format(gt)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _print_table(args.gt, lvis, fp, tide)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"false_positives": fp, "delta_ap_fp": tide}, f, indent=1)
+        print(f"# saved to {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

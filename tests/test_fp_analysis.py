@@ -1,0 +1,269 @@
+"""``iif_d2.fp_analysis``: one-to-one false positives per image and TIDE's dAP_FP, by hand."""
+
+import copy
+import json
+
+import pytest
+
+from iif_d2.fp_analysis import (
+    box_ap50,
+    delta_ap_fp,
+    false_positives_per_image,
+    is_lvis_format,
+    main,
+)
+
+# (image_id, category_id, [x, y, w, h]) of the ground-truth boxes
+GT_BOXES = [
+    (1, 1, [10, 10, 20, 20]),
+    (1, 2, [50, 50, 30, 30]),
+    (2, 1, [0, 0, 40, 40]),
+    (3, 3, [20, 20, 30, 30]),
+]
+NEG = {1: [3], 2: [2], 3: []}  # LVIS: verified absent per image
+
+
+def lvis_gt(not_exhaustive=None):
+    not_exhaustive = not_exhaustive or {}
+    return {
+        "images": [
+            {
+                "id": i,
+                "width": 100,
+                "height": 100,
+                "neg_category_ids": NEG[i],
+                "not_exhaustive_category_ids": not_exhaustive.get(i, []),
+            }
+            for i in (1, 2, 3)
+        ],
+        "categories": [
+            {"id": 1, "name": "a", "frequency": "f"},
+            {"id": 2, "name": "b", "frequency": "c"},
+            {"id": 3, "name": "c", "frequency": "r"},
+        ],
+        "annotations": [
+            {"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3]}
+            for k, (i, c, b) in enumerate(GT_BOXES)
+        ],
+    }
+
+
+def coco_gt(extra_annotations=()):
+    gt = lvis_gt()
+    for img in gt["images"]:
+        del img["neg_category_ids"], img["not_exhaustive_category_ids"]
+    for cat in gt["categories"]:
+        del cat["frequency"]
+    for ann in gt["annotations"]:
+        ann["iscrowd"] = 0
+    gt["annotations"] += list(extra_annotations)
+    return gt
+
+
+GTS = {"lvis": lvis_gt, "coco": coco_gt}
+
+
+def det(image_id, category_id, bbox, score):
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+def perfect():
+    return [det(i, c, b, 0.9) for i, c, b in GT_BOXES]
+
+
+@pytest.mark.parametrize("fmt", GTS)
+def test_perfect_detections(fmt):
+    gt = GTS[fmt]()
+    assert is_lvis_format(gt) == (fmt == "lvis")
+    fp = false_positives_per_image(gt, perfect())
+    assert (fp["fp"], fp["tp"], fp["detections"], fp["images"]) == (0, 4, 4, 3)
+    assert fp["fp_per_image"] == 0.0
+    assert delta_ap_fp(gt, perfect()) == {
+        "ap50": 100.0,
+        "ap50_without_fp": 100.0,
+        "delta_ap_fp": 0.0,
+        "removed": 0,
+    }
+
+
+@pytest.mark.parametrize("fmt", GTS)
+def test_background_detection_of_present_class(fmt):
+    # ranked below every true positive of class 1: a false positive, but AP50 stays 100
+    results = [*perfect(), det(1, 1, [70, 0, 20, 20], 0.3)]
+    fp = false_positives_per_image(GTS[fmt](), results)
+    assert (fp["fp"], fp["tp"], fp["detections"]) == (1, 4, 5)
+    assert fp["fp_per_image"] == pytest.approx(1 / 3)
+    tide = delta_ap_fp(GTS[fmt](), results)
+    assert (tide["ap50"], tide["ap50_without_fp"], tide["removed"]) == (100.0, 100.0, 1)
+
+
+def test_non_evaluable_class_is_left_out_for_lvis_only():
+    # class 2 is neither present in image 3 nor in its neg_category_ids
+    results = [*perfect(), det(3, 2, [60, 60, 20, 20], 0.95)]
+    fp = false_positives_per_image(lvis_gt(), results)
+    assert (fp["fp"], fp["not_evaluable"], fp["detections"]) == (0, 1, 5)
+    assert delta_ap_fp(lvis_gt(), results)["removed"] == 0
+    assert box_ap50(lvis_gt(), results) == 100.0
+
+    fp = false_positives_per_image(coco_gt(), results)
+    assert (fp["fp"], fp["not_evaluable"], fp["fp_per_image"]) == (1, 0, pytest.approx(1 / 3))
+    # class 2: the FP outranks its only TP, precision 1/2 at every recall -> AP50 (100+50+100)/3
+    tide = delta_ap_fp(coco_gt(), results)
+    assert tide["ap50"] == pytest.approx(250 / 3)
+    assert tide["ap50_without_fp"] == pytest.approx(100.0)
+    assert tide["delta_ap_fp"] == pytest.approx(50 / 3)
+    assert tide["removed"] == 1
+
+
+@pytest.mark.parametrize("fmt", GTS)
+def test_high_scoring_background_fp_lowers_ap50(fmt):
+    # class 3 is listed negative in image 1 (LVIS): the FP outranks class 3's only TP
+    results = [*perfect(), det(1, 3, [70, 70, 20, 20], 0.95)]
+    fp = false_positives_per_image(GTS[fmt](), results)
+    assert (fp["fp"], fp["tp"], fp["not_evaluable"]) == (1, 4, 0)
+    tide = delta_ap_fp(GTS[fmt](), results)
+    assert tide["ap50"] == pytest.approx(250 / 3)
+    assert tide["ap50_without_fp"] == pytest.approx(100.0)
+    assert tide["delta_ap_fp"] == pytest.approx(50 / 3) and tide["delta_ap_fp"] > 0
+    assert tide["removed"] == 1
+
+
+@pytest.mark.parametrize("fmt", GTS)
+def test_duplicate_is_fp_one_to_one_but_not_removed(fmt):
+    # IoU with the image-2 box: 39*39 / (1600 + 1600 - 1521) = 0.906
+    results = [*perfect(), det(2, 1, [1, 1, 40, 40], 0.8)]
+    fp = false_positives_per_image(GTS[fmt](), results)
+    assert (fp["fp"], fp["tp"], fp["fp_per_image"]) == (1, 4, pytest.approx(1 / 3))
+    assert delta_ap_fp(GTS[fmt](), results) == {
+        "ap50": 100.0,
+        "ap50_without_fp": 100.0,
+        "delta_ap_fp": 0.0,
+        "removed": 0,
+    }
+
+
+def test_greedy_matching_by_score_not_list_order():
+    # both detections overlap the image-2 box; the higher score one matches it
+    results = [det(2, 1, [0, 0, 40, 30], 0.4), det(2, 1, [0, 0, 40, 40], 0.6)]
+    fp = false_positives_per_image(lvis_gt(), results, score_thresh=0.5)
+    assert (fp["fp"], fp["tp"], fp["detections"]) == (0, 1, 1)
+    fp = false_positives_per_image(lvis_gt(), results)
+    assert (fp["fp"], fp["tp"], fp["detections"]) == (1, 1, 2)
+
+
+def test_not_exhaustive_class_unmatched_is_ignored():
+    results = [*perfect(), det(1, 1, [70, 0, 20, 20], 0.95)]
+    gt = lvis_gt(not_exhaustive={1: [1]})
+    fp = false_positives_per_image(gt, results)
+    assert (fp["fp"], fp["ignored"], fp["tp"], fp["detections"]) == (0, 1, 4, 5)
+    # LVISEval does not penalise it either
+    assert box_ap50(gt, results) == 100.0
+
+
+def test_crowd_overlap_is_ignored_coco():
+    crowd = {"id": 99, "image_id": 3, "category_id": 3, "bbox": [60, 60, 30, 30], "iscrowd": 1}
+    results = [*perfect(), det(3, 3, [62, 62, 25, 25], 0.95)]
+    fp = false_positives_per_image(coco_gt([crowd]), results)
+    assert (fp["fp"], fp["ignored"], fp["tp"]) == (0, 1, 4)
+    tide = delta_ap_fp(coco_gt([crowd]), results)
+    assert (tide["ap50"], tide["removed"]) == (100.0, 0)
+
+
+def test_score_threshold():
+    results = [*perfect(), det(1, 1, [70, 0, 20, 20], 0.04)]
+    fp = false_positives_per_image(lvis_gt(), results)
+    assert (fp["fp"], fp["detections"], fp["score_thresh"]) == (0, 4, 0.05)
+    fp = false_positives_per_image(lvis_gt(), results, score_thresh=0.0)
+    assert (fp["fp"], fp["detections"]) == (1, 5)
+    fp = false_positives_per_image(lvis_gt(), results, score_thresh=0.95)
+    assert (fp["fp"], fp["tp"], fp["detections"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("fmt", GTS)
+def test_empty_results(fmt):
+    fp = false_positives_per_image(GTS[fmt](), [])
+    assert (fp["fp"], fp["tp"], fp["detections"], fp["fp_per_image"]) == (0, 0, 0, 0.0)
+    assert delta_ap_fp(GTS[fmt](), []) == {
+        "ap50": 0.0,
+        "ap50_without_fp": 0.0,
+        "delta_ap_fp": 0.0,
+        "removed": 0,
+    }
+
+
+def test_all_detections_removed():
+    results = [det(1, 1, [70, 0, 20, 20], 0.9)]
+    assert delta_ap_fp(lvis_gt(), results) == {
+        "ap50": 0.0,
+        "ap50_without_fp": 0.0,
+        "delta_ap_fp": 0.0,
+        "removed": 1,
+    }
+
+
+def test_inputs_are_not_modified():
+    gt, results = lvis_gt(), [*perfect(), det(1, 3, [70, 70, 20, 20], 0.95)]
+    gt_before, results_before = copy.deepcopy(gt), copy.deepcopy(results)
+    false_positives_per_image(gt, results)
+    delta_ap_fp(gt, results)
+    assert gt == gt_before and results == results_before
+
+
+@pytest.mark.parametrize(
+    "results, message",
+    [
+        ({"image_id": 1}, "json list"),
+        ([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}], "keys"),
+        ([det(1, 1, [0, 0, 1], 0.5)], "bbox"),
+        ([det(7, 1, [0, 0, 1, 1], 0.5)], "image_id 7"),
+        ([det(1, 9, [0, 0, 1, 1], 0.5)], "category_id 9"),
+    ],
+)
+def test_malformed_results(results, message):
+    with pytest.raises(ValueError, match=message):
+        false_positives_per_image(lvis_gt(), results)
+
+
+def test_mixed_gt_format_rejected():
+    gt = lvis_gt()
+    del gt["images"][0]["neg_category_ids"]
+    with pytest.raises(ValueError, match="neg_category_ids"):
+        delta_ap_fp(gt, perfect())
+
+
+def _write(tmp_path, gt, results):
+    gt_path, results_path = tmp_path / "gt.json", tmp_path / "results.json"
+    gt_path.write_text(json.dumps(gt))
+    results_path.write_text(json.dumps(results))
+    return str(gt_path), str(results_path)
+
+
+def test_cli_prints_and_saves(tmp_path, capsys):
+    results = [*perfect(), det(1, 3, [70, 70, 20, 20], 0.95)]
+    gt_path, results_path = _write(tmp_path, lvis_gt(), results)
+    out = tmp_path / "fp.json"
+    assert main(["--gt", gt_path, "--results", results_path, "--json-out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "LVIS format, 3 images" in lines[0]
+    assert "fp_per_image\t0.3333" in lines and "fp\t1" in lines
+    assert "ap50\t83.33" in lines and "delta_ap_fp\t16.67" in lines and "removed\t1" in lines
+    saved = json.loads(out.read_text())
+    assert saved["false_positives"]["fp"] == 1 and saved["delta_ap_fp"]["removed"] == 1
+
+
+def test_cli_score_thresh(tmp_path, capsys):
+    gt_path, results_path = _write(tmp_path, coco_gt(), [det(1, 1, [70, 0, 20, 20], 0.2)])
+    assert main(["--gt", gt_path, "--results", results_path, "--score-thresh", "0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "COCO format" in lines[0] and "fp\t0" in lines and "removed\t1" in lines
+
+
+def test_cli_missing_file_and_malformed_results(tmp_path, capsys):
+    gt_path, results_path = _write(tmp_path, lvis_gt(), {"not": "a list"})
+    assert main(["--gt", gt_path, "--results", str(tmp_path / "none.json")]) == 2
+    assert "results file not found" in capsys.readouterr().err
+    assert main(["--gt", gt_path, "--results", results_path]) == 2
+    assert "json list" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["--gt", str(tmp_path / "bad.json"), "--results", results_path]) == 2
+    assert "not valid json" in capsys.readouterr().err
