@@ -21,6 +21,11 @@ detection is evaluated only where its class is present in the image or listed as
 and an unmatched detection of a class listed in the image's ``not_exhaustive_category_ids`` is
 not penalised. Both rules are applied as ``LVISEval`` applies them. COCO-format ground truth has
 no such lists and every detection is evaluated.
+
+At ``score_thresh`` 0 the tp/fp/ignored counts equal those of ``LVISEval``/``COCOeval`` at
+IoU 0.5, with one difference: a detection of a class that has no ground-truth box anywhere in
+the set is counted as a false positive here, while the evaluators skip such classes (their AP is
+undefined).
 """
 
 import argparse
@@ -286,11 +291,24 @@ def _gt_for_eval(gt: dict, lvis: bool) -> dict:
     return {**gt, "images": images, "categories": categories, "annotations": anns}
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Drop a library logger's warnings for a while (results checked here already)."""
+    lib_logger = logging.getLogger(name)
+    level = lib_logger.level
+    lib_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lib_logger.setLevel(level)
+
+
 def _lvis_ap50(gt: dict, dets: list[dict]) -> float:
     lvis_gt = _LVISFromDict(gt)
     # LVISResults deep-copies its gt's dataset: give it one without the annotations
     images_only = _LVISFromDict({**gt, "annotations": []})
-    lvis_dt = LVISResults(images_only, [dict(d) for d in dets], max_dets=_LVIS_MAX_DETS)
+    with _quiet_logger("lvis.results"):  # "Assuming user provided the results in correct format"
+        lvis_dt = LVISResults(images_only, [dict(d) for d in dets], max_dets=_LVIS_MAX_DETS)
     evaluator = LVISEval(lvis_gt, lvis_dt, "bbox")
     with numpy_float_alias():
         evaluator.run()

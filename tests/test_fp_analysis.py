@@ -143,12 +143,17 @@ def test_duplicate_is_fp_one_to_one_but_not_removed(fmt):
 
 
 def test_greedy_matching_by_score_not_list_order():
-    # both detections overlap the image-2 box; the higher score one matches it
-    results = [det(2, 1, [0, 0, 40, 30], 0.4), det(2, 1, [0, 0, 40, 40], 0.6)]
-    fp = false_positives_per_image(lvis_gt(), results, score_thresh=0.5)
-    assert (fp["fp"], fp["tp"], fp["detections"]) == (0, 1, 1)
-    fp = false_positives_per_image(lvis_gt(), results)
+    # image 2 gets a second class-1 box; the 0.6 detection overlaps both (IoU 0.667 and 0.538),
+    # the 0.4 one only the first (IoU 1 and 0.333). By score: 0.6 takes the first box, and 0.4 is
+    # left unmatched. In list order both would have matched.
+    second = {"id": 99, "image_id": 2, "category_id": 1, "bbox": [20, 0, 40, 40], "iscrowd": 0}
+    results = [det(2, 1, [0, 0, 40, 40], 0.4), det(2, 1, [8, 0, 40, 40], 0.6)]
+    fp = false_positives_per_image(coco_gt([second]), results)
     assert (fp["fp"], fp["tp"], fp["detections"]) == (1, 1, 2)
+    fp = false_positives_per_image(coco_gt([second]), results, score_thresh=0.5)
+    assert (fp["fp"], fp["tp"], fp["detections"]) == (0, 1, 1)
+    # not one-to-one: both overlap a box of their class, so neither is removed
+    assert delta_ap_fp(coco_gt([second]), results)["removed"] == 0
 
 
 def test_not_exhaustive_class_unmatched_is_ignored():
