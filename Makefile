@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.iif-d2-installed
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo benchmark bench clean
 
 $(STAMP): setup.py tools/install_env.py
 	python3 tools/install_env.py --venv $(VENV)
@@ -23,8 +23,18 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# the main job: IIF Mask R-CNN trained and evaluated on the embedded SynthLT dataset
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+# softmax vs additive margins vs IIF on SynthLT (add ARGS=--quick for a few-minute CPU run)
+benchmark: $(STAMP)
+	$(PY) tools/benchmark_synthlt.py $(ARGS)
+
+# speed: IIF head / softmax head ratios, and LVIS-sized class statistics timing
 bench: $(STAMP)
 	$(PY) tools/benchmark.py
+	$(PY) tools/benchmark_class_stats.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

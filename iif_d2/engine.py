@@ -1,10 +1,14 @@
 """``Trainer``: detectron2's DefaultTrainer with IIF's evaluators, decoupled training and
 multi-process CPU training; ``setup`` builds the config the way detectron2's tools do."""
 
+import json
 import logging
+import os
 
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from .compat import cpu_safe_ddp
 from .config import add_iif_config
@@ -63,6 +67,17 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's test; the results are also written to OUTPUT_DIR/inference/results.json."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+            PathManager.mkdirs(folder)
+            with PathManager.open(os.path.join(folder, "results.json"), "w") as f:
+                json.dump(results, f, indent=1)
+        return results
 
 
 def setup(args):

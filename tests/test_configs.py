@@ -47,6 +47,10 @@ def test_config_builds_model(name):
         if iif.ENABLED:
             assert p.iif_weights.shape == (cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,)
             assert p.iif_weights[-1] == 1.0
+        margin = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
+        assert p.margin_mode == (margin.TYPE if margin.ENABLED else "off")
+        if margin.ENABLED:
+            assert p.margins[-1] == 0.0
 
 
 @pytest.mark.parametrize("name", LEAVES)
@@ -54,10 +58,7 @@ def test_header_names_paper_row(name):
     with open(os.path.join(ROOT, name)) as f:
         header = f.readline()
     assert header.startswith("#")
-    if name.startswith("LVISv1"):
-        assert "Table" in header
-    else:
-        assert "Table" in header or "no paper row" in header or "tests" in header
+    assert any(ref in header for ref in ("Table", "Fig.", "no paper row", "(tests)")), header
 
 
 def test_variant_leaves_cover_table_xiv():

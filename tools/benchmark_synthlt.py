@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""`make benchmark`: softmax vs additive margins vs IIF on SynthLT (the paper's Fig. 1 question).
+
+The same model, schedule and seed trained with: softmax, IIF raw, IOF base10, balanced softmax
+and logit adjustment in the loss; post-process IIF and post-hoc logit adjustment evaluate the
+softmax model. Each is run through train_net.py (resuming a finished or interrupted run instead
+of repeating it). Reported: mask AP, APr, APc, APf, box AP (LVIS evaluation), false positives
+per image at a score threshold, dAP_FP (box AP50 gained when every detection that matches no
+ground truth of its class at IoU >= 0.5 is removed) and wall time.
+
+Writes OUTPUT/benchmark.md, OUTPUT/benchmark.json and OUTPUT/benchmark.png.
+
+    python tools/benchmark_synthlt.py [--quick] [--output-dir output/benchmark]
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs", "SynthLT-InstanceSegmentation")
+# (key, label, config, evaluates the weights of)
+METHODS = [
+    ("softmax", "softmax", "mask_rcnn_R_18_FPN.yaml", None),
+    ("iif_raw", "IIF raw", "mask_rcnn_R_18_FPN_iif.yaml", None),
+    ("iof_base10", "IOF base10", "mask_rcnn_R_18_FPN_iof_base10.yaml", None),
+    ("iif_post", "IIF raw, post-process", "mask_rcnn_R_18_FPN_iif_postprocess.yaml", "softmax"),
+    ("balanced", "balanced softmax", "mask_rcnn_R_18_FPN_balanced_softmax.yaml", None),
+    ("la_loss", "logit adj. (loss)", "mask_rcnn_R_18_FPN_logit_adjustment.yaml", None),
+    (
+        "la_posthoc",
+        "logit adj. (post-hoc)",
+        "mask_rcnn_R_18_FPN_logit_adjustment_posthoc.yaml",
+        "softmax",
+    ),
+]
+QUICK = ["SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(120,)", "SOLVER.WARMUP_ITERS", "50"]
+
+
+def _device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run(key, config, weights_of, out_root, opts):
+    """Train (or evaluate) one method; return (results, wall seconds)."""
+    out = os.path.join(out_root, key)
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config]
+    if weights_of:
+        weights = os.path.join(out_root, weights_of, "model_final.pth")
+        cmd += ["--eval-only", "MODEL.WEIGHTS", weights]
+    else:
+        cmd += ["--resume"]
+    cmd += ["OUTPUT_DIR", out, "MODEL.DEVICE", _device(), *opts]
+    os.makedirs(out, exist_ok=True)
+    t = time.time()
+    with open(os.path.join(out, "stdout.log"), "w") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if rc:
+        sys.exit(f"{key} failed (exit {rc}); see {out}/log.txt")
+    with open(os.path.join(out, "inference", "results.json")) as f:
+        return json.load(f), time.time() - t
+
+
+def fp_stats(out_root, key, gt_file, score_thresh):
+    from iif_d2.fp_analysis import delta_ap_fp, false_positives_per_image
+
+    results = os.path.join(out_root, key, "inference", "lvis_instances_results.json")
+    fp = false_positives_per_image(gt_file, results, score_thresh=score_thresh)
+    return fp["fp_per_image"], delta_ap_fp(gt_file, results)["delta_ap_fp"]
+
+
+def write_report(rows, out_root, header):
+    cols = ["AP", "APr", "APc", "APf", "APbox", "FP/img", "dAP_FP", "time (s)"]
+    lines = [header, "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in rows:
+        vals = [f"{r[c]:.1f}" if c != "FP/img" else f"{r[c]:.2f}" for c in cols]
+        lines.append(f"| {r['method']} | " + " | ".join(vals) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out_root, "benchmark.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out_root, "benchmark.json"), "w") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=1)
+    _figure(rows, os.path.join(out_root, "benchmark.png"))
+    return text
+
+
+def _figure(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [r["method"] for r in rows]
+    x = np.arange(len(rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    for i, k in enumerate(["APr", "APc", "APf", "AP"]):
+        ax1.bar(x + (i - 1.5) * 0.2, [r[k] for r in rows], 0.2, label=k)
+    ax1.set_xticks(x, names, rotation=30, ha="right")
+    ax1.set_ylabel("mask AP (SynthLT val)")
+    ax1.legend()
+    ax2.bar(x, [r["FP/img"] for r in rows], color="tab:red")
+    ax2.set_xticks(x, names, rotation=30, ha="right")
+    ax2.set_ylabel("false positives / image")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="150 iterations: minutes on a CPU")
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--score-thresh", type=float, default=0.3, help="for FP/image")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="train_net.py config overrides")
+    args = parser.parse_args()
+    name = "benchmark_quick" if args.quick else "benchmark"
+    out_root = args.output_dir or os.path.join(REPO, "output", name)
+    opts = (QUICK if args.quick else []) + list(args.opts)
+
+    import iif_d2  # noqa: F401  (first: detectron2 compatibility shims)
+
+    # isort: split
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    DatasetCatalog.get("synthlt_val")  # generates SynthLT once
+    gt_file = MetadataCatalog.get("synthlt_val").json_file
+    rows = []
+    for key, label, config, weights_of in METHODS:
+        print(f"[benchmark] {label} ...", flush=True)
+        res, wall = run(key, os.path.join(CONFIGS, config), weights_of, out_root, opts)
+        fp, dap = fp_stats(out_root, key, gt_file, args.score_thresh)
+        segm, bbox = res["segm"], res["bbox"]
+        rows.append(
+            {"method": label, "AP": segm["AP"], "APr": segm["APr"], "APc": segm["APc"],
+             "APf": segm["APf"], "APbox": bbox["AP"], "FP/img": fp, "dAP_FP": dap,
+             "time (s)": wall}
+        )  # fmt: skip
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    header = (
+        f"SynthLT val, {'--quick ' if args.quick else ''}{device} ({os.cpu_count()} cores, "
+        f"{platform.machine()}), torch {torch.__version__}; FP/img at score >= "
+        f"{args.score_thresh}; post-process rows evaluate the softmax model (time = evaluation)."
+    )
+    print(write_report(rows, out_root, header))
+    print(f"[benchmark] written to {out_root}/benchmark.{{md,json,png}}")
+
+
+if __name__ == "__main__":
+    main()
