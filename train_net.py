@@ -16,7 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 
-from iif_d2.engine import Trainer, setup
+from iif_d2.engine import Trainer, load_config, setup
 from iif_d2.launch import launch
 
 
@@ -41,6 +41,7 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    device = load_config(args).MODEL.DEVICE
     launch(
         main,
         args.num_gpus,
@@ -48,4 +49,5 @@ if __name__ == "__main__":
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        backend="gloo" if device == "cpu" else "auto",
     )

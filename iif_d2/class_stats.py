@@ -77,9 +77,13 @@ class ClassStats:
         released weights; ``"sum"``: K = sum of f, the paper's Eq. 11.
         """
         if frequency not in FREQUENCIES:
-            raise ValueError(f"IIF FREQUENCY {frequency!r} is not one of {FREQUENCIES}.")
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.IIF.FREQUENCY {frequency!r} is not one of {FREQUENCIES}."
+            )
         if normalizer not in NORMALIZERS:
-            raise ValueError(f"IIF NORMALIZER {normalizer!r} is not one of {NORMALIZERS}.")
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.IIF.NORMALIZER {normalizer!r} is not one of {NORMALIZERS}."
+            )
         f = self.image_counts if frequency == "image" else self.instance_counts
         if normalizer == "sum" or frequency == "instance":
             return f, sum(f)
@@ -213,6 +217,8 @@ def load_counts_file(path: str) -> ClassStats:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}).") from None
+    if "stats" in data and "weights" in data:  # written by `python -m iif_d2.cli --save`
+        data = data["stats"]
     if "image_counts" in data:
         fields = {f.name for f in dataclasses.fields(ClassStats)}
         return ClassStats(**{k: v for k, v in data.items() if k in fields})
@@ -225,7 +231,10 @@ def _compute(cfg) -> ClassStats:
     iif = cfg.MODEL.ROI_BOX_HEAD.IIF
     if iif.COUNTS_SOURCE == "file":
         if not iif.COUNTS_FILE:
-            raise ValueError("IIF COUNTS_SOURCE 'file' needs MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE.")
+            raise ValueError(
+                "IIF COUNTS_SOURCE 'file' needs MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE (a counts "
+                "CSV/JSON, e.g. iif_d2://lvis_v1_train.csv or a run's iif_class_stats.json)."
+            )
         return load_counts_file(iif.COUNTS_FILE)
     names = list(cfg.DATASETS.TRAIN)
     if not names:
@@ -237,10 +246,16 @@ def _compute(cfg) -> ClassStats:
         from detectron2.data import MetadataCatalog
 
         if len(names) != 1:
-            raise ValueError("IIF COUNTS_SOURCE 'json' takes exactly one training dataset.")
+            raise ValueError(
+                "IIF COUNTS_SOURCE 'json' takes exactly one training dataset; with several, "
+                "use COUNTS_SOURCE 'dataset'."
+            )
         json_file = getattr(MetadataCatalog.get(names[0]), "json_file", None)
         if not json_file:
-            raise ValueError(f"Dataset {names[0]!r} has no json_file in its metadata.")
+            raise ValueError(
+                f"Dataset {names[0]!r} has no json_file in its metadata, so IIF COUNTS_SOURCE "
+                "'json' cannot read it; use COUNTS_SOURCE 'dataset' or 'file'."
+            )
         return load_counts_file(json_file)
     if iif.COUNTS_SOURCE != "dataset":
         raise ValueError(
@@ -266,6 +281,7 @@ _CACHE: Dict[tuple, ClassStats] = {}
 
 
 def _cache_key(cfg) -> tuple:
+    """Everything the counts depend on (a re-registered dataset name is not detected)."""
     iif = cfg.MODEL.ROI_BOX_HEAD.IIF
     return (
         iif.COUNTS_SOURCE,
@@ -273,35 +289,61 @@ def _cache_key(cfg) -> tuple:
         tuple(cfg.DATASETS.TRAIN),
         cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        cfg.MODEL.KEYPOINT_ON,
+        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE,
+        cfg.MODEL.LOAD_PROPOSALS,
+        tuple(cfg.DATASETS.PROPOSAL_FILES_TRAIN),
     )
+
+
+def _compute_on_main_rank(cfg) -> ClassStats:
+    """Compute on rank 0 and send to all ranks; an error on rank 0 is raised on every rank."""
+    from detectron2.utils import comm
+
+    payload = None
+    if comm.is_main_process():
+        try:
+            payload = (_compute(cfg), None)
+        except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+            payload = (None, e)
+    if comm.get_world_size() > 1:
+        payload = comm.all_gather(payload)[0]
+    stats, error = payload
+    if error is not None:
+        raise error
+    return stats
 
 
 def class_stats_from_config(cfg) -> ClassStats:
     """Class statistics for ``cfg``: computed once per process on the main rank, identical on
     every rank, and saved to ``OUTPUT_DIR/iif_class_stats.json``.
+
+    In a multi-process job this is a collective call: every rank must make it (as every rank
+    builds the model); the result is cached per process.
+
+    Returns:
+        a copy of the cached statistics.
     """
     from detectron2.utils import comm
 
     key = _cache_key(cfg)
-    if key in _CACHE:
-        return _CACHE[key]
-    stats = _compute(cfg) if comm.is_main_process() else None
-    if comm.get_world_size() > 1:
-        stats = comm.all_gather(stats)[0]
+    if key not in _CACHE:
+        _CACHE[key] = _compute_on_main_rank(cfg)
+        stats = _CACHE[key]
+        logger.info(
+            "IIF class statistics from %s: %d classes, %s images, %d instances.",
+            stats.source,
+            stats.num_classes,
+            stats.num_images,
+            sum(stats.instance_counts),
+        )
+    stats = dataclasses.replace(_CACHE[key])
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         try:
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
             stats.save(os.path.join(cfg.OUTPUT_DIR, STATS_FILENAME))
         except OSError as e:
             logger.warning("Could not save IIF class statistics to %s: %s", cfg.OUTPUT_DIR, e)
-    logger.info(
-        "IIF class statistics from %s: %d classes, %s images, %d instances.",
-        stats.source,
-        stats.num_classes,
-        stats.num_images,
-        sum(stats.instance_counts),
-    )
-    _CACHE[key] = stats
     return stats
 
 

@@ -20,7 +20,7 @@ def add_iif_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.IIF.ENABLED = False
     # Where the weights w act. "end_to_end": loss CE(softmax(w * z), y) and scores
     # softmax(w * z) at inference; "post_process": plain softmax CE in training, softmax(w * z)
-    # only at inference (paper Table XIII).
+    # only at inference (paper Eq. 14).
     _C.MODEL.ROI_BOX_HEAD.IIF.MODE = "end_to_end"
     # Weight formula (paper Table III): "raw" ln(K/f), "smooth" ln((K+1)/(f+1))+1, "relative"
     # ln((K-f)/f) (alias "prob"), "base2" log2(K/f), "base10" log10(K/f), "gombit"
@@ -38,8 +38,8 @@ def add_iif_config(cfg):
     # "file" = COUNTS_FILE.
     _C.MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE = "dataset"
     # Counts file for COUNTS_SOURCE "file": a CSV with image_count and instance_count columns
-    # (one row per class, in contiguous-id order; a "# num_images: N" line gives K), a JSON
-    # saved by `python -m iif_d2.class_stats`, or an LVIS json. "iif_d2://lvis_v1_train.csv"
+    # (one row per class, in contiguous-id order; a "# num_images: N" line gives K), a run's
+    # OUTPUT_DIR/iif_class_stats.json, a `python -m iif_d2.cli --save` JSON, or an LVIS/COCO json. "iif_d2://lvis_v1_train.csv"
     # and "iif_d2://coco_train2017.csv" name the LVIS v1 / COCO train counts shipped here.
     _C.MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE = ""
     # Accept weights <= 0 ("relative"/"normit" on classes with p >= 0.5, e.g. COCO person).

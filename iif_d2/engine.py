@@ -14,7 +14,7 @@ from .compat import cpu_safe_ddp
 from .config import add_iif_config
 from .evaluation import build_evaluator
 
-__all__ = ["Trainer", "setup", "freeze_all_but_box_classifier"]
+__all__ = ["Trainer", "load_config", "setup", "freeze_all_but_box_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +80,18 @@ class Trainer(DefaultTrainer):
         return results
 
 
-def setup(args):
-    """Config from ``args`` (detectron2's argument parser) with iif-d2's keys, frozen."""
+def load_config(args):
+    """The config of ``args`` (detectron2's argument parser) with iif-d2's keys."""
     cfg = get_cfg()
     add_iif_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    return cfg
+
+
+def setup(args):
+    """:func:`load_config`, frozen, and detectron2's ``default_setup`` (logging, OUTPUT_DIR)."""
+    cfg = load_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -30,8 +30,8 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     The product and the loss are computed in fp32, also under AMP. With detectron2 main's
     ``USE_SIGMOID_CE`` (and federated loss) the same scaled logits feed the sigmoid: the
     foreground logits are scaled, the background column is unused, as upstream.
-    ``iif_weights`` is a non-persistent buffer: checkpoints stay loadable by plain detectron2,
-    and the weights always follow the config and the saved class statistics.
+    ``iif_weights`` is a non-persistent buffer, recomputed from the config and the class counts
+    whenever the model is built: checkpoints hold only learned parameters.
 
     The additive baselines (``margin_mode``, see :func:`iif_d2.weights.additive_margins`) add
     a margin m instead: CE(z + m) in the loss (balanced softmax, logit adjustment) or
@@ -67,17 +67,30 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         if margin_mode not in MARGIN_MODES:
             raise ValueError(f"Additive margin {margin_mode!r} is not one of {MARGIN_MODES}.")
         if iif_mode != "off" and margin_mode != "off":
-            raise ValueError("IIF and additive margins are exclusive: enable one of them.")
+            raise ValueError(
+                "IIF and additive margins are exclusive: set MODEL.ROI_BOX_HEAD.IIF.ENABLED or "
+                "MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.ENABLED, not both."
+            )
         self.iif_mode, self.margin_mode = iif_mode, margin_mode
         if iif_mode != "off":
             self.register_buffer("iif_weights", self._per_class(iif_weights), persistent=False)
         if margin_mode != "off":
             self.register_buffer("margins", self._per_class(margins), persistent=False)
-        if cls_score_init == "constant":
+        self.cls_score_init = cls_score_init
+        self.apply_cls_score_init()
+
+    def apply_cls_score_init(self):
+        """Apply ``cls_score_init``: "constant" sets weights 0.001 and bias 0 (the authors')."""
+        if self.cls_score_init == "constant":
             nn.init.constant_(self.cls_score.weight, 0.001)
             nn.init.constant_(self.cls_score.bias, 0.0)
 
     def _per_class(self, values) -> torch.Tensor:
+        if values is None:
+            raise ValueError(
+                "IIF weights / additive margins are required when IIF or ADDITIVE_MARGIN is "
+                "enabled: pass iif_weights= / margins= (from_config computes them)."
+            )
         v = torch.as_tensor(values, dtype=torch.float32)
         if v.shape != (self.num_classes + 1,):
             raise ValueError(

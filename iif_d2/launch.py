@@ -1,8 +1,8 @@
 """Multi-process launch that also works on CPU with detectron2 v0.6.
 
-On GPUs this is detectron2's ``launch``. Without CUDA, v0.6's ``launch`` asserts CUDA and
-hard-codes NCCL, so the workers are started here instead, with the gloo backend, on both
-detectron2 versions (one code path for CPU).
+For GPU training this is detectron2's ``launch``. For CPU training (``backend="gloo"``, or
+"auto" on a machine without CUDA) the workers are started here, with the gloo backend, on both
+detectron2 versions: v0.6's ``launch`` asserts CUDA and hard-codes NCCL.
 """
 
 import logging
@@ -35,12 +35,21 @@ def launch(
     dist_url=None,
     args=(),
     timeout=DEFAULT_TIMEOUT,
+    backend: str = "auto",
 ):
-    """Same arguments as :func:`detectron2.engine.launch`; ``num_gpus_per_machine`` is the
-    number of processes per machine (CPU processes when there is no GPU).
+    """Same arguments as :func:`detectron2.engine.launch`, plus ``backend``.
+
+    Args:
+        num_gpus_per_machine: processes per machine (CPU processes with gloo).
+        backend: "gloo" for CPU processes, "nccl" for detectron2's GPU launch, "auto" for nccl
+            when CUDA is available, else gloo. train_net.py picks gloo when MODEL.DEVICE is cpu.
     """
+    if backend not in ("auto", "gloo", "nccl"):
+        raise ValueError(f"launch backend {backend!r} is not one of 'auto', 'gloo', 'nccl'.")
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
     world_size = num_machines * num_gpus_per_machine
-    if world_size == 1 or torch.cuda.is_available():
+    if world_size == 1 or backend == "nccl":
         return d2_launch(
             main_func,
             num_gpus_per_machine,
@@ -54,7 +63,7 @@ def launch(
         if num_machines != 1:
             raise ValueError("--dist-url must name the main machine in multi-machine jobs.")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    logger.info("No CUDA: launching %d CPU processes with the gloo backend.", world_size)
+    logger.info("Launching %d CPU processes with the gloo backend.", world_size)
     mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,

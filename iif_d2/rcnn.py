@@ -18,7 +18,10 @@ class IIFGeneralizedRCNN(GeneralizedRCNN):
     def __init__(self, *, mask_threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= mask_threshold <= 1.0:
-            raise ValueError(f"MASK_THRESHOLD must lie in [0, 1], got {mask_threshold}.")
+            raise ValueError(
+                "MODEL.ROI_MASK_HEAD.INFERENCE.MASK_THRESHOLD must lie in [0, 1], got "
+                f"{mask_threshold}."
+            )
         self.mask_threshold = mask_threshold
 
     @classmethod

@@ -2,12 +2,27 @@
 
 from typing import List
 
+import torch
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 from detectron2.structures import Instances
 
 from .fast_rcnn import IIFFastRCNNOutputLayers
 
 __all__ = ["IIFStandardROIHeads", "IIFCascadeROIHeads"]
+
+
+def _replace_predictor(cfg, upstream, input_shape, **kwargs) -> IIFFastRCNNOutputLayers:
+    """An IIF predictor holding ``upstream``'s freshly initialised parameters.
+
+    Built without drawing from the global RNG, so that every later module (mask head, ...)
+    gets the same random initialisation as in detectron2 itself: with IIF off, the model is
+    upstream's for the same seed.
+    """
+    with torch.random.fork_rng(devices=[]):
+        predictor = IIFFastRCNNOutputLayers(cfg, input_shape, **kwargs)
+    predictor.load_state_dict(upstream.state_dict())
+    predictor.apply_cls_score_init()
+    return predictor
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -17,7 +32,9 @@ class IIFStandardROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = IIFFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        ret["box_predictor"] = _replace_predictor(
+            cfg, ret["box_predictor"], ret["box_head"].output_shape
+        )
         return ret
 
 
@@ -34,8 +51,8 @@ class IIFCascadeROIHeads(CascadeROIHeads):
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictors"] = [
-            IIFFastRCNNOutputLayers(
-                cfg, head.output_shape, box2box_transform=predictor.box2box_transform
+            _replace_predictor(
+                cfg, predictor, head.output_shape, box2box_transform=predictor.box2box_transform
             )
             for head, predictor in zip(ret["box_heads"], ret["box_predictors"], strict=True)
         ]

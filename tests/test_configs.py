@@ -14,6 +14,7 @@ CONFIGS = sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "**", "*.yaml"), recursive=True)
 )
 LEAVES = [c for c in CONFIGS if not os.path.basename(c).startswith("Base-")]
+BASES = [c for c in CONFIGS if os.path.basename(c).startswith("Base-")]
 # the shipped train counts, so that no LVIS/COCO json is needed to build a model
 COUNTS = {"LVISv1": "iif_d2://lvis_v1_train.csv", "COCO": "iif_d2://coco_train2017.csv"}
 
@@ -35,7 +36,7 @@ def test_configs_found():
     assert len(LEAVES) >= 33
 
 
-@pytest.mark.parametrize("name", LEAVES)
+@pytest.mark.parametrize("name", LEAVES + BASES)
 def test_config_builds_model(name):
     cfg = load(name)
     model = build_model(cfg)

@@ -40,7 +40,7 @@ def _worker(output_dir):
 
 
 def test_two_process_cpu_training(tmp_path):
-    launch(_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    launch(_worker, 2, dist_url="auto", args=(str(tmp_path),), backend="gloo")
     with open(tmp_path / "ranks.json") as f:
         ranks = json.load(f)
     assert ranks["world"] == 2

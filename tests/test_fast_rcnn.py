@@ -270,3 +270,15 @@ def test_iif_and_margins_are_exclusive():
 
     with pytest.raises(ValueError, match="zero count"):
         additive_margins([3, 0], 5, "balanced_softmax", class_names=["a", "b"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_twin_matches_cpu():
+    _, iif = _pair("end_to_end")
+    x, props = _features(), _proposals()
+    cpu_loss = _losses(iif, iif(x), props)["loss_cls"]
+    gpu = iif.cuda()
+    gpu_props = [p.to("cuda") for p in props]
+    gpu_loss = _losses(gpu, gpu(x.cuda()), gpu_props)["loss_cls"]
+    assert gpu.iif_weights.is_cuda
+    assert torch.allclose(cpu_loss, gpu_loss.cpu(), atol=1e-5)

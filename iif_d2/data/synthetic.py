@@ -240,23 +240,36 @@ def _write_dataset(spec: SynthSpec, root: str):
     for split, data in splits.items():
         data["categories"] = categories
         data["info"] = {"description": f"iif-d2 SynthLT {split}", "spec": dataclasses.asdict(spec)}
-        tmp = os.path.join(root, f"{split}.json.tmp")
+        tmp = os.path.join(root, f"{split}.json.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, os.path.join(root, f"{split}.json"))  # complete files only
 
 
-def ensure_generated(spec: SynthSpec, root: str) -> None:
-    """Generate the dataset under ``root`` unless it is there with the same spec."""
+def _is_generated(spec: SynthSpec, root: str) -> bool:
     try:
-        with open(os.path.join(root, "val.json")) as f:
-            if json.load(f)["info"]["spec"] == dataclasses.asdict(spec):
-                return
+        with open(os.path.join(root, "val.json")) as f:  # val.json is written last
+            return json.load(f)["info"]["spec"] == dataclasses.asdict(spec)
     except (OSError, ValueError, KeyError):
-        pass
-    logger.info("Generating SynthLT under %s ...", root)
+        return False
+
+
+def ensure_generated(spec: SynthSpec, root: str) -> None:
+    """Generate the dataset under ``root`` unless it is there with the same spec.
+
+    Safe to call from several processes at once (training ranks): one generates under a file
+    lock, the others wait and find it done.
+    """
+    if _is_generated(spec, root):
+        return
+    import fcntl
+
     os.makedirs(root, exist_ok=True)
-    _write_dataset(spec, root)
+    with open(os.path.join(root, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _is_generated(spec, root):
+            logger.info("Generating SynthLT under %s ...", root)
+            _write_dataset(spec, root)
 
 
 def register_synthetic_lvis(prefix: str, root: str, spec: SynthSpec = SynthSpec()):
