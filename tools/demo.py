@@ -56,7 +56,7 @@ def run_train_net(output_dir: str, opts, *, eval_only=False, progress_total=None
             time.sleep(2)
             m = _last_metrics(metrics_file) if progress_total else {}
             if "iteration" in m:
-                it, elapsed = m["iteration"] + 1, time.time() - start
+                it, elapsed = min(m["iteration"] + 1, progress_total), time.time() - start
                 loss = m.get("total_loss", float("nan"))
                 print(
                     f"\r[demo] training {it}/{progress_total}  loss {loss:.3f}  "
