@@ -22,6 +22,7 @@ if importlib.util.find_spec("detectron2") is not None:
     from .config import add_iif_config
     from .fast_rcnn import IIFFastRCNNOutputLayers
     from .rcnn import IIFGeneralizedRCNN
+    from .retinanet import IIFRetinaNet
     from .roi_heads import IIFCascadeROIHeads, IIFStandardROIHeads
 
     __all__ += [
@@ -31,6 +32,7 @@ if importlib.util.find_spec("detectron2") is not None:
         "add_iif_config",
         "IIFFastRCNNOutputLayers",
         "IIFGeneralizedRCNN",
+        "IIFRetinaNet",
         "IIFStandardROIHeads",
         "IIFCascadeROIHeads",
     ]

@@ -227,8 +227,7 @@ def load_counts_file(path: str) -> ClassStats:
     raise ValueError(f"{path}: neither an iif-d2 counts JSON nor an LVIS/COCO json.")
 
 
-def _compute(cfg) -> ClassStats:
-    iif = cfg.MODEL.ROI_BOX_HEAD.IIF
+def _compute(cfg, iif, num_classes: int) -> ClassStats:
     if iif.COUNTS_SOURCE == "file":
         if not iif.COUNTS_FILE:
             raise ValueError(
@@ -272,7 +271,7 @@ def _compute(cfg) -> ClassStats:
         else 0,
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
-    stats = count_dataset_dicts(dicts, cfg.MODEL.ROI_HEADS.NUM_CLASSES, "+".join(names))
+    stats = count_dataset_dicts(dicts, num_classes, "+".join(names))
     stats.class_names = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
     return stats
 
@@ -280,15 +279,14 @@ def _compute(cfg) -> ClassStats:
 _CACHE: Dict[tuple, ClassStats] = {}
 
 
-def _cache_key(cfg) -> tuple:
+def _cache_key(cfg, iif, num_classes: int) -> tuple:
     """Everything the counts depend on (a re-registered dataset name is not detected)."""
-    iif = cfg.MODEL.ROI_BOX_HEAD.IIF
     return (
         iif.COUNTS_SOURCE,
         iif.COUNTS_FILE,
         tuple(cfg.DATASETS.TRAIN),
         cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        num_classes,
         cfg.MODEL.KEYPOINT_ON,
         cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE,
         cfg.MODEL.LOAD_PROPOSALS,
@@ -296,14 +294,14 @@ def _cache_key(cfg) -> tuple:
     )
 
 
-def _compute_on_main_rank(cfg) -> ClassStats:
+def _compute_on_main_rank(cfg, iif, num_classes: int) -> ClassStats:
     """Compute on rank 0 and send to all ranks; an error on rank 0 is raised on every rank."""
     from detectron2.utils import comm
 
     payload = None
     if comm.is_main_process():
         try:
-            payload = (_compute(cfg), None)
+            payload = (_compute(cfg, iif, num_classes), None)
         except (ValueError, FileNotFoundError, KeyError, OSError) as e:
             payload = (None, e)
     if comm.get_world_size() > 1:
@@ -314,9 +312,14 @@ def _compute_on_main_rank(cfg) -> ClassStats:
     return stats
 
 
-def class_stats_from_config(cfg) -> ClassStats:
+def class_stats_from_config(cfg, iif=None, num_classes=None) -> ClassStats:
     """Class statistics for ``cfg``: computed once per process on the main rank, identical on
     every rank, and saved to ``OUTPUT_DIR/iif_class_stats.json``.
+
+    Args:
+        cfg: the config.
+        iif: the IIF config node with the counts keys (default MODEL.ROI_BOX_HEAD.IIF).
+        num_classes: C (default MODEL.ROI_HEADS.NUM_CLASSES).
 
     In a multi-process job this is a collective call: every rank must make it (as every rank
     builds the model); the result is cached per process.
@@ -326,9 +329,11 @@ def class_stats_from_config(cfg) -> ClassStats:
     """
     from detectron2.utils import comm
 
-    key = _cache_key(cfg)
+    iif = cfg.MODEL.ROI_BOX_HEAD.IIF if iif is None else iif
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES if num_classes is None else num_classes
+    key = _cache_key(cfg, iif, num_classes)
     if key not in _CACHE:
-        _CACHE[key] = _compute_on_main_rank(cfg)
+        _CACHE[key] = _compute_on_main_rank(cfg, iif, num_classes)
         stats = _CACHE[key]
         logger.info(
             "IIF class statistics from %s: %d classes, %s images, %d instances.",
@@ -347,9 +352,8 @@ def class_stats_from_config(cfg) -> ClassStats:
     return stats
 
 
-def _checked_frequencies(cfg, num_classes: int):
-    iif = cfg.MODEL.ROI_BOX_HEAD.IIF
-    stats = class_stats_from_config(cfg)
+def _checked_frequencies(cfg, num_classes: int, iif):
+    stats = class_stats_from_config(cfg, iif, num_classes)
     if stats.num_classes != num_classes:
         raise ValueError(
             f"IIF class counts from {stats.source} cover {stats.num_classes} classes, but the "
@@ -360,15 +364,18 @@ def _checked_frequencies(cfg, num_classes: int):
     return f, k, stats.class_names
 
 
-def iif_weights_from_config(cfg, num_classes: int, background: bool = True) -> torch.Tensor:
-    """IIF weights (C+1 with background, else C) for ``cfg.MODEL.ROI_BOX_HEAD.IIF``.
+def iif_weights_from_config(
+    cfg, num_classes: int, background: bool = True, iif=None
+) -> torch.Tensor:
+    """IIF weights (C+1 with background, else C) of the IIF node ``iif`` (default
+    ``cfg.MODEL.ROI_BOX_HEAD.IIF``; one-stage detectors pass ``cfg.MODEL.RETINANET.IIF``).
 
     Raises:
         ValueError: counts whose length is not ``num_classes``, and every error of
             :func:`iif_d2.weights.iif_weights`.
     """
-    iif = cfg.MODEL.ROI_BOX_HEAD.IIF
-    f, k, names = _checked_frequencies(cfg, num_classes)
+    iif = cfg.MODEL.ROI_BOX_HEAD.IIF if iif is None else iif
+    f, k, names = _checked_frequencies(cfg, num_classes, iif)
     return iif_weights(
         f,
         k,
@@ -382,5 +389,5 @@ def iif_weights_from_config(cfg, num_classes: int, background: bool = True) -> t
 def additive_margins_from_config(cfg, num_classes: int) -> torch.Tensor:
     """Margins (C+1) of ``cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN``, from IIF's class counts."""
     am = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
-    f, k, names = _checked_frequencies(cfg, num_classes)
+    f, k, names = _checked_frequencies(cfg, num_classes, cfg.MODEL.ROI_BOX_HEAD.IIF)
     return additive_margins(f, k, am.TYPE, am.TAU, class_names=names)

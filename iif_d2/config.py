@@ -22,29 +22,7 @@ def add_iif_config(cfg):
     # softmax(w * z) at inference; "post_process": plain softmax CE in training, softmax(w * z)
     # only at inference (paper Eq. 14).
     _C.MODEL.ROI_BOX_HEAD.IIF.MODE = "end_to_end"
-    # Weight formula (paper Table III): "raw" ln(K/f), "smooth" ln((K+1)/(f+1))+1, "relative"
-    # ln((K-f)/f) (alias "prob"), "base2" log2(K/f), "base10" log10(K/f), "gombit"
-    # -ln(-ln(1-p)), "normit" -Phi^-1(p); p = f/K.
-    _C.MODEL.ROI_BOX_HEAD.IIF.VARIANT = "raw"
-    # Frequency f_c: "image" = training images containing class c (IIF), "instance" = instances
-    # of c (IOF, the authors' "*_obj" variants; the LVIS recipe uses base10 IOF).
-    _C.MODEL.ROI_BOX_HEAD.IIF.FREQUENCY = "image"
-    # K, the total: "total" = number of training images (IIF) or of instances (IOF), as the
-    # authors' released weights; "sum" = sum_c f_c, as the paper's Eq. 11 writes it.
-    _C.MODEL.ROI_BOX_HEAD.IIF.NORMALIZER = "total"
-    # Where the class counts come from: "dataset" = counted on the dicts of DATASETS.TRAIN that
-    # the trainer uses (after FILTER_EMPTY_ANNOTATIONS, crowd boxes excluded); "json" = the
-    # image_count / instance_count fields of the registered training dataset's LVIS json;
-    # "file" = COUNTS_FILE.
-    _C.MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE = "dataset"
-    # Counts file for COUNTS_SOURCE "file": a CSV with image_count and instance_count columns
-    # (one row per class, in contiguous-id order; a "# num_images: N" line gives K), a run's
-    # OUTPUT_DIR/iif_class_stats.json, a `python -m iif_d2.cli --save` JSON, or an LVIS/COCO json. "iif_d2://lvis_v1_train.csv"
-    # and "iif_d2://coco_train2017.csv" name the LVIS v1 / COCO train counts shipped here.
-    _C.MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE = ""
-    # Accept weights <= 0 ("relative"/"normit" on classes with p >= 0.5, e.g. COCO person).
-    # A negative weight flips the sign of that class's logit: leave False unless you mean it.
-    _C.MODEL.ROI_BOX_HEAD.IIF.ALLOW_NONPOSITIVE_WEIGHTS = False
+    _add_weight_keys(_C.MODEL.ROI_BOX_HEAD.IIF)
     # Initialisation of the box classifier cls_score: "default" = detectron2's N(0, 0.01^2),
     # "constant" = weights 0.001 and bias 0, as the authors' plain-linear IIF runs.
     _C.MODEL.ROI_BOX_HEAD.IIF.CLS_SCORE_INIT = "default"
@@ -67,6 +45,18 @@ def add_iif_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.TAU = 1.0
 
     # ---------------------------------------------------------------------------------------
+    # IIF on RetinaNet's sigmoid classifier (IIFRetinaNet). No background column: C weights.
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.RETINANET.IIF = CN()
+    # Switch. False: IIFRetinaNet is detectron2's RetinaNet, bit for bit.
+    _C.MODEL.RETINANET.IIF.ENABLED = False
+    _add_weight_keys(_C.MODEL.RETINANET.IIF)
+    # Focal loss on w * z for the foreground-matched anchors only (False: negatives keep their
+    # raw logits, as the authors' RetinaNet) or for every anchor (True). Inference always
+    # scores sigmoid(w * z).
+    _C.MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS = False
+
+    # ---------------------------------------------------------------------------------------
     # Mask post-processing at test time (IIFGeneralizedRCNN).
     # ---------------------------------------------------------------------------------------
     _C.MODEL.ROI_MASK_HEAD.INFERENCE = CN()
@@ -74,3 +64,31 @@ def add_iif_config(cfg):
     # LVIS recipe uses 0.4.
     _C.MODEL.ROI_MASK_HEAD.INFERENCE.MASK_THRESHOLD = 0.5
     return cfg
+
+
+def _add_weight_keys(node):
+    """The keys that define the weights, shared by every IIF node."""
+    # Weight formula (paper Table III): "raw" ln(K/f), "smooth" ln((K+1)/(f+1))+1, "relative"
+    # ln((K-f)/f) (alias "prob"), "base2" log2(K/f), "base10" log10(K/f), "gombit"
+    # -ln(-ln(1-p)), "normit" -Phi^-1(p); p = f/K.
+    node.VARIANT = "raw"
+    # Frequency f_c: "image" = training images containing class c (IIF), "instance" = instances
+    # of c (IOF, the authors' "*_obj" variants; the LVIS recipe uses base10 IOF).
+    node.FREQUENCY = "image"
+    # K, the total: "total" = number of training images (IIF) or of instances (IOF), as the
+    # authors' released weights; "sum" = sum_c f_c, as the paper's Eq. 11 writes it.
+    node.NORMALIZER = "total"
+    # Where the class counts come from: "dataset" = counted on the dicts of DATASETS.TRAIN that
+    # the trainer uses (after FILTER_EMPTY_ANNOTATIONS, crowd boxes excluded); "json" = the
+    # image_count / instance_count fields of the registered training dataset's LVIS json;
+    # "file" = COUNTS_FILE.
+    node.COUNTS_SOURCE = "dataset"
+    # Counts file for COUNTS_SOURCE "file": a CSV with image_count and instance_count columns
+    # (one row per class, in contiguous-id order; a "# num_images: N" line gives K), a run's
+    # OUTPUT_DIR/iif_class_stats.json, a `python -m iif_d2.cli --save` JSON, or an LVIS/COCO
+    # json. "iif_d2://lvis_v1_train.csv" and "iif_d2://coco_train2017.csv" name the LVIS v1 /
+    # COCO train counts shipped here.
+    node.COUNTS_FILE = ""
+    # Accept weights <= 0 ("relative"/"normit" on classes with p >= 0.5, e.g. COCO person).
+    # A negative weight flips the sign of that class's logit: leave False unless you mean it.
+    node.ALLOW_NONPOSITIVE_WEIGHTS = False

@@ -26,8 +26,8 @@ def load(name):
     cfg.MODEL.DEVICE = "cpu"
     for prefix, counts in COUNTS.items():
         if name.startswith(prefix):
-            cfg.MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE = "file"
-            cfg.MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE = counts
+            for node in (cfg.MODEL.ROI_BOX_HEAD.IIF, cfg.MODEL.RETINANET.IIF):
+                node.COUNTS_SOURCE, node.COUNTS_FILE = "file", counts
     cfg.OUTPUT_DIR = ""
     return cfg
 
@@ -40,6 +40,12 @@ def test_configs_found():
 def test_config_builds_model(name):
     cfg = load(name)
     model = build_model(cfg)
+    if cfg.MODEL.META_ARCHITECTURE == "IIFRetinaNet":
+        iif = cfg.MODEL.RETINANET.IIF
+        assert (model.iif_weights is not None) == iif.ENABLED
+        if iif.ENABLED:
+            assert model.iif_weights.shape == (cfg.MODEL.RETINANET.NUM_CLASSES,)
+        return
     predictors = [m for m in model.modules() if isinstance(m, IIFFastRCNNOutputLayers)]
     assert predictors, "every config uses the IIF box predictor"
     iif = cfg.MODEL.ROI_BOX_HEAD.IIF

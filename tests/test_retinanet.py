@@ -1,0 +1,115 @@
+"""IIFRetinaNet: focal loss on w * z for foreground anchors, sigmoid(w * z) at inference, and
+exactly detectron2's RetinaNet without weights (or with all-ones weights)."""
+
+import copy
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
+from detectron2.structures import Boxes
+from detectron2.utils.events import EventStorage
+
+from iif_d2 import IIFRetinaNet, add_iif_config
+
+CONFIG = os.path.join(
+    os.path.dirname(__file__),
+    "..",
+    "configs",
+    "quick_schedules",
+    "retinanet_R_18_FPN_instant_iif.yaml",
+)
+C = 8
+
+
+def _cfg(tmp_path, *opts):
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), *opts])
+    return cfg
+
+
+def _focal(z, target, alpha=0.25, gamma=2.0):
+    """Sigmoid focal loss written out: -alpha_t (1 - p_t)^gamma log p_t, summed."""
+    p = torch.sigmoid(z)
+    p_t = torch.where(target == 1, p, 1 - p)
+    alpha_t = torch.where(target == 1, torch.full_like(z, alpha), torch.full_like(z, 1 - alpha))
+    return (-alpha_t * (1 - p_t) ** gamma * torch.log(p_t)).sum()
+
+
+def _fake_batch():
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(1, 5, C, generator=g)]  # one level, 5 anchors
+    labels = [torch.tensor([2, C, -1, 5, C])]  # fg 2, bg, ignored, fg 5, bg
+    boxes = torch.tensor([[0.0, 0, 10, 10]]).repeat(5, 1)
+    return [Boxes(boxes)], logits, labels, [torch.zeros(1, 5, 4)], [boxes]
+
+
+@pytest.mark.parametrize("scale_all", [False, True])
+def test_focal_loss_scaling_by_hand(tmp_path, scale_all):
+    model = build_model(_cfg(tmp_path, "MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS", scale_all))
+    w = model.iif_weights
+    anchors, logits, labels, deltas, gt = _fake_batch()
+    with EventStorage():
+        loss = model.losses(anchors, logits, labels, deltas, gt)["loss_cls"]
+    z = logits[0][0]
+    rows = {0: 2, 1: None, 3: 5, 4: None}  # anchor -> fg class (None: background)
+    total = 0.0
+    for a, cls in rows.items():
+        target = torch.zeros(C)
+        if cls is not None:
+            target[cls] = 1
+        scaled = z[a] * w if (cls is not None or scale_all) else z[a]
+        total = total + _focal(scaled, target)
+    normalizer = 0.9 * 100 + 0.1 * 2  # detectron2's EMA of the 2 positive anchors
+    assert torch.allclose(loss, total / normalizer, rtol=1e-5)
+
+
+def test_no_weights_and_all_ones_weights_are_upstream_retinanet(tmp_path):
+    cfg = _cfg(tmp_path, "MODEL.RETINANET.IIF.ENABLED", False)
+    upstream_cfg = cfg.clone()
+    upstream_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    torch.manual_seed(0)
+    ours = build_model(cfg)
+    torch.manual_seed(0)
+    upstream = build_model(upstream_cfg)
+    assert ours.iif_weights is None
+    ours_ones = copy.deepcopy(ours)  # fresh loss-normalizer EMA for each
+    ours_ones.iif_weights = torch.ones(C)
+    batch = _fake_batch()
+    with EventStorage():
+        ref = upstream.losses(*batch)
+        off = ours.losses(*batch)
+        ones = ours_ones.losses(*batch)
+    for k in ref:
+        assert torch.equal(ref[k], off[k]) and torch.equal(ref[k], ones[k]), k
+
+
+def test_inference_weights_follow_the_channel_layout(tmp_path):
+    model = build_model(_cfg(tmp_path))
+    A = model.anchor_generator.num_cell_anchors[0]
+    x = torch.randn(2, A * C, 3, 4)
+    scaled = x * model._channel_weights(x)
+    assert torch.allclose(
+        permute_to_N_HWA_K(scaled, C), permute_to_N_HWA_K(x, C) * model.iif_weights
+    )
+
+
+def test_bad_weights_shape(tmp_path):
+    kwargs = IIFRetinaNet.from_config(_cfg(tmp_path, "MODEL.RETINANET.IIF.ENABLED", False))
+    with pytest.raises(ValueError, match="no background"):
+        IIFRetinaNet(**dict(kwargs, iif_weights=torch.ones(81)))
+
+
+def test_train_step_and_inference(tmp_path):
+    from iif_d2.engine import Trainer
+
+    cfg = _cfg(tmp_path, "SOLVER.MAX_ITER", 2)
+    trainer = Trainer(cfg)
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.storage.latest()["total_loss"][0]))
+    results = Trainer.test(cfg, trainer.model)
+    assert {"AP", "APr", "APc", "APf"} <= set(results["bbox"])
