@@ -159,18 +159,19 @@ def _render(spec: SynthSpec, classes: List[int], names: List[str], rng):
         arr[mask] = np.clip(colour + texture, 0, 255)
         owner[mask] = k
         masks.append(mask)
-    anns = []
     for k, c in enumerate(objects):
         visible = owner == k
-        polys = _polygons(visible)
-        if visible.sum() < 12 or not polys:
+        if visible.sum() < 12 or not _polygons(visible):
             # hidden by later objects: move it to the front so every assigned class stays
             arr[masks[k]] = np.clip(np.array(COLOURS[names[c].split("_")[0]]), 0, 255)
             owner[masks[k]] = k
-            visible, polys = masks[k], _polygons(masks[k])
+    anns = []  # visible parts, once every object is in its final place
+    for k, c in enumerate(objects):
+        visible = owner == k
         ys, xs = np.nonzero(visible)
         box = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1)]
         box.append(float(ys.max() - ys.min() + 1))
+        polys = _polygons(visible)
         anns.append(
             {"category_id": c + 1, "bbox": box, "area": float(visible.sum()), "segmentation": polys}
         )
