@@ -42,8 +42,9 @@ class Trainer(DefaultTrainer):
         with cpu_safe_ddp():
             super().__init__(cfg)
 
-    # detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the AMP scaler
-    # (main does, under "_trainer"): add them there, so that a resumed run loses nothing.
+    # detectron2 v0.6's DefaultTrainer leaves its inner trainer's state (the optimizer's
+    # momentum) out of checkpoints; main saves it under "_trainer". Save it the same way here,
+    # so that a resumed run continues with the same optimizer state on both versions.
     if "state_dict" not in DefaultTrainer.__dict__:
 
         def state_dict(self):
