@@ -332,7 +332,8 @@ def class_stats_from_config(cfg, iif=None, num_classes=None) -> ClassStats:
     iif = cfg.MODEL.ROI_BOX_HEAD.IIF if iif is None else iif
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES if num_classes is None else num_classes
     key = _cache_key(cfg, iif, num_classes)
-    if key not in _CACHE:
+    computed = key not in _CACHE
+    if computed:
         _CACHE[key] = _compute_on_main_rank(cfg, iif, num_classes)
         stats = _CACHE[key]
         logger.info(
@@ -343,10 +344,12 @@ def class_stats_from_config(cfg, iif=None, num_classes=None) -> ClassStats:
             sum(stats.instance_counts),
         )
     stats = dataclasses.replace(_CACHE[key])
-    if comm.is_main_process() and cfg.OUTPUT_DIR:
+    path = os.path.join(cfg.OUTPUT_DIR, STATS_FILENAME) if cfg.OUTPUT_DIR else None
+    # written once per run and output folder (every box predictor of a cascade asks)
+    if comm.is_main_process() and path and (computed or not os.path.exists(path)):
         try:
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            stats.save(os.path.join(cfg.OUTPUT_DIR, STATS_FILENAME))
+            stats.save(path)
         except OSError as e:
             logger.warning("Could not save IIF class statistics to %s: %s", cfg.OUTPUT_DIR, e)
     return stats
