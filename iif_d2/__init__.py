@@ -14,9 +14,17 @@ __version__ = "0.1.0"
 __all__ = ["VARIANTS", "iif_weights"]
 
 if importlib.util.find_spec("detectron2") is not None:
-    from . import (
-        compat,  # noqa: F401  (must precede every other detectron2 import)
-        data,  # noqa: F401  (registers the synthetic datasets)
+    # compat must precede every other detectron2 import; the others register datasets, the
+    # FCOS meta-architecture, the normalised mask head and the samplers.
+    from . import (  # noqa: F401
+        compat,
+        data,
+        fasa,
+        fcos,
+        hooks,
+        layers,
+        mask_head,
+        samplers,
     )
     from .class_stats import ClassStats, class_stats_from_config, load_counts_file
     from .config import add_iif_config

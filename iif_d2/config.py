@@ -57,6 +57,92 @@ def add_iif_config(cfg):
     _C.MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS = False
 
     # ---------------------------------------------------------------------------------------
+    # IIF on FCOS (IIFFCOS, META_ARCHITECTURE "IIFFCOS"). detectron2 ships FCOS as a LazyConfig
+    # only; these keys are its arguments (defaults = detectron2's configs/common/models/fcos.py).
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.FCOS = CN()
+    _C.MODEL.FCOS.NUM_CLASSES = 80
+    _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Convolutions in each of the classification and regression towers.
+    _C.MODEL.FCOS.NUM_CONVS = 4
+    # Normalisation in the towers: "GN" (detectron2's FCOS), "" for none, "BN", "SyncBN", ...
+    _C.MODEL.FCOS.HEAD_NORM = "GN"
+    # Initial foreground probability of the classifier bias.
+    _C.MODEL.FCOS.PRIOR_PROB = 0.01
+    _C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+    # Radius (in strides) of a box's centre region, where anchor points are positives.
+    _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    # Inference: threshold on sqrt(class score * centerness), top-k candidates per level, NMS.
+    _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
+    _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+    _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+    _C.MODEL.FCOS.IIF = CN()
+    # Switch. False: IIFFCOS is detectron2's FCOS, bit for bit.
+    _C.MODEL.FCOS.IIF.ENABLED = False
+    _add_weight_keys(_C.MODEL.FCOS.IIF)
+    # As MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS.
+    _C.MODEL.FCOS.IIF.SCALE_ALL_ANCHORS = False
+
+    # ---------------------------------------------------------------------------------------
+    # Cosine box classifier (paper Table XV, METHOD.md §3): z_c = SCALE * cos(x, W_c) + b_c
+    # over all C+1 rows, background included, bias kept. Works with and without IIF.
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.ROI_BOX_HEAD.COSINE = CN()
+    _C.MODEL.ROI_BOX_HEAD.COSINE.ENABLED = False
+    # The scale s: 8 in the IIF recipe, 20 for softmax baselines.
+    _C.MODEL.ROI_BOX_HEAD.COSINE.SCALE = 20.0
+
+    # ---------------------------------------------------------------------------------------
+    # Normalised mask predictor, used by MODEL.ROI_MASK_HEAD.NAME
+    # "NormalizedMaskRCNNConvUpsampleHead": a 1x1 cosine convolution (per-pixel features
+    # L2-normalised over channels, filters L2-normalised) times SCALE, plus the bias.
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.ROI_MASK_HEAD.NORMALIZED = CN()
+    _C.MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE = 20.0
+
+    # ---------------------------------------------------------------------------------------
+    # FASA: feature augmentation and sampling adaptation (Zang et al., ICCV 2021; METHOD.md
+    # §3) on the box classifier. Per-class statistics of the box-head features of positive
+    # RoIs live in the box predictor (synchronised across ranks); virtual features drawn from
+    # them go through the classifier with the same loss. FASAHook adapts the sampling rates.
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.ROI_BOX_HEAD.FASA = CN()
+    _C.MODEL.ROI_BOX_HEAD.FASA.ENABLED = False
+    # Weight of the virtual features' classification loss (averaged over them).
+    _C.MODEL.ROI_BOX_HEAD.FASA.LOSS_WEIGHT = 0.1
+    # EMA weight of the new batch statistics: stat = (1 - MOMENTUM) * stat + MOMENTUM * batch.
+    _C.MODEL.ROI_BOX_HEAD.FASA.MOMENTUM = 0.1
+    # Iteration from which virtual features are drawn; -1: one epoch (the authors' 2nd epoch).
+    _C.MODEL.ROI_BOX_HEAD.FASA.START_ITER = -1
+    # Iterations between two adaptations of the sampling rates; -1: one epoch; 0: never.
+    _C.MODEL.ROI_BOX_HEAD.FASA.ADAPT_PERIOD = -1
+    # A cluster whose held-out loss went up gets s * (1 - ADAPT_STEP), down s * (1 + ADAPT_STEP).
+    _C.MODEL.ROI_BOX_HEAD.FASA.ADAPT_STEP = 0.1
+    # How classes are grouped for the adaptation: "affinity_propagation" on the class feature
+    # means (the authors', implemented here in torch) or "none" (each class on its own).
+    _C.MODEL.ROI_BOX_HEAD.FASA.CLUSTERING = "affinity_propagation"
+    # Held-out slice of DATASETS.TRAIN on which the hook measures the per-class loss: this
+    # fraction of the training images (at most HELDOUT_MAX_IMAGES), drawn with SEED, is removed
+    # from training. HELDOUT_DATASETS, if set, is used instead and nothing is removed; naming an
+    # evaluation split there is the authors' choice (LVIS val) and leaks it into training.
+    _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_FRACTION = 0.02
+    _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_MAX_IMAGES = 1000
+    _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_DATASETS = ()
+
+    # ---------------------------------------------------------------------------------------
+    # Repeat-factor sampling (DATALOADER.SAMPLER_TRAIN "RepeatFactorTrainingSampler", with
+    # DATALOADER.REPEAT_THRESHOLD t): r(c) = max(1, sqrt(t / f(c))), r(I) = max over I's classes.
+    # ---------------------------------------------------------------------------------------
+    if "REPEAT_SQRT" not in _C.DATALOADER:  # detectron2 v0.6 lacks main's key
+        # True: r(c) = max(1, sqrt(t / f(c))); False: max(1, t / f(c)).
+        _C.DATALOADER.REPEAT_SQRT = True
+    _C.DATALOADER.REPEAT_FACTOR = CN()
+    # "stochastic": each epoch repeats image I floor(r) times plus once more with probability
+    # r - floor(r) (detectron2's); "ceil": ceil(r(I)) times every epoch (the authors').
+    _C.DATALOADER.REPEAT_FACTOR.ROUNDING = "stochastic"
+
+    # ---------------------------------------------------------------------------------------
     # Mask post-processing at test time (IIFGeneralizedRCNN).
     # ---------------------------------------------------------------------------------------
     _C.MODEL.ROI_MASK_HEAD.INFERENCE = CN()
