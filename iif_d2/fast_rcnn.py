@@ -1,6 +1,7 @@
 """``IIFFastRCNNOutputLayers``: detectron2's box predictor with IIF-scaled class logits."""
 
 import logging
+from typing import Optional
 
 import torch
 from detectron2.config import configurable
@@ -8,6 +9,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from torch import nn
 
 from .class_stats import additive_margins_from_config, iif_weights_from_config
+from .layers import CosineLinear
 from .weights import MARGIN_TYPES
 
 __all__ = ["IIFFastRCNNOutputLayers", "IIF_MODES", "MARGIN_MODES"]
@@ -16,6 +18,8 @@ logger = logging.getLogger(__name__)
 IIF_MODES = ("off", "end_to_end", "post_process")
 MARGIN_MODES = ("off",) + MARGIN_TYPES
 CLS_SCORE_INITS = ("default", "constant")
+# margin modes that change the logits of the loss (the post-hoc one acts at test only)
+_LOSS_MARGIN_MODES = ("balanced_softmax", "logit_adjustment")
 
 
 class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -36,6 +40,11 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     The additive baselines (``margin_mode``, see :func:`iif_d2.weights.additive_margins`) add
     a margin m instead: CE(z + m) in the loss (balanced softmax, logit adjustment) or
     softmax(z - m) at test (post-hoc logit adjustment). IIF and margins are exclusive.
+
+    With ``cosine_scale`` s, ``cls_score`` is a :class:`~iif_d2.layers.CosineLinear`:
+    z_c = s * cos(x, W_c) + b_c over all C+1 rows, background included (METHOD.md §3), on which
+    IIF, the margins and the cascade act as on the linear logits. It holds detectron2's freshly
+    initialised ``cls_score`` parameters (N(0, 0.01^2), bias 0), under the same names.
     """
 
     @configurable
@@ -48,6 +57,7 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         cls_score_init: str = "default",
         margin_mode: str = "off",
         margins=None,
+        cosine_scale: Optional[float] = None,
         **kwargs,
     ):
         """
@@ -58,6 +68,9 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
             cls_score_init: "default" (detectron2's) or "constant" (weights 0.001, bias 0).
             margin_mode: one of :data:`MARGIN_MODES`; only with ``iif_mode="off"``.
             margins: (C+1,) additive margins, background last; required unless margins are off.
+            cosine_scale: None for detectron2's linear ``cls_score``, or the scale s > 0 of a
+                cosine classifier. Excludes ``cls_score_init="constant"``: equal rows would
+                give every class the same cosine, and their norm is irrelevant to it.
         """
         super().__init__(input_shape, **kwargs)
         if iif_mode not in IIF_MODES:
@@ -71,6 +84,8 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
                 "IIF and additive margins are exclusive: set MODEL.ROI_BOX_HEAD.IIF.ENABLED or "
                 "MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.ENABLED, not both."
             )
+        if cosine_scale is not None:
+            self._use_cosine_cls_score(cosine_scale, cls_score_init)
         self.iif_mode, self.margin_mode = iif_mode, margin_mode
         if iif_mode != "off":
             self.register_buffer("iif_weights", self._per_class(iif_weights), persistent=False)
@@ -78,6 +93,22 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.register_buffer("margins", self._per_class(margins), persistent=False)
         self.cls_score_init = cls_score_init
         self.apply_cls_score_init()
+
+    def _use_cosine_cls_score(self, scale: float, cls_score_init: str):
+        """Replace the linear ``cls_score`` by a cosine one holding its parameters."""
+        if not scale > 0:
+            raise ValueError(f"MODEL.ROI_BOX_HEAD.COSINE.SCALE must be > 0; got {scale!r}.")
+        if cls_score_init == "constant":
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.IIF.CLS_SCORE_INIT 'constant' cannot be combined with "
+                "MODEL.ROI_BOX_HEAD.COSINE.ENABLED: constant rows make every class's cosine "
+                "equal and the cosine ignores their norm. Use CLS_SCORE_INIT 'default'."
+            )
+        linear = self.cls_score
+        with torch.random.fork_rng(devices=[]):  # RNG-neutral: the parameters are replaced
+            cosine = CosineLinear(linear.in_features, linear.out_features, scale)
+        cosine.load_state_dict(linear.state_dict())
+        self.cls_score = cosine
 
     def apply_cls_score_init(self):
         """Apply ``cls_score_init``: "constant" sets weights 0.001 and bias 0 (the authors')."""
@@ -104,6 +135,8 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret = super().from_config(cfg, input_shape)
         iif = cfg.MODEL.ROI_BOX_HEAD.IIF
         ret["cls_score_init"] = iif.CLS_SCORE_INIT
+        if cfg.MODEL.ROI_BOX_HEAD.COSINE.ENABLED:
+            ret["cosine_scale"] = cfg.MODEL.ROI_BOX_HEAD.COSINE.SCALE
         margin = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
         if margin.ENABLED:
             ret["margin_mode"] = margin.TYPE
@@ -123,13 +156,24 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         """Return w * z in fp32 (z: (R, C+1) class logits)."""
         return scores.float() * self.iif_weights
 
-    def _loss_logits(self, scores: torch.Tensor):
-        """The logits the loss sees, or None when they are upstream's."""
+    def loss_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """The fp32 logits the classification loss sees.
+
+        Args:
+            scores: (R, C+1) class logits z, as returned by ``forward``.
+
+        Returns:
+            (R, C+1) fp32: w * z with end-to-end IIF, z + m with balanced softmax / logit
+            adjustment, else z.
+        """
         if self.iif_mode == "end_to_end":
             return self.scale_logits(scores)
-        if self.margin_mode in ("balanced_softmax", "logit_adjustment"):
+        if self.margin_mode in _LOSS_MARGIN_MODES:
             return scores.float() + self.margins
-        return None
+        return scores.float()
+
+    def _loss_is_upstream(self) -> bool:
+        return self.iif_mode != "end_to_end" and self.margin_mode not in _LOSS_MARGIN_MODES
 
     def _test_logits(self, scores: torch.Tensor):
         """The logits the scores come from, or None when they are upstream's."""
@@ -140,11 +184,10 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         return None
 
     def losses(self, predictions, proposals):
-        scores, proposal_deltas = predictions
-        logits = self._loss_logits(scores)
-        if logits is None:
+        if self._loss_is_upstream():  # upstream's own computation, bit for bit (also AMP)
             return super().losses(predictions, proposals)
-        return super().losses((logits, proposal_deltas), proposals)
+        scores, proposal_deltas = predictions
+        return super().losses((self.loss_logits(scores), proposal_deltas), proposals)
 
     def predict_probs(self, predictions, proposals):
         scores, proposal_deltas = predictions
