@@ -3,8 +3,9 @@
 Sources (``MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE``):
 
 * ``dataset``: counted on the dataset dicts of ``DATASETS.TRAIN`` exactly as the trainer's loader
-  gets them (``get_detection_dataset_dicts`` with the same filtering); crowd annotations are
-  skipped, as detectron2's mapper drops them; K = number of those images.
+  gets them (``iif_d2.data.build.train_dataset_dicts``: the same filtering, FASA's held-out
+  images removed); crowd annotations are skipped, as detectron2's mapper drops them; K = number
+  of those images.
 * ``json``: the ``image_count``/``instance_count`` fields of the training set's LVIS json.
 * ``file``: a counts file (see :func:`load_counts_file`).
 
@@ -261,16 +262,10 @@ def _compute(cfg, iif, num_classes: int) -> ClassStats:
             f"IIF COUNTS_SOURCE {iif.COUNTS_SOURCE!r} is not one of 'dataset', 'json', 'file'."
         )
     from detectron2.data import MetadataCatalog
-    from detectron2.data.build import get_detection_dataset_dicts
 
-    dicts = get_detection_dataset_dicts(
-        names,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
-        if cfg.MODEL.KEYPOINT_ON
-        else 0,
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
+    from .data.build import train_dataset_dicts
+
+    dicts = train_dataset_dicts(cfg)
     stats = count_dataset_dicts(dicts, num_classes, "+".join(names))
     stats.class_names = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
     return stats

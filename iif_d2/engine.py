@@ -6,13 +6,17 @@ import logging
 import os
 
 from detectron2.config import get_cfg
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from .compat import cpu_safe_ddp
 from .config import add_iif_config
+from .data.build import heldout_dataset_dicts, iterations_per_epoch, train_dataset_dicts
 from .evaluation import build_evaluator
+from .samplers import build_train_sampler
 
 __all__ = ["Trainer", "load_config", "setup", "freeze_all_but_box_classifier"]
 
@@ -64,6 +68,32 @@ class Trainer(DefaultTrainer):
             n = freeze_all_but_box_classifier(model)
             logger.info("Decoupled training: only the box classifier is trained (%d params).", n)
         return model
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's loader on :func:`train_dataset_dicts` (FASA's held-out images removed),
+        with the sampler of :func:`build_train_sampler` (repeat factors on those same dicts)."""
+        dicts = train_dataset_dicts(cfg)
+        sampler = build_train_sampler(cfg, dicts)
+        return build_detection_train_loader(cfg, dataset=dicts, sampler=sampler)
+
+    def build_hooks(self):
+        """detectron2's hooks, plus :class:`FASAHook` (before the checkpointer and evaluation,
+        so a checkpoint taken at an adaptation holds the adapted rates) when FASA is on."""
+        hooks = super().build_hooks()
+        fasa = self.cfg.MODEL.ROI_BOX_HEAD.FASA
+        if fasa.ENABLED:
+            from .hooks import FASAHook, build_heldout_loader
+
+            period = fasa.ADAPT_PERIOD
+            if period < 0:
+                period = iterations_per_epoch(self.cfg)
+            loader = build_heldout_loader(self.cfg, heldout_dataset_dicts(self.cfg))
+            hook = FASAHook(period, loader, self.cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+            late = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook)
+            at = next(i for i, h in enumerate(hooks) if isinstance(h, late))
+            hooks.insert(at, hook)
+        return hooks
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

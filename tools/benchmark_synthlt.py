@@ -3,14 +3,17 @@
 
 The same model, schedule and seed trained with: softmax, IIF raw, IOF base10, balanced softmax
 and logit adjustment in the loss; post-process IIF and post-hoc logit adjustment evaluate the
-softmax model. Each is run through train_net.py (resuming a finished or interrupted run instead
-of repeating it). Reported: mask AP, APr, APc, APf, box AP (LVIS evaluation), false positives
-per image at a score threshold, dAP_FP (box AP50 gained when every detection that matches no
-ground truth of its class at IoU >= 0.5 is removed) and wall time.
+softmax model. Then the paper's Table XV components added one by one to IOF base10 (cosine
+classifier + normalised mask, FASA, repeat-factor sampling, test settings = the full recipe),
+and the one-stage detectors RetinaNet and FCOS without and with IIF (box AP only). Each is run
+through train_net.py (resuming a finished or interrupted run instead of repeating it).
+Reported: mask AP, APr, APc, APf, box AP and APr (LVIS evaluation), false positives per image
+at a score threshold, dAP_FP (box AP50 gained when every detection that matches no ground truth
+of its class at IoU >= 0.5 is removed) and wall time.
 
 Writes OUTPUT/benchmark.md, OUTPUT/benchmark.json and OUTPUT/benchmark.png.
 
-    python tools/benchmark_synthlt.py [--quick] [--output-dir output/benchmark]
+    python tools/benchmark_synthlt.py [--quick] [--only KEY ...] [--output-dir output/benchmark]
 """
 
 import argparse
@@ -22,22 +25,34 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs", "SynthLT-InstanceSegmentation")
+SEG = os.path.join(REPO, "configs", "SynthLT-InstanceSegmentation")
+DET = os.path.join(REPO, "configs", "SynthLT-Detection")
 # (key, label, config, evaluates the weights of)
 METHODS = [
-    ("softmax", "softmax", "mask_rcnn_R_18_FPN.yaml", None),
-    ("iif_raw", "IIF raw", "mask_rcnn_R_18_FPN_iif.yaml", None),
-    ("iof_base10", "IOF base10", "mask_rcnn_R_18_FPN_iof_base10.yaml", None),
-    ("iif_post", "IIF raw, post-process", "mask_rcnn_R_18_FPN_iif_postprocess.yaml", "softmax"),
-    ("balanced", "balanced softmax", "mask_rcnn_R_18_FPN_balanced_softmax.yaml", None),
-    ("la_loss", "logit adj. (loss)", "mask_rcnn_R_18_FPN_logit_adjustment.yaml", None),
-    (
-        "la_posthoc",
-        "logit adj. (post-hoc)",
-        "mask_rcnn_R_18_FPN_logit_adjustment_posthoc.yaml",
-        "softmax",
-    ),
-]
+    ("softmax", "softmax", f"{SEG}/mask_rcnn_R_18_FPN.yaml", None),
+    ("iif_raw", "IIF raw", f"{SEG}/mask_rcnn_R_18_FPN_iif.yaml", None),
+    ("iof_base10", "IOF base10", f"{SEG}/mask_rcnn_R_18_FPN_iof_base10.yaml", None),
+    ("iif_post", "IIF raw, post-process", f"{SEG}/mask_rcnn_R_18_FPN_iif_postprocess.yaml",
+     "softmax"),
+    ("balanced", "balanced softmax", f"{SEG}/mask_rcnn_R_18_FPN_balanced_softmax.yaml", None),
+    ("la_loss", "logit adj. (loss)", f"{SEG}/mask_rcnn_R_18_FPN_logit_adjustment.yaml", None),
+    ("la_posthoc", "logit adj. (post-hoc)",
+     f"{SEG}/mask_rcnn_R_18_FPN_logit_adjustment_posthoc.yaml", "softmax"),
+    # paper Table XV, step by step on IOF base10, up to the headline recipe
+    ("cos_norm", "IOF base10 + cos + norm. mask",
+     f"{SEG}/mask_rcnn_R_18_FPN_iof_base10_cos_normmask.yaml", None),
+    ("cos_norm_fasa", "  + FASA", f"{SEG}/mask_rcnn_R_18_FPN_iof_base10_cos_normmask_fasa.yaml",
+     None),
+    ("cos_norm_fasa_rfs", "  + RFS",
+     f"{SEG}/mask_rcnn_R_18_FPN_iof_base10_cos_normmask_fasa_rfs.yaml", None),
+    ("recipe", "  + test settings = recipe", f"{SEG}/mask_rcnn_R_18_FPN_recipe.yaml",
+     "cos_norm_fasa_rfs"),
+    # one-stage detectors (box only)
+    ("retinanet", "RetinaNet", f"{DET}/retinanet_R_18_FPN.yaml", None),
+    ("retinanet_iif", "RetinaNet IIF", f"{DET}/retinanet_R_18_FPN_iif.yaml", None),
+    ("fcos", "FCOS", f"{DET}/fcos_R_18_FPN.yaml", None),
+    ("fcos_iif", "FCOS IIF", f"{DET}/fcos_R_18_FPN_iif.yaml", None),
+]  # fmt: skip
 QUICK = ["SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(120,)", "SOLVER.WARMUP_ITERS", "50"]
 
 
@@ -76,10 +91,11 @@ def fp_stats(out_root, key, gt_file, score_thresh):
 
 
 def write_report(rows, out_root, header):
-    cols = ["AP", "APr", "APc", "APf", "APbox", "FP/img", "dAP_FP", "time (s)"]
+    cols = ["AP", "APr", "APc", "APf", "APbox", "APr box", "FP/img", "dAP_FP", "time (s)"]
     lines = [header, "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in rows:
-        vals = [f"{r[c]:.1f}" if c != "FP/img" else f"{r[c]:.2f}" for c in cols]
+        vals = ["–" if r[c] is None else f"{r[c]:.2f}" if c == "FP/img" else f"{r[c]:.1f}"
+                for c in cols]  # fmt: skip
         lines.append(f"| {r['method']} | " + " | ".join(vals) + " |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out_root, "benchmark.md"), "w") as f:
@@ -97,13 +113,13 @@ def _figure(rows, path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = [r["method"] for r in rows]
+    names = [r["method"].strip() for r in rows]
     x = np.arange(len(rows))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 4.8))
     for i, k in enumerate(["APr", "APc", "APf", "AP"]):
-        ax1.bar(x + (i - 1.5) * 0.2, [r[k] for r in rows], 0.2, label=k)
+        ax1.bar(x + (i - 1.5) * 0.2, [r[k] or 0.0 for r in rows], 0.2, label=k)
     ax1.set_xticks(x, names, rotation=30, ha="right")
-    ax1.set_ylabel("mask AP (SynthLT val)")
+    ax1.set_ylabel("mask AP (SynthLT val; 0 = box-only detector)")
     ax1.legend()
     ax2.bar(x, [r["FP/img"] for r in rows], color="tab:red")
     ax2.set_xticks(x, names, rotation=30, ha="right")
@@ -117,6 +133,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="150 iterations: minutes on a CPU")
     parser.add_argument("--output-dir", default=None)
     parser.add_argument("--score-thresh", type=float, default=0.3, help="for FP/image")
+    parser.add_argument(
+        "--only", nargs="+", metavar="KEY", help="run only these rows (keys of METHODS)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="train_net.py config overrides")
     args = parser.parse_args()
     name = "benchmark_quick" if args.quick else "benchmark"
@@ -131,15 +150,16 @@ def main():
     DatasetCatalog.get("synthlt_val")  # generates SynthLT once
     gt_file = MetadataCatalog.get("synthlt_val").json_file
     rows = []
-    for key, label, config, weights_of in METHODS:
+    methods = [m for m in METHODS if not args.only or m[0] in args.only]
+    for key, label, config, weights_of in methods:
         print(f"[benchmark] {label} ...", flush=True)
-        res, wall = run(key, os.path.join(CONFIGS, config), weights_of, out_root, opts)
+        res, wall = run(key, config, weights_of, out_root, opts)
         fp, dap = fp_stats(out_root, key, gt_file, args.score_thresh)
-        segm, bbox = res["segm"], res["bbox"]
+        segm, bbox = res.get("segm", {}), res["bbox"]
         rows.append(
-            {"method": label, "AP": segm["AP"], "APr": segm["APr"], "APc": segm["APc"],
-             "APf": segm["APf"], "APbox": bbox["AP"], "FP/img": fp, "dAP_FP": dap,
-             "time (s)": wall}
+            {"method": label, "AP": segm.get("AP"), "APr": segm.get("APr"),
+             "APc": segm.get("APc"), "APf": segm.get("APf"), "APbox": bbox["AP"],
+             "APr box": bbox["APr"], "FP/img": fp, "dAP_FP": dap, "time (s)": wall}
         )  # fmt: skip
     import torch
 
