@@ -7,15 +7,20 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data.detection_utils import read_image
 from detectron2.layers import Conv2d, ShapeSpec
+from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead, build_mask_head
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
 from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config
 from iif_d2.layers import CosineConv2d, CosineLinear
+from iif_d2.mask_head import NormalizedMaskRCNNConvUpsampleHead
 
 C = 4
 WEIGHTS = torch.tensor([7.5, 3.25, 1.5, 0.75, 1.0])
@@ -271,3 +276,110 @@ def _cfg(name, tmp_path, *opts):
     cfg.merge_from_file(os.path.join(ROOT, name))
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 1, *opts])
     return cfg
+
+
+# ----------------------------------------------------------------------------- mask head
+def _mask_heads(num_classes=C, scale=20.0):
+    args = {"input_shape": ShapeSpec(channels=8, height=7, width=7), "conv_dims": [6, 6]}
+    torch.manual_seed(0)
+    upstream = MaskRCNNConvUpsampleHead(num_classes=num_classes, **args)
+    after_upstream = torch.get_rng_state()
+    torch.manual_seed(0)
+    ours = NormalizedMaskRCNNConvUpsampleHead(num_classes=num_classes, scale=scale, **args)
+    assert torch.equal(torch.get_rng_state(), after_upstream)  # RNG-neutral
+    return upstream, ours
+
+
+@pytest.mark.parametrize("num_classes", [C, 1])  # 1: class-agnostic masks
+def test_mask_head_is_upstream_with_a_cosine_predictor(num_classes):
+    upstream, ours = _mask_heads(num_classes, scale=20.0)
+    a, b = upstream.state_dict(), ours.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert list(ours._modules)[-1] == "predictor" and isinstance(ours.predictor, CosineConv2d)
+    assert ours.predictor.weight.shape == (num_classes, 6, 1, 1)
+    with torch.no_grad():
+        ours.predictor.bias.copy_(torch.linspace(-0.5, 0.5, num_classes))
+        x = torch.randn(3, 8, 7, 7)
+        feats = x
+        for name, layer in ours.named_children():  # everything before the predictor
+            if name != "predictor":
+                feats = layer(feats)
+        got = ours.layers(x)
+    assert got.shape == (3, num_classes, 14, 14)
+    f = feats.double().numpy()
+    w = ours.predictor.weight.detach().double().numpy().reshape(num_classes, 6)
+    norm = np.linalg.norm(f, axis=1, keepdims=True)
+    assert (norm == 0).any()  # all-zero pixels after the ReLU: cosine 0, logit = bias
+    fn = np.divide(f, norm, out=np.zeros_like(f), where=norm > 0)
+    wn = w / np.linalg.norm(w, axis=1, keepdims=True)
+    b = ours.predictor.bias.detach().double().numpy()
+    expected = 20.0 * np.einsum("nchw,oc->nohw", fn, wn) + b[None, :, None, None]
+    assert np.allclose(got.numpy(), expected, atol=1e-4)
+
+
+def test_mask_head_from_config_and_bad_scale(tmp_path):
+    cfg = _cfg("mask_rcnn_R_18_FPN_instant.yaml", tmp_path, *COSINE_OPTS)
+    cfg.MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE = 12.5
+    cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
+    head = build_mask_head(cfg, ShapeSpec(channels=32, height=14, width=14))
+    assert isinstance(head, NormalizedMaskRCNNConvUpsampleHead)
+    assert head.predictor.scale == 12.5 and head.predictor.out_channels == 1
+    cfg.MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE = 0.0
+    with pytest.raises(ValueError, match="NORMALIZED.SCALE must be > 0; got 0.0"):
+        build_mask_head(cfg, ShapeSpec(channels=32, height=14, width=14))
+
+
+@pytest.mark.parametrize(
+    "name", ["mask_rcnn_R_18_FPN_instant_iif.yaml", "cascade_mask_rcnn_R_18_FPN_instant_iif.yaml"]
+)
+def test_cosine_model_trains_one_step_and_infers(name, tmp_path):
+    # score threshold 0: keep detections, so that masks are predicted at inference
+    cfg = _cfg(name, tmp_path, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, *COSINE_OPTS)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    heads = model.roi_heads
+    predictors = heads.box_predictor if "cascade" in name else [heads.box_predictor]
+    for p in predictors:  # the roi heads loaded upstream's state dict into the cosine layers
+        assert isinstance(p.cls_score, CosineLinear) and p.cls_score.scale == 8.0
+        assert p.iif_mode == "end_to_end"
+    assert isinstance(heads.mask_head.predictor, CosineConv2d)
+    assert heads.mask_head.predictor.scale == 20.0
+    before = [p.cls_score.weight.detach().clone() for p in predictors]
+    mask_before = heads.mask_head.predictor.weight.detach().clone()
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=0.9)
+    batch = next(iter(build_detection_train_loader(cfg)))
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total) and losses["loss_mask"] > 0
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+    for p, w in zip(predictors, before, strict=True):
+        assert not torch.equal(w, p.cls_score.weight)
+    assert not torch.equal(mask_before, heads.mask_head.predictor.weight)
+
+    d = DatasetCatalog.get("iif_synthetic_tiny_val")[0]
+    img = torch.as_tensor(read_image(d["file_name"], "BGR").transpose(2, 0, 1).copy())
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": img, "height": 96, "width": 96}])
+    inst = out["instances"]
+    assert len(inst) > 0 and inst.pred_masks.shape[1:] == (96, 96)
+    assert torch.isfinite(inst.scores).all() and (inst.scores <= 1).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_twin_matches_cpu_and_is_fp32_under_autocast():
+    layer, conv = _hand_linear(), CosineConv2d(2, 2, scale=3.0)
+    x, y = torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.randn(2, 2, 3, 3)
+    want_x, want_y = layer(x), conv(y)
+    layer, conv = layer.cuda(), conv.cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        got_x, got_y = layer(x.cuda().half()), conv(y.cuda().half())
+    assert got_x.dtype == got_y.dtype == torch.float32
+    assert torch.allclose(got_x.cpu(), want_x, atol=1e-5)
+    assert torch.allclose(got_y.cpu(), conv.cpu()(y.half().float()), atol=1e-5)
+    assert torch.allclose(got_y.cpu(), want_y, atol=1e-2)
