@@ -1,0 +1,455 @@
+"""FASA: class statistics, rates, affinity propagation, sampling, state, two-process sync, and
+the held-out slice / loss / hook on a real tiny model."""
+
+# isort: off
+import iif_d2  # noqa: F401  (before detectron2, also in the spawned workers)
+
+# isort: on
+import os
+import socket
+import types
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.modeling import build_model
+from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Instances
+from detectron2.utils.events import EventStorage
+from torch.testing import assert_close
+
+from iif_d2 import add_iif_config
+from iif_d2.fasa import (
+    FASA,
+    adapt_rates,
+    affinity_propagation,
+    class_moments,
+    initial_rates,
+    moments_to_mean_var,
+    negative_squared_distances,
+)
+from iif_d2.hooks import (
+    FASAHook,
+    HeldoutDatasetMapper,
+    build_heldout_loader,
+    heldout_class_losses,
+    split_heldout,
+)
+
+NAN = float("nan")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
+
+
+def exact(a, b):
+    assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- pure maths
+
+
+def test_class_moments_and_mean_var():
+    x = torch.tensor([[1.0, 2], [3, 6], [5, 5], [7, 7], [8, 8]])
+    count, s, sq = class_moments(x, torch.tensor([0, 0, 1, 3, -1]), 3)  # 3 = background
+    exact(count, torch.tensor([2, 1, 0]))
+    exact(s, torch.tensor([[4.0, 8], [5, 5], [0, 0]], dtype=torch.float64))
+    exact(sq, torch.tensor([[10.0, 40], [25, 25], [0, 0]], dtype=torch.float64))
+    mean, var = moments_to_mean_var(count, s, sq)
+    exact(mean, torch.tensor([[2.0, 4], [5, 5], [NAN, NAN]], dtype=torch.float64))
+    exact(var, torch.tensor([[2.0, 8], [NAN, NAN], [NAN, NAN]], dtype=torch.float64))
+
+
+def test_ema_of_mean_and_unbiased_variance():
+    fasa = FASA(3, 2, [1, 2, 4], momentum=0.25)
+    # 1: class 0 twice (mean [2,4], var [2,8]), class 1 once (var 0 at first sight), rest ignored
+    fasa.update(torch.tensor([[1.0, 2], [3, 6], [5, 5], [7, 7]]), torch.tensor([0, 0, 1, 3]))
+    exact(fasa.mean, torch.tensor([[2.0, 4], [5, 5], [0, 0]]))
+    exact(fasa.var, torch.tensor([[2.0, 8], [0, 0], [0, 0]]))
+    exact(fasa.seen, torch.tensor([True, True, False]))
+    # 2: class 0 batch mean [2,0] var [4,0]; class 1 batch mean [2,2] var [2,2]
+    x = torch.tensor([[0.0, 0], [2, 0], [4, 0], [1, 1], [3, 3]])
+    fasa.update(x.half(), torch.tensor([0, 0, 0, 1, 1]))  # fp16 as under AMP
+    exact(fasa.mean, torch.tensor([[2.0, 3], [4.25, 4.25], [0, 0]]))  # 0.75 old + 0.25 new
+    exact(fasa.var, torch.tensor([[2.5, 6], [0.5, 0.5], [0, 0]]))
+    # 3: class 1 once: its mean moves, its variance stays; class 0 absent; class 2 never seen
+    fasa.update(torch.tensor([[9.0, 1]]), torch.tensor([1]))
+    exact(fasa.mean, torch.tensor([[2.0, 3], [5.4375, 3.4375], [0, 0]]))
+    exact(fasa.var, torch.tensor([[2.5, 6], [0.5, 0.5], [0, 0]]))
+    exact(fasa.seen, torch.tensor([True, True, False]))
+    fasa.update(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))  # empty batch: no change
+    exact(fasa.mean[1], torch.tensor([5.4375, 3.4375]))
+
+
+def test_initial_rates_are_normalised_inverse_counts():
+    exact(initial_rates([1, 2, 4, 0]), torch.tensor([4 / 7, 2 / 7, 1 / 7, 0], dtype=torch.float64))
+    fasa = FASA(3, 1, [10, 10, 20])
+    exact(fasa.rates, torch.tensor([0.4, 0.4, 0.2]))
+    with pytest.raises(ValueError, match="not all 0"):
+        initial_rates([0, 0])
+    with pytest.raises(ValueError, match=">= 0"):
+        initial_rates([3, -1])
+
+
+def test_adapt_rates_up_down_clamp():
+    rates = torch.tensor([0.5, 0.5, 0.5, 0.2, 0.95, 0.3, 0.4])
+    clusters = torch.tensor([7, 7, 7, 1, 2, 3, 4])
+    prev = torch.tensor([2.0, 0.5, 100.0, 2.0, 2.0, 1.0, 1.5])
+    # cluster 7: measured classes 0, 1 sum 3.0 > 2.5 (class 2, unmeasured now, is not summed
+    # but is scaled with its cluster) -> x0.9; cluster 1 down -> x1.1; cluster 2 down, clamped
+    # at 1; cluster 3 unmeasured now, cluster 4 unchanged loss -> rates unchanged
+    now = torch.tensor([1.0, 2.0, NAN, 1.0, 1.0, NAN, 1.5])
+    got = adapt_rates(rates, now, prev, clusters, 0.1)
+    want = torch.tensor([0.45, 0.45, 0.45, 0.22, 1.0, 0.3, 0.4], dtype=torch.float64)
+    assert_close(got, want, rtol=1e-7, atol=0)
+    exact(adapt_rates(rates, now, torch.full((7,), NAN), clusters, 0.1), rates.double())
+
+
+def _blobs():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0], [10, 0], [0, 10]])
+    return torch.cat([torch.randn(5, 2, generator=g) * 0.3 + c for c in centres])
+
+
+def test_affinity_propagation_separated_blobs():
+    labels = affinity_propagation(negative_squared_distances(_blobs()))
+    exact(labels, torch.arange(3).repeat_interleave(5))
+    exact(affinity_propagation(negative_squared_distances(_blobs())), labels)  # deterministic
+    s = torch.full((3, 3), -1.0)
+    exact(affinity_propagation(s, preference=0.0), torch.arange(3))  # all alike: singletons
+    exact(affinity_propagation(s, preference=-2.0), torch.zeros(3, dtype=torch.long))
+    exact(affinity_propagation(torch.zeros(1, 1)), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="damping"):
+        affinity_propagation(s, damping=0.2)
+
+
+@pytest.mark.parametrize(
+    "seed, damping, preference", [(3, 0.5, None), (4, 0.9, None), (5, 0.7, -50.0)]
+)
+def test_affinity_propagation_matches_sklearn(seed, damping, preference):
+    cluster = pytest.importorskip("sklearn.cluster")
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(6, 8, generator=g) * 4
+    x = centres[torch.arange(40) % 6] + torch.randn(40, 8, generator=g)
+    ref = cluster.AffinityPropagation(damping=damping, preference=preference, random_state=0)
+    ref = ref.fit(x.double().numpy()).labels_
+    got = affinity_propagation(negative_squared_distances(x), damping, preference=preference)
+    # same tie-breaking noise, same numbering of the clusters: the labels themselves are equal
+    assert got.tolist() == ref.tolist()
+
+
+# --------------------------------------------------------------------------- the module
+
+
+def test_sample_only_seen_classes_and_rates():
+    fasa = FASA(4, 3, [1, 1, 1, 1])
+    fasa.update(torch.randn(6, 3), torch.tensor([0, 0, 2, 2, 2, 4]))
+    fasa.rates.fill_(1.0)
+    feats, labels = fasa.sample()
+    exact(labels, torch.tensor([0, 2]))
+    assert feats.shape == (2, 3) and feats.dtype == torch.float32
+    fasa.rates.fill_(0.0)
+    feats, labels = fasa.sample()
+    assert feats.shape == (0, 3) and labels.shape == (0,) and labels.dtype == torch.long
+    fresh = FASA(4, 3, [1, 1, 1, 1])
+    assert fresh.sample()[1].numel() == 0  # nothing seen yet
+
+
+def test_sample_counts_follow_rates():
+    fasa = FASA(4, 2, [1, 1, 1, 1])
+    fasa.update(torch.randn(8, 2), torch.arange(4).repeat(2))
+    fasa.rates.copy_(torch.tensor([0.1, 0.5, 0.9, 0.3]))
+    draws = 4000
+    hits = torch.zeros(4)
+    for _ in range(draws):
+        hits += torch.bincount(fasa.sample()[1], minlength=4)
+    # per draw: sum of rates 1.8, sd sqrt(sum r(1-r)) = 0.8 -> standard error 0.013
+    assert abs(hits.sum().item() / draws - 1.8) < 0.06
+    assert_close(hits / draws, fasa.rates, rtol=0, atol=0.035)
+
+
+def test_sample_follows_mean_and_variance():
+    c = 2000  # many classes with the same statistics: one sample() gives 2000 draws
+    fasa = FASA(c, 2, [1] * c)
+    x = torch.tensor([[3.0, -1.5], [-1.0, -2.5]])  # mean [1, -2], unbiased var [8, 0.5]
+    fasa.update(x.repeat(c, 1), torch.arange(c).repeat_interleave(2))
+    fasa.rates.fill_(1.0)
+    feats = torch.cat([fasa.sample()[0] for _ in range(10)])
+    assert feats.shape == (20000, 2)
+    assert_close(feats.mean(0), torch.tensor([1.0, -2.0]), rtol=0, atol=0.1)
+    assert_close(feats.var(0), torch.tensor([8.0, 0.5]), rtol=0.05, atol=0)
+
+
+def _trained_fasa(clustering="affinity_propagation"):
+    fasa = FASA(5, 2, [1, 2, 3, 4, 5], clustering=clustering)
+    blobs = _blobs()[[0, 1, 2, 5, 6, 7]]  # classes 0-2 near (0,0), 3 near (10,0), class 4 unseen
+    fasa.update(blobs, torch.tensor([0, 1, 2, 3, 3, 3]))
+    return fasa
+
+
+def test_adapt_clusters_and_state():
+    fasa = _trained_fasa()
+    exact(fasa.clusters(), torch.tensor([0, 0, 0, 1, 2]))
+    start = fasa.rates.clone()
+    exact(fasa.adapt(torch.tensor([1.0, 1, 1, 1, 1])), start)  # first call only stores
+    exact(fasa.prev_loss, torch.tensor([1.0, 1, 1, 1, 1]))
+    # cluster {0,1,2}: 0.5 + 2.0 + NaN = 2.5 > 2.0 -> x0.9; class 3 down -> x1.1; class 4 up
+    # on its own (unseen: own cluster) -> x0.9
+    rates = fasa.adapt(torch.tensor([0.5, 2.0, NAN, 0.5, 3.0]))
+    assert_close(rates, start * torch.tensor([0.9, 0.9, 0.9, 1.1, 0.9]))
+    exact(fasa.rates, rates)
+    assert int(fasa.num_adaptations) == 2
+    exact(fasa.prev_loss, torch.tensor([0.5, 2.0, NAN, 0.5, 3.0]))
+    # "none": each class on its own
+    alone = _trained_fasa("none")
+    alone.adapt(torch.ones(5))
+    rates = alone.adapt(torch.tensor([0.5, 2.0, NAN, 0.5, 3.0]))
+    assert_close(rates, alone.rates.new_tensor([1.1, 0.9, 1.0, 1.1, 0.9]) * start)
+
+
+def test_state_dict_round_trip_resumes_exactly():
+    fasa = _trained_fasa()
+    fasa.adapt(torch.ones(5))
+    fasa.adapt(torch.tensor([0.5, 2.0, NAN, 0.5, 3.0]))
+    state = fasa.state_dict()
+    assert set(state) == {"mean", "var", "seen", "rates", "prev_loss", "num_adaptations"}
+    fresh = FASA(5, 2, [5, 4, 3, 2, 1])
+    fresh.load_state_dict(state)
+    for name, buf in fasa.named_buffers():
+        exact(dict(fresh.named_buffers())[name], buf)
+    torch.manual_seed(7)
+    a = fasa.sample()
+    torch.manual_seed(7)
+    b = fresh.sample()
+    exact(a[0], b[0])
+    exact(a[1], b[1])
+    assert "clustering='affinity_propagation'" in repr(fresh)
+    late = FASA(5, 2, [1] * 5, start_iter=100)
+    assert not late.active(99) and late.active(100)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"momentum": 1.5}, "MOMENTUM 1.5 must lie in \\(0, 1\\]"),
+        ({"loss_weight": -1.0}, "LOSS_WEIGHT"),
+        ({"adapt_step": 1.0}, "ADAPT_STEP 1.0 must lie in \\[0, 1\\)"),
+        ({"start_iter": -1}, "START_ITER -1"),
+        ({"clustering": "kmeans"}, "CLUSTERING 'kmeans' is not one of"),
+        ({"instance_counts": [1, 2]}, "2 instance counts for 3 classes"),
+    ],
+)
+def test_validation_names_the_key(kwargs, key):
+    args = {"num_classes": 3, "feature_dim": 2, "instance_counts": [1, 2, 3], **kwargs}
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.FASA") as e:
+        FASA(**args)
+    assert e.match(key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_cuda_update_and_sample():
+    fasa = FASA(3, 2, [1, 2, 4], momentum=0.25).cuda()
+    fasa.update(torch.tensor([[1.0, 2], [3, 6], [5, 5]], device="cuda"), torch.tensor([0, 0, 1]))
+    exact(fasa.mean.cpu(), torch.tensor([[2.0, 4], [5, 5], [0, 0]]))
+    exact(fasa.var.cpu(), torch.tensor([[2.0, 8], [0, 0], [0, 0]]))
+    fasa.rates.fill_(1.0)
+    feats, labels = fasa.sample()
+    assert feats.is_cuda and labels.tolist() == [0, 1]
+    assert fasa.adapt(torch.ones(3)).shape == (3,)
+
+
+# --------------------------------------------------------------------------- two processes
+
+
+def _dist_batches():
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for n in (12, 8, 6):
+        batches.append((torch.randn(n, 4, generator=g), torch.randint(-1, 6, (n,), generator=g)))
+    # class 2 once on each rank (n = 1 per rank, 2 in all); class 4 only on rank 1
+    batches.append((torch.randn(4, 4, generator=g), torch.tensor([2, 0, 2, 4])))
+    # nothing on rank 0 (background, ignored): it still takes part in the collectives
+    batches.append((torch.randn(4, 4, generator=g), torch.tensor([5, -1, 1, 3])))
+    return batches
+
+
+def _dist_worker(rank, world, port, out):
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        fasa = FASA(5, 4, [5, 4, 3, 2, 1], momentum=0.3)
+        for x, y in _dist_batches():
+            half = len(y) // 2
+            part = slice(0, half) if rank == 0 else slice(half, None)
+            fasa.update(x[part], y[part])
+        fasa.adapt(torch.ones(5))
+        fasa.adapt(torch.tensor([2.0, 0.5, 1.0, NAN, 1.0]))
+        torch.save(fasa.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_statistics_equal_single_process(tmp_path):
+    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    single = FASA(5, 4, [5, 4, 3, 2, 1], momentum=0.3)
+    for x, y in _dist_batches():
+        single.update(x, y)
+    single.adapt(torch.ones(5))
+    single.adapt(torch.tensor([2.0, 0.5, 1.0, NAN, 1.0]))
+    for name in ranks[0]:
+        exact(ranks[0][name], ranks[1][name])  # bitwise identical on every rank
+        assert_close(ranks[0][name], single.state_dict()[name], equal_nan=True)
+    assert bool(ranks[0]["seen"].all())
+
+
+# --------------------------------------------------------------------------- held-out slice
+
+
+def _dicts(n):
+    dicts = [{"image_id": i, "annotations": [{"category_id": 0}]} for i in range(n)]
+    dicts[1]["annotations"] = []
+    dicts[3]["annotations"] = [{"category_id": 0, "iscrowd": 1}]  # crowd only: not annotated
+    return dicts
+
+
+def test_split_heldout_sizes_and_determinism():
+    dicts = _dicts(22)  # 20 annotated images
+    train, held = split_heldout(dicts, 0.125, 100)  # 2.5 -> 3 (half up)
+    assert len(held) == 3 and len(train) == 19
+    assert split_heldout(dicts, 0.125, 100) == (train, held)  # same images on every call
+    ids = [d["image_id"] for d in train]
+    assert ids == sorted(ids)  # original order
+    assert not {d["image_id"] for d in held} & {1, 3}
+    assert sorted(ids + [d["image_id"] for d in held]) == list(range(22))
+    assert len(split_heldout(dicts, 0.5, 4)[1]) == 4  # capped
+    assert len(split_heldout(dicts, 0.001, 4)[1]) == 1  # at least one
+    assert split_heldout(dicts, 0.0, 4) == (dicts, [])
+    with pytest.raises(ValueError, match="HELDOUT_FRACTION"):
+        split_heldout(dicts, 1.0, 4)
+
+
+# --------------------------------------------------------------------------- held-out loss
+
+
+def _model(name, *opts):
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, name))
+    cfg.merge_from_list(list(opts))
+    return cfg, build_model(cfg)
+
+
+def _val(n):
+    return DatasetCatalog.get("iif_synthetic_tiny_val")[:n]
+
+
+def test_heldout_mapper_keeps_ground_truth():
+    cfg, _ = _model("mask_rcnn_R_18_FPN_instant.yaml")
+    d = _val(1)[0]
+    assert "instances" not in DatasetMapper(cfg, is_train=False)(d)  # why the mapper exists
+    out = HeldoutDatasetMapper(cfg)(d)
+    inst = out["instances"]
+    assert len(inst) == len([a for a in d["annotations"] if not a.get("iscrowd", 0)]) > 0
+    assert out["image"].shape[1:] == inst.image_size
+    assert min(inst.image_size) == cfg.INPUT.MIN_SIZE_TEST
+    assert not inst.has("gt_masks")
+
+
+def _gt_proposals(batch):
+    gt = batch[0]["instances"]
+    props = Instances(gt.image_size, proposal_boxes=gt.gt_boxes, gt_boxes=gt.gt_boxes)
+    props.gt_classes = gt.gt_classes
+    return gt.gt_classes, props
+
+
+def _reference_total(model, batches):
+    """Sum over the held-out instances of detectron2's own loss_cls, with the ground-truth
+    boxes as proposals (FastRCNNOutputLayers.losses: mean CE over the RoIs of an image)."""
+    heads, total, counts = model.roi_heads, 0.0, torch.zeros(8)
+    with torch.no_grad(), EventStorage():
+        for batch in batches:
+            classes, props = _gt_proposals(batch)
+            feats = model.backbone(model.preprocess_image(batch).tensor)
+            x = heads.box_pooler([feats[f] for f in heads.box_in_features], [props.proposal_boxes])
+            preds = heads.box_predictor(heads.box_head(x))
+            loss = FastRCNNOutputLayers.losses(heads.box_predictor, preds, [props])["loss_cls"]
+            total += float(loss) * len(classes)
+            counts.index_add_(0, classes, torch.ones(len(classes)))
+    return total, counts
+
+
+def _reference_stage(model, batches, stage):
+    """Per-class mean CE of cascade stage ``stage``'s logits (CascadeROIHeads._run_stage)."""
+    heads, sums, counts = model.roi_heads, torch.zeros(8), torch.zeros(8)
+    with torch.no_grad():
+        for batch in batches:
+            classes, props = _gt_proposals(batch)
+            feats = model.backbone(model.preprocess_image(batch).tensor)
+            scores, _ = heads._run_stage([feats[f] for f in heads.box_in_features], [props], stage)
+            sums.index_add_(0, classes, F.cross_entropy(scores, classes, reduction="none"))
+            counts.index_add_(0, classes, torch.ones(len(classes)))
+    return torch.where(counts > 0, sums / counts.clamp(min=1), NAN)
+
+
+def test_heldout_class_losses_and_hook():
+    cfg, model = _model("mask_rcnn_R_18_FPN_instant.yaml")
+    predictor = model.roi_heads.box_predictor
+    predictor.fasa = FASA(8, 64, [1] * 8)
+    loader = build_heldout_loader(cfg, _val(4))
+    batches = list(loader)
+    model.train()
+    (losses,) = heldout_class_losses(model, loader, 8)
+    assert model.training  # mode restored
+    total, counts = _reference_total(model, batches)
+    present = counts > 0
+    exact(torch.isnan(losses), ~present)
+    assert_close((losses[present] * counts[present]).sum().item(), total, rtol=1e-5, atol=1e-6)
+    assert len(heldout_class_losses(model, loader, 8, max_batches=1)) == 1
+
+    # the hook: every 2 iterations, not after the last
+    hook = FASAHook(2, lambda: build_heldout_loader(cfg, _val(4)), 8)
+    storage = EventStorage()
+    hook.trainer = types.SimpleNamespace(model=model, iter=0, max_iter=6, storage=storage)
+    hook.after_step()  # iteration 1: nothing
+    assert int(predictor.fasa.num_adaptations) == 0
+    hook.trainer.iter = 1
+    hook.after_step()
+    assert int(predictor.fasa.num_adaptations) == 1
+    exact(predictor.fasa.prev_loss, losses)
+    assert "fasa/mean_rate" in storage.latest() and "fasa/heldout_loss" in storage.latest()
+    # a larger background logit raises every class's loss: every measured class goes down
+    start = predictor.fasa.rates.clone()
+    with torch.no_grad():
+        predictor.cls_score.bias[-1] += 3.0
+    hook.trainer.iter = 3
+    hook.after_step()
+    factor = torch.where(present, 0.9, 1.0)
+    assert_close(predictor.fasa.rates, start * factor)
+    hook.trainer.iter = 5  # the last iteration: no adaptation
+    hook.after_step()
+    assert int(predictor.fasa.num_adaptations) == 2
+
+
+def test_heldout_class_losses_cascade_stages():
+    cfg, model = _model(
+        "cascade_mask_rcnn_R_18_FPN_instant_iif.yaml", "MODEL.ROI_BOX_HEAD.IIF.ENABLED", False
+    )
+    for k in (0, 2):
+        model.roi_heads.box_predictor[k].fasa = FASA(8, 64, [1] * 8)
+    loader = build_heldout_loader(cfg, _val(3))
+    model.eval()
+    losses = heldout_class_losses(model, loader, 8)
+    assert len(losses) == 2 and not model.training
+    for k, got in zip((0, 2), losses, strict=True):
+        assert_close(got, _reference_stage(model, list(loader), k), equal_nan=True)
+    assert not torch.equal(losses[0], losses[1])
