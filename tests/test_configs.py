@@ -26,7 +26,7 @@ def load(name):
     cfg.MODEL.DEVICE = "cpu"
     for prefix, counts in COUNTS.items():
         if name.startswith(prefix):
-            for node in (cfg.MODEL.ROI_BOX_HEAD.IIF, cfg.MODEL.RETINANET.IIF):
+            for node in (cfg.MODEL.ROI_BOX_HEAD.IIF, cfg.MODEL.RETINANET.IIF, cfg.MODEL.FCOS.IIF):
                 node.COUNTS_SOURCE, node.COUNTS_FILE = "file", counts
     cfg.OUTPUT_DIR = ""
     return cfg

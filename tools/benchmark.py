@@ -1,13 +1,21 @@
 #!/usr/bin/env python
-"""IIF box head vs detectron2's softmax head, in the same process: train-step and inference
-time, printed as ratios (IIF / softmax). Target: <= 1.01 on a GPU, <= 1.03 on CPU.
+"""IIF vs detectron2's plain models, in the same process: train-step and inference time,
+printed as ratios (IIF / plain). Target: <= 1.01 on a GPU, <= 1.03 on CPU.
 
-Two levels, each timed alternately (A, B, A, B, ...) so drift hits both, median of repeats:
+Each pair is timed alternately (A, B, A, B, ...) so drift hits both, median of repeats; the two
+models of a pair hold the same parameters.
   head:  FastRCNNOutputLayers vs IIFFastRCNNOutputLayers (end-to-end), LVIS sizes
          (C = 1203, 1024-d RoI features, 512 RoIs per image): forward + loss + backward;
          forward + scores + boxes (NMS excluded: its input size depends on the scores).
   model: the tiny Mask R-CNN of configs/quick_schedules (softmax vs IIF), a full SGD step
          and inference on the synthetic set.
+  dense: the tiny RetinaNet and FCOS of configs/quick_schedules, IIF off vs on, a full SGD step
+         and inference on the synthetic set. Train step: the synthetic set's IIF weights (the
+         loss costs the same whatever the weights). Inference: IIF with all-ones weights, so
+         that the same candidates pass the score threshold and reach NMS as in the plain model
+         while IIF's scaling runs in full (with random parameters, how many candidates pass
+         depends on the scaled scores, which is not an overhead of IIF); the "real w" line, with
+         the synthetic set's weights, is printed for information, outside the max ratio.
 
     python tools/benchmark.py [--device cuda] [--repeats 30]
 """
@@ -17,6 +25,7 @@ import iif_d2  # noqa: F401
 
 # isort: on
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -25,7 +34,7 @@ import time
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import annotations_to_instances, read_image
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
@@ -52,7 +61,8 @@ def _time(fn, device):
 
 
 def compare(name, fns, device, repeats, warmup=3):
-    """Time each of ``fns`` (label -> callable) alternately; print medians and the ratio."""
+    """Time the two callables of ``fns`` (label -> callable, the baseline first) alternately;
+    print the medians and return the ratio second / first."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -60,12 +70,11 @@ def compare(name, fns, device, repeats, warmup=3):
     for _ in range(repeats):
         for k, fn in fns.items():
             times[k].append(_time(fn, device))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base, iif = med["softmax"], med["iif"]
+    (a, base), (b, other) = ((k, statistics.median(v)) for k, v in times.items())
     print(
-        f"{name:<28} softmax {base * 1e3:9.2f} ms  iif {iif * 1e3:9.2f} ms  ratio {iif / base:.3f}"
+        f"{name:<32} {a} {base * 1e3:8.2f} ms  {b} {other * 1e3:8.2f} ms  ratio {other / base:.3f}"
     )
-    return iif / base
+    return other / base
 
 
 def head_benchmark(device, repeats, images):
@@ -124,52 +133,116 @@ def head_benchmark(device, repeats, images):
     ]
 
 
-def model_benchmark(device, repeats):
-    models = {}
-    for key, name in (
-        ("softmax", "mask_rcnn_R_18_FPN_instant"),
-        ("iif", "mask_rcnn_R_18_FPN_instant_iif"),
-    ):
-        cfg = get_cfg()
-        add_iif_config(cfg)
-        cfg.merge_from_file(os.path.join(REPO, "configs", "quick_schedules", name + ".yaml"))
-        cfg.MODEL.DEVICE = device.type
-        cfg.OUTPUT_DIR = ""
-        torch.manual_seed(0)
-        models[key] = build_model(cfg)
-    models["iif"].load_state_dict(models["softmax"].state_dict())
-    data = DatasetCatalog.get("iif_synthetic_tiny_train")[:2]
-    from detectron2.data.detection_utils import annotations_to_instances
+def _quick_cfg(name, device, *opts):
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "quick_schedules", name + ".yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", device.type, "OUTPUT_DIR", "", *opts])
+    return cfg
 
+
+def _pair(cfg_a, cfg_b):
+    """The models of two configs, the second holding the first's parameters."""
+    torch.manual_seed(0)
+    a = build_model(cfg_a)
+    b = build_model(cfg_b)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _inputs():
+    """Two images of the tiny synthetic set, with their ground truth."""
     inputs = []
-    for d in data:
+    for d in DatasetCatalog.get("iif_synthetic_tiny_train")[:2]:
         img = torch.as_tensor(read_image(d["file_name"], "BGR").transpose(2, 0, 1).copy())
         inst = annotations_to_instances(d["annotations"], img.shape[1:])
         inputs.append({"image": img, "instances": inst, "height": 96, "width": 96})
-    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-4) for k, m in models.items()}
+    return inputs
 
-    def train(key):
-        def step():
-            m = models[key].train()
-            with EventStorage():
-                losses = m(inputs)
-            opts[key].zero_grad()
-            sum(losses.values()).backward()
-            opts[key].step()
 
-        return step
+def _train_step(model, inputs):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
 
-    def infer(key):
-        def run():
-            with torch.no_grad():
-                models[key].eval()(inputs)
+    def step():
+        model.train()
+        with EventStorage():
+            losses = model(inputs)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
 
-        return run
+    return step
 
+
+def _inference(model, inputs):
+    def run():
+        with torch.no_grad():
+            model.eval()(inputs)
+
+    return run
+
+
+def _train_and_infer(title, models, inputs, device, repeats):
     return [
-        compare("tiny Mask R-CNN train step", {k: train(k) for k in models}, device, repeats),
-        compare("tiny Mask R-CNN inference", {k: infer(k) for k in models}, device, repeats),
+        compare(
+            f"{title} train step",
+            {k: _train_step(m, inputs) for k, m in models.items()},
+            device,
+            repeats,
+        ),
+        compare(
+            f"{title} inference",
+            {k: _inference(m, inputs) for k, m in models.items()},
+            device,
+            repeats,
+        ),
     ]
+
+
+def model_benchmark(device, repeats):
+    softmax, iif = _pair(
+        _quick_cfg("mask_rcnn_R_18_FPN_instant", device),
+        _quick_cfg("mask_rcnn_R_18_FPN_instant_iif", device),
+    )
+    models = {"softmax": softmax, "iif": iif}
+    return _train_and_infer("tiny Mask R-CNN", models, _inputs(), device, repeats)
+
+
+def dense_benchmark(device, repeats, title, config, node):
+    """A one-stage detector, IIF off vs on (see the module docstring).
+
+    Args:
+        title: the printed name.
+        config: a quick-schedule config with IIF on.
+        node: its IIF node under MODEL ("RETINANET", "FCOS").
+    """
+    plain, iif = _pair(
+        _quick_cfg(config, device, f"MODEL.{node}.IIF.ENABLED", False), _quick_cfg(config, device)
+    )
+    ones = copy.deepcopy(iif)
+    ones.iif_weights = torch.ones_like(iif.iif_weights)
+    inputs = _inputs()
+    ratios = [
+        compare(
+            f"{title} train step",
+            {"plain": _train_step(plain, inputs), "iif": _train_step(iif, inputs)},
+            device,
+            repeats,
+        ),
+        compare(
+            f"{title} inference (w = 1)",
+            {"plain": _inference(plain, inputs), "iif": _inference(ones, inputs)},
+            device,
+            repeats,
+        ),
+    ]
+    compare(
+        f"{title} inference (real w)",
+        {"plain": _inference(plain, inputs), "iif": _inference(iif, inputs)},
+        device,
+        repeats,
+    )
+    return ratios
 
 
 def main():
@@ -186,6 +259,11 @@ def main():
     )
     ratios = head_benchmark(device, args.repeats, args.images)
     ratios += model_benchmark(device, args.repeats)
+    for title, config, node in (
+        ("tiny RetinaNet", "retinanet_R_18_FPN_instant_iif", "RETINANET"),
+        ("tiny FCOS", "fcos_R_18_FPN_instant_iif", "FCOS"),
+    ):
+        ratios += dense_benchmark(device, args.repeats, title, config, node)
     target = 1.01 if device.type == "cuda" else 1.03
     print(f"max ratio {max(ratios):.3f} (target <= {target})")
 
