@@ -16,9 +16,17 @@ from .compat import cpu_safe_ddp
 from .config import add_iif_config
 from .data.build import heldout_dataset_dicts, iterations_per_epoch, train_dataset_dicts
 from .evaluation import build_evaluator
+from .fasa import FASA
+from .hooks import FASAHook, build_heldout_loader
 from .samplers import build_train_sampler
 
-__all__ = ["Trainer", "load_config", "setup", "freeze_all_but_box_classifier"]
+__all__ = [
+    "Trainer",
+    "load_config",
+    "setup",
+    "freeze_all_but_box_classifier",
+    "resolve_fasa_start",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,14 @@ def freeze_all_but_box_classifier(model) -> int:
     if trainable == 0:
         raise ValueError("TRAIN_ONLY_CLASSIFIER: the model has no box_predictor.cls_score.")
     return trainable
+
+
+def resolve_fasa_start(model, cfg) -> None:
+    """Turn FASA's START_ITER -1 (one epoch) into iterations of ``cfg``'s training set."""
+    for module in model.modules():
+        if isinstance(module, FASA) and module.start_iter < 0:
+            module.start_iter = iterations_per_epoch(cfg)
+            logger.info("FASA draws virtual features from iteration %d.", module.start_iter)
 
 
 class Trainer(DefaultTrainer):
@@ -64,6 +80,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
+        resolve_fasa_start(model, cfg)
         if cfg.MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER:
             n = freeze_all_but_box_classifier(model)
             logger.info("Decoupled training: only the box classifier is trained (%d params).", n)
@@ -83,13 +100,15 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         fasa = self.cfg.MODEL.ROI_BOX_HEAD.FASA
         if fasa.ENABLED:
-            from .hooks import FASAHook, build_heldout_loader
-
             period = fasa.ADAPT_PERIOD
             if period < 0:
                 period = iterations_per_epoch(self.cfg)
-            loader = build_heldout_loader(self.cfg, heldout_dataset_dicts(self.cfg))
-            hook = FASAHook(period, loader, self.cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+            cfg = self.cfg
+
+            def loader():  # built at the first adaptation
+                return build_heldout_loader(cfg, heldout_dataset_dicts(cfg))
+
+            hook = FASAHook(period, loader, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
             late = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook)
             at = next(i for i, h in enumerate(hooks) if isinstance(h, late))
             hooks.insert(at, hook)

@@ -303,8 +303,9 @@ class FASA(nn.Module):
             momentum: EMA weight m of a new batch (MOMENTUM): stat = (1 - m) stat + m batch.
             loss_weight: weight of the virtual features' loss (LOSS_WEIGHT); read by the
                 predictor.
-            start_iter: first iteration that draws virtual features (START_ITER, resolved: the
-                config's -1 = one epoch is turned into iterations by the trainer).
+            start_iter: first iteration that draws virtual features (START_ITER); -1 = one
+                epoch, unresolved: the trainer (:class:`iif_d2.engine.Trainer`) sets it from the
+                training set's size before training starts.
             adapt_step: the adaptation step (ADAPT_STEP).
             clustering: one of :data:`CLUSTERINGS` (CLUSTERING).
         """
@@ -314,11 +315,8 @@ class FASA(nn.Module):
         _check_range("MOMENTUM", momentum, 0, 1, lo_open=True)
         _check_range("LOSS_WEIGHT", loss_weight, 0, float("inf"), hi_open=True)
         _check_range("ADAPT_STEP", adapt_step, 0, 1, hi_open=True)
-        if start_iter < 0:
-            raise ValueError(
-                f"{KEY}.START_ITER {start_iter} must be >= 0 here (the config's -1, one epoch, "
-                "is resolved into iterations by the trainer)."
-            )
+        if start_iter < -1:
+            raise ValueError(f"{KEY}.START_ITER {start_iter}: use -1 (one epoch) or an iteration.")
         if clustering not in CLUSTERINGS:
             raise ValueError(f"{KEY}.CLUSTERING {clustering!r} is not one of {CLUSTERINGS}.")
         counts = torch.as_tensor(instance_counts).flatten()
@@ -339,6 +337,11 @@ class FASA(nn.Module):
 
     def active(self, iteration: int) -> bool:
         """Whether virtual features are drawn at ``iteration``."""
+        if self.start_iter < 0:
+            raise RuntimeError(
+                f"{KEY}.START_ITER is -1 (one epoch) but no trainer resolved it into iterations: "
+                "train with iif_d2.engine.Trainer (train_net.py), or set START_ITER explicitly."
+            )
         return iteration >= self.start_iter
 
     @torch.no_grad()

@@ -5,10 +5,18 @@ from typing import Optional
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.utils.events import get_event_storage
 from torch import nn
+from torch.nn import functional as F
 
-from .class_stats import additive_margins_from_config, iif_weights_from_config
+from .class_stats import (
+    additive_margins_from_config,
+    class_stats_from_config,
+    iif_weights_from_config,
+)
+from .fasa import FASA
 from .layers import CosineLinear
 from .weights import MARGIN_TYPES
 
@@ -45,6 +53,12 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     z_c = s * cos(x, W_c) + b_c over all C+1 rows, background included (METHOD.md §3), on which
     IIF, the margins and the cascade act as on the linear logits. It holds detectron2's freshly
     initialised ``cls_score`` parameters (N(0, 0.01^2), bias 0), under the same names.
+
+    With ``fasa`` (:class:`~iif_d2.fasa.FASA`), every training step updates the per-class
+    statistics with the box-head features of the sampled RoIs (synchronised across ranks) and,
+    from ``fasa.start_iter`` on, draws virtual features that go through ``cls_score`` with the
+    same loss logits (IIF when enabled): ``loss_cls_fasa`` = LOSS_WEIGHT x their mean cross
+    entropy (0 while none are drawn), added to the total loss with the other terms.
     """
 
     @configurable
@@ -58,6 +72,7 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         margin_mode: str = "off",
         margins=None,
         cosine_scale: Optional[float] = None,
+        fasa: Optional[FASA] = None,
         **kwargs,
     ):
         """
@@ -71,6 +86,7 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
             cosine_scale: None for detectron2's linear ``cls_score``, or the scale s > 0 of a
                 cosine classifier. Excludes ``cls_score_init="constant"``: equal rows would
                 give every class the same cosine, and their norm is irrelevant to it.
+            fasa: FASA state for this predictor's box-head features, or None.
         """
         super().__init__(input_shape, **kwargs)
         if iif_mode not in IIF_MODES:
@@ -93,6 +109,13 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.register_buffer("margins", self._per_class(margins), persistent=False)
         self.cls_score_init = cls_score_init
         self.apply_cls_score_init()
+        if fasa is not None and getattr(self, "use_sigmoid_ce", False):
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.FASA needs the softmax cross entropy: set "
+                "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False or FASA.ENABLED False."
+            )
+        self.fasa = fasa
+        self._fasa_features = None
 
     def _use_cosine_cls_score(self, scale: float, cls_score_init: str):
         """Replace the linear ``cls_score`` by a cosine one holding its parameters."""
@@ -141,6 +164,8 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         if margin.ENABLED:
             ret["margin_mode"] = margin.TYPE
             ret["margins"] = additive_margins_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        if cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
+            ret["fasa"] = cls._build_fasa(cfg, input_shape)
         if not iif.ENABLED:
             return ret
         if iif.MODE not in IIF_MODES[1:]:
@@ -151,6 +176,28 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret["iif_mode"] = iif.MODE
         ret["iif_weights"] = iif_weights_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         return ret
+
+    @staticmethod
+    def _build_fasa(cfg, input_shape) -> FASA:
+        node = cfg.MODEL.ROI_BOX_HEAD.FASA
+        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        stats = class_stats_from_config(cfg, cfg.MODEL.ROI_BOX_HEAD.IIF, num_classes)
+        dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
+        return FASA(
+            num_classes,
+            dim,
+            stats.instance_counts,
+            momentum=node.MOMENTUM,
+            loss_weight=node.LOSS_WEIGHT,
+            start_iter=node.START_ITER,
+            adapt_step=node.ADAPT_STEP,
+            clustering=node.CLUSTERING,
+        )
+
+    def forward(self, x):
+        if self.fasa is not None and self.training:  # kept for the FASA statistics in losses()
+            self._fasa_features = torch.flatten(x, start_dim=1) if x.dim() > 2 else x
+        return super().forward(x)
 
     def scale_logits(self, scores: torch.Tensor) -> torch.Tensor:
         """Return w * z in fp32 (z: (R, C+1) class logits)."""
@@ -185,9 +232,31 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     def losses(self, predictions, proposals):
         if self._loss_is_upstream():  # upstream's own computation, bit for bit (also AMP)
-            return super().losses(predictions, proposals)
-        scores, proposal_deltas = predictions
-        return super().losses((self.loss_logits(scores), proposal_deltas), proposals)
+            losses = super().losses(predictions, proposals)
+        else:
+            scores, proposal_deltas = predictions
+            losses = super().losses((self.loss_logits(scores), proposal_deltas), proposals)
+        if self.fasa is not None and self.training:
+            losses["loss_cls_fasa"] = self._fasa_loss(proposals)
+        return losses
+
+    def _fasa_loss(self, proposals) -> torch.Tensor:
+        """Update the FASA statistics with this step's RoIs; the virtual features' loss."""
+        features, self._fasa_features = self._fasa_features, None
+        if features is None:
+            raise RuntimeError("FASA: losses() needs the features of forward() in training.")
+        if proposals:
+            labels = cat([p.gt_classes for p in proposals], dim=0)
+        else:
+            labels = torch.empty(0, dtype=torch.long, device=features.device)
+        self.fasa.update(features, labels)
+        if not self.fasa.active(get_event_storage().iter):
+            return features.new_zeros((), dtype=torch.float32)
+        virtual, virtual_labels = self.fasa.sample()
+        if virtual.numel() == 0:
+            return features.new_zeros((), dtype=torch.float32)
+        logits = self.loss_logits(self.cls_score(virtual.to(features.dtype)))
+        return self.fasa.loss_weight * F.cross_entropy(logits, virtual_labels)
 
     def predict_probs(self, predictions, proposals):
         scores, proposal_deltas = predictions
@@ -197,4 +266,5 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         return super().predict_probs((logits, proposal_deltas), proposals)
 
     def extra_repr(self) -> str:
-        return f"iif_mode={self.iif_mode}, margin_mode={self.margin_mode}"
+        fasa = self.fasa is not None
+        return f"iif_mode={self.iif_mode}, margin_mode={self.margin_mode}, fasa={fasa}"

@@ -20,7 +20,9 @@ def _replace_predictor(cfg, upstream, input_shape, **kwargs) -> IIFFastRCNNOutpu
     """
     with torch.random.fork_rng(devices=[]):
         predictor = IIFFastRCNNOutputLayers(cfg, input_shape, **kwargs)
-    predictor.load_state_dict(upstream.state_dict())
+    missing, unexpected = predictor.load_state_dict(upstream.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("fasa.") for k in missing):  # FASA state starts empty
+        raise RuntimeError(f"IIF box predictor: missing {missing}, unexpected {unexpected}.")
     predictor.apply_cls_score_init()
     return predictor
 

@@ -228,6 +228,9 @@ def test_state_dict_round_trip_resumes_exactly():
     assert "clustering='affinity_propagation'" in repr(fresh)
     late = FASA(5, 2, [1] * 5, start_iter=100)
     assert not late.active(99) and late.active(100)
+    unresolved = FASA(5, 2, [1] * 5, start_iter=-1)  # one epoch: the trainer resolves it
+    with pytest.raises(RuntimeError, match="START_ITER is -1"):
+        unresolved.active(0)
 
 
 @pytest.mark.parametrize(
@@ -236,7 +239,7 @@ def test_state_dict_round_trip_resumes_exactly():
         ({"momentum": 1.5}, "MOMENTUM 1.5 must lie in \\(0, 1\\]"),
         ({"loss_weight": -1.0}, "LOSS_WEIGHT"),
         ({"adapt_step": 1.0}, "ADAPT_STEP 1.0 must lie in \\[0, 1\\)"),
-        ({"start_iter": -1}, "START_ITER -1"),
+        ({"start_iter": -2}, "START_ITER -2"),
         ({"clustering": "kmeans"}, "CLUSTERING 'kmeans' is not one of"),
         ({"instance_counts": [1, 2]}, "2 instance counts for 3 classes"),
     ],
