@@ -276,6 +276,8 @@ _CACHE: Dict[tuple, ClassStats] = {}
 
 def _cache_key(cfg, iif, num_classes: int) -> tuple:
     """Everything the counts depend on (a re-registered dataset name is not detected)."""
+    from .data.build import holds_out
+
     return (
         iif.COUNTS_SOURCE,
         iif.COUNTS_FILE,
@@ -286,6 +288,9 @@ def _cache_key(cfg, iif, num_classes: int) -> tuple:
         cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE,
         cfg.MODEL.LOAD_PROPOSALS,
         tuple(cfg.DATASETS.PROPOSAL_FILES_TRAIN),
+        holds_out(cfg),  # FASA's held-out images are not counted
+        cfg.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_FRACTION,
+        cfg.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_MAX_IMAGES,
     )
 
 

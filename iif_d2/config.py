@@ -114,18 +114,29 @@ def add_iif_config(cfg):
     # EMA weight of the new batch statistics: stat = (1 - MOMENTUM) * stat + MOMENTUM * batch.
     _C.MODEL.ROI_BOX_HEAD.FASA.MOMENTUM = 0.1
     # Iteration from which virtual features are drawn; -1: one epoch (the authors' 2nd epoch).
+    # An epoch = the training images (FASA's held-out ones removed) at SOLVER.IMS_PER_BATCH, each
+    # counted as often as repeat-factor sampling repeats it, as the authors' epochs count.
     _C.MODEL.ROI_BOX_HEAD.FASA.START_ITER = -1
-    # Iterations between two adaptations of the sampling rates; -1: one epoch; 0: never.
+    # Iterations between two adaptations of the sampling rates; -1: one epoch; 0: never (then
+    # no image is held out).
     _C.MODEL.ROI_BOX_HEAD.FASA.ADAPT_PERIOD = -1
     # A cluster whose held-out loss went up gets s * (1 - ADAPT_STEP), down s * (1 + ADAPT_STEP).
+    # A cluster's loss is the sum of its classes' mean held-out losses (every class counts
+    # equally; the authors weight classes by their held-out instance counts).
     _C.MODEL.ROI_BOX_HEAD.FASA.ADAPT_STEP = 0.1
-    # How classes are grouped for the adaptation: "affinity_propagation" on the class feature
-    # means (the authors', implemented here in torch) or "none" (each class on its own).
+    # How classes are grouped for the adaptation: "affinity_propagation" on the seen classes'
+    # feature means (the algorithm the authors use, implemented here in torch, on negative
+    # squared distances; unseen classes stay alone) or "none" (each class on its own).
     _C.MODEL.ROI_BOX_HEAD.FASA.CLUSTERING = "affinity_propagation"
+    # The initial sampling rates s_c are proportional to 1 / instance count, normalised to sum
+    # 1; the counts come from the keys of MODEL.ROI_BOX_HEAD.IIF (COUNTS_SOURCE, COUNTS_FILE),
+    # also when IIF itself is off.
     # Held-out slice of DATASETS.TRAIN on which the hook measures the per-class loss: this
-    # fraction of the training images (at most HELDOUT_MAX_IMAGES), drawn with SEED, is removed
-    # from training. HELDOUT_DATASETS, if set, is used instead and nothing is removed; naming an
-    # evaluation split there is the authors' choice (LVIS val) and leaks it into training.
+    # fraction of the training images with annotations (at most HELDOUT_MAX_IMAGES), drawn with
+    # a fixed seed (0, independent of SEED, so a resumed run holds out the same images), is
+    # removed from training. HELDOUT_DATASETS, if set, is used instead and nothing is removed;
+    # naming an evaluation split there is the authors' choice (LVIS val) and leaks it into
+    # training.
     _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_FRACTION = 0.02
     _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_MAX_IMAGES = 1000
     _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_DATASETS = ()

@@ -47,12 +47,18 @@ def freeze_all_but_box_classifier(model) -> int:
     return trainable
 
 
-def resolve_fasa_start(model, cfg) -> None:
-    """Turn FASA's START_ITER -1 (one epoch) into iterations of ``cfg``'s training set."""
-    for module in model.modules():
-        if isinstance(module, FASA) and module.start_iter < 0:
+def resolve_fasa_start(model, cfg) -> int:
+    """Turn FASA's START_ITER -1 (one epoch) into iterations of ``cfg``'s training set.
+
+    Returns:
+        the number of FASA modules in ``model``.
+    """
+    modules = [m for m in model.modules() if isinstance(m, FASA)]
+    for module in modules:
+        if module.start_iter < 0:
             module.start_iter = iterations_per_epoch(cfg)
             logger.info("FASA draws virtual features from iteration %d.", module.start_iter)
+    return len(modules)
 
 
 class Trainer(DefaultTrainer):
@@ -61,6 +67,13 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         with cpu_safe_ddp():
             super().__init__(cfg)
+        if not resolve_fasa_start(self.model, cfg) and cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
+            raise ValueError(
+                "MODEL.ROI_BOX_HEAD.FASA.ENABLED is set but the model has no FASA box predictor "
+                f"(META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}, ROI_HEADS.NAME "
+                f"{cfg.MODEL.ROI_HEADS.NAME!r}): FASA needs IIFStandardROIHeads or "
+                "IIFCascadeROIHeads. Set FASA.ENABLED False or use those ROI heads."
+            )
 
     # detectron2 v0.6's DefaultTrainer leaves its inner trainer's state (the optimizer's
     # momentum) out of checkpoints; main saves it under "_trainer". Save it the same way here,
@@ -80,7 +93,6 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
-        resolve_fasa_start(model, cfg)
         if cfg.MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER:
             n = freeze_all_but_box_classifier(model)
             logger.info("Decoupled training: only the box classifier is trained (%d params).", n)

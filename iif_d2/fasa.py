@@ -271,7 +271,8 @@ def _check_range(name, value, lo, hi, lo_open=False, hi_open=False):
 
 class FASA(nn.Module):
     """The state of FASA for one box predictor, all in persistent buffers (a checkpoint holds
-    it and a resumed run continues exactly):
+    it and a resumed run restores it exactly; the RNG that :meth:`sample` draws from is not in
+    the checkpoint, as detectron2 keeps no RNG state):
 
     * ``mean``, ``var`` (C, D) float32: EMA of the per-class feature mean and unbiased variance;
     * ``seen`` (C,) bool: classes with statistics;
