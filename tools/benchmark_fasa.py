@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""FASA's per-iteration overhead: the same model with and without FASA, in the same process,
+printed as ratios (FASA / without). Timing as tools/benchmark.py (alternating, median).
+
+  head:  IIFFastRCNNOutputLayers (end-to-end IIF) at LVIS sizes (C = 1203, 1024-d features,
+         512 RoIs per image): forward + loss + backward, without FASA vs with FASA active
+         (statistics update of the step's RoIs, sampling, the virtual features' loss); every
+         class already seen, rates = the normalised inverse LVIS v1 instance counts (about one
+         virtual feature per step, as in training). The "all rates 1" line (1203 virtual
+         features per step) is printed for information, outside the max ratio.
+  model: the tiny recipe Mask R-CNN of configs/quick_schedules (cosine classifier, normalised
+         mask, IOF base10), FASA off vs on (active from the first step), a full SGD step.
+Inference is not timed: FASA does nothing at inference.
+
+    python tools/benchmark_fasa.py [--device cuda] [--repeats 30]
+"""
+
+# isort: off
+import iif_d2  # noqa: F401
+
+# isort: on
+import argparse
+import os
+import platform
+
+import torch
+from benchmark import _inputs, _quick_cfg, _train_step, compare
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from iif_d2 import IIFFastRCNNOutputLayers, load_counts_file
+from iif_d2.fasa import FASA
+
+
+def head_benchmark(device, repeats, images):
+    C, R, D = 1203, 512 * images, 1024
+    counts = load_counts_file("iif_d2://lvis_v1_train.csv").instance_counts
+    kwargs = {
+        "input_shape": ShapeSpec(channels=D),
+        "box2box_transform": Box2BoxTransform(weights=(10, 10, 5, 5)),
+        "num_classes": C,
+        "iif_mode": "end_to_end",
+        "iif_weights": torch.cat([torch.rand(C) * 8 + 3, torch.ones(1)]),
+    }
+    plain = IIFFastRCNNOutputLayers(**kwargs).to(device)
+    fasa = IIFFastRCNNOutputLayers(fasa=FASA(C, D, counts, start_iter=0), **kwargs).to(device)
+    fasa.load_state_dict(plain.state_dict(), strict=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(R, D, generator=g).abs().to(device)
+    seen = torch.randn(2 * C, D, generator=g).abs().to(device)
+    fasa.fasa.update(seen, torch.arange(C).repeat(2).to(device))  # every class seen
+    props = []
+    for _ in range(images):
+        inst = Instances((800, 1333))
+        xy = torch.rand(512, 2, generator=g) * 600
+        boxes = torch.cat([xy, xy + torch.rand(512, 2, generator=g) * 200 + 8], 1)
+        inst.proposal_boxes = Boxes(boxes.to(device))
+        inst.gt_boxes = Boxes((boxes + 2).to(device))
+        # 1/4 foreground, as detectron2's sampler (POSITIVE_FRACTION 0.25)
+        labels = torch.randint(0, C, (512,), generator=g)
+        labels[128:] = C
+        inst.gt_classes = labels.to(device)
+        props.append(inst)
+
+    def train(head):
+        def step():
+            with EventStorage():
+                head.train().zero_grad()
+                losses = head.losses(head(x), props)
+                sum(losses.values()).backward()
+
+        return step
+
+    ratio = compare(
+        "head train step", {"plain": train(plain), "fasa": train(fasa)}, device, repeats
+    )
+    fasa.fasa.rates.fill_(1.0)
+    compare("head, all rates 1", {"plain": train(plain), "fasa": train(fasa)}, device, repeats)
+    return [ratio]
+
+
+def model_benchmark(device, repeats):
+    name = "mask_rcnn_R_18_FPN_instant_recipe"
+    off = _quick_cfg(name, device, "MODEL.ROI_BOX_HEAD.FASA.ENABLED", False)
+    on = _quick_cfg(name, device, "MODEL.ROI_BOX_HEAD.FASA.START_ITER", 0)
+    torch.manual_seed(0)
+    with_fasa = build_model(on)
+    plain = build_model(off)
+    plain.load_state_dict(with_fasa.state_dict(), strict=False)
+    inputs = _inputs()
+    models = {"plain": _train_step(plain, inputs), "fasa": _train_step(with_fasa, inputs)}
+    return [compare("tiny recipe Mask R-CNN train step", models, device, repeats)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--images", type=int, default=2, help="images per batch (512 RoIs each)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
+    print(
+        f"device: {device} ({name or platform.machine()}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
+    ratios = head_benchmark(device, args.repeats, args.images)
+    ratios += model_benchmark(device, args.repeats)
+    print(f"max ratio {max(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
