@@ -18,6 +18,9 @@ models of a pair hold the same parameters.
          the synthetic set's weights, is printed for information, outside the max ratio.
 
     python tools/benchmark.py [--device cuda] [--repeats 30]
+
+On a CPU shared with other jobs, OMP_NUM_THREADS=1 gives steadier numbers: with more threads
+than free cores, steps became 10-100 times slower at random here, and the ratios noise.
 """
 
 # isort: off
