@@ -8,6 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config
+from iif_d2.layers import CosineConv2d, CosineLinear
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
 CONFIGS = sorted(
@@ -40,12 +41,16 @@ def test_configs_found():
 def test_config_builds_model(name):
     cfg = load(name)
     model = build_model(cfg)
-    if cfg.MODEL.META_ARCHITECTURE == "IIFRetinaNet":
-        iif = cfg.MODEL.RETINANET.IIF
-        assert (model.iif_weights is not None) == iif.ENABLED
-        if iif.ENABLED:
-            assert model.iif_weights.shape == (cfg.MODEL.RETINANET.NUM_CLASSES,)
+    one_stage = {"IIFRetinaNet": cfg.MODEL.RETINANET, "IIFFCOS": cfg.MODEL.FCOS}
+    if cfg.MODEL.META_ARCHITECTURE in one_stage:
+        node = one_stage[cfg.MODEL.META_ARCHITECTURE]
+        assert (model.iif_weights is not None) == node.IIF.ENABLED
+        if node.IIF.ENABLED:
+            assert model.iif_weights.shape == (node.NUM_CLASSES,)
         return
+    if cfg.MODEL.MASK_ON:
+        normalized = cfg.MODEL.ROI_MASK_HEAD.NAME == "NormalizedMaskRCNNConvUpsampleHead"
+        assert isinstance(model.roi_heads.mask_head.predictor, CosineConv2d) == normalized
     predictors = [m for m in model.modules() if isinstance(m, IIFFastRCNNOutputLayers)]
     assert predictors, "every config uses the IIF box predictor"
     iif = cfg.MODEL.ROI_BOX_HEAD.IIF
@@ -54,6 +59,11 @@ def test_config_builds_model(name):
         if iif.ENABLED:
             assert p.iif_weights.shape == (cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,)
             assert p.iif_weights[-1] == 1.0
+        cosine = cfg.MODEL.ROI_BOX_HEAD.COSINE
+        assert isinstance(p.cls_score, CosineLinear) == cosine.ENABLED
+        if cosine.ENABLED:
+            assert p.cls_score.scale == cosine.SCALE
+        assert (p.fasa is not None) == cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED
         margin = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
         assert p.margin_mode == (margin.TYPE if margin.ENABLED else "off")
         if margin.ENABLED:
