@@ -11,6 +11,7 @@ from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
 
 from .compat import cpu_safe_ddp
 from .config import add_iif_config
@@ -152,8 +153,11 @@ def load_config(args):
 
 
 def setup(args):
-    """:func:`load_config`, frozen, and detectron2's ``default_setup`` (logging, OUTPUT_DIR)."""
+    """:func:`load_config`, frozen, and detectron2's ``default_setup`` (logging, OUTPUT_DIR),
+    with iif-d2's loggers writing to the same files."""
     cfg = load_config(args)
     cfg.freeze()
     default_setup(cfg, args)
+    # iif-d2's own messages (class statistics, sampler summary, FASA) in the same log.txt
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="iif_d2")
     return cfg
