@@ -52,6 +52,7 @@ def class_moments(features: torch.Tensor, labels: torch.Tensor, num_classes: int
     Returns:
         (count (C,) int64, sum (C, D) float64, sum of squares (C, D) float64), on features' device.
     """
+    labels = labels.to(features.device)
     keep = (labels >= 0) & (labels < num_classes)
     x, y = features[keep].double(), labels[keep].long()
     count = torch.bincount(y, minlength=num_classes)
