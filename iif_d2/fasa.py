@@ -52,14 +52,16 @@ def class_moments(features: torch.Tensor, labels: torch.Tensor, num_classes: int
     Returns:
         (count (C,) int64, sum (C, D) float64, sum of squares (C, D) float64), on features' device.
     """
+    # masks instead of boolean indexing: no host-device synchronisation on a GPU
     labels = labels.to(features.device)
     keep = (labels >= 0) & (labels < num_classes)
-    x, y = features[keep].double(), labels[keep].long()
-    count = torch.bincount(y, minlength=num_classes)
+    y = torch.where(keep, labels, torch.zeros_like(labels)).long()
+    x = torch.where(keep.unsqueeze(1), features.double(), 0.0)
+    count = features.new_zeros(num_classes, dtype=torch.float64).index_add_(0, y, keep.double())
     shape = (num_classes, features.shape[1])
     s = features.new_zeros(shape, dtype=torch.float64).index_add_(0, y, x)
     sq = features.new_zeros(shape, dtype=torch.float64).index_add_(0, y, x * x)
-    return count, s, sq
+    return count.long(), s, sq
 
 
 def moments_to_mean_var(count: torch.Tensor, s: torch.Tensor, sq: torch.Tensor):
@@ -378,18 +380,19 @@ class FASA(nn.Module):
         self._ema(count, s, sq)
 
     def _ema(self, count, s, sq):
-        idx = (count > 0).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            return
-        batch_mean, batch_var = moments_to_mean_var(count[idx], s[idx], sq[idx])
+        # on all C rows with masks (no host-device synchronisation); rows of classes absent
+        # from the batch get batch weight 0 and keep their values exactly
+        present = (count > 0).unsqueeze(1)
+        batch_mean, batch_var = moments_to_mean_var(count, s, sq)
         # weight of the batch: 1 at first sight, m afterwards; 0 for an undefined variance
-        w = torch.where(self.seen[idx], self.momentum, 1.0).double().unsqueeze(1)
-        w_var = torch.where(count[idx].unsqueeze(1) > 1, w, 0.0)
-        mean = (1 - w) * self.mean[idx].double() + w * batch_mean
-        var = (1 - w_var) * self.var[idx].double() + w_var * batch_var.nan_to_num(0.0)
-        self.mean[idx] = mean.to(self.mean.dtype)
-        self.var[idx] = var.to(self.var.dtype)
-        self.seen[idx] = True
+        w = torch.where(self.seen.unsqueeze(1), self.momentum, 1.0).double()
+        w = torch.where(present, w, 0.0)
+        w_var = torch.where((count > 1).unsqueeze(1), w, 0.0)
+        mean = (1 - w) * self.mean.double() + w * batch_mean.nan_to_num(0.0)
+        var = (1 - w_var) * self.var.double() + w_var * batch_var.nan_to_num(0.0)
+        self.mean.copy_(mean)
+        self.var.copy_(var)
+        self.seen |= present.squeeze(1)
 
     @torch.no_grad()
     def sample(self) -> Tuple[torch.Tensor, torch.Tensor]:
