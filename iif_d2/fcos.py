@@ -8,7 +8,6 @@ with P6/P7 computed from P5) and ``IIFFCOS.from_config`` (the keys under ``MODEL
 
 import math
 
-import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, build_backbone
@@ -18,6 +17,7 @@ from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from torch import nn
 
 from .class_stats import iif_weights_from_config
+from .dense_detector import IIFDenseDetectorMixin
 
 __all__ = ["IIFFCOS", "build_fcos_resnet_fpn_backbone"]
 
@@ -58,7 +58,7 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 
 @META_ARCH_REGISTRY.register()
-class IIFFCOS(FCOS):
+class IIFFCOS(IIFDenseDetectorMixin, FCOS):
     """:class:`FCOS` whose C class logits z are multiplied by IIF weights w (METHOD.md §4).
 
     Loss: sigmoid focal loss on w * z for the anchor points matched to a foreground box, raw z
@@ -80,15 +80,7 @@ class IIFFCOS(FCOS):
             kwargs: as :class:`FCOS`.
         """
         super().__init__(**kwargs)
-        self.iif_scale_all_anchors = iif_scale_all_anchors
-        if iif_weights is not None:
-            iif_weights = torch.as_tensor(iif_weights, dtype=torch.float32)
-            if iif_weights.shape != (self.num_classes,):
-                raise ValueError(
-                    f"IIFFCOS weights must have shape ({self.num_classes},) (no background "
-                    f"column in a sigmoid head); got {tuple(iif_weights.shape)}."
-                )
-        self.register_buffer("iif_weights", iif_weights, persistent=False)
+        self._init_iif(iif_weights, iif_scale_all_anchors)
 
     @classmethod
     def from_config(cls, cfg):
@@ -135,25 +127,13 @@ class IIFFCOS(FCOS):
         self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
     ):
         if self.iif_weights is not None:
-            pred_logits = self._scale_loss_logits(pred_logits, gt_labels)
+            pred_logits = self.scale_loss_logits(pred_logits, gt_labels)
         return super().losses(
             anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
         )
 
-    def _scale_loss_logits(self, pred_logits, gt_labels):
-        """w * z for foreground anchor points (all points with ``iif_scale_all_anchors``)."""
-        sizes = [x.shape[1] for x in pred_logits]
-        logits = torch.cat(pred_logits, dim=1).float()  # (N, R, C), fp32 under AMP
-        scaled = logits * self.iif_weights
-        if not self.iif_scale_all_anchors:
-            labels = torch.stack(gt_labels)  # (N, R): C = background
-            foreground = (labels >= 0) & (labels != self.num_classes)
-            scaled = torch.where(foreground[..., None], scaled, logits)
-        return list(scaled.split(sizes, dim=1))
-
     def forward_inference(self, images, features, predictions):
         if self.iif_weights is not None:
             logits, *others = predictions  # logits per level (N, C, H, W): one point per place
-            w = self.iif_weights.view(1, -1, 1, 1)
-            predictions = [[x.float() * w for x in logits], *others]
+            predictions = [self.scale_test_logits(logits), *others]
         return super().forward_inference(images, features, predictions)

@@ -1,16 +1,16 @@
 """``IIFRetinaNet``: detectron2's RetinaNet with IIF-scaled sigmoid class logits."""
 
-import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 
 from .class_stats import iif_weights_from_config
+from .dense_detector import IIFDenseDetectorMixin
 
 __all__ = ["IIFRetinaNet"]
 
 
 @META_ARCH_REGISTRY.register()
-class IIFRetinaNet(RetinaNet):
+class IIFRetinaNet(IIFDenseDetectorMixin, RetinaNet):
     """:class:`RetinaNet` whose C class logits z are multiplied by IIF weights w (METHOD.md §4).
 
     Loss: sigmoid focal loss on w * z for the anchors matched to a foreground box, raw z for the
@@ -27,15 +27,7 @@ class IIFRetinaNet(RetinaNet):
             kwargs: as :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
-        self.iif_scale_all_anchors = iif_scale_all_anchors
-        if iif_weights is not None:
-            iif_weights = torch.as_tensor(iif_weights, dtype=torch.float32)
-            if iif_weights.shape != (self.num_classes,):
-                raise ValueError(
-                    f"IIFRetinaNet weights must have shape ({self.num_classes},) (no background "
-                    f"column in a sigmoid head); got {tuple(iif_weights.shape)}."
-                )
-        self.register_buffer("iif_weights", iif_weights, persistent=False)
+        self._init_iif(iif_weights, iif_scale_all_anchors)
 
     @classmethod
     def from_config(cls, cfg):
@@ -48,25 +40,12 @@ class IIFRetinaNet(RetinaNet):
         return ret
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
-        if self.iif_weights is None:
-            return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-        sizes = [x.shape[1] for x in pred_logits]
-        logits = torch.cat(pred_logits, dim=1).float()  # (N, R, C), fp32 under AMP
-        scaled = logits * self.iif_weights
-        if not self.iif_scale_all_anchors:
-            labels = torch.stack(gt_labels)  # (N, R): C = background, -1 = ignored
-            foreground = (labels >= 0) & (labels != self.num_classes)
-            scaled = torch.where(foreground[..., None], scaled, logits)
-        scaled_logits = list(scaled.split(sizes, dim=1))
-        return super().losses(anchors, scaled_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        if self.iif_weights is not None:
+            pred_logits = self.scale_loss_logits(pred_logits, gt_labels)
+        return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
 
     def forward_inference(self, images, features, predictions):
-        if self.iif_weights is None:
-            return super().forward_inference(images, features, predictions)
-        logits, deltas = predictions  # per level (N, A*C, H, W), channel = a*C + c
-        scaled = [x.float() * self._channel_weights(x) for x in logits]
-        return super().forward_inference(images, features, [scaled, deltas])
-
-    def _channel_weights(self, x: torch.Tensor) -> torch.Tensor:
-        anchors_per_location = x.shape[1] // self.num_classes
-        return self.iif_weights.repeat(anchors_per_location).view(1, -1, 1, 1)
+        if self.iif_weights is not None:
+            logits, deltas = predictions  # per level (N, A*C, H, W), channel = a*C + c
+            predictions = [self.scale_test_logits(logits), deltas]
+        return super().forward_inference(images, features, predictions)

@@ -92,7 +92,7 @@ def test_inference_weights_follow_the_channel_layout(tmp_path):
     model = build_model(_cfg(tmp_path))
     A = model.anchor_generator.num_cell_anchors[0]
     x = torch.randn(2, A * C, 3, 4)
-    scaled = x * model._channel_weights(x)
+    (scaled,) = model.scale_test_logits([x])
     assert torch.allclose(
         permute_to_N_HWA_K(scaled, C), permute_to_N_HWA_K(x, C) * model.iif_weights
     )
