@@ -80,6 +80,25 @@ def compare(name, fns, device, repeats, warmup=3):
     return other / base
 
 
+def lvis_proposals(device, images, num_classes, generator, foreground=None):
+    """512 random proposals per 800x1333 image with ground truth boxes and classes: uniform over
+    the C+1 classes, or the first ``foreground`` of them foreground and the rest background."""
+    props = []
+    for _ in range(images):
+        inst = Instances((800, 1333))
+        xy = torch.rand(512, 2, generator=generator) * 600
+        boxes = torch.cat([xy, xy + torch.rand(512, 2, generator=generator) * 200 + 8], 1)
+        inst.proposal_boxes = Boxes(boxes.to(device))
+        inst.gt_boxes = Boxes((boxes + 2).to(device))
+        high = num_classes + 1 if foreground is None else num_classes
+        labels = torch.randint(0, high, (512,), generator=generator)
+        if foreground is not None:
+            labels[foreground:] = num_classes
+        inst.gt_classes = labels.to(device)
+        props.append(inst)
+    return props
+
+
 def head_benchmark(device, repeats, images):
     C, R, D = 1203, 512 * images, 1024
     kwargs = {
@@ -100,15 +119,7 @@ def head_benchmark(device, repeats, images):
     heads["iif"].load_state_dict(heads["softmax"].state_dict())
     g = torch.Generator().manual_seed(0)
     x = torch.randn(R, D, generator=g).to(device)
-    props = []
-    for _ in range(images):
-        inst = Instances((800, 1333))
-        xy = torch.rand(512, 2, generator=g) * 600
-        boxes = torch.cat([xy, xy + torch.rand(512, 2, generator=g) * 200 + 8], 1)
-        inst.proposal_boxes = Boxes(boxes.to(device))
-        inst.gt_boxes = Boxes((boxes + 2).to(device))
-        inst.gt_classes = torch.randint(0, C + 1, (512,), generator=g).to(device)
-        props.append(inst)
+    props = lvis_proposals(device, images, C, g)
 
     def train(head):
         def step():
@@ -248,8 +259,9 @@ def dense_benchmark(device, repeats, title, config, node):
     return ratios
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def setup(description):
+    """Parse --device/--repeats/--images, print the device line; return (args, device)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--images", type=int, default=2, help="images per batch (512 RoIs each)")
@@ -260,6 +272,11 @@ def main():
         f"device: {device} ({name or platform.machine()}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
     )
+    return args, device
+
+
+def main():
+    args, device = setup(__doc__.split("\n")[0])
     ratios = head_benchmark(device, args.repeats, args.images)
     ratios += model_benchmark(device, args.repeats)
     for title, config, node in (

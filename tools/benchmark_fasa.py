@@ -19,16 +19,12 @@ Inference is not timed: FASA does nothing at inference.
 import iif_d2  # noqa: F401
 
 # isort: on
-import argparse
-import os
-import platform
 
 import torch
-from benchmark import _inputs, _quick_cfg, _train_step, compare
+from benchmark import _inputs, _quick_cfg, _train_step, compare, lvis_proposals, setup
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from iif_d2 import IIFFastRCNNOutputLayers, load_counts_file
@@ -52,18 +48,8 @@ def head_benchmark(device, repeats, images):
     x = torch.randn(R, D, generator=g).abs().to(device)
     seen = torch.randn(2 * C, D, generator=g).abs().to(device)
     fasa.fasa.update(seen, torch.arange(C).repeat(2).to(device))  # every class seen
-    props = []
-    for _ in range(images):
-        inst = Instances((800, 1333))
-        xy = torch.rand(512, 2, generator=g) * 600
-        boxes = torch.cat([xy, xy + torch.rand(512, 2, generator=g) * 200 + 8], 1)
-        inst.proposal_boxes = Boxes(boxes.to(device))
-        inst.gt_boxes = Boxes((boxes + 2).to(device))
-        # 1/4 foreground, as detectron2's sampler (POSITIVE_FRACTION 0.25)
-        labels = torch.randint(0, C, (512,), generator=g)
-        labels[128:] = C
-        inst.gt_classes = labels.to(device)
-        props.append(inst)
+    # 1/4 foreground, as detectron2's sampler (POSITIVE_FRACTION 0.25)
+    props = lvis_proposals(device, images, C, g, foreground=128)
 
     def train(head):
         def step():
@@ -96,17 +82,7 @@ def model_benchmark(device, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--images", type=int, default=2, help="images per batch (512 RoIs each)")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-    print(
-        f"device: {device} ({name or platform.machine()}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
-    )
+    args, device = setup(__doc__.split("\n")[0])
     ratios = head_benchmark(device, args.repeats, args.images)
     ratios += model_benchmark(device, args.repeats)
     print(f"max ratio {max(ratios):.3f}")
