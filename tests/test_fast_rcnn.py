@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from helpers import box_features, tiny_proposals
 
 from iif_d2 import IIFFastRCNNOutputLayers
 from iif_d2.compat import fast_rcnn_supports
@@ -36,21 +36,11 @@ def _pair(mode="end_to_end", weights=WEIGHTS, **extra):
 
 
 def _proposals(n_per_image=(6, 5)):
-    g = torch.Generator().manual_seed(1)
-    out = []
-    for n in n_per_image:
-        inst = Instances((64, 64))
-        xy = torch.rand(n, 2, generator=g) * 32
-        wh = torch.rand(n, 2, generator=g) * 24 + 4
-        inst.proposal_boxes = Boxes(torch.cat([xy, xy + wh], 1))
-        inst.gt_boxes = Boxes(torch.cat([xy + 1, xy + wh - 1], 1))
-        inst.gt_classes = torch.randint(0, C + 1, (n,), generator=g)
-        out.append(inst)
-    return out
+    return tiny_proposals(C, n_per_image)
 
 
 def _features(n=11):
-    return torch.randn(n, 16, generator=torch.Generator().manual_seed(2))
+    return box_features(n)
 
 
 def _losses(module, predictions, proposals):

@@ -14,6 +14,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from helpers import focal_loss_by_hand
 
 from iif_d2 import add_iif_config
 from iif_d2.fcos import IIFFCOS
@@ -29,14 +30,6 @@ def _cfg(tmp_path, name=QUICK, *opts):
     cfg.merge_from_file(os.path.join(ROOT, name))
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu", *opts])
     return cfg
-
-
-def _focal(z, target, alpha=0.25, gamma=2.0):
-    """Sigmoid focal loss written out: -alpha_t (1 - p_t)^gamma log p_t, summed."""
-    p = torch.sigmoid(z)
-    p_t = torch.where(target == 1, p, 1 - p)
-    alpha_t = torch.where(target == 1, torch.full_like(z, alpha), torch.full_like(z, 1 - alpha))
-    return (-alpha_t * (1 - p_t) ** gamma * torch.log(p_t)).sum()
 
 
 # one level of six anchor points (boxes of the stride, 8) and two ground-truth boxes
@@ -73,7 +66,7 @@ def test_focal_loss_scaling_by_hand(tmp_path, scale_all):
         target = torch.zeros(C)
         if label != C:
             target[label] = 1
-        total = total + _focal(z[a] * w if (label != C or scale_all) else z[a], target)
+        total = total + focal_loss_by_hand(z[a] * w if (label != C or scale_all) else z[a], target)
     normalizer = 0.9 * 300 + 0.1 * 3  # FCOS: EMA from 300 with the 3 positive points
     assert torch.allclose(loss, total / normalizer, rtol=1e-5)
 

@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
+from helpers import focal_loss_by_hand
 
 from iif_d2 import IIFRetinaNet, add_iif_config
 
@@ -30,14 +31,6 @@ def _cfg(tmp_path, *opts):
     cfg.merge_from_file(CONFIG)
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), *opts])
     return cfg
-
-
-def _focal(z, target, alpha=0.25, gamma=2.0):
-    """Sigmoid focal loss written out: -alpha_t (1 - p_t)^gamma log p_t, summed."""
-    p = torch.sigmoid(z)
-    p_t = torch.where(target == 1, p, 1 - p)
-    alpha_t = torch.where(target == 1, torch.full_like(z, alpha), torch.full_like(z, 1 - alpha))
-    return (-alpha_t * (1 - p_t) ** gamma * torch.log(p_t)).sum()
 
 
 def _fake_batch():
@@ -63,7 +56,7 @@ def test_focal_loss_scaling_by_hand(tmp_path, scale_all):
         if cls is not None:
             target[cls] = 1
         scaled = z[a] * w if (cls is not None or scale_all) else z[a]
-        total = total + _focal(scaled, target)
+        total = total + focal_loss_by_hand(scaled, target)
     normalizer = 0.9 * 100 + 0.1 * 2  # detectron2's EMA of the 2 positive anchors
     assert torch.allclose(loss, total / normalizer, rtol=1e-5)
 

@@ -1,0 +1,33 @@
+"""Small fixtures shared by several test files (imported as ``helpers``: pytest puts tests/ on
+the path)."""
+
+import torch
+from detectron2.structures import Boxes, Instances
+
+
+def focal_loss_by_hand(z, target, alpha=0.25, gamma=2.0):
+    """Sigmoid focal loss written out: -alpha_t (1 - p_t)^gamma log p_t, summed."""
+    p = torch.sigmoid(z)
+    p_t = torch.where(target == 1, p, 1 - p)
+    alpha_t = torch.where(target == 1, torch.full_like(z, alpha), torch.full_like(z, 1 - alpha))
+    return (-alpha_t * (1 - p_t) ** gamma * torch.log(p_t)).sum()
+
+
+def tiny_proposals(num_classes, n_per_image=(6, 5)):
+    """Proposals on 64x64 images with ground truth boxes and classes in [0, C] (C background)."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for n in n_per_image:
+        inst = Instances((64, 64))
+        xy = torch.rand(n, 2, generator=g) * 32
+        wh = torch.rand(n, 2, generator=g) * 24 + 4
+        inst.proposal_boxes = Boxes(torch.cat([xy, xy + wh], 1))
+        inst.gt_boxes = Boxes(torch.cat([xy + 1, xy + wh - 1], 1))
+        inst.gt_classes = torch.randint(0, num_classes + 1, (n,), generator=g)
+        out.append(inst)
+    return out
+
+
+def box_features(n=11, dim=16):
+    """(n, dim) random RoI features, fixed seed."""
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(2))
