@@ -267,15 +267,10 @@ def setup(description):
     parser.add_argument("--images", type=int, default=2, help="images per batch (512 RoIs each)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if device.type == "cpu":
-        # Both models of a pair take SGD steps while they are timed, so their parameters drift
-        # apart; on CPU, subnormal floats in one of them (not IIF's work) slowed it by up to 25%.
-        torch.set_flush_denormal(True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
     print(
         f"device: {device} ({name or platform.machine()}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
-        + (", subnormals flushed to zero" if device.type == "cpu" else "")
     )
     return args, device
 
