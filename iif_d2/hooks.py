@@ -123,9 +123,7 @@ def fasa_predictors(model: nn.Module) -> List[Tuple[int, nn.Module]]:
 
 
 def _logits(predictor, box_features: torch.Tensor) -> torch.Tensor:
-    scores = predictor.cls_score(box_features.flatten(1))
-    loss_logits = getattr(predictor, "loss_logits", None)
-    return loss_logits(scores) if loss_logits is not None else scores.float()
+    return predictor.loss_logits(predictor.cls_score(box_features.flatten(1)))
 
 
 def heldout_class_losses(
@@ -136,10 +134,10 @@ def heldout_class_losses(
     The RoIs are the ground-truth boxes of the held-out images: ``model.preprocess_image``,
     ``model.backbone``, ``roi_heads.box_pooler`` on ``roi_heads.box_in_features``, the stage's
     box head, ``predictor.cls_score``, then ``predictor.loss_logits`` (the fp32 logits the
-    training loss sees, IIF-scaled when enabled; raw fp32 logits for a predictor without it)
-    and the cross entropy against ``gt_classes``. Per class: the mean over its held-out
-    instances, NaN without any. Sums and counts are all-reduced over the ranks (the loader
-    gives each rank its share). Runs without gradients in eval mode, then restores the mode.
+    training loss sees, IIF-scaled when enabled) and the cross entropy against
+    ``gt_classes``. Per class: the mean over its held-out instances, NaN without any. Sums and
+    counts are all-reduced over the ranks (the loader gives each rank its share). Runs without
+    gradients in eval mode, then restores the mode.
 
     Args:
         model: a GeneralizedRCNN, possibly wrapped in (Distributed)DataParallel.

@@ -23,14 +23,13 @@ from detectron2.utils.events import EventStorage
 from torch.testing import assert_close
 
 from iif_d2 import add_iif_config
+from iif_d2.clustering import affinity_propagation, negative_squared_distances
 from iif_d2.fasa import (
     FASA,
     adapt_rates,
-    affinity_propagation,
     class_moments,
     initial_rates,
     moments_to_mean_var,
-    negative_squared_distances,
 )
 from iif_d2.hooks import (
     FASAHook,
