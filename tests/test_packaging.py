@@ -1,0 +1,50 @@
+"""Packaging metadata: one version, the license file, the dependencies and extras."""
+
+import os
+from importlib import metadata
+
+import pytest
+
+import iif_d2
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _pyproject():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]
+
+
+def test_version_has_a_single_source():
+    assert _pyproject()["version"] == iif_d2.__version__
+
+
+def test_license_file_is_apache_2():
+    project = _pyproject()
+    assert project["license"] == "Apache-2.0"
+    (name,) = project["license-files"]
+    with open(os.path.join(ROOT, name)) as f:
+        text = f.read()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "Copyright 2026 The iif-d2 authors" in text
+
+
+def test_dependencies_have_no_exact_pins():
+    project = _pyproject()
+    requirements = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    # exact pins break installs next to other packages; ruff and faster-coco-eval use ``==X.*``
+    assert not [r for r in requirements if "==" in r and not r.endswith(".*")]
+    assert "lvis>=0.5.3" in project["dependencies"]
+    assert "faster-coco-eval==1.8.*" in project["optional-dependencies"]["fast-eval"]
+
+
+def test_installed_metadata_matches_pyproject():
+    """The environment's iif-d2 was installed from this pyproject.toml (re-run
+    ``pip install -e '.[dev]'`` after changing it)."""
+    project = _pyproject()
+    meta = metadata.metadata("iif-d2")
+    assert meta["Version"] == project["version"]
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert set(metadata.requires("iif-d2")) >= set(project["dependencies"])
