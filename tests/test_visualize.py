@@ -1,0 +1,118 @@
+"""tools/visualize.py: a tiny IIF model trained one step, then drawn from its run folder alone."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iif_d2 import add_iif_config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+TOOL = os.path.join(ROOT, "tools", "visualize.py")
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("visualize", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder as train_net.py leaves it: config.yaml, iif_class_stats.json, a checkpoint."""
+    from detectron2.config import get_cfg
+
+    from iif_d2.engine import Trainer
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(
+        os.path.join(ROOT, "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_iif.yaml")
+    )
+    cfg.merge_from_list(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", 1])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert (out / "model_final.pth").exists() and (out / "iif_class_stats.json").exists()
+    # the training set is not needed any more: a config naming a dataset that does not exist
+    # still visualises, since the counts come from the run's iif_class_stats.json
+    cfg.DATASETS.TRAIN = ("not_registered_train",)
+    (out / "config.yaml").write_text(cfg.dump())
+    return out
+
+
+def _panels(path):
+    img = np.asarray(Image.open(path).convert("RGB"))
+    h, w, _ = img.shape
+    assert w == 2 * h  # the tiny set's images are square: two square panels side by side
+    return img[:, : w // 2], img[:, w // 2 :]
+
+
+def test_predictions_beside_ground_truth_from_the_run_folder(run_dir, tmp_path):
+    tool = _tool()
+    opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]  # one step: scores are low
+    cfg = tool.load_run_config(str(run_dir / "model_final.pth"), opts=opts, device="cpu")
+    assert cfg.MODEL.WEIGHTS.endswith("model_final.pth")
+    shown = tool.visualize(cfg, str(tmp_path / "all"), dataset="iif_synthetic_tiny_val", num=2,
+                           score_thresh=0.0, scale=2.0)  # fmt: skip
+    none = tool.visualize(cfg, str(tmp_path / "none"), dataset="iif_synthetic_tiny_val", num=2,
+                          score_thresh=1.01, scale=2.0)  # fmt: skip
+    assert len(shown) == len(none) == 2
+    for a, b in zip(shown, none):
+        assert os.path.basename(a) == os.path.basename(b)
+        assert Image.open(a).size == (2 * 2 * 96, 2 * 96)  # 96-pixel images at scale 2
+        pred, gt = _panels(a)
+        pred_none, gt_none = _panels(b)
+        assert not np.array_equal(pred, gt)
+        assert np.array_equal(gt, gt_none)  # the ground truth does not depend on the threshold
+        assert not np.array_equal(pred, pred_none)  # predictions were drawn
+
+
+def test_counts_come_from_the_run_folder(run_dir):
+    tool = _tool()
+    cfg = tool.load_run_config(str(run_dir / "model_final.pth"), device="cpu")
+    node = cfg.MODEL.CLASS_COUNTS if "CLASS_COUNTS" in cfg.MODEL else cfg.MODEL.ROI_BOX_HEAD.IIF
+    keys = ("SOURCE", "FILE") if "CLASS_COUNTS" in cfg.MODEL else ("COUNTS_SOURCE", "COUNTS_FILE")
+    assert node[keys[0]] == "file"
+    assert node[keys[1]] == os.path.join(str(run_dir), "iif_class_stats.json")
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, TOOL, *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+
+
+def test_command_line(run_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((64, 80, 3), 128, np.uint8)).save(images / "grey.png")
+    r = _cli("--weights", str(run_dir / "model_final.pth"), "--input", str(images),
+             "--output", str(tmp_path / "out"), "--scale", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "torch.jit.script" not in r.stderr
+    assert Image.open(tmp_path / "out" / "grey.png").size == (160, 64)
+    # one-line errors naming the problem
+    r = _cli("--weights", str(tmp_path / "missing.pth"), "--dataset", "iif_synthetic_tiny_val",
+             "--output", str(tmp_path / "x"))  # fmt: skip
+    assert r.returncode != 0 and "missing.pth" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = _cli("--weights", str(run_dir / "model_final.pth"), "--dataset", "no_such_set",
+             "--output", str(tmp_path / "x"))  # fmt: skip
+    assert r.returncode != 0 and "'no_such_set' is not registered" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_is_complete():
+    r = _cli("--help")
+    assert r.returncode == 0
+    for text in ("--weights", "--config-file", "--dataset", "--input", "--output", "--num",
+                 "--score-thresh", "(default: config.yaml", "examples:"):  # fmt: skip
+        assert text in r.stdout
+    assert r.stderr == ""
