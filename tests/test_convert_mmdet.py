@@ -1,0 +1,400 @@
+"""tools/convert_mmdet_checkpoint.py: a synthetic mmdet 2.x Mask R-CNN state dict (torchvision's
+ResNet names, which mmdet's "pytorch" ResNet shares, plus the FPN / RPN / head names of mmdet
+2.x), converted, loaded strictly into the iif-d2 model built with the printed overrides, and its
+layers checked against the mmdet computation written here with torch.nn.functional."""
+
+import importlib.util
+import os
+import pickle
+import re
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from iif_d2 import add_iif_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "LVISv1-InstanceSegmentation", "mask_rcnn_R_50_FPN_1x.yaml")
+C = 8
+MEAN_RGB, STD_RGB = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]  # mmdet img_norm_cfg
+# the parts of an mmdet 2.x config text that the converter reads (as mmdet stores it in meta)
+META_CONFIG = """model = dict(
+    type='MaskRCNN',
+    roi_head=dict(
+        bbox_head=dict(
+            type='Shared2FCBBoxHead',
+            loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+            cls_predictor_cfg=dict(type='NormedLinear', tempearture=8)),
+        mask_head=dict(
+            type='FCNMaskHead',
+            predictor_cfg=dict(type='NormedConv2d', tempearture=20))),
+    test_cfg=dict(
+        rpn=dict(nms_pre=1000, max_per_img=1000, nms=dict(type='nms', iou_threshold=0.7)),
+        rcnn=dict(
+            score_thr=0.0001,
+            nms=dict(type='nms', iou_threshold=0.3),
+            max_per_img=300,
+            mask_thr_binary=0.4)))
+"""
+
+
+def _tool():
+    path = os.path.join(ROOT, "tools", "convert_mmdet_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("convert_mmdet_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = _tool()
+
+
+# ----------------------------------------------------------------------------- mmdet state dict
+def _rand(*shape, scale=None):
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return torch.randn(*shape) * (scale if scale is not None else fan_in**-0.5)
+
+
+def mmdet_state_dict(depth=50, num_classes=C, fasa=False):
+    """mmdet 2.x Mask R-CNN names and shapes, random values (BN statistics included)."""
+    torch.manual_seed(0)
+    resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    sd = OrderedDict()
+    for k, v in resnet.state_dict().items():
+        if k.startswith("fc."):
+            continue
+        if k.endswith("num_batches_tracked"):
+            v = torch.tensor(7)
+        elif k.endswith("running_var"):
+            v = torch.rand(v.shape) + 0.5
+        elif k.endswith(("running_mean", "bias")):
+            v = torch.randn(v.shape) * 0.1
+        elif v.dim() == 1:  # BN weight
+            v = torch.rand(v.shape) * 0.5 + 0.5
+        sd["backbone." + k] = v
+    for i, c in enumerate([256, 512, 1024, 2048]):
+        sd[f"neck.lateral_convs.{i}.conv.weight"] = _rand(256, c, 1, 1)
+        sd[f"neck.lateral_convs.{i}.conv.bias"] = _rand(256, scale=0.1)
+        sd[f"neck.fpn_convs.{i}.conv.weight"] = _rand(256, 256, 3, 3)
+        sd[f"neck.fpn_convs.{i}.conv.bias"] = _rand(256, scale=0.1)
+    for name, out, k in (("rpn_conv", 256, 3), ("rpn_cls", 3, 1), ("rpn_reg", 12, 1)):
+        sd[f"rpn_head.{name}.weight"] = _rand(out, 256, k, k)
+        sd[f"rpn_head.{name}.bias"] = _rand(out, scale=0.1)
+    box = "roi_head.bbox_head"
+    for name, out, inp in (
+        ("shared_fcs.0", 1024, 256 * 7 * 7),
+        ("shared_fcs.1", 1024, 1024),
+        ("fc_cls", num_classes + 1, 1024),
+        ("fc_reg", 4 * num_classes, 1024),
+    ):
+        sd[f"{box}.{name}.weight"] = _rand(out, inp)
+        sd[f"{box}.{name}.bias"] = _rand(out, scale=0.1)
+    if fasa:
+        sd[f"{box}.feature_mean"] = torch.randn(num_classes, 1024)
+        sd[f"{box}.feature_std"] = torch.rand(num_classes, 1024)
+        sd[f"{box}.feature_used"] = torch.ones(num_classes)
+        sd[f"{box}.prob_list"] = torch.rand(num_classes)
+        sd[f"{box}.cum_loss_perclass_t1"] = torch.rand(num_classes + 1)
+    mask = "roi_head.mask_head"
+    for i in range(4):
+        sd[f"{mask}.convs.{i}.conv.weight"] = _rand(256, 256, 3, 3)
+        sd[f"{mask}.convs.{i}.conv.bias"] = _rand(256, scale=0.1)
+    sd[f"{mask}.upsample.weight"] = _rand(256, 256, 2, 2, scale=0.05)
+    sd[f"{mask}.upsample.bias"] = _rand(256, scale=0.1)
+    sd[f"{mask}.conv_logits.weight"] = _rand(num_classes, 256, 1, 1)
+    sd[f"{mask}.conv_logits.bias"] = _rand(num_classes, scale=0.1)
+    return sd
+
+
+def _save(path, sd, config=META_CONFIG):
+    meta = {"mmdet_version": "2.16.0", "seed": np.int64(5), "epoch": 24, "config": config}
+    meta["CLASSES"] = tuple(f"class{i}" for i in range(C))
+    torch.save({"meta": meta, "state_dict": sd, "optimizer": {"state": {}}}, path)
+
+
+# ----------------------------------------------------------------------------- mmdet, by hand
+def _bn(x, sd, p):
+    w, b, m, v = (sd[f"{p}.{k}"] for k in ("weight", "bias", "running_mean", "running_var"))
+    return F.batch_norm(x, m, v, w, b, training=False, eps=1e-5)
+
+
+def _bottleneck(x, sd, p, stride):
+    """mmdet style='pytorch': the stride on the 3x3 conv."""
+    out = F.relu(_bn(F.conv2d(x, sd[f"{p}.conv1.weight"]), sd, f"{p}.bn1"))
+    out = F.relu(
+        _bn(F.conv2d(out, sd[f"{p}.conv2.weight"], stride=stride, padding=1), sd, f"{p}.bn2")
+    )
+    out = _bn(F.conv2d(out, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
+    if f"{p}.downsample.0.weight" in sd:
+        x = _bn(F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride), sd, f"{p}.downsample.1")
+    return F.relu(out + x)
+
+
+def mmdet_backbone(img_rgb, sd):
+    """RGB 0-255 image (N, 3, H, W) -> [C2, C3, C4, C5] of mmdet's ResNet."""
+    mean, std = torch.tensor(MEAN_RGB).view(1, 3, 1, 1), torch.tensor(STD_RGB).view(1, 3, 1, 1)
+    x = F.conv2d((img_rgb - mean) / std, sd["backbone.conv1.weight"], stride=2, padding=3)
+    x = F.max_pool2d(F.relu(_bn(x, sd, "backbone.bn1")), 3, stride=2, padding=1)
+    feats = []
+    for i in range(1, 5):
+        j = 0
+        while f"backbone.layer{i}.{j}.conv1.weight" in sd:
+            x = _bottleneck(x, sd, f"backbone.layer{i}.{j}", 2 if (i > 1 and j == 0) else 1)
+            j += 1
+        feats.append(x)
+    return feats
+
+
+def mmdet_fpn(feats, sd):
+    """mmdet FPN, num_outs=5, add_extra_convs=False: [P2..P6]."""
+    lat = [
+        F.conv2d(
+            f, sd[f"neck.lateral_convs.{i}.conv.weight"], sd[f"neck.lateral_convs.{i}.conv.bias"]
+        )
+        for i, f in enumerate(feats)
+    ]
+    for i in range(3, 0, -1):
+        lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[2:], mode="nearest")
+    w, b = "neck.fpn_convs.{}.conv.weight", "neck.fpn_convs.{}.conv.bias"
+    outs = [F.conv2d(x, sd[w.format(i)], sd[b.format(i)], padding=1) for i, x in enumerate(lat)]
+    return outs + [F.max_pool2d(outs[-1], 1, stride=2)]
+
+
+def _mmdet_norm(x, dim):
+    return x / (x.norm(dim=dim, keepdim=True) + 1e-6)  # NormedLinear / NormedConv2d
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mmdet")
+    sd = mmdet_state_dict(fasa=True)
+    src, dst = str(d / "mmdet.pth"), str(d / "d2.pth")
+    _save(src, sd)
+    assert tool.main([src, dst, "--cosine", "--normalized-mask", "--num-classes", str(C)]) == 0
+    return sd, dst
+
+
+def _cfg(overrides):
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *overrides])
+    return cfg
+
+
+def _overrides_from_stdout(text):
+    line = text.split("config overrides:\n")[1].strip()
+    parts = re.findall(r'"[^"]*"|\S+', line)
+    return [p.strip('"') for p in parts]
+
+
+@pytest.fixture(scope="module")
+def model_and_sd(converted, tmp_path_factory):
+    sd, dst = converted
+    _, overrides, _ = tool.convert(
+        sd, cosine=True, normalized_mask=True, meta={"config": META_CONFIG}
+    )
+    model = build_model(_cfg(overrides)).eval()
+    return model, sd, overrides
+
+
+# ----------------------------------------------------------------------------- tests
+def test_cli_output_and_printed_overrides(converted, capsys, tmp_path):
+    sd, dst = converted
+    ckpt = torch.load(dst, weights_only=True)
+    assert ckpt["__author__"] == "mmdet->iif-d2" and ckpt["matching_heuristics"] is False
+    n_bn = sum(k.endswith("num_batches_tracked") for k in sd)
+    assert len(ckpt["model"]) == len(sd) - n_bn - 5  # 5 FASA tensors
+    src = str(tmp_path / "again.pth")
+    _save(src, sd)
+    tool.main([src, str(tmp_path / "out.pth"), "--cosine", "--normalized-mask"])
+    out = capsys.readouterr().out
+    assert f"not converted: {n_bn} tensors (BatchNorm counter" in out
+    assert "not converted: 5 tensors (training-only FASA state)" in out
+    opts = _overrides_from_stdout(out)
+    pairs = dict(zip(opts[::2], opts[1::2]))
+    assert pairs["MODEL.RESNETS.STRIDE_IN_1X1"] == "False"
+    assert pairs["MODEL.PIXEL_MEAN"] == "[103.53,116.28,123.675]"
+    assert pairs["MODEL.PIXEL_STD"] == "[57.375,57.12,58.395]"
+    assert pairs["MODEL.ROI_BOX_HEAD.COSINE.SCALE"] == "8.0"
+    assert pairs["MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE"] == "20.0"
+    assert pairs["MODEL.ROI_MASK_HEAD.NAME"] == "NormalizedMaskRCNNConvUpsampleHead"
+    assert pairs["MODEL.ROI_MASK_HEAD.INFERENCE.MASK_THRESHOLD"] == "0.4"
+    assert pairs["MODEL.ROI_HEADS.NMS_THRESH_TEST"] == "0.3"
+    assert pairs["TEST.DETECTIONS_PER_IMAGE"] == "300"
+    cfg = _cfg(opts)  # the printed text merges as it is
+    assert cfg.MODEL.ROI_BOX_HEAD.COSINE.ENABLED and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+
+
+def test_loads_strictly_with_detection_checkpointer(model_and_sd, converted):
+    model, _, _ = model_and_sd
+    _, dst = converted
+    ckpt = torch.load(dst, weights_only=True)
+    result = model.load_state_dict(ckpt["model"], strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(dst))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+
+
+@torch.no_grad()
+def test_backbone_and_fpn_match_mmdet(model_and_sd, converted):
+    model, sd, _ = model_and_sd
+    model.load_state_dict(torch.load(converted[1], weights_only=True)["model"])
+    img_rgb = torch.rand(1, 3, 64, 96) * 255
+    x = (img_rgb.flip(1) - model.pixel_mean) / model.pixel_std  # detectron2: BGR input
+    ours = model.backbone.bottom_up(x)
+    ref = mmdet_backbone(img_rgb, sd)
+    for name, r in zip(["res2", "res3", "res4", "res5"], ref):
+        assert ours[name].shape == r.shape
+        torch.testing.assert_close(ours[name], r, rtol=1e-4, atol=1e-4 * r.abs().max().item())
+    fpn = model.backbone(x)
+    for name, r in zip(["p2", "p3", "p4", "p5", "p6"], mmdet_fpn(ref, sd)):
+        torch.testing.assert_close(fpn[name], r, rtol=1e-4, atol=1e-4 * r.abs().max().item())
+
+
+@torch.no_grad()
+def test_rpn_logits_deltas_and_anchors_at_one_location(model_and_sd, converted):
+    model, sd, _ = model_and_sd
+    model.load_state_dict(torch.load(converted[1], weights_only=True)["model"])
+    feats = [torch.randn(1, 256, 8, 10), torch.randn(1, 256, 4, 5)]  # P3 and P4 (strides 8, 16)
+    logits, deltas = model.proposal_generator.rpn_head(feats)
+    y, x, level, stride = 3, 7, 0, 8
+    f = feats[level]
+    t = F.relu(F.conv2d(f, sd["rpn_head.rpn_conv.weight"], sd["rpn_head.rpn_conv.bias"], padding=1))
+    t = t[0, :, y, x]
+    obj = sd["rpn_head.rpn_cls.weight"].flatten(1) @ t + sd["rpn_head.rpn_cls.bias"]
+    reg = (sd["rpn_head.rpn_reg.weight"].flatten(1) @ t + sd["rpn_head.rpn_reg.bias"]).view(3, 4)
+    torch.testing.assert_close(logits[level][0, :, y, x], obj, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(deltas[level][0, :, y, x].view(3, 4), reg, rtol=1e-4, atol=1e-4)
+    # mmdet AnchorGenerator(scales=[8], ratios=[0.5, 1, 2], strides=[4..64]), centre offset 0
+    grid = model.proposal_generator.anchor_generator([torch.zeros(1, 256, 16, 20), f])[1]
+    ours = grid.tensor.view(8, 10, 3, 4)[y, x]
+    ratios = torch.tensor([0.5, 1.0, 2.0])
+    w, h = stride * 8 / ratios.sqrt(), stride * 8 * ratios.sqrt()
+    cx, cy = x * stride, y * stride
+    ref = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
+    assert model.proposal_generator.anchor_generator.strides[1] == stride
+    torch.testing.assert_close(ours, ref)
+
+
+@torch.no_grad()
+def test_box_head_cosine_logits_and_deltas_match_mmdet(model_and_sd, converted):
+    model, sd, _ = model_and_sd
+    model.load_state_dict(torch.load(converted[1], weights_only=True)["model"])
+    roi = torch.relu(torch.randn(5, 256, 7, 7))
+    scores, deltas = model.roi_heads.box_predictor(model.roi_heads.box_head(roi))
+    b = "roi_head.bbox_head"
+    h = F.relu(
+        F.linear(roi.flatten(1), sd[f"{b}.shared_fcs.0.weight"], sd[f"{b}.shared_fcs.0.bias"])
+    )
+    h = F.relu(F.linear(h, sd[f"{b}.shared_fcs.1.weight"], sd[f"{b}.shared_fcs.1.bias"]))
+    w = sd[f"{b}.fc_cls.weight"]
+    ref_cls = F.linear(8.0 * _mmdet_norm(h, 1), _mmdet_norm(w, 1), sd[f"{b}.fc_cls.bias"])
+    ref_reg = F.linear(h, sd[f"{b}.fc_reg.weight"], sd[f"{b}.fc_reg.bias"])
+    assert scores.shape == (5, C + 1)  # background last in both
+    torch.testing.assert_close(scores, ref_cls, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(deltas, ref_reg, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_normalized_mask_logits_match_mmdet(model_and_sd, converted):
+    model, sd, _ = model_and_sd
+    model.load_state_dict(torch.load(converted[1], weights_only=True)["model"])
+    x = torch.randn(3, 256, 14, 14)
+    ours = model.roi_heads.mask_head.layers(x)
+    m = "roi_head.mask_head"
+    r = x
+    for i in range(4):
+        w, bias = sd[f"{m}.convs.{i}.conv.weight"], sd[f"{m}.convs.{i}.conv.bias"]
+        r = F.relu(F.conv2d(r, w, bias, padding=1))
+    r = F.relu(F.conv_transpose2d(r, sd[f"{m}.upsample.weight"], sd[f"{m}.upsample.bias"], 2))
+    w = sd[f"{m}.conv_logits.weight"]
+    ref = F.conv2d(20.0 * _mmdet_norm(r, 1), _mmdet_norm(w, 1), sd[f"{m}.conv_logits.bias"])
+    assert ours.shape == (3, C, 28, 28)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet101_and_plain_heads_load_strictly():
+    sd = mmdet_state_dict(depth=101)
+    out, overrides, dropped = tool.convert(sd)  # no meta config: plain linear / conv heads
+    pairs = dict(zip(overrides[::2], overrides[1::2]))
+    assert (
+        pairs["MODEL.RESNETS.DEPTH"] == 101 and pairs["MODEL.ROI_BOX_HEAD.COSINE.ENABLED"] is False
+    )
+    assert all(why.startswith("BatchNorm") for _, why in dropped)
+    model = build_model(_cfg(overrides))
+    result = model.load_state_dict(out, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(
+        out["backbone.bottom_up.stem.conv1.weight"], sd["backbone.conv1.weight"].flip(1)
+    )
+
+
+def test_meta_config_iif_variant_and_flag_checks():
+    text = "loss_cls=dict(\n type='FasaIIFLoss',\n use_sigmoid=False,\n variant='base10_obj'),"
+    found = tool.parse_meta_config({"config": text})
+    assert found == {"iif": "base10_obj"}
+    sd = mmdet_state_dict()
+    _, overrides, _ = tool.convert(sd, meta={"config": text})
+    pairs = dict(zip(overrides[::2], overrides[1::2]))
+    assert pairs["MODEL.ROI_BOX_HEAD.IIF.VARIANT"] == "base10"
+    assert pairs["MODEL.ROI_BOX_HEAD.IIF.FREQUENCY"] == "instance"
+    with pytest.raises(tool.ConversionError, match="uses NormedLinear: pass --cosine"):
+        tool.convert(sd, normalized_mask=True, meta={"config": META_CONFIG})
+    with pytest.raises(tool.ConversionError, match="has no NormedLinear: drop --cosine"):
+        tool.convert(sd, cosine=True, meta={"config": text})
+    with pytest.raises(tool.ConversionError, match="pass --cosine-scale"):
+        tool.convert(sd, cosine=True)
+    _, overrides, _ = tool.convert(sd, cosine=True, cosine_scale=16.0)
+    assert overrides[overrides.index("MODEL.ROI_BOX_HEAD.COSINE.SCALE") + 1] == 16.0
+
+
+def test_bad_state_dicts_are_errors_that_list_the_keys():
+    sd = mmdet_state_dict()
+    extra = OrderedDict(sd, **{"roi_head.bbox_head.loss_cls.something": torch.zeros(3)})
+    with pytest.raises(
+        tool.ConversionError, match=r"1 unexpected keys roi_head\.bbox_head\.loss_cls"
+    ):
+        tool.convert(extra)
+    short = OrderedDict((k, v) for k, v in sd.items() if k != "neck.fpn_convs.2.conv.bias")
+    with pytest.raises(
+        tool.ConversionError, match=r"1 missing keys neck\.fpn_convs\.2\.conv\.bias"
+    ):
+        tool.convert(short)
+    bad = OrderedDict(sd)
+    bad["rpn_head.rpn_cls.weight"] = torch.zeros(6, 256, 1, 1)  # softmax RPN: 2 per anchor
+    with pytest.raises(tool.ConversionError, match=r"rpn_head\.rpn_cls\.weight \(6, 256, 1, 1\)"):
+        tool.convert(bad)
+    with pytest.raises(tool.ConversionError, match="pass --num-classes 8"):
+        tool.convert(sd, num_classes=1203)
+
+
+class _Payload:
+    pass
+
+
+def test_loading_refuses_pickled_classes_and_cli_errors_are_one_line(tmp_path, capsys):
+    path = str(tmp_path / "unsafe.pth")
+    torch.save({"meta": {"hook": _Payload()}, "state_dict": {"x": torch.zeros(1)}}, path)
+    with pytest.raises(tool.ConversionError, match="_Payload"):
+        tool.load_mmdet_checkpoint(path)
+    with open(str(tmp_path / "junk.pth"), "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(SystemExit) as e:
+        tool.main([str(tmp_path / "missing.pth"), str(tmp_path / "out.pth")])
+    assert str(e.value).startswith("convert_mmdet_checkpoint: error:") and "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match="cannot be read with weights_only=True"):
+        tool.main([str(tmp_path / "junk.pth"), str(tmp_path / "out.pth")])
+    torch.save([torch.zeros(1)], str(tmp_path / "list.pth"))
+    with pytest.raises(SystemExit, match="expected a dict checkpoint, got a list"):
+        tool.main([str(tmp_path / "list.pth"), str(tmp_path / "out.pth")])
