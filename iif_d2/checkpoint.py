@@ -1,0 +1,588 @@
+"""``IIFCheckpointer``: detectron2's ``DetectionCheckpointer`` made safe to load and to interrupt.
+
+* Loading never runs code. ``.pkl`` weights (detectron2's and Detectron's model zoo: dicts of
+  numpy arrays) go through a restricted unpickler that only rebuilds numpy arrays and plain
+  Python data; ``.pth``/``.pyth`` files go through ``torch.load(weights_only=True)``, with numpy
+  arrays allowed inside a scoped ``torch.serialization.safe_globals``. Anything else is refused
+  with :class:`UnsafeCheckpointError`, naming the file and the refused global.
+* ``last_checkpoint`` may only name a file inside the save directory
+  (:class:`CheckpointLocationError` otherwise: absolute paths elsewhere, ``..``, symlinks out).
+* Saving is atomic: a temporary file in the same directory, flushed, fsynced, ``os.replace``d
+  onto the final name, then the directory fsynced; ``last_checkpoint`` is written the same way
+  after the checkpoint. A failure midway leaves the previous files as they were.
+* Resuming skips a checkpoint that cannot be read (truncated, corrupt): it warns, naming the
+  file, and takes the previous ``model_*.pth`` (by iteration); with none left it loads the
+  fallback weights (``MODEL.WEIGHTS``) as a fresh run.
+* A loaded tensor whose shape differs from the model's (a checkpoint for another number of
+  classes) is an error, :class:`CheckpointShapeMismatchError`, unless the checkpointer is built
+  with ``allow_class_mismatch=True``; then detectron2's skip-with-warning applies.
+
+Works on detectron2 v0.6 and main (main reads ``.pth`` files through ``_torch_load`` and parses
+``?matching_heuristics=True`` from the path; both are kept).
+"""
+
+import _compat_pickle
+import contextlib
+import inspect
+import logging
+import math
+import os
+import pickle
+import re
+import secrets
+from collections import Counter, OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import (
+    align_and_update_state_dicts,
+    convert_c2_detectron_names,
+)
+from detectron2.utils.file_io import PathManager
+
+__all__ = [
+    "CheckpointLocationError",
+    "CheckpointShapeMismatchError",
+    "IIFCheckpointer",
+    "UnsafeCheckpointError",
+    "atomic_write",
+    "safe_load_pkl",
+    "safe_torch_load",
+]
+
+logger = logging.getLogger(__name__)
+
+# detectron2 main reads .pth files through DetectionCheckpointer._torch_load (v0.6 does not)
+_UPSTREAM_TORCH_LOAD = "_torch_load" in vars(DetectionCheckpointer)
+_LAST = "last_checkpoint"
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint needs a Python global that is not array or plain data: loading it could
+    run code."""
+
+
+class CheckpointLocationError(ValueError):
+    """``last_checkpoint`` names a file outside the checkpoint directory."""
+
+
+class CheckpointShapeMismatchError(ValueError):
+    """Checkpoint tensors whose shapes differ from the model's."""
+
+
+# ---------------------------------------------------------------------------------------------
+# restricted loading
+
+
+def _numpy_module(name: str):
+    """``numpy._core.<name>`` (numpy 2) or ``numpy.core.<name>`` (numpy 1), without the
+    deprecation warning numpy 2 gives for the old name."""
+    for package in ("numpy._core", "numpy.core"):
+        with contextlib.suppress(ImportError):
+            return __import__(f"{package}.{name}", fromlist=[name])
+    raise ImportError(f"numpy has neither numpy._core.{name} nor numpy.core.{name}")
+
+
+def _pickle_allowlist() -> Dict[Tuple[str, str], Any]:
+    """(module, name) -> object, for everything a weights .pkl may reference."""
+    multiarray, numeric = _numpy_module("multiarray"), _numpy_module("numeric")
+    allowed = {
+        ("collections", "OrderedDict"): OrderedDict,
+        # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1")
+        ("_codecs", "encode"): __import__("codecs").encode,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    data_types = (bool, bytearray, bytes, complex, dict, float, frozenset, int, list, set, str)
+    for cls in (*data_types, tuple):
+        allowed[("builtins", cls.__name__)] = cls
+    return allowed
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays and plain data, and refuses every other global."""
+
+    def __init__(self, file, filename: str):
+        super().__init__(file, encoding="latin1")  # Python 2 pickles (Detectron's model zoo)
+        self.filename = filename
+        self.allowed = _pickle_allowlist()
+
+    def find_class(self, module: str, name: str):
+        # Python 2 names (__builtin__.unicode ...) -> Python 3 names, as pickle itself does
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) in self.allowed:
+            return self.allowed[(module, name)]
+        raise UnsafeCheckpointError(
+            f"Refusing to load {self.filename}: it references the Python global "
+            f"'{module}.{name}'. A weights .pkl (detectron2 / Detectron model zoo) holds only "
+            "numpy arrays and plain Python data; unpickling this global could run code. Get the "
+            "weights from a trusted source, or, if you trust this file, save its arrays again as "
+            "a plain dict of numpy arrays (or torch.save a state dict to a .pth)."
+        )
+
+
+def safe_load_pkl(filename: str) -> Any:
+    """Read a weights ``.pkl`` without running code.
+
+    Args:
+        filename: a local path or a detectron2 ``PathManager`` URL.
+
+    Returns:
+        the unpickled data (dicts, numpy arrays, plain Python values).
+
+    Raises:
+        UnsafeCheckpointError: the file references a global that is not array or plain data.
+    """
+    with PathManager.open(filename, "rb") as f:
+        return _WeightsUnpickler(f, filename).load()
+
+
+def _require_weights_only() -> None:
+    if "weights_only" not in inspect.signature(torch.load).parameters:
+        raise RuntimeError(
+            f"torch {torch.__version__} has no torch.load(weights_only=...), so a checkpoint "
+            "cannot be loaded without possibly running code. Install torch >= 2.0."
+        )
+
+
+def _torch_safe_globals() -> List[Any]:
+    """The benign globals allowed in .pth files beyond torch's defaults: numpy arrays of
+    numeric dtypes (converted to tensors by detectron2) and ``collections.Counter`` (the
+    milestones of torch's MultiStepLR; older torch does not allow it by default)."""
+    multiarray = _numpy_module("multiarray")
+    allowed = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, Counter]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles each dtype's class
+    if dtypes is not None:
+        for name in dir(dtypes):
+            cls = getattr(dtypes, name)
+            if isinstance(cls, type) and re.fullmatch(
+                r"(Bool|U?Int\d+|Float\d+|Complex\d+)DType", name
+            ):
+                allowed.append(cls)
+    return allowed
+
+
+def safe_torch_load(filename: str) -> Any:
+    """``torch.load(filename, map_location="cpu", weights_only=True)``, numpy arrays allowed.
+
+    Args:
+        filename: a local path.
+
+    Returns:
+        the loaded object.
+
+    Raises:
+        RuntimeError: torch is too old to load without running code.
+        UnsafeCheckpointError: the file needs a global that is not tensor or plain data.
+        pickle.UnpicklingError: the file is corrupt or not written by ``torch.save``.
+    """
+    _require_weights_only()
+    scope = getattr(torch.serialization, "safe_globals", None)
+    context = scope(_torch_safe_globals()) if scope is not None else contextlib.nullcontext()
+    try:
+        with context:
+            return torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
+    except pickle.UnpicklingError as e:
+        message = str(e)
+        refused = re.search(r"GLOBAL ([\w.]+)", message)
+        if refused is None and "global" not in message.lower():
+            raise pickle.UnpicklingError(
+                f"{filename} is not a readable torch checkpoint (corrupt, truncated, or not "
+                f"written by torch.save): {message.strip().splitlines()[-1]}"
+            ) from None
+        what = f"the Python global '{refused.group(1)}'" if refused else "a Python global"
+        raise UnsafeCheckpointError(
+            f"Refusing to load {filename}: it needs {what}, which is not a tensor or plain "
+            "data, so loading it could run code (torch.load(weights_only=True) refused it). "
+            "detectron2 and iif-d2 checkpoints hold only tensors and plain data. If you wrote "
+            "this file yourself and trust it, convert it once to a plain checkpoint: "
+            "ck = torch.load(path, weights_only=False); torch.save({'model': ck['model']}, "
+            "'converted.pth'); or, if the global is a harmless data type, allow it with "
+            "torch.serialization.add_safe_globals([...])."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _fsync_directory(directory: str) -> None:
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems do not fsync directories; the data is safe
+        logger.debug("fsync of directory %s failed: %s", directory, e)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Write ``path`` all at once: ``write(f)`` fills a temporary file in the same directory,
+    which is flushed, fsynced and renamed onto ``path``; then the directory is fsynced.
+
+    Args:
+        path: the final file name.
+        write: called with the temporary file, opened for binary writing.
+
+    If ``write`` (or anything after it) fails, ``path`` is as it was and the temporary file is
+    removed.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
+    # 0o666 minus the umask: the same mode as a plain open(path, "wb")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _signature(path: str) -> Tuple[int, int, int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _as_checkpoint(loaded: Any, filename: str) -> Dict[str, Any]:
+    if not isinstance(loaded, dict):
+        raise ValueError(
+            f"{filename} holds a {type(loaded).__name__}, not a checkpoint dict or a state dict."
+        )
+    return loaded if "model" in loaded else {"model": loaded}
+
+
+# ---------------------------------------------------------------------------------------------
+# the checkpointer
+
+
+class IIFCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` with safe loading, atomic saving, resuming past corrupt
+    checkpoints and shape-mismatch errors (see the module docstring).
+
+    Args:
+        model: the model.
+        save_dir: the directory checkpoints are saved to and resumed from.
+        save_to_disk: whether :meth:`save` writes; by default only on the main process.
+        allow_class_mismatch: skip (with detectron2's warning) loaded tensors whose shape
+            differs from the model's, e.g. to fine-tune from a checkpoint trained on another
+            class set; by default such tensors are an error.
+        file_prefix: the prefix of the periodic checkpoints (``<prefix>_<iter>.pth``,
+            ``<prefix>_final.pth``) that resuming falls back to.
+        checkpointables: objects with ``state_dict``/``load_state_dict`` saved alongside.
+    """
+
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        allow_class_mismatch: bool = False,
+        file_prefix: str = "model",
+        **checkpointables,
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.allow_class_mismatch = bool(allow_class_mismatch)
+        self.file_prefix = file_prefix
+        self._good: Dict[str, Tuple[int, ...]] = {}  # realpath -> signature of a readable file
+        self._pending: Optional[Tuple[str, Tuple[int, ...], Dict[str, Any]]] = None
+        self._loading: Optional[str] = None
+
+    @classmethod
+    def from_checkpointer(cls, other, **kwargs) -> "IIFCheckpointer":
+        """An ``IIFCheckpointer`` for the model, directory and checkpointables of ``other``
+        (e.g. the ``DetectionCheckpointer`` a ``DefaultTrainer`` built).
+
+        Args:
+            other: an fvcore/detectron2 ``Checkpointer``.
+            kwargs: further arguments of :class:`IIFCheckpointer`.
+        """
+        kwargs.setdefault("save_to_disk", other.save_to_disk)
+        return cls(other.model, other.save_dir, **kwargs, **other.checkpointables)
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Write ``<save_dir>/<name>.pth`` atomically, then ``last_checkpoint``.
+
+        Args:
+            name: the file name without ``.pth``.
+            kwargs: extra data to save (e.g. ``iteration``).
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not _is_local(self.save_dir):
+            return super().save(name, **kwargs)
+        basename = f"{name}.pth"
+        if os.path.basename(basename) != basename or basename.startswith("."):
+            raise ValueError(f"Checkpoint name {name!r} must be a plain file name.")
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_write(path, lambda f: torch.save(data, f))
+        self._good[os.path.realpath(path)] = _signature(path)  # just written: known readable
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``last_checkpoint`` (atomically) naming ``last_filename_basename``."""
+        if not _is_local(self.save_dir):
+            return super().tag_last_checkpoint(last_filename_basename)
+        data = last_filename_basename.encode("utf-8")
+        atomic_write(os.path.join(self.save_dir, _LAST), lambda f: f.write(data))
+
+    # -- reading files ----------------------------------------------------------------------
+
+    def _torch_load(self, f: str) -> Any:
+        return safe_torch_load(f)
+
+    def _read_pkl(self, filename: str) -> Dict[str, Any]:
+        data = safe_load_pkl(filename)
+        if not isinstance(data, dict):
+            raise ValueError(f"{filename} holds a {type(data).__name__}, not a dict of weights.")
+        if "model" in data and "__author__" in data:  # detectron2 model zoo
+            self.logger.info("Reading a file from '%s'", data["__author__"])
+            return data
+        weights = data.get("blobs", data)  # Detectron (Caffe2): detection models nest "blobs"
+        weights = {k: v for k, v in weights.items() if not k.endswith("_momentum")}
+        return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+
+    def _read_pyth(self, filename: str) -> Dict[str, Any]:
+        data = safe_torch_load(filename)
+        if not isinstance(data, dict) or "model_state" not in data:
+            raise ValueError(f"Cannot load {filename}: pycls checkpoints hold 'model_state'.")
+        state = {k: v for k, v in data["model_state"].items() if "num_batches_tracked" not in k}
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+
+    def _read(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".pkl"):
+            return self._read_pkl(filename)
+        if filename.endswith(".pyth"):
+            return self._read_pyth(filename)
+        return _as_checkpoint(self._torch_load(filename), filename)
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == os.path.realpath(filename):
+            with contextlib.suppress(OSError):
+                if _signature(filename) == pending[1]:
+                    return pending[2]  # read while looking for a checkpoint to resume from
+        if _UPSTREAM_TORCH_LOAD and not filename.endswith((".pkl", ".pyth")):
+            return super()._load_file(filename)  # main: ?matching_heuristics=True, _torch_load
+        return self._read(filename)
+
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        """detectron2's ``load``, through the safe readers and the shape check."""
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+
+    # -- resuming -------------------------------------------------------------------------
+
+    def _last_checkpoint_name(self) -> Optional[str]:
+        """The name in ``last_checkpoint`` (None without one), checked to stay inside."""
+        file = os.path.join(self.save_dir, _LAST)
+        try:
+            with open(file, encoding="utf-8") as f:
+                name = f.read().strip()
+        except FileNotFoundError:
+            return None
+        if name:
+            root = os.path.realpath(self.save_dir)
+            target = os.path.realpath(os.path.join(self.save_dir, name))
+            if target == root or os.path.commonpath([root, target]) != root:
+                raise CheckpointLocationError(
+                    f"{file} names {name!r}, which resolves to {target}, outside the checkpoint "
+                    f"directory {root}. last_checkpoint must name a checkpoint inside that "
+                    "directory (save() writes its basename); refusing to follow it. Fix or "
+                    f"delete {file}."
+                )
+        return name
+
+    def _iteration(self, basename: str) -> Optional[float]:
+        if basename == f"{self.file_prefix}_final.pth":
+            return math.inf
+        found = re.fullmatch(rf"{re.escape(self.file_prefix)}_(\d+)\.pth", basename)
+        return int(found.group(1)) if found else None
+
+    def _candidates(self, name: str) -> List[str]:
+        """The named checkpoint, then the older periodic ones, newest first."""
+        newest = self._iteration(name) if name else None
+        root = os.path.realpath(self.save_dir)
+        older = []
+        for basename in os.listdir(self.save_dir):
+            it = self._iteration(basename)
+            if it is None or basename == name or (newest is not None and it >= newest):
+                continue
+            path = os.path.join(self.save_dir, basename)
+            if os.path.commonpath([root, os.path.realpath(path)]) != root:
+                logger.warning("Ignoring %s: it links outside %s.", path, root)
+            elif os.path.isfile(path):
+                older.append((it, path))
+        named = [os.path.join(self.save_dir, name)] if name else []
+        return named + [path for _, path in sorted(older, reverse=True)]
+
+    def _readable(self, path: str, keep: bool) -> bool:
+        key = os.path.realpath(path)
+        try:
+            signature = _signature(path)
+        except OSError:
+            logger.warning("Checkpoint %s does not exist; trying the previous one.", path)
+            return False
+        if not keep and self._good.get(key) == signature:
+            return True
+        _require_weights_only()  # an old torch is not a corrupt file: fail, do not fall back
+        try:
+            payload = self._read(path)
+        except UnsafeCheckpointError:
+            raise  # refused, not corrupt: an older checkpoint would not be safer
+        except Exception as e:  # any other failure to read the file: it is unusable
+            logger.warning(
+                "Cannot load checkpoint %s (%s: %s); trying the previous one.",
+                path,
+                type(e).__name__,
+                e,
+            )
+            return False
+        self._good[key] = signature
+        if keep:
+            self._pending = (key, signature, payload)
+        return True
+
+    def _resumable(self, keep: bool = False) -> str:
+        if not self.save_dir:
+            return ""
+        name = self._last_checkpoint_name()
+        if name is None:
+            return ""
+        if not name:
+            logger.warning("%s is empty.", os.path.join(self.save_dir, _LAST))
+        for path in self._candidates(name):
+            if self._readable(path, keep):
+                return path
+        return ""
+
+    def has_checkpoint(self) -> bool:
+        """Whether ``save_dir`` holds a readable checkpoint to resume from."""
+        if not _is_local(self.save_dir):
+            return super().has_checkpoint()
+        return bool(self._resumable())
+
+    def get_checkpoint_file(self) -> str:
+        """The newest readable checkpoint in ``save_dir`` (``""`` if none): the one named by
+        ``last_checkpoint``, or else the previous periodic ones, newest first."""
+        if not _is_local(self.save_dir):
+            return super().get_checkpoint_file()
+        return self._resumable()
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Resume from the newest readable checkpoint in ``save_dir`` (all checkpointables), or,
+        without one or with ``resume=False``, load the model from ``path``.
+
+        Args:
+            path: the weights of a fresh run (``MODEL.WEIGHTS``).
+            resume: whether to resume.
+
+        Returns:
+            the checkpoint's extra data (e.g. ``iteration``), as ``load``.
+        """
+        if resume and _is_local(self.save_dir) and self.save_dir:
+            found = self._resumable(keep=True)
+            if found:
+                return self.load(found)
+            if self._last_checkpoint_name() is not None:
+                logger.warning(
+                    "No readable checkpoint in %s; starting from %s.",
+                    self.save_dir,
+                    path or "scratch",
+                )
+            return self.load(path, checkpointables=[])
+        return super().resume_or_load(path, resume=resume)
+
+    # -- shapes -------------------------------------------------------------------------
+
+    def _align_by_name(self, checkpoint: Dict[str, Any]) -> List[Tuple[str, tuple, tuple]]:
+        """detectron2's name-matching heuristics, done here so that the tensors it would skip
+        for their shape are known. Returns those (model key, checkpoint shape, model shape)."""
+        state = checkpoint["model"]
+        self._convert_ndarray_to_tensor(state)
+        if checkpoint.get("__author__") == "Caffe2":
+            state, _ = convert_c2_detectron_names(state)
+        model_state = self.model.state_dict()
+        mismatched = []
+        for key, value in model_state.items():
+            matches = [k for k in state if key == k or key.endswith("." + k)]
+            if matches:
+                best = max(matches, key=len)
+                if tuple(state[best].shape) != tuple(value.shape):
+                    mismatched.append((key, tuple(state[best].shape), tuple(value.shape)))
+        checkpoint["model"] = align_and_update_state_dicts(model_state, state, c2_conversion=False)
+        checkpoint["matching_heuristics"] = False
+        return mismatched
+
+    def _mismatched(self, state: Dict[str, Any]) -> List[Tuple[str, tuple, tuple]]:
+        model_state = self.model.state_dict()
+        strip = bool(state) and all(k.startswith("module.") for k in state)  # as fvcore
+        mismatched = []
+        for key, value in state.items():
+            key = key[len("module.") :] if strip else key
+            target = model_state.get(key)
+            if target is None or not hasattr(value, "shape"):
+                continue
+            if isinstance(target, torch.nn.parameter.UninitializedParameter):
+                continue
+            if tuple(value.shape) != tuple(target.shape) and not self._is_observer(key):
+                mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+        return mismatched
+
+    def _is_observer(self, key: str) -> bool:
+        """Quantization observers' buffers change shape by design; fvcore lets them load."""
+        try:
+            from torch.ao.quantization import FakeQuantizeBase, ObserverBase
+        except ImportError:
+            return False
+        owner = self.model
+        with contextlib.suppress(AttributeError):
+            owner = self.model.get_submodule(key.rpartition(".")[0])
+        return isinstance(owner, (ObserverBase, FakeQuantizeBase))
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        mismatched = []
+        if checkpoint.get("matching_heuristics", False):
+            mismatched = self._align_by_name(checkpoint)
+        mismatched += self._mismatched(checkpoint["model"])
+        if mismatched and not self.allow_class_mismatch:
+            lines = "\n".join(f"  {k}: checkpoint {c}, model {m}" for k, c, m in mismatched)
+            raise CheckpointShapeMismatchError(
+                f"Checkpoint {self._loading} has tensors whose shapes differ from the model's:\n"
+                f"{lines}\nThis usually means it was trained for another number of classes "
+                "(MODEL.ROI_HEADS.NUM_CLASSES). Load a checkpoint for this model's classes, or, "
+                "to fine-tune from it with these tensors left at their initialisation, build "
+                "the checkpointer with allow_class_mismatch=True."
+            )
+        return super()._load_model(checkpoint)
