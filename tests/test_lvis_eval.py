@@ -1,0 +1,174 @@
+"""The fast LVIS evaluation against lvis-api (identical metrics), hand-computed cases, the CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+
+from iif_d2.lvis_eval import evaluate_results, lvis_api_evaluate
+from iif_d2.lvis_eval.__main__ import main
+from iif_d2.lvis_eval.synthetic import make_dataset, to_results
+
+FREQS = np.array(["r", "c", "f"])[np.random.default_rng(0).integers(0, 3, 30)]
+
+
+def _case(seed):
+    """A randomised LVIS-shaped case: ties, empty masks, images without detections or with
+    more than 300, absent classes; some seeds add ignored or zero-area ground truth."""
+    gt, dets = make_dataset(
+        12,
+        FREQS,
+        seed=seed,
+        gt_per_image=4,
+        dets_per_image=lambda r: int(r.choice([0, 12, 40, 305], p=[0.15, 0.4, 0.35, 0.1])),
+        num_neg=4,
+        empty_mask_frac=0.05,
+        score_decimals=2,
+        image_sizes=(48, 160),
+    )
+    rng = np.random.default_rng(1000 + seed)
+    for ann in gt["annotations"]:
+        if seed % 3 == 1 and rng.random() < 0.15:
+            ann["ignore"] = 1
+        if seed % 3 == 2 and rng.random() < 0.1:
+            ann["area"] = 0.0
+    if seed % 4 == 3:  # lvis-api reads a ground-truth id 0 as "unmatched"
+        gt["annotations"][0]["id"] = 0
+    return gt, dets
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_identical_to_lvis_api(seed):
+    gt, dets = _case(seed)
+    for iou_type in ("bbox", "segm"):
+        # segm results with a bbox use box areas (lvis-api's rule): both variants, by seed
+        with_bbox = iou_type == "bbox" or seed % 2 == 0
+        results = to_results(dets, with_bbox=with_bbox, with_segm=iou_type == "segm")
+        ref = lvis_api_evaluate(gt, results, iou_type)
+        fast = evaluate_results(gt, results, iou_type)
+        assert fast.keys() == ref.keys()
+        for key in ref:
+            assert abs(fast[key] - ref[key]) <= 1e-12, (iou_type, key, fast[key], ref[key])
+        assert ref["AP"] > 0  # a case that scores something
+
+
+def _hand_gt(not_exhaustive=()):
+    """One 100x100 image with one 40x40 object of class 1; class 2 is negative, 3 unknown."""
+    poly = [[10.0, 10.0, 50.0, 10.0, 50.0, 50.0, 10.0, 50.0]]
+    return {
+        "images": [
+            {
+                "id": 7,
+                "height": 100,
+                "width": 100,
+                "neg_category_ids": [2],
+                "not_exhaustive_category_ids": list(not_exhaustive),
+            }
+        ],
+        "categories": [{"id": k, "frequency": f} for k, f in ((1, "f"), (2, "c"), (3, "r"))],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 7,
+                "category_id": 1,
+                "bbox": [10.0, 10.0, 40.0, 40.0],
+                "area": 1600.0,
+                "segmentation": poly,
+            }
+        ],
+    }
+
+
+def _det(cat, score, box):
+    x, y, w, h = box
+    rle = mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], 100, 100)[0]
+    rle["counts"] = rle["counts"].decode()
+    return {"image_id": 7, "category_id": cat, "score": score, "bbox": box, "segmentation": rle}
+
+
+@pytest.mark.parametrize("engine", ["fast", "lvis-api"])
+def test_hand_computed(engine):
+    hit, miss = [10.0, 10.0, 40.0, 40.0], [60.0, 60.0, 30.0, 30.0]
+    # a false positive above the true one: precision 1/2 at every recall -> AP 0.5; classes 2
+    # (negative, no ground truth) and 3 (unknown to the image) have no AP of their own
+    dets = [_det(1, 0.95, miss), _det(1, 0.9, hit), _det(2, 0.99, hit), _det(3, 0.99, hit)]
+    res = evaluate_results(_hand_gt(), dets, "bbox", engine)
+    assert res["AP"] == pytest.approx(0.5, abs=1e-12)
+    assert res["APc"] == -1 and res["APr"] == -1
+    # the 30x30 false positive is small, so ignored in the medium range, the object's
+    assert res["APm"] == pytest.approx(1.0) and res["APs"] == -1
+    # class 1 not exhaustively annotated: its unmatched detection is ignored
+    res = evaluate_results(_hand_gt(not_exhaustive=[1]), dets, "bbox", engine)
+    assert res["AP"] == pytest.approx(1.0, abs=1e-12)
+    # 300 detections per image: the true one, 301st by score, is cut
+    many = [_det(1, 0.5, miss) for _ in range(300)] + [_det(1, 0.4, hit)]
+    assert evaluate_results(_hand_gt(), many, "bbox", engine)["AP"] == 0
+    assert evaluate_results(_hand_gt(), many, "bbox", engine, max_dets=301)["AP"] > 0
+
+
+@pytest.mark.parametrize("engine", ["fast", "lvis-api"])
+def test_empty_masks_are_dropped(engine):
+    # lvis-api drops a detection of area 0: an empty mask above the true one costs nothing
+    empty = _det(1, 0.99, [60.0, 60.0, 30.0, 30.0])
+    empty.pop("bbox")
+    zero = mask_utils.encode(np.zeros((100, 100, 1), np.uint8, order="F"))[0]
+    empty["segmentation"] = {"size": [100, 100], "counts": zero["counts"].decode()}
+    hit = _det(1, 0.9, [10.0, 10.0, 40.0, 40.0])
+    hit.pop("bbox")
+    assert evaluate_results(_hand_gt(), [empty, hit], "segm", engine)["AP"] == pytest.approx(1.0)
+
+
+def _write_case(tmp_path, iou_type="bbox"):
+    gt, dets = _case(0)
+    gt_file, res_file = tmp_path / "gt.json", tmp_path / "res.json"
+    gt_file.write_text(json.dumps(gt))
+    res_file.write_text(json.dumps(to_results(dets, with_segm=iou_type == "segm")))
+    return gt, dets, str(gt_file), str(res_file)
+
+
+def test_cli(tmp_path, capsys):
+    gt, dets, gt_file, res_file = _write_case(tmp_path)
+    out = tmp_path / "metrics.json"
+    args = ["--gt", gt_file, "--results", res_file, "--iou-type", "bbox", "--json-out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+    assert "APr" in printed and f"{metrics['AP']:.4f}" in printed
+    ref = lvis_api_evaluate(gt, to_results(dets, with_segm=False), "bbox")
+    assert metrics == pytest.approx(ref, abs=1e-12)
+    assert main(args[:-2] + ["--engine", "lvis-api"]) == 0
+
+
+def test_cli_errors(tmp_path, capsys):
+    _, _, gt_file, res_file = _write_case(tmp_path)
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("[{")
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps([{"image_id": 1, "score": 0.5}]))
+    cases = [
+        (["--gt", str(tmp_path / "nope.json"), "--results", res_file], "does not exist"),
+        (["--gt", gt_file, "--results", str(bad_json)], "not valid json"),
+        (["--gt", gt_file, "--results", str(wrong)], "category_id"),
+        (["--gt", res_file, "--results", res_file], "json object"),
+    ]
+    for engine in ("fast", "lvis-api"):
+        for args, message in cases:
+            assert main(args + ["--iou-type", "bbox", "--engine", engine]) == 2
+            err = capsys.readouterr().err.strip()
+            assert message in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit):
+        main(["--gt", gt_file, "--results", res_file, "--iou-type", "keypoints"])
+
+
+def test_cli_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "iif_d2.lvis_eval", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in ("--gt", "--results", "--iou-type", "--engine", "--json-out", "lvis-api"):
+        assert option in out
