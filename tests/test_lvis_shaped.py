@@ -269,3 +269,40 @@ def test_tool_reports_ok_mismatch_and_errors(mini, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         tool.main(["--help"])
     assert e.value.code == 0 and "--mini" in capsys.readouterr().out
+
+
+def test_lvis_evaluation_scores_ground_truth_100_and_uses_negatives(mini):
+    from lvis import LVISEval, LVISResults
+
+    from iif_d2.compat import numpy_float_alias
+
+    _, folder, data = mini
+    val = data["val"]
+    gt = LVIS(os.path.join(folder, "val.json"))
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"]}
+        for a in val["annotations"]
+    ]
+    present = {(a["image_id"], a["category_id"]) for a in val["annotations"]}
+    c, negative = next((c, img["id"]) for img in val["images"] for c in img["neg_category_ids"])
+    unverified = next(
+        img["id"]
+        for img in val["images"]
+        if c not in img["neg_category_ids"] and (img["id"], c) not in present
+    )
+    cats = sorted({c} | {a["category_id"] for a in val["annotations"][:150]})
+    assert {gt.cats[k]["frequency"] for k in cats} == {"r", "c", "f"}
+
+    def ap(extra):
+        results = [dict(d, score=0.9) for d in dets] + extra
+        with numpy_float_alias():
+            ev = LVISEval(gt, LVISResults(gt, results), "bbox")
+            ev.params.cat_ids = cats
+            ev.run()
+        return ev.results
+
+    assert all(ap([])[k] == pytest.approx(1.0) for k in ("AP", "APr", "APc", "APf"))
+    false = {"category_id": c, "bbox": [1.0, 1.0, 9.0, 9.0], "score": 1.0}
+    # a false positive counts only where the class is a verified negative
+    assert ap([dict(false, image_id=unverified)])["AP"] == pytest.approx(1.0)
+    assert ap([dict(false, image_id=negative)])["AP"] < 1.0

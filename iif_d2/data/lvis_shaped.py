@@ -85,7 +85,7 @@ LVIS_SHAPED_MINI = LVISShapedSpec(train_images=2000, val_images=200)
 
 
 @functools.lru_cache(maxsize=None)
-def lvis_classes() -> Tuple[List[str], np.ndarray, np.ndarray, int]:
+def lvis_classes() -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, int]:
     """LVIS v1 train's classes from the shipped counts CSV.
 
     Returns:
@@ -94,12 +94,12 @@ def lvis_classes() -> Tuple[List[str], np.ndarray, np.ndarray, int]:
     from ..class_stats import load_counts_file
 
     stats = load_counts_file(COUNTS_FILE)
-    return (
-        list(stats.class_names),
-        np.asarray(stats.image_counts, dtype=np.int64),
-        np.asarray(stats.instance_counts, dtype=np.int64),
-        int(stats.num_images),
+    images, instances = (
+        np.array(counts, dtype=np.int64) for counts in (stats.image_counts, stats.instance_counts)
     )
+    images.setflags(write=False)  # shared by every caller
+    instances.setflags(write=False)
+    return tuple(stats.class_names), images, instances, int(stats.num_images)
 
 
 def _frequency(image_counts: np.ndarray) -> List[str]:
@@ -399,6 +399,7 @@ def generate_lvis_shaped(root: str, spec: LVISShapedSpec = LVIS_SHAPED) -> str:
         tmp = tempfile.mkdtemp(prefix=f".{base}.tmp", dir=root)
         try:
             _write_dataset(spec, tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp's folder is private to its creator
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete copy made by hand
             os.rename(tmp, folder)
         except BaseException:
