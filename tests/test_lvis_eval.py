@@ -172,3 +172,22 @@ def test_cli_help():
     ).stdout
     for option in ("--gt", "--results", "--iou-type", "--engine", "--json-out", "lvis-api"):
         assert option in out
+
+
+def test_compact_keeps_the_numbers():
+    from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, evaluate, summarize
+    from iif_d2.lvis_eval.engine import compact
+
+    gt, dets = _case(5)
+    g = LVISGroundTruth.from_dict(gt)
+    small = compact(g, dets)
+    assert len(small) < len(dets) and any(c is None for c in small.rle_counts)
+    for iou_type in ("bbox", "segm"):
+        full, part = dets, small
+        if iou_type == "segm":
+            full, part = (
+                LVISDetections(d.image_id, d.category_id, d.score, d.mask_area, None,
+                               d.rle_counts, d.rle_sizes)
+                for d in (dets, small)
+            )  # fmt: skip
+        assert summarize(evaluate(g, part, iou_type)) == summarize(evaluate(g, full, iou_type))

@@ -18,7 +18,7 @@ import pycocotools.mask as mask_utils
 
 from .data import LVISDetections, LVISGroundTruth
 
-__all__ = ["AREA_RANGES", "evaluate", "summarize"]
+__all__ = ["AREA_RANGES", "compact", "evaluate", "summarize"]
 
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -348,3 +348,31 @@ def summarize(ev) -> dict:
     for area in ("small", "medium", "large"):
         res[f"AR{area[0]}@{md}"] = ar(area)
     return {k: float(v) for k, v in res.items()}
+
+
+def compact(gt: LVISGroundTruth, dt: LVISDetections, max_dets: int = 300) -> LVISDetections:
+    """The detections that bbox or segm evaluation can use, in their order: cut per image,
+    federated-filtered, RLE masks kept only where the class is present (elsewhere only their
+    area counts). :func:`evaluate` gives the same numbers on the result as on ``dt``.
+
+    Args:
+        gt: the ground truth.
+        dt: detections with ``bbox`` and, for segm, RLEs and ``mask_area``.
+        max_dets: detections kept per image.
+
+    Returns:
+        LVISDetections
+    """
+    masks = dt.rle_counts is not None
+    either = dt.area if not masks else np.maximum(dt.area, dt.mask_area)
+    probe = LVISDetections(dt.image_id, dt.category_id, dt.score, either)
+    keep, _, present, _, _, _ = _prepare(gt, probe, max_dets)  # keep: in input order
+    out = LVISDetections(
+        dt.image_id[keep], dt.category_id[keep], dt.score[keep], dt.area[keep], dt.bbox[keep]
+    )
+    if masks:
+        need = present & (dt.mask_area[keep] > 0)
+        out.mask_area = dt.mask_area[keep]
+        out.rle_sizes = dt.rle_sizes[keep]
+        out.rle_counts = [dt.rle_counts[k] if n else None for k, n in zip(keep.tolist(), need)]
+    return out
