@@ -1,6 +1,8 @@
 """tools/visualize.py: a tiny IIF model trained one step, then drawn from its run folder alone."""
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -116,3 +118,59 @@ def test_help_is_complete():
                  "--score-thresh", "(default: config.yaml", "examples:"):  # fmt: skip
         assert text in r.stdout
     assert r.stderr == ""
+
+
+# tools/demo.py's progress and checkpoint retention (the demo itself takes minutes: `make demo`)
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "tools", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_progress_off_a_terminal_is_plain_lines():
+    demo = _demo()
+    stream = io.StringIO()  # not a terminal
+    follower = demo._LogFollower(40, "3/4 IIF")
+    lines = [
+        "[d2.engine.train_loop]: Starting training from iteration 0",
+        "[d2.utils.events]:  eta: 0:00:10  iter: 19  total_loss: 2.5  loss_cls: 1.2",
+        "[d2.utils.events]:  eta: 0:00:00  iter: 39  total_loss: 1.25  loss_cls: 0.6",
+        "[d2.evaluation.evaluator]: Start inference on 60 batches",
+        "[d2.evaluation.evaluator]: Inference done 30/60. Dataloading: 0.0 s/iter.",
+        "[d2.evaluation.evaluator]: Total inference time: 0:00:10 (0.2 s / iter per device)",
+    ]
+    with contextlib.redirect_stdout(stream):
+        for line in lines:
+            follower.feed(line)
+        follower.close()
+    out = stream.getvalue()
+    assert "\r" not in out
+    printed = out.splitlines()
+    # the first update of each phase, and each phase's end; the loss of the last update
+    assert printed[0].startswith("[demo] 3/4 IIF: training 20/40 (50%)")
+    assert "training 40/40 (100%)" in printed[1] and "loss 1.25" in printed[1]
+    assert "evaluation, inference 30/60 (50%)" in printed[2] and "ETA" in printed[2]
+    assert "inference 60/60 (100%)" in printed[3]
+    assert printed[4] == "[demo] 3/4 IIF: evaluation, LVIS metrics ..."
+
+
+def test_demo_keeps_only_the_final_checkpoint(tmp_path):
+    demo = _demo()
+    cfg = demo.demo_config(["SOLVER.MAX_ITER", "1000", "SOLVER.CHECKPOINT_PERIOD", "250"])
+    opts = demo.checkpoint_opts(cfg, [])
+    period = int(opts[opts.index("SOLVER.CHECKPOINT_PERIOD") + 1])
+    assert 1000 % period and period > 250  # the last iteration is not saved twice
+    assert ("SOLVER.CHECKPOINTS_KEPT" in opts) == ("CHECKPOINTS_KEPT" in cfg.SOLVER)
+    assert "SOLVER.CHECKPOINT_PERIOD" not in demo.checkpoint_opts(
+        cfg, ["SOLVER.CHECKPOINT_PERIOD", "250"]
+    )  # what the user sets stays
+    for name in ("model_0000250.pth", "model_0000501.pth", "model_final.pth"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "last_checkpoint").write_text("model_0000501.pth")
+    assert demo.remove_periodic_checkpoints(str(tmp_path)) == 0  # unfinished: resume needs them
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    assert demo.remove_periodic_checkpoints(str(tmp_path)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]

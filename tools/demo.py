@@ -1,27 +1,110 @@
 #!/usr/bin/env python
-"""`make demo`: train a small Mask R-CNN with IIF on SynthLT and print its LVIS metrics.
+"""`make demo`: train a small Mask R-CNN with IIF on SynthLT, print its LVIS metrics and save
+a few pictures of its predictions.
 
-Generates the synthetic long-tailed dataset on first use, trains
-configs/SynthLT-InstanceSegmentation/mask_rcnn_R_18_FPN_iif.yaml through train_net.py (on the GPU
-when there is one), evaluates with the LVIS evaluator, and prints box and mask AP, AP50, APr,
-APc, APf next to those of the same model untrained. An interrupted demo resumes where it
-stopped (``--resume``); the full log is in OUTPUT_DIR/log.txt.
+Four phases: generate the synthetic long-tailed dataset (first use only); evaluate the untrained
+model; train configs/SynthLT-InstanceSegmentation/mask_rcnn_R_18_FPN_iif.yaml through
+train_net.py (on the GPU when there is one) and evaluate it with the LVIS evaluator; draw its
+predictions beside the ground truth of a few validation images (tools/visualize.py). Box and mask
+AP, AP50, APr, APc and APf are printed next to those of the untrained model. On a terminal each
+phase shows a progress bar with its rate and ETA; otherwise (a log file, CI) one plain line per
+update. An interrupted demo resumes where it stopped; the full log is in OUTPUT_DIR/log.txt.
+When training has finished, only model_final.pth is kept of the checkpoints.
 
-    python tools/demo.py [--output-dir output/demo] [train_net.py config overrides ...]
+    python tools/demo.py [--output-dir output/demo] [--num-vis 4] [train_net.py config overrides]
+    python tools/demo.py SOLVER.MAX_ITER 200      # a shorter run
 """
 
 import argparse
-import json
+import glob
+import math
 import os
+import re
 import subprocess
 import sys
 import time
+import warnings
+
+# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
+# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
+# without indexing=.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`torch\.jit\.script` is (deprecated|not supported)",
+    category=FutureWarning,
+    module=r"torch\.jit\._script",
+)
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
+    category=UserWarning,
+    module=r"torch\.functional",
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(
     REPO, "configs", "SynthLT-InstanceSegmentation", "mask_rcnn_R_18_FPN_iif.yaml"
 )
 METRICS = ("AP", "AP50", "APr", "APc", "APf")
+# what detectron2 logs while it trains and evaluates (train_net.py's stdout)
+ITER_LINE = re.compile(r"\biter: (\d+)\s+total_loss: ([-\d.e+na]+)")
+START_LINE = re.compile(r"Starting training from iteration (\d+)")
+INFERENCE_START = re.compile(r"Start inference on (\d+) (?:batches|images)")
+INFERENCE_DONE = re.compile(r"Inference done (\d+)/(\d+)")
+INFERENCE_END = re.compile(r"Total inference time")
+PLAIN_INTERVAL_S = 30.0  # off a terminal: at most one progress line per this many seconds
+
+
+class Progress:
+    """One phase's progress: a tqdm bar (rate, ETA) on a terminal; elsewhere plain lines, at most
+    one per ``PLAIN_INTERVAL_S`` seconds plus the last, and never a carriage return."""
+
+    def __init__(self, desc, total, unit, initial=0, stream=None):
+        self.desc, self.total, self.unit, self.initial = desc, total, unit, initial
+        self.stream = stream or sys.stdout
+        self.n, self.postfix, self.start, self.printed = initial, "", time.time(), -math.inf
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=initial, desc=f"[demo] {desc}", unit=unit,
+                file=self.stream, dynamic_ncols=True,
+            )  # fmt: skip
+
+    def update(self, n, postfix=""):
+        """Move to position ``n`` (absolute) with an optional note (e.g. the loss)."""
+        n = min(max(n, self.n), self.total)
+        self.n, self.postfix = n, postfix or self.postfix
+        if self.bar is not None:
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(n - self.bar.n)
+        elif time.time() - self.printed >= PLAIN_INTERVAL_S or n == self.total:
+            self._line()
+
+    def _line(self):
+        elapsed = time.time() - self.start
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
+        eta = f"ETA {_minutes((self.total - self.n) / rate)}" if rate > 0 else "ETA ?"
+        note = f", {self.postfix}" if self.postfix else ""
+        print(
+            f"[demo] {self.desc} {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), "
+            f"{rate:.2f} {self.unit}/s, {eta}{note}",
+            file=self.stream,
+            flush=True,
+        )
+        self.printed = time.time()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.printed < self.start or self.n < self.total:
+            self._line()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def _device() -> str:
@@ -30,80 +113,195 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _last_metrics(path: str) -> dict:
-    rows = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.update(json.loads(line))
-                except ValueError:
-                    pass
-    return rows
+class _LogFollower:
+    """Turns train_net.py's log lines into progress: training iterations and evaluations."""
+
+    def __init__(self, max_iter, desc):
+        self.max_iter, self.desc, self.bar = max_iter, desc, None
+
+    def _switch(self, desc, total, unit, initial=0):
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = Progress(desc, total, unit, initial)
+
+    def feed(self, line):
+        if m := START_LINE.search(line):
+            if self.max_iter:
+                self._switch(f"{self.desc}: training", self.max_iter, "it", int(m.group(1)))
+        elif (m := ITER_LINE.search(line)) and self.bar is not None:
+            self.bar.update(int(m.group(1)) + 1, f"loss {m.group(2)}")
+        elif m := INFERENCE_START.search(line):
+            self._switch(f"{self.desc}: evaluation, inference", int(m.group(1)), "img")
+        elif (m := INFERENCE_DONE.search(line)) and self.bar is not None:
+            self.bar.update(int(m.group(1)))
+        elif INFERENCE_END.search(line) and self.bar is not None:
+            self.bar.update(self.bar.total)
+            self.close()
+            print(f"[demo] {self.desc}: evaluation, LVIS metrics ...", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
-def run_train_net(output_dir: str, opts, *, eval_only=False, progress_total=None) -> dict:
-    """Run train_net.py; show one progress line; return its evaluation results."""
+def run_train_net(output_dir, opts, desc, *, eval_only=False, max_iter=None):
+    """Run train_net.py with its output in OUTPUT_DIR/demo_stdout.log, showing its progress.
+
+    Returns:
+        the evaluation results (OUTPUT_DIR/inference/results.json).
+    """
     os.makedirs(output_dir, exist_ok=True)
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG]
     cmd += ["--eval-only"] if eval_only else ["--resume"]
     cmd += ["OUTPUT_DIR", output_dir, "MODEL.DEVICE", _device(), *opts]
-    metrics_file = os.path.join(output_dir, "metrics.json")
-    start = time.time()
-    with open(os.path.join(output_dir, "demo_stdout.log"), "a") as log:
+    log_path = os.path.join(output_dir, "demo_stdout.log")
+    follower = _LogFollower(None if eval_only else max_iter, desc)
+    with open(log_path, "a") as log, open(log_path) as tail:
+        tail.seek(0, os.SEEK_END)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        while proc.poll() is None:
-            time.sleep(2)
-            m = _last_metrics(metrics_file) if progress_total else {}
-            if "iteration" in m:
-                it, elapsed = min(m["iteration"] + 1, progress_total), time.time() - start
-                loss = m.get("total_loss", float("nan"))
-                print(
-                    f"\r[demo] training {it}/{progress_total}  loss {loss:.3f}  "
-                    f"elapsed {elapsed / 60:.1f} min",
-                    end="",
-                    flush=True,
-                )
-    print()
+        pending = ""
+        while True:
+            done = proc.poll() is not None
+            pending += tail.read()
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                follower.feed(line)
+            if done:
+                break
+            time.sleep(1)
+    follower.close()
     if proc.returncode:
-        sys.exit(f"train_net.py failed (exit {proc.returncode}); see {output_dir}/log.txt")
+        sys.exit(
+            f"[demo] train_net.py failed (exit {proc.returncode}); see {log_path} and "
+            f"{output_dir}/log.txt"
+        )
+    import json
+
     with open(os.path.join(output_dir, "inference", "results.json")) as f:
         return json.load(f)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "output", "demo"))
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    max_iter = _max_iter(args.opts)
-    print(f"[demo] IIF Mask R-CNN on SynthLT, {max_iter} iterations on {_device()}")
-    t0 = time.time()
-    untrained = run_train_net(
-        os.path.join(args.output_dir, "untrained"),
-        ["MODEL.WEIGHTS", ""] + args.opts,
-        eval_only=True,
+def demo_config(opts):
+    """The demo's config with the user's overrides (to read MAX_ITER, checkpointing)."""
+    import iif_d2  # noqa: F401  (first: detectron2 compatibility shims)
+
+    # isort: split
+    from detectron2.config import get_cfg
+
+    from iif_d2 import add_iif_config
+
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def checkpoint_opts(cfg, user_opts):
+    """Overrides that keep only the checkpoints the demo needs.
+
+    detectron2 saves model_{iter}.pth every CHECKPOINT_PERIOD and model_final.pth at the end, so
+    a period dividing MAX_ITER writes the last iteration twice: the period is moved off it. Where
+    the config has a key for the number of periodic checkpoints kept (SOLVER.CHECKPOINTS_KEPT),
+    one is kept, enough to resume. Nothing the user set is overridden.
+    """
+    keys = set(user_opts[::2])
+    opts = []
+    period, max_iter = cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER
+    if "SOLVER.CHECKPOINT_PERIOD" not in keys and max_iter % period == 0:
+        period = next(p for p in range(period + 1, max_iter + 2) if max_iter % p)
+        opts += ["SOLVER.CHECKPOINT_PERIOD", str(period)]
+    if "CHECKPOINTS_KEPT" in cfg.SOLVER and "SOLVER.CHECKPOINTS_KEPT" not in keys:
+        opts += ["SOLVER.CHECKPOINTS_KEPT", "1"]
+    return opts
+
+
+def remove_periodic_checkpoints(output_dir) -> int:
+    """After a finished run, delete model_XXXXXXX.pth (resume then starts from model_final).
+
+    Returns:
+        how many checkpoints were deleted (none unless last_checkpoint names model_final.pth).
+    """
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            last = f.read().strip()
+    except OSError:
+        return 0
+    if os.path.basename(last) != "model_final.pth":
+        return 0
+    removed = 0
+    for path in glob.glob(os.path.join(output_dir, "model_[0-9]*.pth")):
+        os.remove(path)
+        removed += 1
+    return removed
+
+
+def _parser():
+    doc = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(
+        description="\n\n".join(doc[:2]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + doc[2],
     )
-    trained = run_train_net(args.output_dir, args.opts, progress_total=max_iter)
+    p.add_argument(
+        "--output-dir",
+        default=os.path.join(REPO, "output", "demo"),
+        help="where the runs, logs and pictures go (default: output/demo)",
+    )
+    p.add_argument(
+        "--num-vis", type=int, default=4, help="validation images drawn at the end (default: 4)"
+    )
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="train_net.py config overrides: KEY VALUE ..."
+    )
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    out = os.path.abspath(args.output_dir)
+    if len(args.opts) % 2:
+        sys.exit(f"[demo] config overrides come in KEY VALUE pairs; got {args.opts}")
+    try:
+        cfg = demo_config(args.opts)
+    except (AssertionError, KeyError, ValueError) as e:  # yacs asserts that a key exists
+        sys.exit(f"[demo] bad config override in {' '.join(args.opts)}: {e}")
+    max_iter = cfg.SOLVER.MAX_ITER
+    opts = checkpoint_opts(cfg, args.opts) + list(args.opts)
+    print(f"[demo] IIF Mask R-CNN on SynthLT, {max_iter} iterations on {_device()}; output: {out}")
+    t0 = time.time()
+    from detectron2.data import DatasetCatalog
+
+    print("[demo] 1/4 dataset: SynthLT (generated on first use) ...", flush=True)
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        DatasetCatalog.get(name)
+    print(f"[demo] 1/4 dataset ready ({time.time() - t0:.0f} s)", flush=True)
+    untrained = run_train_net(
+        os.path.join(out, "untrained"), ["MODEL.WEIGHTS", "", *opts], "2/4 untrained",
+        eval_only=True,
+    )  # fmt: skip
+    trained = run_train_net(out, opts, "3/4 IIF", max_iter=max_iter)
+    removed = remove_periodic_checkpoints(out)
+    if removed:
+        print(f"[demo] removed {removed} periodic checkpoint(s); kept {out}/model_final.pth")
     print(f"[demo] done in {(time.time() - t0) / 60:.1f} min. SynthLT val, LVIS evaluation:")
     print(f"{'model':<12}{'task':<6}" + "".join(f"{k:>8}" for k in METRICS))
     for name, res in (("untrained", untrained), ("IIF trained", trained)):
         for task in ("bbox", "segm"):
             row = "".join(f"{res[task].get(k, float('nan')):8.1f}" for k in METRICS)
             print(f"{name:<12}{task:<6}{row}")
+    if args.num_vis > 0:
+        from visualize import load_run_config, visualize
 
-
-def _max_iter(opts) -> int:
-    from iif_d2 import add_iif_config  # first: detectron2 compatibility shims
-
-    # isort: split
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    add_iif_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(list(opts))
-    return cfg.SOLVER.MAX_ITER
+        print("[demo] 4/4 drawing predictions ...", flush=True)
+        vis_cfg = load_run_config(os.path.join(out, "model_final.pth"), device=_device())
+        dataset = cfg.DATASETS.TEST[0]
+        written = visualize(vis_cfg, os.path.join(out, "vis"), dataset=dataset, num=args.num_vis)
+        print(
+            f"[demo] {len(written)} pictures (prediction | ground truth, score >= 0.5) of "
+            f"{dataset} in {os.path.join(out, 'vis')}/"
+        )
 
 
 if __name__ == "__main__":

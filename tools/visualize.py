@@ -21,12 +21,20 @@ import os
 import sys
 import warnings
 
-# detectron2 imports fvcore, whose import calls the deprecated torch.jit.script: hide only that.
+# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
+# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
+# without indexing=.
 warnings.filterwarnings(
     "ignore",
     message=r"`torch\.jit\.script` is (deprecated|not supported)",
     category=FutureWarning,
     module=r"torch\.jit\._script",
+)
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
+    category=UserWarning,
+    module=r"torch\.functional",
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -262,8 +270,9 @@ def main(argv=None) -> int:
             score_thresh=args.score_thresh,
             scale=args.scale,
         )
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        # KeyError: an unknown config key in the overrides or an unregistered dataset
+    except (AssertionError, FileNotFoundError, KeyError, ValueError) as e:
+        # AssertionError: yacs's "Non-existent key" in the overrides; KeyError: a dataset that
+        # is not registered
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         sys.exit(f"visualize.py: error: {msg}")
     print(f"{len(written)} PNG(s) (prediction | ground truth) written to {args.output}")
