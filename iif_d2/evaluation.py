@@ -129,7 +129,12 @@ class FastLVISEvaluator(DatasetEvaluator):
         if has_mask:
             mask_area = inst.pred_masks.flatten(1).sum(1).numpy().astype(np.float64)
         if not self._save and self._do_evaluation:
-            allowed, present = self._allowed.get(image_id, (np.zeros(0, np.int64),) * 2)
+            if image_id not in self._allowed:
+                raise ValueError(
+                    f"Prediction for image_id {image_id}, which {self._json_file} does not "
+                    "have: evaluate on the dataset whose annotations the evaluator loaded."
+                )
+            allowed, present = self._allowed[image_id]
             keep = keep[np.isin(cats[keep], allowed)]
         part = {
             "image_id": image_id,
@@ -167,6 +172,8 @@ class FastLVISEvaluator(DatasetEvaluator):
             return {}
         has_mask = all("rle_counts" in p for p in parts)
         tasks = self._tasks or (("bbox", "segm") if has_mask else ("bbox",))
+        if "segm" in tasks and not has_mask:
+            raise ValueError("segm evaluation needs 'pred_masks' in every image's instances.")
         if self._save and self._output_dir:
             self._write_json(parts)
         if not self._do_evaluation:

@@ -44,9 +44,12 @@ def _case(seed):
 def test_identical_to_lvis_api(seed):
     gt, dets = _case(seed)
     for iou_type in ("bbox", "segm"):
-        # segm results with a bbox use box areas (lvis-api's rule): both variants, by seed
-        with_bbox = iou_type == "bbox" or seed % 2 == 0
-        results = to_results(dets, with_bbox=with_bbox, with_segm=iou_type == "segm")
+        # lvis-api's rules, both variants by seed: segm results with a bbox use box areas;
+        # bbox results without one use the masks' boxes and areas
+        with_bbox = seed % 2 == 0 if iou_type == "segm" else seed % 5 != 4
+        results = to_results(
+            dets, with_bbox=with_bbox, with_segm=not with_bbox or iou_type == "segm"
+        )
         ref = lvis_api_evaluate(gt, results, iou_type)
         fast = evaluate_results(gt, results, iou_type)
         assert fast.keys() == ref.keys()

@@ -164,7 +164,7 @@ class LVISDetections:
         score, and bbox (XYWH) and/or segmentation (compressed RLE)).
 
         As lvis-api's ``LVISResults``: when the first result has a "bbox", areas are box
-        ``w * h`` (for segm too); otherwise mask areas.
+        ``w * h`` (for segm too); otherwise mask areas, and boxes come from the masks.
 
         Args:
             results: the list of result dicts.
@@ -175,7 +175,7 @@ class LVISDetections:
         """
         if not isinstance(results, list):
             raise ValueError("LVIS results must be a json list of detection objects.")
-        field = "bbox" if iou_type == "bbox" else "segmentation"
+        field = "'bbox' (or 'segmentation')" if iou_type == "bbox" else "'segmentation'"
         try:
             dets = cls(
                 image_id=np.array([r["image_id"] for r in results], dtype=np.int64),
@@ -186,17 +186,17 @@ class LVISDetections:
             if results and "bbox" in results[0]:
                 dets.bbox = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
                 dets.area = dets.bbox[:, 2] * dets.bbox[:, 3]
-            if iou_type == "segm":
+            if iou_type == "segm" or dets.bbox is None:
                 segs = [r["segmentation"] for r in results]
                 dets.rle_counts = [s["counts"] for s in segs]
                 dets.rle_sizes = np.array([s["size"] for s in segs], dtype=np.int64).reshape(-1, 2)
-                if not (results and "bbox" in results[0]):
+                if dets.bbox is None:  # lvis-api: boxes from the masks, mask areas
                     dets.area = mask_areas(segs)
+                    if iou_type == "bbox" and segs:
+                        dets.bbox = mask_utils.toBbox(segs).astype(np.float64).reshape(-1, 4)
         except (KeyError, TypeError) as e:
             raise ValueError(
-                f"LVIS results need image_id, category_id, score and {field!r} per detection "
+                f"LVIS results need image_id, category_id, score and {field} per detection "
                 f"(segmentation as compressed RLE); missing or malformed: {e}."
             ) from None
-        if iou_type == "bbox" and dets.bbox is None and len(results):
-            raise ValueError("bbox evaluation needs a 'bbox' (XYWH) in every result.")
         return dets
