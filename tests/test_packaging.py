@@ -1,6 +1,10 @@
-"""Packaging metadata: one version, the license file, the dependencies and extras."""
+"""Packaging metadata (one version, the license file, dependencies and extras) and the tools'
+command lines."""
 
+import ast
 import os
+import subprocess
+import sys
 from importlib import metadata
 
 import pytest
@@ -48,3 +52,23 @@ def test_installed_metadata_matches_pyproject():
     assert meta["Version"] == project["version"]
     assert meta["License-Expression"] == "Apache-2.0"
     assert set(metadata.requires("iif-d2")) >= set(project["dependencies"])
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["demo", "benchmark", "benchmark_fasa", "benchmark_class_stats", "benchmark_synthlt"],
+)
+def test_tools_help_is_complete_and_quiet(script):
+    """--help shows the script's whole description (not a first line cut mid-sentence), and
+    detectron2's import prints no torch.jit.script deprecation."""
+    path = os.path.join(ROOT, "tools", f"{script}.py")
+    with open(path) as f:
+        doc = ast.get_docstring(ast.parse(f.read()))
+    r = subprocess.run(
+        [sys.executable, path, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    # every line of the docstring's last paragraph is in the help (argparse keeps it verbatim)
+    for line in doc.strip().split("\n\n")[-1].splitlines():
+        assert line.strip() in r.stdout

@@ -23,6 +23,24 @@ On a CPU shared with other jobs, OMP_NUM_THREADS=1 gives steadier numbers: with 
 than free cores, steps became 10-100 times slower at random here, and the ratios noise.
 """
 
+import warnings
+
+# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
+# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
+# without indexing=.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`torch\.jit\.script` is (deprecated|not supported)",
+    category=FutureWarning,
+    module=r"torch\.jit\._script",
+)
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
+    category=UserWarning,
+    module=r"torch\.functional",
+)
+
 # isort: off
 import iif_d2  # noqa: F401
 
@@ -259,12 +277,20 @@ def dense_benchmark(device, repeats, title, config, node):
     return ratios
 
 
-def setup(description):
-    """Parse --device/--repeats/--images, print the device line; return (args, device)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--images", type=int, default=2, help="images per batch (512 RoIs each)")
+def setup(doc):
+    """Parse --device/--repeats/--images (``doc``: the script's docstring, shown in full by
+    --help), print the device line; return (args, device)."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    default = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default, help=f"cpu or cuda (default: {default})")
+    parser.add_argument(
+        "--repeats", type=int, default=30, help="timed repeats per model (default: 30)"
+    )
+    parser.add_argument(
+        "--images", type=int, default=2, help="images per batch, 512 RoIs each (default: 2)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
@@ -276,7 +302,7 @@ def setup(description):
 
 
 def main():
-    args, device = setup(__doc__.split("\n")[0])
+    args, device = setup(__doc__)
     ratios = head_benchmark(device, args.repeats, args.images)
     ratios += model_benchmark(device, args.repeats)
     for title, config, node in (

@@ -8,9 +8,27 @@ process to one core, and times ``count_dataset_dicts`` (best of 3). Target: unde
     python tools/benchmark_class_stats.py
 """
 
+import argparse
 import os
 import platform
 import time
+import warnings
+
+# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
+# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
+# without indexing=.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`torch\.jit\.script` is (deprecated|not supported)",
+    category=FutureWarning,
+    module=r"torch\.jit\._script",
+)
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
+    category=UserWarning,
+    module=r"torch\.functional",
+)
 
 import numpy as np
 
@@ -31,6 +49,9 @@ def lvis_sized_dicts(seed=0):
 
 
 def main():
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     dicts, num_classes = lvis_sized_dicts()

@@ -15,6 +15,24 @@ Inference is not timed: FASA does nothing at inference.
     python tools/benchmark_fasa.py [--device cuda] [--repeats 30]
 """
 
+import warnings
+
+# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
+# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
+# without indexing=.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`torch\.jit\.script` is (deprecated|not supported)",
+    category=FutureWarning,
+    module=r"torch\.jit\._script",
+)
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
+    category=UserWarning,
+    module=r"torch\.functional",
+)
+
 # isort: off
 import iif_d2  # noqa: F401
 
@@ -82,7 +100,7 @@ def model_benchmark(device, repeats):
 
 
 def main():
-    args, device = setup(__doc__.split("\n")[0])
+    args, device = setup(__doc__)
     ratios = head_benchmark(device, args.repeats, args.images)
     ratios += model_benchmark(device, args.repeats)
     print(f"max ratio {max(ratios):.3f}")

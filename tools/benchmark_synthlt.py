@@ -25,6 +25,23 @@ import re
 import subprocess
 import sys
 import time
+import warnings
+
+# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
+# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
+# without indexing=.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`torch\.jit\.script` is (deprecated|not supported)",
+    category=FutureWarning,
+    module=r"torch\.jit\._script",
+)
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
+    category=UserWarning,
+    module=r"torch\.functional",
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG = os.path.join(REPO, "configs", "SynthLT-InstanceSegmentation")
@@ -144,14 +161,33 @@ def _figure(rows, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="150 iterations: minutes on a CPU")
-    parser.add_argument("--output-dir", default=None)
-    parser.add_argument("--score-thresh", type=float, default=0.3, help="for FP/image")
-    parser.add_argument(
-        "--only", nargs="+", metavar="KEY", help="run only these rows (keys of METHODS)"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="train_net.py config overrides")
+    parser.add_argument("--quick", action="store_true", help="150 iterations: minutes on a CPU")
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="where runs and reports go (default: output/benchmark, --quick: "
+        "output/benchmark_quick)",
+    )
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.3,
+        help="score threshold of the false positives per image (default: 0.3)",
+    )
+    keys = [m[0] for m in METHODS]
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="KEY",
+        choices=keys,
+        help="run only these rows, of: " + ", ".join(keys),
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="train_net.py config overrides: KEY VALUE ..."
+    )
     args = parser.parse_args()
     name = "benchmark_quick" if args.quick else "benchmark"
     out_root = args.output_dir or os.path.join(REPO, "output", name)
