@@ -8,10 +8,6 @@
 Multi-process training also runs on CPU (gloo): ``--num-gpus 2`` with ``MODEL.DEVICE cpu``.
 """  # noqa: E501
 
-# isort: off
-import iif_d2  # noqa: F401  (first: detectron2 compatibility shims, then registrations)
-
-# isort: on
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm

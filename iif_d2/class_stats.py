@@ -1,41 +1,23 @@
-"""Per-class image and instance counts of a training set: the frequencies IIF is built on.
+"""Per-class image and instance counts of a training set, the frequencies IIF is built on:
+counting them on detectron2 dataset dicts (:func:`count_dataset_dicts`) and the file formats
+they are read from and saved to (:func:`load_counts_file`, :meth:`ClassStats.save`).
 
-Sources (``MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE``):
-
-* ``dataset``: counted on the dataset dicts of ``DATASETS.TRAIN`` exactly as the trainer's loader
-  gets them (``iif_d2.data.build.train_dataset_dicts``: the same filtering, FASA's held-out
-  images removed); crowd annotations are skipped, as detectron2's mapper drops them; K = number
-  of those images.
-* ``json``: the ``image_count``/``instance_count`` fields of the training set's LVIS json.
-* ``file``: a counts file (see :func:`load_counts_file`).
-
-Statistics are computed once per process, on the main rank only, sent to every rank, and saved
-as ``OUTPUT_DIR/iif_class_stats.json``.
+Which counts a run uses (``MODEL.CLASS_COUNTS``) is resolved once, before the model is built,
+by :func:`iif_d2.data.training_set.resolve_training_set`: counted on the full ``DATASETS.TRAIN``
+(crowd annotations skipped, as detectron2's mapper drops them; K = number of images), read from
+the training set's LVIS json, or from a counts file; saved as ``OUTPUT_DIR/iif_class_stats.json``.
 """
 
 import csv
 import dataclasses
 import json
-import logging
-import os
 from importlib import resources
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
-from .weights import additive_margins, iif_weights
+__all__ = ["ClassStats", "count_dataset_dicts", "load_counts_file", "STATS_FILENAME"]
 
-__all__ = [
-    "ClassStats",
-    "count_dataset_dicts",
-    "load_counts_file",
-    "class_stats_from_config",
-    "iif_weights_from_config",
-    "additive_margins_from_config",
-]
-
-logger = logging.getLogger(__name__)
 PACKAGE_PREFIX = "iif_d2://"
 STATS_FILENAME = "iif_class_stats.json"
 FREQUENCIES = ("image", "instance")
@@ -207,8 +189,8 @@ def load_counts_file(path: str) -> ClassStats:
     local = _resolve(path)
     if not PathManager.exists(local):
         raise FileNotFoundError(
-            f"IIF counts file {path!r} does not exist. Set MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE to "
-            "a CSV/JSON counts file, or use COUNTS_SOURCE 'dataset'."
+            f"IIF counts file {path!r} does not exist. Set MODEL.CLASS_COUNTS.FILE to a CSV/JSON "
+            "counts file, or use MODEL.CLASS_COUNTS.SOURCE 'dataset'."
         )
     with PathManager.open(local, "r") as f:
         text = f.read()
@@ -226,171 +208,3 @@ def load_counts_file(path: str) -> ClassStats:
     if "categories" in data:
         return _from_coco_like(data, path)
     raise ValueError(f"{path}: neither an iif-d2 counts JSON nor an LVIS/COCO json.")
-
-
-def _compute(cfg, iif, num_classes: int) -> ClassStats:
-    if iif.COUNTS_SOURCE == "file":
-        if not iif.COUNTS_FILE:
-            raise ValueError(
-                "IIF COUNTS_SOURCE 'file' needs MODEL.ROI_BOX_HEAD.IIF.COUNTS_FILE (a counts "
-                "CSV/JSON, e.g. iif_d2://lvis_v1_train.csv or a run's iif_class_stats.json)."
-            )
-        return load_counts_file(iif.COUNTS_FILE)
-    names = list(cfg.DATASETS.TRAIN)
-    if not names:
-        raise ValueError(
-            "IIF counts come from DATASETS.TRAIN, which is empty. Name the training dataset, "
-            "or set COUNTS_SOURCE 'file' with a COUNTS_FILE (e.g. iif_d2://lvis_v1_train.csv)."
-        )
-    if iif.COUNTS_SOURCE == "json":
-        from detectron2.data import MetadataCatalog
-
-        if len(names) != 1:
-            raise ValueError(
-                "IIF COUNTS_SOURCE 'json' takes exactly one training dataset; with several, "
-                "use COUNTS_SOURCE 'dataset'."
-            )
-        json_file = getattr(MetadataCatalog.get(names[0]), "json_file", None)
-        if not json_file:
-            raise ValueError(
-                f"Dataset {names[0]!r} has no json_file in its metadata, so IIF COUNTS_SOURCE "
-                "'json' cannot read it; use COUNTS_SOURCE 'dataset' or 'file'."
-            )
-        return load_counts_file(json_file)
-    if iif.COUNTS_SOURCE != "dataset":
-        raise ValueError(
-            f"IIF COUNTS_SOURCE {iif.COUNTS_SOURCE!r} is not one of 'dataset', 'json', 'file'."
-        )
-    from detectron2.data import MetadataCatalog
-
-    from .data.build import train_dataset_dicts
-
-    dicts = train_dataset_dicts(cfg)
-    stats = count_dataset_dicts(dicts, num_classes, "+".join(names))
-    stats.class_names = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
-    return stats
-
-
-_CACHE: Dict[tuple, ClassStats] = {}
-
-
-def _cache_key(cfg, iif, num_classes: int) -> tuple:
-    """Everything the counts depend on (a re-registered dataset name is not detected)."""
-    from .data.build import holds_out
-
-    return (
-        iif.COUNTS_SOURCE,
-        iif.COUNTS_FILE,
-        tuple(cfg.DATASETS.TRAIN),
-        cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        num_classes,
-        cfg.MODEL.KEYPOINT_ON,
-        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE,
-        cfg.MODEL.LOAD_PROPOSALS,
-        tuple(cfg.DATASETS.PROPOSAL_FILES_TRAIN),
-        holds_out(cfg),  # FASA's held-out images are not counted
-        cfg.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_FRACTION,
-        cfg.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_MAX_IMAGES,
-    )
-
-
-def _compute_on_main_rank(cfg, iif, num_classes: int) -> ClassStats:
-    """Compute on rank 0 and send to all ranks; an error on rank 0 is raised on every rank."""
-    from detectron2.utils import comm
-
-    payload = None
-    if comm.is_main_process():
-        try:
-            payload = (_compute(cfg, iif, num_classes), None)
-        except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-            payload = (None, e)
-    if comm.get_world_size() > 1:
-        payload = comm.all_gather(payload)[0]
-    stats, error = payload
-    if error is not None:
-        raise error
-    return stats
-
-
-def class_stats_from_config(cfg, iif=None, num_classes=None) -> ClassStats:
-    """Class statistics for ``cfg``: computed once per process on the main rank, identical on
-    every rank, and saved to ``OUTPUT_DIR/iif_class_stats.json``.
-
-    Args:
-        cfg: the config.
-        iif: the IIF config node with the counts keys (default MODEL.ROI_BOX_HEAD.IIF).
-        num_classes: C (default MODEL.ROI_HEADS.NUM_CLASSES).
-
-    In a multi-process job this is a collective call: every rank must make it (as every rank
-    builds the model); the result is cached per process.
-
-    Returns:
-        a copy of the cached statistics.
-    """
-    from detectron2.utils import comm
-
-    iif = cfg.MODEL.ROI_BOX_HEAD.IIF if iif is None else iif
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES if num_classes is None else num_classes
-    key = _cache_key(cfg, iif, num_classes)
-    computed = key not in _CACHE
-    if computed:
-        _CACHE[key] = _compute_on_main_rank(cfg, iif, num_classes)
-        stats = _CACHE[key]
-        logger.info(
-            "IIF class statistics from %s: %d classes, %s images, %d instances.",
-            stats.source,
-            stats.num_classes,
-            stats.num_images,
-            sum(stats.instance_counts),
-        )
-    stats = dataclasses.replace(_CACHE[key])
-    path = os.path.join(cfg.OUTPUT_DIR, STATS_FILENAME) if cfg.OUTPUT_DIR else None
-    # written once per run and output folder (every box predictor of a cascade asks)
-    if comm.is_main_process() and path and (computed or not os.path.exists(path)):
-        try:
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            stats.save(path)
-        except OSError as e:
-            logger.warning("Could not save IIF class statistics to %s: %s", cfg.OUTPUT_DIR, e)
-    return stats
-
-
-def _checked_frequencies(cfg, num_classes: int, iif):
-    stats = class_stats_from_config(cfg, iif, num_classes)
-    if stats.num_classes != num_classes:
-        raise ValueError(
-            f"IIF class counts from {stats.source} cover {stats.num_classes} classes, but the "
-            f"model has NUM_CLASSES = {num_classes}. Use counts of the training set the model "
-            "is trained on, or fix MODEL.ROI_HEADS.NUM_CLASSES."
-        )
-    f, k = stats.frequencies(iif.FREQUENCY, iif.NORMALIZER)
-    return f, k, stats.class_names
-
-
-def iif_weights_from_config(
-    cfg, num_classes: int, background: bool = True, iif=None
-) -> torch.Tensor:
-    """IIF weights (C+1 with background, else C) of the IIF node ``iif`` (default
-    ``cfg.MODEL.ROI_BOX_HEAD.IIF``; one-stage detectors pass ``cfg.MODEL.RETINANET.IIF``).
-
-    Raises:
-        ValueError: counts whose length is not ``num_classes``, and every error of
-            :func:`iif_d2.weights.iif_weights`.
-    """
-    iif = cfg.MODEL.ROI_BOX_HEAD.IIF if iif is None else iif
-    f, k, names = _checked_frequencies(cfg, num_classes, iif)
-    return iif_weights(
-        f,
-        k,
-        iif.VARIANT,
-        background=background,
-        allow_nonpositive=iif.ALLOW_NONPOSITIVE_WEIGHTS,
-        class_names=names,
-    )
-
-
-def additive_margins_from_config(cfg, num_classes: int) -> torch.Tensor:
-    """Margins (C+1) of ``cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN``, from IIF's class counts."""
-    am = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
-    f, k, names = _checked_frequencies(cfg, num_classes, cfg.MODEL.ROI_BOX_HEAD.IIF)
-    return additive_margins(f, k, am.TYPE, am.TAU, class_names=names)

@@ -6,10 +6,6 @@ python -m iif_d2.cli --config-file configs/LVISv1-InstanceSegmentation/mask_rcnn
 python -m iif_d2.cli --counts-file datasets/lvis/lvis_v1_train.json    # an LVIS or COCO json
 """  # noqa: E501
 
-# isort: off
-import iif_d2  # noqa: F401  (detectron2 compatibility shims first)
-
-# isort: on
 import argparse
 import json
 import logging
@@ -18,8 +14,9 @@ import sys
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 
-from .class_stats import FREQUENCIES, NORMALIZERS, class_stats_from_config, load_counts_file
-from .config import add_iif_config
+from .class_stats import FREQUENCIES, NORMALIZERS, load_counts_file
+from .config import add_iif_config, apply_deprecated_keys
+from .data.training_set import compute_class_stats
 from .weights import VARIANTS, canonical_variant, iif_weights
 
 
@@ -47,6 +44,7 @@ def _stats_and_settings(args):
     if args.config_file:
         cfg.merge_from_file(args.config_file)
         cfg.merge_from_list(args.opts)
+        apply_deprecated_keys(cfg)
         iif = cfg.MODEL.ROI_BOX_HEAD.IIF
         settings = {
             "variant": iif.VARIANT,
@@ -58,8 +56,7 @@ def _stats_and_settings(args):
         cfg.DATASETS.TRAIN = (args.dataset,)
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(MetadataCatalog.get(args.dataset).thing_classes)
         settings = vars(args)
-    cfg.OUTPUT_DIR = ""  # the CLI writes only what --save names
-    return class_stats_from_config(cfg), settings
+    return compute_class_stats(cfg), settings  # the CLI writes only what --save names
 
 
 def main(argv=None) -> int:

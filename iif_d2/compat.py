@@ -1,125 +1,50 @@
 """Everything that differs between detectron2 v0.6 (PyPI sdist, no compiled ops) and current
-main, and the narrow fixes for the libraries they trip on. Decided by feature detection: both
-detectron2 versions report ``__version__ == "0.6"``.
+main, decided by feature detection (both report ``__version__ == "0.6"``). Importing this
+module changes nothing: the repairs detectron2 v0.6 needs to import in a current environment
+(a ``detectron2/_C.py`` whose ops raise ``MissingCompiledOpError``, and Pillow 10's removal
+of ``Image.LINEAR``) are made once in the installed sources by ``tools/install_env.py``; at run
+time only scoped context managers remain:
 
-Import this module before any ``detectron2`` sub-package (``import iif_d2`` does it first):
-
-* ``detectron2._C`` missing (v0.6 installed without its C++ ops): v0.6's ``detectron2.layers``
-  imports ``_C`` at module level, so a placeholder module is registered whose every attribute
-  raises :class:`MissingCompiledOpError` naming the op and the fix.
-* Pillow >= 10 removed ``Image.LINEAR``, which v0.6 uses as a default argument in
-  ``detectron2.data.transforms.transform``: that one module is imported with the alias present,
-  and the alias is removed again at once, so nothing global is left behind.
 * ``lvis==0.5.3`` uses ``np.float`` (removed in numpy 1.24) in ``LVISEval.accumulate``:
   :func:`numpy_float_alias` provides it only for the duration of an evaluation.
-* v0.6's ``launch`` hard-codes NCCL and CUDA, and both versions' ``create_ddp_model`` pass
-  ``device_ids`` that DDP rejects for CPU models: see :func:`launch` and :func:`cpu_safe_ddp`.
+* both versions' ``create_ddp_model`` pass ``device_ids`` that DDP rejects for CPU models:
+  :func:`cpu_safe_ddp`; v0.6's ``launch`` hard-codes NCCL and CUDA: see :mod:`iif_d2.launch`.
 """
 
 import contextlib
-import importlib
 import importlib.util
 import inspect
-import logging
 import sys
-import types
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
-_INSTALL_HINT = (
-    "Install detectron2 with its compiled ops from its official source: "
-    "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`."
-)
-
-
-class MissingCompiledOpError(RuntimeError):
-    """A detectron2 C++/CUDA op was called, but detectron2 was installed without them."""
+__all__ = [
+    "HAS_COMPILED_OPS",
+    "is_missing_compiled_op",
+    "cpu_safe_ddp",
+    "fast_rcnn_supports",
+    "has_compiled_ops",
+    "numpy_float_alias",
+]
 
 
-class _MissingCompiledOps(types.ModuleType):
-    """Stands in for ``detectron2._C`` when detectron2 was installed without compiled ops.
-
-    The informational queries of ``detectron2.utils.collect_env`` answer "not compiled"; any
-    op raises :class:`MissingCompiledOpError`.
-    """
-
-    def __init__(self, name):
-        super().__init__(name)
-        self.get_compiler_version = lambda: "none: detectron2 installed without compiled ops"
-        self.get_cuda_version = lambda: "none"
-        self.has_cuda = lambda: False
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise MissingCompiledOpError(
-            f"detectron2 op `{name}` is a compiled op, and this detectron2 was installed without "
-            "compiled ops (the pb1-detectron2 fallback: no deformable convolution, no rotated "
-            f"boxes, no C++ COCO evaluation). {_INSTALL_HINT}"
-        )
+def has_compiled_ops() -> bool:
+    """Whether detectron2's compiled ops are installed (not the installer's placeholder)."""
+    spec = importlib.util.find_spec("detectron2._C")
+    if spec is None:
+        return False
+    module = sys.modules.get("detectron2._C")
+    if module is not None:
+        return "IIF_D2_PLACEHOLDER" not in vars(module)
+    return not (spec.origin or "").endswith(".py")
 
 
-def _check_pkg_resources():
-    if importlib.util.find_spec("pkg_resources") is None:
-        raise ImportError(
-            "detectron2 imports `pkg_resources`, which setuptools 81 removed. "
-            "Fix: `pip install 'setuptools<81'` in this environment."
-        )
+def is_missing_compiled_op(error: BaseException) -> bool:
+    """Whether ``error`` is the placeholder ``detectron2._C``'s ``MissingCompiledOpError``."""
+    return type(error).__name__ == "MissingCompiledOpError"
 
 
-# v0.6 ops reached through ``torch.ops.detectron2`` rather than ``detectron2._C``.
-_TORCH_OPS = {"nms_rotated": "nms_rotated(Tensor dets, Tensor scores, float iou) -> Tensor"}
-_LIBRARY = None
-
-
-def _register_missing_torch_ops():
-    """Declare ``torch.ops.detectron2.*`` ops whose kernels raise MissingCompiledOpError."""
-    global _LIBRARY
-    import torch
-
-    _LIBRARY = torch.library.Library("detectron2", "DEF")
-    for name, schema in _TORCH_OPS.items():
-        _LIBRARY.define(schema)
-
-        def kernel(*args, _name=name):
-            getattr(sys.modules["detectron2._C"], _name)  # raises MissingCompiledOpError
-
-        _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
-
-
-def _install_missing_ops_placeholder() -> bool:
-    """Register the ``detectron2._C`` placeholder if the real one is absent. Returns has-ops."""
-    if "detectron2._C" in sys.modules:
-        return not isinstance(sys.modules["detectron2._C"], _MissingCompiledOps)
-    if importlib.util.find_spec("detectron2._C") is not None:
-        return True
-    sys.modules["detectron2._C"] = _MissingCompiledOps("detectron2._C")
-    import detectron2
-
-    detectron2._C = sys.modules["detectron2._C"]
-    _register_missing_torch_ops()
-    logger.info("detectron2 has no compiled ops; calling one raises MissingCompiledOpError.")
-    return False
-
-
-def _import_transforms_with_pillow_linear():
-    """Import detectron2's transform module with ``PIL.Image.LINEAR`` present, then remove it."""
-    from PIL import Image
-
-    if "detectron2.data.transforms.transform" in sys.modules or hasattr(Image, "LINEAR"):
-        return
-    Image.LINEAR = Image.BILINEAR
-    try:
-        importlib.import_module("detectron2.data.transforms.transform")
-    finally:
-        del Image.LINEAR
-
-
-_check_pkg_resources()
-HAS_COMPILED_OPS = _install_missing_ops_placeholder()
-_import_transforms_with_pillow_linear()
+HAS_COMPILED_OPS = has_compiled_ops()
 
 
 @contextlib.contextmanager

@@ -1,17 +1,53 @@
-"""Config keys of iif-d2. With the defaults, every model is exactly detectron2's."""
+"""Config keys of iif-d2. With the defaults, every model is exactly detectron2's.
+
+Keys renamed in this release keep working for one release: :func:`apply_deprecated_keys` moves a
+value set under an old name to its new key, with a warning naming the new key.
+"""
+
+import logging
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_iif_config"]
+__all__ = ["add_iif_config", "apply_deprecated_keys", "DEPRECATED_KEYS"]
+
+logger = logging.getLogger(__name__)
 
 
 def add_iif_config(cfg):
     """Add iif-d2's keys to a detectron2 config (in place).
 
+    Also registers iif-d2's components (ROI heads, meta-architectures, mask head, FCOS backbone,
+    datasets) with detectron2's registries, so that a config naming them builds.
+
     Args:
         cfg (CfgNode): a config from ``detectron2.config.get_cfg()``.
+
+    Returns:
+        cfg
     """
+    from . import register  # noqa: F401
+
     _C = cfg
+    # ---------------------------------------------------------------------------------------
+    # Per-class image and instance counts of the training set, read by every component built
+    # on class frequencies: IIF (ROI, RetinaNet, FCOS), the additive margins and FASA.
+    # Resolved once per run before the model is built (iif_d2.data.training_set): with SOURCE
+    # "dataset" or "json", the counts are computed on the main rank, saved as
+    # OUTPUT_DIR/iif_class_stats.json, and SOURCE / FILE then point to that file, so the saved
+    # config.yaml evaluates without the training annotations.
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.CLASS_COUNTS = CN()
+    # "dataset" = counted on the dicts of DATASETS.TRAIN, all of them (before FASA's hold-out),
+    # after FILTER_EMPTY_ANNOTATIONS, crowd boxes excluded; "json" = the image_count /
+    # instance_count fields of the registered training dataset's LVIS json; "file" = FILE.
+    _C.MODEL.CLASS_COUNTS.SOURCE = "dataset"
+    # Counts file for SOURCE "file": a CSV with image_count and instance_count columns (one row
+    # per class, in contiguous-id order; a "# num_images: N" line gives K), a run's
+    # OUTPUT_DIR/iif_class_stats.json, a `python -m iif_d2.cli --save` JSON, or an LVIS/COCO
+    # json. "iif_d2://lvis_v1_train.csv" and "iif_d2://coco_train2017.csv" name the LVIS v1 /
+    # COCO train counts shipped here.
+    _C.MODEL.CLASS_COUNTS.FILE = ""
+
     # ---------------------------------------------------------------------------------------
     # Inverse Image Frequency on the box classifier (IIFFastRCNNOutputLayers).
     # ---------------------------------------------------------------------------------------
@@ -23,17 +59,19 @@ def add_iif_config(cfg):
     # only at inference (paper Eq. 14).
     _C.MODEL.ROI_BOX_HEAD.IIF.MODE = "end_to_end"
     _add_weight_keys(_C.MODEL.ROI_BOX_HEAD.IIF)
-    # Initialisation of the box classifier cls_score: "default" = detectron2's N(0, 0.01^2),
-    # "constant" = weights 0.001 and bias 0, as the authors' plain-linear IIF runs.
+    # Initialisation of the box classifier cls_score of IIF's box predictor: "default" =
+    # detectron2's N(0, 0.01^2), "constant" = weights 0.001 and bias 0, as the authors'
+    # plain-linear IIF runs. It acts whenever the ROI heads are iif-d2's, also with IIF.ENABLED
+    # False (a softmax baseline with the authors' initialisation).
     _C.MODEL.ROI_BOX_HEAD.IIF.CLS_SCORE_INIT = "default"
     # Decoupled training, stage 2 (paper Sec. VI-B): freeze every parameter except the box
     # classifier(s) cls_score; pair it with MODEL.WEIGHTS = a softmax stage-1 checkpoint.
-    _C.MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER = False
+    _C.MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER = False
 
     # ---------------------------------------------------------------------------------------
     # Additive-margin baselines on the same box predictor (paper Fig. 1 comparison). They use
-    # the class counts of MODEL.ROI_BOX_HEAD.IIF (COUNTS_SOURCE, COUNTS_FILE, FREQUENCY,
-    # NORMALIZER) and cannot be combined with IIF.ENABLED.
+    # MODEL.CLASS_COUNTS with the FREQUENCY and NORMALIZER of MODEL.ROI_BOX_HEAD.IIF, and
+    # cannot be combined with IIF.ENABLED.
     # ---------------------------------------------------------------------------------------
     _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN = CN()
     _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.ENABLED = False
@@ -85,7 +123,7 @@ def add_iif_config(cfg):
     _C.MODEL.FCOS.IIF.SCALE_ALL_ANCHORS = False
 
     # ---------------------------------------------------------------------------------------
-    # Cosine box classifier (paper Table XV, METHOD.md §3): z_c = SCALE * cos(x, W_c) + b_c
+    # Cosine box classifier (paper Table XV, docs/method.md §3): z_c = SCALE * cos(x, W_c) + b_c
     # over all C+1 rows, background included, bias kept. Works with and without IIF.
     # ---------------------------------------------------------------------------------------
     _C.MODEL.ROI_BOX_HEAD.COSINE = CN()
@@ -102,10 +140,11 @@ def add_iif_config(cfg):
     _C.MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE = 20.0
 
     # ---------------------------------------------------------------------------------------
-    # FASA: feature augmentation and sampling adaptation (Zang et al., ICCV 2021; METHOD.md
-    # §3) on the box classifier. Per-class statistics of the box-head features of positive
-    # RoIs live in the box predictor (synchronised across ranks); virtual features drawn from
-    # them go through the classifier with the same loss. FASAHook adapts the sampling rates.
+    # FASA: feature augmentation and sampling adaptation (Zang et al., ICCV 2021;
+    # docs/method.md §3) on the box classifier. Per-class statistics of the box-head features
+    # of positive RoIs live in the box predictor (synchronised across ranks); virtual features
+    # drawn from them go through the classifier with the same loss. FASAHook adapts the
+    # sampling rates.
     # ---------------------------------------------------------------------------------------
     _C.MODEL.ROI_BOX_HEAD.FASA = CN()
     _C.MODEL.ROI_BOX_HEAD.FASA.ENABLED = False
@@ -115,10 +154,11 @@ def add_iif_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.FASA.MOMENTUM = 0.1
     # Iteration from which virtual features are drawn; -1: one epoch (the authors' 2nd epoch).
     # An epoch = the training images (FASA's held-out ones removed) at SOLVER.IMS_PER_BATCH, each
-    # counted as often as repeat-factor sampling repeats it, as the authors' epochs count.
+    # counted as often as repeat-factor sampling repeats it, as the authors' epochs count. -1 is
+    # resolved into iterations before the model is built (iif_d2.data.training_set).
     _C.MODEL.ROI_BOX_HEAD.FASA.START_ITER = -1
-    # Iterations between two adaptations of the sampling rates; -1: one epoch; 0: never (then
-    # no image is held out).
+    # Iterations between two adaptations of the sampling rates; -1: one epoch (resolved as
+    # START_ITER); 0: never (then no image is held out).
     _C.MODEL.ROI_BOX_HEAD.FASA.ADAPT_PERIOD = -1
     # A cluster whose held-out loss went up gets s * (1 - ADAPT_STEP), down s * (1 + ADAPT_STEP).
     # A cluster's loss is the sum of its classes' mean held-out losses (every class counts
@@ -128,18 +168,28 @@ def add_iif_config(cfg):
     # feature means (the algorithm the authors use, implemented here in torch, on negative
     # squared distances; unseen classes stay alone) or "none" (each class on its own).
     _C.MODEL.ROI_BOX_HEAD.FASA.CLUSTERING = "affinity_propagation"
-    # The initial sampling rates s_c are proportional to 1 / instance count, normalised to sum
-    # 1; the counts come from the keys of MODEL.ROI_BOX_HEAD.IIF (COUNTS_SOURCE, COUNTS_FILE),
-    # also when IIF itself is off.
-    # Held-out slice of DATASETS.TRAIN on which the hook measures the per-class loss: this
-    # fraction of the training images with annotations (at most HELDOUT_MAX_IMAGES), drawn with
-    # a fixed seed (0, independent of SEED, so a resumed run holds out the same images), is
-    # removed from training. HELDOUT_DATASETS, if set, is used instead and nothing is removed;
-    # naming an evaluation split there is the authors' choice (LVIS val) and leaks it into
-    # training.
-    _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_FRACTION = 0.02
-    _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_MAX_IMAGES = 1000
-    _C.MODEL.ROI_BOX_HEAD.FASA.HELDOUT_DATASETS = ()
+    # The initial sampling rates s_c are proportional to 1 / instance count (MODEL.CLASS_COUNTS,
+    # also when IIF itself is off), normalised to sum 1.
+
+    # ---------------------------------------------------------------------------------------
+    # Held-out images on which FASA measures its per-class loss (used when FASA is on and
+    # ADAPT_PERIOD != 0). Without NAMES: FRACTION of the training images with annotations (at
+    # most MAX_IMAGES) are removed from training, drawn along a permutation with a fixed seed
+    # (0, independent of SEED, so a resumed run holds out the same images) that skips every
+    # image holding the last training image of a class: no class loses all its training
+    # images. The class counts stay those of the full training set. NAMES, if set, are used
+    # instead and nothing is removed; naming an evaluation split there is the authors' choice
+    # (LVIS val) and leaks it into training.
+    # ---------------------------------------------------------------------------------------
+    _C.DATASETS.HELDOUT = CN()
+    _C.DATASETS.HELDOUT.FRACTION = 0.02
+    _C.DATASETS.HELDOUT.MAX_IMAGES = 1000
+    _C.DATASETS.HELDOUT.NAMES = ()
+    # Resolved before the model is built: a json with the held-out image ids (written to
+    # OUTPUT_DIR/iif_heldout.json). Leave empty.
+    _C.DATASETS.HELDOUT.IMAGE_IDS_FILE = ""
+
+    _add_deprecated_keys(_C)
 
     # ---------------------------------------------------------------------------------------
     # Repeat-factor sampling (DATALOADER.SAMPLER_TRAIN "RepeatFactorTrainingSampler", with
@@ -175,17 +225,89 @@ def _add_weight_keys(node):
     # K, the total: "total" = number of training images (IIF) or of instances (IOF), as the
     # authors' released weights; "sum" = sum_c f_c, as the paper's Eq. 11 writes it.
     node.NORMALIZER = "total"
-    # Where the class counts come from: "dataset" = counted on the dicts of DATASETS.TRAIN that
-    # the trainer uses (after FILTER_EMPTY_ANNOTATIONS, crowd boxes excluded); "json" = the
-    # image_count / instance_count fields of the registered training dataset's LVIS json;
-    # "file" = COUNTS_FILE.
-    node.COUNTS_SOURCE = "dataset"
-    # Counts file for COUNTS_SOURCE "file": a CSV with image_count and instance_count columns
-    # (one row per class, in contiguous-id order; a "# num_images: N" line gives K), a run's
-    # OUTPUT_DIR/iif_class_stats.json, a `python -m iif_d2.cli --save` JSON, or an LVIS/COCO
-    # json. "iif_d2://lvis_v1_train.csv" and "iif_d2://coco_train2017.csv" name the LVIS v1 /
-    # COCO train counts shipped here.
-    node.COUNTS_FILE = ""
+    # The class counts come from MODEL.CLASS_COUNTS.
     # Accept weights <= 0 ("relative"/"normit" on classes with p >= 0.5, e.g. COCO person).
     # A negative weight flips the sign of that class's logit: leave False unless you mean it.
     node.ALLOW_NONPOSITIVE_WEIGHTS = False
+
+
+# old key -> new key; the old keys' defaults mean "not set" (see _add_deprecated_keys)
+DEPRECATED_KEYS = {
+    **{
+        f"MODEL.{node}.IIF.COUNTS_SOURCE": "MODEL.CLASS_COUNTS.SOURCE"
+        for node in ("ROI_BOX_HEAD", "RETINANET", "FCOS")
+    },
+    **{
+        f"MODEL.{node}.IIF.COUNTS_FILE": "MODEL.CLASS_COUNTS.FILE"
+        for node in ("ROI_BOX_HEAD", "RETINANET", "FCOS")
+    },
+    "MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER": "MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER",
+    "MODEL.ROI_BOX_HEAD.FASA.HELDOUT_FRACTION": "DATASETS.HELDOUT.FRACTION",
+    "MODEL.ROI_BOX_HEAD.FASA.HELDOUT_MAX_IMAGES": "DATASETS.HELDOUT.MAX_IMAGES",
+    "MODEL.ROI_BOX_HEAD.FASA.HELDOUT_DATASETS": "DATASETS.HELDOUT.NAMES",
+}
+# a value no user sets, of the old key's type
+_UNSET = {str: "", bool: False, float: -1.0, int: -1, tuple: ()}
+_OLD_TYPES = {
+    "COUNTS_SOURCE": str,
+    "COUNTS_FILE": str,
+    "TRAIN_ONLY_CLASSIFIER": bool,
+    "HELDOUT_FRACTION": float,
+    "HELDOUT_MAX_IMAGES": int,
+    "HELDOUT_DATASETS": tuple,
+}
+
+
+def _node_and_leaf(cfg, key):
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+        node = node[part]
+    return node, leaf
+
+
+def _add_deprecated_keys(cfg):
+    """The renamed keys, still accepted for one release (defaults: "not set")."""
+    for old in DEPRECATED_KEYS:
+        node, leaf = _node_and_leaf(cfg, old)
+        node[leaf] = _UNSET[_OLD_TYPES[leaf]]
+
+
+def apply_deprecated_keys(cfg):
+    """Move every value set under a deprecated key to its new key (in place, unfrozen cfg).
+
+    Raises:
+        ValueError: an old key and its new key are both set, to different values, or two old
+            keys of one new key disagree.
+    """
+    moved = {}
+    for old, new in DEPRECATED_KEYS.items():
+        node, leaf = _node_and_leaf(cfg, old)
+        value = node[leaf]
+        unset = _UNSET[_OLD_TYPES[leaf]]
+        if value == unset or (isinstance(unset, tuple) and not value):
+            continue
+        logger.warning("Config key %s is deprecated: use %s (its value is taken).", old, new)
+        new_node, new_leaf = _node_and_leaf(cfg, new)
+        if new in moved and moved[new][1] != value:
+            raise ValueError(
+                f"Deprecated keys {moved[new][0]} = {moved[new][1]!r} and {old} = {value!r} "
+                f"disagree; set only {new}."
+            )
+        default = _node_and_leaf(_defaults(), new)[0][new_leaf]
+        current = new_node[new_leaf]
+        if new not in moved and current != default and current != value:
+            raise ValueError(
+                f"{old} = {value!r} (deprecated) and {new} = {current!r} are both set; "
+                f"set only {new}."
+            )
+        new_node[new_leaf] = value
+        node[leaf] = unset
+        moved[new] = (old, value)
+    return cfg
+
+
+def _defaults():
+    from detectron2.config import get_cfg
+
+    return add_iif_config(get_cfg())

@@ -1,7 +1,7 @@
 """IIF on the sigmoid class logits of detectron2's dense detectors (RetinaNet, FCOS).
 
 :class:`IIFDenseDetectorMixin` holds the C foreground weights w (no background column in a
-sigmoid head) and scales the logits (METHOD.md §4): in the focal loss, w * z for the anchors
+sigmoid head) and scales the logits (docs/method.md §4): in the focal loss, w * z for the anchors
 matched to a foreground box and raw z for the others (the authors' RetinaNet) or w * z for
 every anchor; at inference, w * z for every anchor. Mixed into :class:`IIFRetinaNet` and
 :class:`IIFFCOS` before their detectron2 base class.

@@ -14,20 +14,16 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from .compat import cpu_safe_ddp
-from .config import add_iif_config
-from .data.build import heldout_dataset_dicts, iterations_per_epoch, train_dataset_dicts
+from .config import add_iif_config, apply_deprecated_keys
+from .data.build import training_dicts
+from .data.heldout import build_heldout_loader
+from .data.training_set import needs_class_counts, resolve_training_set
 from .evaluation import build_evaluator
 from .fasa import FASA
-from .hooks import FASAHook, build_heldout_loader
+from .hooks import FASAHook
 from .samplers import build_train_sampler
 
-__all__ = [
-    "Trainer",
-    "load_config",
-    "setup",
-    "freeze_all_but_box_classifier",
-    "resolve_fasa_start",
-]
+__all__ = ["Trainer", "load_config", "setup", "freeze_all_but_box_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,33 +44,39 @@ def freeze_all_but_box_classifier(model) -> int:
     return trainable
 
 
-def resolve_fasa_start(model, cfg) -> int:
-    """Turn FASA's START_ITER -1 (one epoch) into iterations of ``cfg``'s training set.
-
-    Returns:
-        the number of FASA modules in ``model``.
-    """
+def _check_resolved(cfg, model):
+    """The training-set facts the trainer needs are in ``cfg`` (resolve_training_set ran)."""
+    fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
     modules = [m for m in model.modules() if isinstance(m, FASA)]
-    for module in modules:
-        if module.start_iter < 0:
-            module.start_iter = iterations_per_epoch(cfg)
-            logger.info("FASA draws virtual features from iteration %d.", module.start_iter)
-    return len(modules)
+    if fasa.ENABLED and not modules:
+        raise ValueError(
+            "MODEL.ROI_BOX_HEAD.FASA.ENABLED is set but the model has no FASA box predictor "
+            f"(META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}, ROI_HEADS.NAME "
+            f"{cfg.MODEL.ROI_HEADS.NAME!r}): FASA needs IIFStandardROIHeads or "
+            "IIFCascadeROIHeads. Set FASA.ENABLED False or use those ROI heads."
+        )
+    if fasa.ENABLED and (fasa.START_ITER < 0 or fasa.ADAPT_PERIOD < 0):
+        raise ValueError(
+            "FASA START_ITER / ADAPT_PERIOD -1 (one epoch) are not resolved into iterations: "
+            "build the config with iif_d2.engine.setup (train_net.py does) or call "
+            "iif_d2.resolve_training_set(cfg) before creating the Trainer."
+        )
 
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with LVIS/COCO evaluation, ``TRAIN_ONLY_CLASSIFIER`` and CPU DDP."""
 
     def __init__(self, cfg):
+        """
+        Args:
+            cfg: a config whose training-set facts are resolved (:func:`setup`, or
+                :func:`iif_d2.resolve_training_set` before freezing).
+        """
+        # one load of the training dicts per process: the loader's, and FASA's held-out ones
+        self._train_dicts, self._heldout_dicts = training_dicts(cfg)
         with cpu_safe_ddp():
             super().__init__(cfg)
-        if not resolve_fasa_start(self.model, cfg) and cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
-            raise ValueError(
-                "MODEL.ROI_BOX_HEAD.FASA.ENABLED is set but the model has no FASA box predictor "
-                f"(META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}, ROI_HEADS.NAME "
-                f"{cfg.MODEL.ROI_HEADS.NAME!r}): FASA needs IIFStandardROIHeads or "
-                "IIFCascadeROIHeads. Set FASA.ENABLED False or use those ROI heads."
-            )
+        _check_resolved(cfg, self.model)
 
     # detectron2 v0.6's DefaultTrainer leaves its inner trainer's state (the optimizer's
     # momentum) out of checkpoints; main saves it under "_trainer". Save it the same way here,
@@ -94,16 +96,15 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         model = super().build_model(cfg)
-        if cfg.MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER:
+        if cfg.MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER:
             n = freeze_all_but_box_classifier(model)
             logger.info("Decoupled training: only the box classifier is trained (%d params).", n)
         return model
 
-    @classmethod
-    def build_train_loader(cls, cfg):
-        """detectron2's loader on :func:`train_dataset_dicts` (FASA's held-out images removed),
-        with the sampler of :func:`build_train_sampler` (repeat factors on those same dicts)."""
-        dicts = train_dataset_dicts(cfg)
+    def build_train_loader(self, cfg):
+        """detectron2's loader on the training dicts (FASA's held-out images removed), with the
+        sampler of :func:`build_train_sampler` (repeat factors on those same dicts)."""
+        dicts = self._train_dicts
         sampler = build_train_sampler(cfg, dicts)
         return build_detection_train_loader(cfg, dataset=dicts, sampler=sampler)
 
@@ -113,15 +114,12 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         fasa = self.cfg.MODEL.ROI_BOX_HEAD.FASA
         if fasa.ENABLED:
-            period = fasa.ADAPT_PERIOD
-            if period < 0:
-                period = iterations_per_epoch(self.cfg)
-            cfg = self.cfg
+            cfg, heldout = self.cfg, self._heldout_dicts
 
             def loader():  # built at the first adaptation
-                return build_heldout_loader(cfg, heldout_dataset_dicts(cfg))
+                return build_heldout_loader(cfg, heldout)
 
-            hook = FASAHook(period, loader, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+            hook = FASAHook(fasa.ADAPT_PERIOD, loader)
             late = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook)
             at = next(i for i, h in enumerate(hooks) if isinstance(h, late))
             hooks.insert(at, hook)
@@ -144,20 +142,27 @@ class Trainer(DefaultTrainer):
 
 
 def load_config(args):
-    """The config of ``args`` (detectron2's argument parser) with iif-d2's keys."""
+    """The config of ``args`` (detectron2's argument parser) with iif-d2's keys (deprecated
+    keys moved to their new names), not yet resolved nor frozen."""
     cfg = get_cfg()
     add_iif_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    return cfg
+    return apply_deprecated_keys(cfg)
 
 
 def setup(args):
-    """:func:`load_config`, frozen, and detectron2's ``default_setup`` (logging, OUTPUT_DIR),
-    with iif-d2's loggers writing to the same files."""
+    """:func:`load_config`, its training-set facts resolved
+    (:func:`iif_d2.resolve_training_set`: class counts, FASA's held-out images, epoch length),
+    frozen, and detectron2's ``default_setup`` (logging, OUTPUT_DIR, config.yaml), with
+    iif-d2's loggers writing to the same files."""
     cfg = load_config(args)
+    # logging first, so that the resolution's messages reach OUTPUT_DIR/log.txt
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="iif_d2")
+    if needs_class_counts(cfg) or cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
+        resolve_training_set(
+            cfg, training=not getattr(args, "eval_only", False), resume=args.resume
+        )
     cfg.freeze()
     default_setup(cfg, args)
-    # iif-d2's own messages (class statistics, sampler summary, FASA) in the same log.txt
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="iif_d2")
     return cfg

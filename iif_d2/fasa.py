@@ -1,4 +1,4 @@
-"""FASA: feature augmentation and sampling adaptation (Zang et al., ICCV 2021; METHOD.md §3).
+"""FASA: feature augmentation and sampling adaptation (Zang et al., ICCV 2021; docs/method.md §3).
 
 Pure maths (tested against hand values) and :class:`FASA`, the module that keeps the state: an
 EMA of the per-class mean and unbiased variance of the box-head features of positive RoIs, and
@@ -8,7 +8,8 @@ the per-class sampling rates s_c adapted from a held-out per-class loss.
   batch, and the batch mean / unbiased variance they give.
 * :func:`initial_rates`: s_c proportional to 1 / n_c, normalised to sum 1.
 * :func:`adapt_rates`: per cluster, s * (1 - step) when its loss went up, s * (1 + step) when down.
-* :func:`affinity_propagation`: Frey & Dueck's clustering (sklearn's semantics), in torch.
+
+The classes are grouped for the adaptation by :mod:`iif_d2.clustering`.
 
 The box predictor owns a :class:`FASA`: it calls :meth:`FASA.update` with the features and labels
 of its sampled RoIs, and from ``start_iter`` on, :meth:`FASA.sample` for the virtual features it
@@ -29,11 +30,9 @@ __all__ = [
     "CLUSTERINGS",
     "FASA",
     "adapt_rates",
-    "affinity_propagation",
     "class_moments",
     "initial_rates",
     "moments_to_mean_var",
-    "negative_squared_distances",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def moments_to_mean_var(count: torch.Tensor, s: torch.Tensor, sq: torch.Tensor):
 
 
 def initial_rates(instance_counts) -> torch.Tensor:
-    """Initial sampling rates s_c = (1 / n_c) / sum_j (1 / n_j) (METHOD.md §3).
+    """Initial sampling rates s_c = (1 / n_c) / sum_j (1 / n_j) (docs/method.md §3).
 
     A class with no training instance gets rate 0 (it is never seen, so never sampled, and the
     adaptation multiplies its rate, which stays 0); the others are normalised among themselves.

@@ -11,7 +11,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
-from .class_stats import (
+from .class_weights import (
     additive_margins_from_config,
     class_stats_from_config,
     iif_weights_from_config,
@@ -32,7 +32,7 @@ _LOSS_MARGIN_MODES = ("balanced_softmax", "logit_adjustment")
 
 class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     """:class:`FastRCNNOutputLayers` whose C+1 class logits z are multiplied by constant
-    per-class weights w (background weight 1) before the softmax (METHOD.md §2).
+    per-class weights w (background weight 1) before the softmax (docs/method.md §2).
 
     * ``end_to_end``: loss CE(softmax(w * z), y) and scores softmax(w * z); the gradient is
       dL/dz_i = w_i (q_i - 1[i = y]) (paper Eq. 16).
@@ -50,7 +50,7 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     softmax(z - m) at test (post-hoc logit adjustment). IIF and margins are exclusive.
 
     With ``cosine_scale`` s, ``cls_score`` is a :class:`~iif_d2.layers.CosineLinear`:
-    z_c = s * cos(x, W_c) + b_c over all C+1 rows, background included (METHOD.md §3), on which
+    z_c = s * cos(x, W_c) + b_c over all C+1 rows, background included (docs/method.md §3), on which
     IIF, the margins and the cascade act as on the linear logits. It holds detectron2's freshly
     initialised ``cls_score`` parameters (N(0, 0.01^2), bias 0), under the same names.
 
@@ -181,7 +181,12 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     def _build_fasa(cfg, input_shape) -> FASA:
         node = cfg.MODEL.ROI_BOX_HEAD.FASA
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        stats = class_stats_from_config(cfg, cfg.MODEL.ROI_BOX_HEAD.IIF, num_classes)
+        stats = class_stats_from_config(cfg)
+        if stats.num_classes != num_classes:
+            raise ValueError(
+                f"FASA: the class counts from {stats.source} cover {stats.num_classes} classes, "
+                f"but MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}."
+            )
         dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
         return FASA(
             num_classes,

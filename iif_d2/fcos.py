@@ -16,7 +16,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from torch import nn
 
-from .class_stats import iif_weights_from_config
+from .class_weights import iif_weights_from_config
 from .dense_detector import IIFDenseDetectorMixin
 
 __all__ = ["IIFFCOS", "build_fcos_resnet_fpn_backbone"]
@@ -59,7 +59,7 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 @META_ARCH_REGISTRY.register()
 class IIFFCOS(IIFDenseDetectorMixin, FCOS):
-    """:class:`FCOS` whose C class logits z are multiplied by IIF weights w (METHOD.md §4).
+    """:class:`FCOS` whose C class logits z are multiplied by IIF weights w (docs/method.md §4).
 
     Loss: sigmoid focal loss on w * z for the anchor points matched to a foreground box, raw z
     for the others (``scale_all_anchors=False``) or w * z for every point. Inference: scores

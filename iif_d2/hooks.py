@@ -1,109 +1,22 @@
-"""FASA's timetable: the held-out slice, its per-class loss, and the hook that adapts the rates.
+"""FASA's timetable: :class:`FASAHook` adapts the sampling rates every ``period`` iterations.
 
-* :func:`split_heldout`: a deterministic slice of the annotated training images.
-* :func:`build_heldout_loader`: detectron2's test loader over it, with a mapper that keeps the
-  annotations (detectron2's ``DatasetMapper`` drops them when ``is_train=False``, on v0.6 as on
-  main).
-* :func:`heldout_class_losses`: the per-class classification loss of the ground-truth boxes.
-* :class:`FASAHook`: every ``period`` iterations, measures it and calls ``FASA.adapt``.
-
-All tensor work lives in the model and its :class:`~iif_d2.fasa.FASA` modules; the hook keeps
-the timetable and feeds the data.
+The held-out images and their loader are the data layer's (:mod:`iif_d2.data.heldout`); the
+measurement is the model's (:meth:`iif_d2.roi_heads.HeldoutLossMixin.heldout_loss_sums`) and the
+adaptation the FASA modules' (:meth:`iif_d2.fasa.FASA.adapt`). :func:`heldout_class_losses`
+runs the model over the held-out loader and reduces the sums over the ranks.
 """
 
-import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.engine import HookBase
-from detectron2.utils.logger import log_first_n
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = [
-    "FASAHook",
-    "HeldoutDatasetMapper",
-    "build_heldout_loader",
-    "fasa_predictors",
-    "heldout_class_losses",
-    "split_heldout",
-]
+__all__ = ["FASAHook", "fasa_predictors", "heldout_class_losses"]
 
-logger = logging.getLogger(__name__)
 KEY = "MODEL.ROI_BOX_HEAD.FASA"
-
-
-def _annotated(d: Dict) -> bool:
-    return any(a.get("iscrowd", 0) == 0 for a in d.get("annotations", ()))
-
-
-def split_heldout(
-    dataset_dicts: Sequence[Dict], fraction: float, max_images: int, seed: int = 0
-) -> Tuple[List[Dict], List[Dict]]:
-    """Hold out a slice of the training images for FASA's per-class loss.
-
-    Among the N images with at least one non-crowd annotation, ``round(fraction * N)`` (half
-    up) are drawn, at most ``max_images`` and at least 1 when ``fraction > 0``. The draw uses
-    its own fixed ``seed``, not cfg.SEED: a resumed run (or every rank) holds out the same
-    images.
-
-    Args:
-        dataset_dicts: detectron2 dataset dicts.
-        fraction: HELDOUT_FRACTION, in [0, 1).
-        max_images: HELDOUT_MAX_IMAGES, >= 1 when ``fraction > 0``.
-        seed: the draw's seed.
-
-    Returns:
-        (train_dicts, heldout_dicts), both in the original order.
-    """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"{KEY}.HELDOUT_FRACTION {fraction!r} must lie in [0, 1).")
-    if fraction > 0 and max_images < 1:
-        raise ValueError(
-            f"{KEY}.HELDOUT_MAX_IMAGES {max_images!r} must be >= 1 when HELDOUT_FRACTION > 0."
-        )
-    candidates = [i for i, d in enumerate(dataset_dicts) if _annotated(d)]
-    n = min(int(np.floor(fraction * len(candidates) + 0.5)), max_images)
-    if fraction > 0 and candidates:
-        n = max(n, 1)
-    order = np.random.RandomState(seed).permutation(len(candidates))
-    chosen = {candidates[i] for i in order[:n]}
-    train = [d for i, d in enumerate(dataset_dicts) if i not in chosen]
-    heldout = [d for i, d in enumerate(dataset_dicts) if i in chosen]
-    msg = f"FASA holds out {n} of {len(candidates)} annotated training images."
-    log_first_n(logging.INFO, msg, n=1, name=__name__, key="message")
-    return train, heldout
-
-
-class HeldoutDatasetMapper(DatasetMapper):
-    """:class:`DatasetMapper` with the test-time resize that keeps the annotations.
-
-    detectron2's mapper (v0.6 and main alike) pops ``annotations`` when ``is_train=False``.
-    This one takes the test augmentations of ``DatasetMapper.from_config(cfg, is_train=False)``
-    and maps like a training mapper, so each image gets ``instances`` with ``gt_boxes`` and
-    ``gt_classes`` (crowd boxes dropped; masks and keypoints not loaded).
-    """
-
-    @classmethod
-    def from_config(cls, cfg):
-        ret = DatasetMapper.from_config(cfg, is_train=False)
-        # is_train=True only keeps the annotations: the augmentations are the test ones
-        ret.update(is_train=True, use_instance_mask=False, use_keypoint=False)
-        return ret
-
-
-def build_heldout_loader(cfg, heldout_dicts: Sequence[Dict]):
-    """detectron2's test loader over the held-out dicts (batch 1; its inference sampler gives
-    each rank a share), with :class:`HeldoutDatasetMapper` and DATALOADER.NUM_WORKERS."""
-    return build_detection_test_loader(
-        dataset=list(heldout_dicts),
-        mapper=HeldoutDatasetMapper(cfg),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -111,50 +24,35 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def fasa_predictors(model: nn.Module) -> List[Tuple[int, nn.Module]]:
-    """(stage, box predictor) of every box predictor whose ``fasa`` is not None: one for the
-    standard ROI heads, one per stage for cascade; [] when the model has no FASA."""
+    """(stage, box predictor) of every box predictor with FASA ([] when the model has none)."""
     heads = getattr(_unwrap(model), "roi_heads", None)
-    predictors = getattr(heads, "box_predictor", None)
-    if predictors is None:
-        return []
-    if not isinstance(predictors, nn.ModuleList):
-        predictors = [predictors]
-    return [(k, p) for k, p in enumerate(predictors) if getattr(p, "fasa", None) is not None]
-
-
-def _logits(predictor, box_features: torch.Tensor) -> torch.Tensor:
-    return predictor.loss_logits(predictor.cls_score(box_features.flatten(1)))
+    return heads.fasa_stages() if hasattr(heads, "fasa_stages") else []
 
 
 def heldout_class_losses(
-    model: nn.Module, data_loader, num_classes: int, max_batches: Optional[int] = None
+    model: nn.Module, data_loader, max_batches: Optional[int] = None
 ) -> List[torch.Tensor]:
     """Mean held-out classification loss per class, for each FASA box predictor.
 
-    The RoIs are the ground-truth boxes of the held-out images: ``model.preprocess_image``,
-    ``model.backbone``, ``roi_heads.box_pooler`` on ``roi_heads.box_in_features``, the stage's
-    box head, ``predictor.cls_score``, then ``predictor.loss_logits`` (the fp32 logits the
-    training loss sees, IIF-scaled when enabled) and the cross entropy against
-    ``gt_classes``. Per class: the mean over its held-out instances, NaN without any. Sums and
-    counts are all-reduced over the ranks (the loader gives each rank its share). Runs without
-    gradients in eval mode, then restores the mode.
+    For each batch: ``model.preprocess_image``, ``model.backbone``, then the ROI heads'
+    ``heldout_loss_sums`` on the ground-truth boxes. Per class: the mean over its held-out
+    instances, NaN without any. Sums and counts are all-reduced over the ranks (the loader
+    gives each rank its share). Runs without gradients in eval mode, then restores the mode.
 
     Args:
-        model: a GeneralizedRCNN, possibly wrapped in (Distributed)DataParallel.
-        data_loader: batches of mapped dicts with ``instances`` (:func:`build_heldout_loader`).
-        num_classes: C.
+        model: an R-CNN with IIF ROI heads, possibly wrapped in (Distributed)DataParallel.
+        data_loader: batches of mapped dicts with ``instances``
+            (:func:`iif_d2.data.heldout.build_heldout_loader`).
         max_batches: stop after this many batches per rank (None: the whole loader).
 
     Returns:
         list of (C,) float32 CPU tensors, one per :func:`fasa_predictors` entry.
     """
-    stages = fasa_predictors(model)
     model = _unwrap(model)
-    if not stages:
+    if not fasa_predictors(model):
         return []
-    heads = model.roi_heads
-    device = next(model.parameters()).device
-    totals = torch.zeros(2, len(stages), num_classes, dtype=torch.float64, device=device)
+    heads, device = model.roi_heads, next(model.parameters()).device
+    totals = None
     training = model.training
     model.eval()
     try:
@@ -162,36 +60,25 @@ def heldout_class_losses(
             for i, batch in enumerate(data_loader):
                 if max_batches is not None and i >= max_batches:
                     break
-                _accumulate(model, heads, stages, batch, totals, device)
+                if any("instances" not in x for x in batch):
+                    raise ValueError(
+                        "FASA held-out batches need 'instances' (ground truth): build the "
+                        "loader with build_heldout_loader (detectron2's DatasetMapper drops "
+                        "them at test time)."
+                    )
+                features = model.backbone(model.preprocess_image(batch).tensor)
+                sums = heads.heldout_loss_sums(features, [x["instances"].to(device) for x in batch])
+                totals = sums if totals is None else totals + sums
     finally:
         model.train(training)
+    if totals is None:
+        totals = torch.zeros(2, len(fasa_predictors(model)), heads.num_classes, device=device)
+        totals = totals.double()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(totals)
     sums, counts = totals.cpu()
     losses = torch.where(counts > 0, sums / counts.clamp(min=1), float("nan")).float()
     return list(losses.unbind(0))
-
-
-def _accumulate(model, heads, stages, batch, totals, device):
-    if any("instances" not in x for x in batch):
-        raise ValueError(
-            "FASA held-out batches need 'instances' (ground truth): build the loader with "
-            "build_heldout_loader (detectron2's DatasetMapper drops them at test time)."
-        )
-    gt = [x["instances"].to(device) for x in batch]
-    classes = torch.cat([g.gt_classes for g in gt]).long()
-    if classes.numel() == 0:
-        return
-    images = model.preprocess_image(batch)
-    features = model.backbone(images.tensor)
-    pooled = heads.box_pooler(
-        [features[f] for f in heads.box_in_features], [g.gt_boxes for g in gt]
-    )
-    for j, (k, predictor) in enumerate(stages):
-        head = heads.box_head[k] if isinstance(heads.box_head, nn.ModuleList) else heads.box_head
-        ce = F.cross_entropy(_logits(predictor, head(pooled)), classes, reduction="none")
-        totals[0, j].index_add_(0, classes, ce.double())
-        totals[1, j].index_add_(0, classes, torch.ones_like(ce, dtype=torch.float64))
 
 
 class FASAHook(HookBase):
@@ -205,20 +92,19 @@ class FASAHook(HookBase):
     FASA buffers: place this hook before the checkpointer so the saved rates are current.
     """
 
-    def __init__(self, period: int, data_loader, num_classes: int, max_batches=None):
+    def __init__(self, period: int, data_loader, max_batches=None):
         """
         Args:
             period: iterations between two adaptations (ADAPT_PERIOD resolved); 0 = never.
             data_loader: the held-out loader, or a function that builds it on first use.
-            num_classes: C.
             max_batches: see :func:`heldout_class_losses`.
         """
         if period < 0:
             raise ValueError(
                 f"{KEY}.ADAPT_PERIOD {period} must be >= 0 here (the config's -1, one epoch, is "
-                "resolved into iterations by the trainer; 0 = never)."
+                "resolved into iterations before training; 0 = never)."
             )
-        self.period, self.num_classes, self.max_batches = period, num_classes, max_batches
+        self.period, self.max_batches = period, max_batches
         self._loader = data_loader
 
     def _data_loader(self):
@@ -236,9 +122,7 @@ class FASAHook(HookBase):
         stages = fasa_predictors(self.trainer.model)
         if not stages:
             return
-        losses = heldout_class_losses(
-            self.trainer.model, self._data_loader(), self.num_classes, self.max_batches
-        )
+        losses = heldout_class_losses(self.trainer.model, self._data_loader(), self.max_batches)
         for (k, predictor), loss in zip(stages, losses, strict=True):
             rates = predictor.fasa.adapt(loss)
             suffix = f"_stage{k}" if len(stages) > 1 else ""

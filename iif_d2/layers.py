@@ -1,6 +1,6 @@
 """Cosine classifiers: the box classifier and the normalised mask predictor of the LVIS recipe.
 
-Both compute ``scale * cos(x, W_c) + b_c`` (METHOD.md §3) and keep nn.Linear's / nn.Conv2d's
+Both compute ``scale * cos(x, W_c) + b_c`` (docs/method.md §3) and keep nn.Linear's / nn.Conv2d's
 parameter names and shapes, so an upstream state dict (detectron2's freshly initialised
 ``cls_score`` or mask ``predictor``, or a checkpoint) loads into them unchanged. The cosine is
 computed in fp32 with autocast disabled, also under AMP, and the output is fp32.

@@ -17,7 +17,7 @@ class NormalizedMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     """:class:`MaskRCNNConvUpsampleHead` whose ``predictor`` is a
     :class:`~iif_d2.layers.CosineConv2d`: mask logits ``scale * cos(x_ij, W_c) + b_c`` with the
     per-pixel features L2-normalised over the channels (the LVIS recipe's normalised mask
-    predictor, METHOD.md §3). Select it with MODEL.ROI_MASK_HEAD.NAME; the scale is
+    predictor, docs/method.md §3). Select it with MODEL.ROI_MASK_HEAD.NAME; the scale is
     MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE.
 
     The predictor holds detectron2's freshly initialised one (weights N(0, 0.001^2), bias 0,

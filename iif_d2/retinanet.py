@@ -3,7 +3,7 @@
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 
-from .class_stats import iif_weights_from_config
+from .class_weights import iif_weights_from_config
 from .dense_detector import IIFDenseDetectorMixin
 
 __all__ = ["IIFRetinaNet"]
@@ -11,7 +11,8 @@ __all__ = ["IIFRetinaNet"]
 
 @META_ARCH_REGISTRY.register()
 class IIFRetinaNet(IIFDenseDetectorMixin, RetinaNet):
-    """:class:`RetinaNet` whose C class logits z are multiplied by IIF weights w (METHOD.md §4).
+    """:class:`RetinaNet` whose C class logits z are multiplied by IIF weights w
+    (docs/method.md §4).
 
     Loss: sigmoid focal loss on w * z for the anchors matched to a foreground box, raw z for the
     negatives (``scale_all_anchors=False``, the authors' RetinaNet) or w * z for every anchor.

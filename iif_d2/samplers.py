@@ -1,4 +1,4 @@
-"""Repeat-factor sampling (LVIS; METHOD.md §3) with detectron2's or the authors' rounding.
+"""Repeat-factor sampling (LVIS; docs/method.md §3) with detectron2's or the authors' rounding.
 
 r(c) = max(1, sqrt(t / f(c))), f(c) the fraction of the images containing class c;
 r(I) = max over the classes of image I. ``DATALOADER.REPEAT_FACTOR.ROUNDING`` picks how r(I)

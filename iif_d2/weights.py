@@ -1,7 +1,7 @@
 """Inverse Image Frequency weights: pure maths, importable without detectron2.
 
 Given per-class frequencies ``f_c`` and a total ``K`` (``p_c = f_c / K``), each variant maps the
-frequencies to one multiplicative weight per class (METHOD.md §1, paper Table III):
+frequencies to one multiplicative weight per class (docs/method.md §1, paper Table III):
 
 ============  ==========================  =====================================================
 variant       weight                      note

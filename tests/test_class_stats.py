@@ -8,14 +8,9 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from iif_d2 import add_iif_config
-from iif_d2.class_stats import (
-    STATS_FILENAME,
-    ClassStats,
-    class_stats_from_config,
-    count_dataset_dicts,
-    iif_weights_from_config,
-    load_counts_file,
-)
+from iif_d2.class_stats import STATS_FILENAME, ClassStats, count_dataset_dicts, load_counts_file
+from iif_d2.class_weights import class_stats_from_config, iif_weights_from_config
+from iif_d2.data.training_set import compute_class_stats, resolve_training_set
 
 DICTS = [
     {"annotations": [{"category_id": 0}, {"category_id": 0}, {"category_id": 2}]},
@@ -103,23 +98,27 @@ def test_bad_counts_files(tmp_path, content, match):
 
 
 def test_missing_counts_file():
-    with pytest.raises(FileNotFoundError, match="COUNTS_FILE"):
+    with pytest.raises(FileNotFoundError, match="CLASS_COUNTS.FILE"):
         load_counts_file("/nonexistent/counts.csv")
 
 
-def _cfg(tmp_path, **iif):
+def _cfg(tmp_path, **counts):
     cfg = get_cfg()
     add_iif_config(cfg)
     cfg.DATASETS.TRAIN = ("iif_synthetic_tiny_train",)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 8
+    cfg.MODEL.ROI_BOX_HEAD.IIF.ENABLED = True
     cfg.OUTPUT_DIR = str(tmp_path)
-    for k, v in iif.items():
-        setattr(cfg.MODEL.ROI_BOX_HEAD.IIF, k, v)
+    for k, v in counts.items():
+        setattr(cfg.MODEL.CLASS_COUNTS, k, v)
     return cfg
 
 
 def test_stats_of_registered_dataset_match_its_json(tmp_path):
-    s = class_stats_from_config(_cfg(tmp_path))
+    cfg = resolve_training_set(_cfg(tmp_path))
+    assert cfg.MODEL.CLASS_COUNTS.SOURCE == "file"
+    assert cfg.MODEL.CLASS_COUNTS.FILE == os.path.join(tmp_path, STATS_FILENAME)
+    s = class_stats_from_config(cfg)
     dicts = DatasetCatalog.get("iif_synthetic_tiny_train")
     with open(MetadataCatalog.get("iif_synthetic_tiny_train").json_file) as f:
         cats = json.load(f)["categories"]
@@ -127,38 +126,53 @@ def test_stats_of_registered_dataset_match_its_json(tmp_path):
     assert s.image_counts == [c["image_count"] for c in cats]
     assert s.instance_counts == [c["instance_count"] for c in cats]
     assert s.class_names == MetadataCatalog.get("iif_synthetic_tiny_train").thing_classes
-    saved = load_counts_file(os.path.join(tmp_path, STATS_FILENAME))
-    assert saved.image_counts == s.image_counts and saved.num_images == s.num_images
-    from_json = class_stats_from_config(_cfg(tmp_path, COUNTS_SOURCE="json"))
+    from_json = compute_class_stats(_cfg(tmp_path, SOURCE="json"))
     assert from_json.image_counts == s.image_counts
 
 
+def test_model_side_reads_only_a_resolved_file(tmp_path):
+    """Building a model never counts a dataset: unresolved counts are an error with the fix."""
+    with pytest.raises(ValueError, match="resolve_training_set"):
+        class_stats_from_config(_cfg(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, STATS_FILENAME))
+
+
+def test_deprecated_counts_keys_still_work(tmp_path, caplog):
+    cfg = _cfg(tmp_path)
+    cfg.MODEL.RETINANET.IIF.COUNTS_SOURCE = "file"
+    cfg.MODEL.RETINANET.IIF.COUNTS_FILE = "iif_d2://coco_train2017.csv"
+    with caplog.at_level("WARNING", logger="iif_d2.config"):
+        resolve_training_set(cfg)
+    assert "MODEL.CLASS_COUNTS.FILE" in caplog.text and "deprecated" in caplog.text
+    assert class_stats_from_config(cfg).num_images == 118287
+    conflicting = _cfg(tmp_path, SOURCE="json")
+    conflicting.MODEL.ROI_BOX_HEAD.IIF.COUNTS_SOURCE = "file"
+    with pytest.raises(ValueError, match="set only MODEL.CLASS_COUNTS.SOURCE"):
+        resolve_training_set(conflicting)
+
+
 def test_weights_from_config_check_num_classes(tmp_path):
-    cfg = _cfg(tmp_path, COUNTS_SOURCE="file", COUNTS_FILE="iif_d2://coco_train2017.csv")
+    cfg = _cfg(tmp_path, SOURCE="file", FILE="iif_d2://coco_train2017.csv")
     assert iif_weights_from_config(cfg, 80).shape == (81,)
     with pytest.raises(ValueError, match="NUM_CLASSES = 8"):
         iif_weights_from_config(cfg, 8)
 
 
 @pytest.mark.parametrize(
-    "iif, match",
+    "counts, match",
     [
-        ({"COUNTS_SOURCE": "file"}, "COUNTS_FILE"),
-        ({"COUNTS_SOURCE": "somewhere"}, "not one of"),
+        ({"SOURCE": "file"}, "CLASS_COUNTS.FILE"),
+        ({"SOURCE": "somewhere"}, "not one of"),
     ],
 )
-def test_bad_config_sources(tmp_path, iif, match):
+def test_bad_config_sources(tmp_path, counts, match):
     with pytest.raises(ValueError, match=match):
-        class_stats_from_config(_cfg(tmp_path, **iif))
+        resolve_training_set(_cfg(tmp_path, **counts))
 
 
 def test_coco_guard_names_person_and_safe_variants(tmp_path):
-    cfg = _cfg(
-        tmp_path,
-        COUNTS_SOURCE="file",
-        COUNTS_FILE="iif_d2://coco_train2017.csv",
-        VARIANT="normit",
-    )
+    cfg = _cfg(tmp_path, SOURCE="file", FILE="iif_d2://coco_train2017.csv")
+    cfg.MODEL.ROI_BOX_HEAD.IIF.VARIANT = "normit"
     with pytest.raises(ValueError, match="person.*raw"):
         iif_weights_from_config(cfg, 80)
     cfg.MODEL.ROI_BOX_HEAD.IIF.ALLOW_NONPOSITIVE_WEIGHTS = True

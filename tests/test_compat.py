@@ -1,4 +1,5 @@
-"""The compatibility shims are narrow: nothing global is left behind."""
+"""The compatibility shims are narrow: nothing global is left behind, and nothing is patched
+at import (the installer repairs detectron2 v0.6's sources once)."""
 
 import numpy as np
 import pytest
@@ -27,8 +28,9 @@ def test_missing_compiled_op_raises_clear_error():
     from detectron2.layers import nms_rotated
 
     boxes = torch.tensor([[10.0, 10.0, 4.0, 4.0, 0.0]])
-    with pytest.raises(compat.MissingCompiledOpError, match="official source"):
+    with pytest.raises(RuntimeError, match="official source") as e:
         nms_rotated(boxes, torch.ones(1), 0.5)
+    assert compat.is_missing_compiled_op(e.value)
 
 
 def test_collect_env_works():
@@ -54,3 +56,46 @@ def test_feature_detection():
     params = inspect.signature(FastRCNNOutputLayers.__init__).parameters
     assert compat.fast_rcnn_supports("use_sigmoid_ce") == ("use_sigmoid_ce" in params)
     assert compat.fast_rcnn_supports("num_classes")
+
+
+def _run(code):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_detectron2_imports_before_iif_d2():
+    """No import-order rule: detectron2 first, iif-d2 after, in this environment."""
+    r = _run(
+        "import detectron2.engine, detectron2.data.transforms, iif_d2\n"
+        "from iif_d2 import add_iif_config\n"
+        "from detectron2.config import get_cfg\n"
+        "add_iif_config(get_cfg())\n"
+        "from detectron2.modeling import ROI_HEADS_REGISTRY\n"
+        "assert 'IIFStandardROIHeads' in ROI_HEADS_REGISTRY"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_importing_iif_d2_patches_nothing():
+    r = _run(
+        "import sys\n"
+        "from PIL import Image\n"
+        "import iif_d2, iif_d2.compat\n"
+        "assert not hasattr(Image, 'LINEAR') or int(Image.__version__.split('.')[0]) < 10\n"
+        "assert 'detectron2._C' not in sys.modules, 'iif_d2 imported detectron2._C'\n"
+        "assert 'detectron2.modeling' not in sys.modules"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_pure_modules_import_without_model_code():
+    r = _run(
+        "import sys\n"
+        "import iif_d2.weights, iif_d2.fp_analysis\n"
+        "loaded = [m for m in ('detectron2.modeling', 'iif_d2.fast_rcnn', 'iif_d2.roi_heads')"
+        " if m in sys.modules]\n"
+        "assert not loaded, loaded"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]

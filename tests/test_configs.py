@@ -7,7 +7,7 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config
+from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config, resolve_training_set
 from iif_d2.layers import CosineConv2d, CosineLinear
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -20,17 +20,20 @@ BASES = [c for c in CONFIGS if os.path.basename(c).startswith("Base-")]
 COUNTS = {"LVISv1": "iif_d2://lvis_v1_train.csv", "COCO": "iif_d2://coco_train2017.csv"}
 
 
-def load(name):
+def load(name, output_dir=None):
+    """The config ``name``; with ``output_dir``, its counts resolved there (SynthLT configs count
+    their generated training set)."""
     cfg = get_cfg()
     add_iif_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, name))
     cfg.MODEL.DEVICE = "cpu"
     for prefix, counts in COUNTS.items():
         if name.startswith(prefix):
-            for node in (cfg.MODEL.ROI_BOX_HEAD.IIF, cfg.MODEL.RETINANET.IIF, cfg.MODEL.FCOS.IIF):
-                node.COUNTS_SOURCE, node.COUNTS_FILE = "file", counts
-    cfg.OUTPUT_DIR = ""
-    return cfg
+            cfg.MODEL.CLASS_COUNTS.SOURCE, cfg.MODEL.CLASS_COUNTS.FILE = "file", counts
+    if output_dir is None:
+        return cfg
+    cfg.OUTPUT_DIR = str(output_dir)
+    return resolve_training_set(cfg, training=False)
 
 
 def test_configs_found():
@@ -38,8 +41,8 @@ def test_configs_found():
 
 
 @pytest.mark.parametrize("name", LEAVES + BASES)
-def test_config_builds_model(name):
-    cfg = load(name)
+def test_config_builds_model(name, tmp_path):
+    cfg = load(name, tmp_path)
     model = build_model(cfg)
     one_stage = {"IIFRetinaNet": cfg.MODEL.RETINANET, "IIFFCOS": cfg.MODEL.FCOS}
     if cfg.MODEL.META_ARCHITECTURE in one_stage:

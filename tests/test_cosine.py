@@ -18,7 +18,7 @@ from detectron2.utils.events import EventStorage
 from helpers import box_features, tiny_proposals
 from torch import nn
 
-from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config
+from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config, resolve_training_set
 from iif_d2.layers import CosineConv2d, CosineLinear
 from iif_d2.mask_head import NormalizedMaskRCNNConvUpsampleHead
 
@@ -265,7 +265,7 @@ def _cfg(name, tmp_path, *opts):
     add_iif_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, name))
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 1, *opts])
-    return cfg
+    return resolve_training_set(cfg)
 
 
 # ----------------------------------------------------------------------------- mask head

@@ -13,7 +13,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.utils import comm
 
-from iif_d2 import add_iif_config
+from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.engine import Trainer
 from iif_d2.launch import launch
 
@@ -26,6 +26,7 @@ def _worker(output_dir):
     add_iif_config(cfg)
     cfg.merge_from_file(CONFIG)
     cfg.merge_from_list(["OUTPUT_DIR", output_dir, "SOLVER.MAX_ITER", 2, "TEST.EVAL_PERIOD", 0])
+    resolve_training_set(cfg)  # a collective: every rank
     trainer = Trainer(cfg)
     trainer.train()
     weights = trainer.model.module.roi_heads.box_predictor.iif_weights

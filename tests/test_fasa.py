@@ -24,6 +24,7 @@ from torch.testing import assert_close
 
 from iif_d2 import add_iif_config
 from iif_d2.clustering import affinity_propagation, negative_squared_distances
+from iif_d2.data.heldout import HeldoutDatasetMapper, build_heldout_loader, split_heldout
 from iif_d2.fasa import (
     FASA,
     adapt_rates,
@@ -31,13 +32,7 @@ from iif_d2.fasa import (
     initial_rates,
     moments_to_mean_var,
 )
-from iif_d2.hooks import (
-    FASAHook,
-    HeldoutDatasetMapper,
-    build_heldout_loader,
-    heldout_class_losses,
-    split_heldout,
-)
+from iif_d2.hooks import FASAHook, heldout_class_losses
 
 NAN = float("nan")
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
@@ -326,17 +321,17 @@ def _dicts(n):
 
 def test_split_heldout_sizes_and_determinism():
     dicts = _dicts(22)  # 20 annotated images
-    train, held = split_heldout(dicts, 0.125, 100)  # 2.5 -> 3 (half up)
-    assert len(held) == 3 and len(train) == 19
-    assert split_heldout(dicts, 0.125, 100) == (train, held)  # same images on every call
+    train, held, skipped, _ = split_heldout(dicts, 0.125, 100)  # 2.5 -> 3 (half up)
+    assert len(held) == 3 and len(train) == 19 and skipped == 0
+    assert split_heldout(dicts, 0.125, 100)[:2] == (train, held)  # same images on every call
     ids = [d["image_id"] for d in train]
     assert ids == sorted(ids)  # original order
     assert not {d["image_id"] for d in held} & {1, 3}
     assert sorted(ids + [d["image_id"] for d in held]) == list(range(22))
     assert len(split_heldout(dicts, 0.5, 4)[1]) == 4  # capped
     assert len(split_heldout(dicts, 0.001, 4)[1]) == 1  # at least one
-    assert split_heldout(dicts, 0.0, 4) == (dicts, [])
-    with pytest.raises(ValueError, match="HELDOUT_FRACTION"):
+    assert split_heldout(dicts, 0.0, 4)[:2] == (dicts, [])
+    with pytest.raises(ValueError, match="HELDOUT.FRACTION"):
         split_heldout(dicts, 1.0, 4)
 
 
@@ -410,16 +405,16 @@ def test_heldout_class_losses_and_hook():
     loader = build_heldout_loader(cfg, _val(4))
     batches = list(loader)
     model.train()
-    (losses,) = heldout_class_losses(model, loader, 8)
+    (losses,) = heldout_class_losses(model, loader)
     assert model.training  # mode restored
     total, counts = _reference_total(model, batches)
     present = counts > 0
     exact(torch.isnan(losses), ~present)
     assert_close((losses[present] * counts[present]).sum().item(), total, rtol=1e-5, atol=1e-6)
-    assert len(heldout_class_losses(model, loader, 8, max_batches=1)) == 1
+    assert len(heldout_class_losses(model, loader, max_batches=1)) == 1
 
     # the hook: every 2 iterations, not after the last
-    hook = FASAHook(2, lambda: build_heldout_loader(cfg, _val(4)), 8)
+    hook = FASAHook(2, lambda: build_heldout_loader(cfg, _val(4)))
     storage = EventStorage()
     hook.trainer = types.SimpleNamespace(model=model, iter=0, max_iter=6, storage=storage)
     hook.after_step()  # iteration 1: nothing
@@ -450,7 +445,7 @@ def test_heldout_class_losses_cascade_stages():
         model.roi_heads.box_predictor[k].fasa = FASA(8, 64, [1] * 8)
     loader = build_heldout_loader(cfg, _val(3))
     model.eval()
-    losses = heldout_class_losses(model, loader, 8)
+    losses = heldout_class_losses(model, loader)
     assert len(losses) == 2 and not model.training
     for k, got in zip((0, 2), losses, strict=True):
         assert_close(got, _reference_stage(model, list(loader), k), equal_nan=True)

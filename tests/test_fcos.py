@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from helpers import focal_loss_by_hand
 
-from iif_d2 import add_iif_config
+from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.fcos import IIFFCOS
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -29,7 +29,7 @@ def _cfg(tmp_path, name=QUICK, *opts):
     add_iif_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, name))
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return resolve_training_set(cfg)
 
 
 # one level of six anchor points (boxes of the stride, 8) and two ground-truth boxes

@@ -10,7 +10,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from iif_d2 import add_iif_config
+from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.engine import Trainer
 from iif_d2.fasa import FASA, initial_rates
 from iif_d2.launch import launch
@@ -25,7 +25,7 @@ def _cfg(path, output_dir, *opts):
     add_iif_config(cfg)
     cfg.merge_from_file(path)
     cfg.merge_from_list(["OUTPUT_DIR", str(output_dir), *opts])
-    return cfg
+    return resolve_training_set(cfg)
 
 
 def _same(a, b) -> bool:
@@ -128,7 +128,7 @@ def test_headline_config_trains_and_evaluates(name, tmp_path):
             "DATALOADER.NUM_WORKERS", 0, "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN",
             160, "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 160,
             "MODEL.ROI_BOX_HEAD.FASA.START_ITER", 1, "MODEL.ROI_BOX_HEAD.FASA.ADAPT_PERIOD", 1,
-            "MODEL.ROI_BOX_HEAD.FASA.HELDOUT_FRACTION", 0.2]  # fmt: skip
+            "DATASETS.HELDOUT.FRACTION", 0.2]  # fmt: skip
     cfg = _cfg(os.path.join(ROOT, name), tmp_path, *tiny)
     assert cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST == 0.3 and cfg.TEST.DETECTIONS_PER_IMAGE == 300
     assert cfg.MODEL.ROI_MASK_HEAD.INFERENCE.MASK_THRESHOLD == 0.4

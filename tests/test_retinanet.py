@@ -13,7 +13,7 @@ from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 from helpers import focal_loss_by_hand
 
-from iif_d2 import IIFRetinaNet, add_iif_config
+from iif_d2 import IIFRetinaNet, add_iif_config, resolve_training_set
 
 CONFIG = os.path.join(
     os.path.dirname(__file__),
@@ -30,7 +30,7 @@ def _cfg(tmp_path, *opts):
     add_iif_config(cfg)
     cfg.merge_from_file(CONFIG)
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), *opts])
-    return cfg
+    return resolve_training_set(cfg)
 
 
 def _fake_batch():

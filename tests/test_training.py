@@ -9,7 +9,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.modeling import GeneralizedRCNN, build_model
 
-from iif_d2 import add_iif_config
+from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.engine import Trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
@@ -20,7 +20,7 @@ def quick_cfg(name, tmp_path, *opts):
     add_iif_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, name))
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 3, *opts])
-    return cfg
+    return resolve_training_set(cfg)
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_decoupled_trains_only_the_box_classifier(tmp_path):
         tmp_path / "stage2",
         "MODEL.WEIGHTS",
         str(tmp_path / "stage1" / "model_final.pth"),
-        "MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER",
+        "MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER",
         True,
         "SOLVER.MAX_ITER",
         2,

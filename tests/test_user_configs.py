@@ -10,7 +10,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 
-from iif_d2 import add_iif_config
+from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.engine import Trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -44,7 +44,8 @@ def test_config_trains_one_step_and_infers(name, tmp_path):
         # allowed (on LVIS every class is below one half)
         cfg.MODEL.ROI_BOX_HEAD.IIF.ALLOW_NONPOSITIVE_WEIGHTS = True
     if "decoupled" in name:  # stage 2 starts from a stage-1 checkpoint; none offline
-        assert cfg.MODEL.ROI_BOX_HEAD.IIF.TRAIN_ONLY_CLASSIFIER
+        assert cfg.MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER
+    resolve_training_set(cfg)
     try:
         trainer = Trainer(cfg)
         trainer.train()

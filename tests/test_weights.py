@@ -1,4 +1,4 @@
-"""Tests for ``iif_d2.weights`` (METHOD.md §1).
+"""Tests for ``iif_d2.weights`` (docs/method.md §1).
 
 The reference values are computed independently in plain Python (``math`` and
 ``statistics.NormalDist``), never with torch.
@@ -20,7 +20,7 @@ from iif_d2.weights import VARIANT_ALIASES, VARIANTS, canonical_variant, iif_wei
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "iif_d2" / "data"
 DATASETS = {
-    # file name -> (num_images, total instances) as stated in METHOD.md §7
+    # file name -> (num_images, total instances) as stated in docs/method.md §7
     "lvis_v1_train.csv": (100170, 1270141),
     "coco_train2017.csv": (118287, 860001),
 }

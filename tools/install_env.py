@@ -8,6 +8,12 @@ detectron2 is taken, in this order, from:
   2. its official source (current main), built with ``--no-build-isolation``, when reachable;
   3. the PyPI sdist ``pb1-detectron2==0.6`` (detectron2 v0.6's Python sources), checked against
      its sha256 and installed *without* compiled ops.
+
+Whichever it is, the installed detectron2 is then repaired where it cannot import in this
+environment, so that ``import detectron2.engine`` works with or without iif-d2 (see
+:func:`repair_detectron2`): a pure-Python ``detectron2/_C.py`` whose every op raises a clear
+error is written where the compiled ops are missing, and v0.6's use of ``PIL.Image.LINEAR``
+(removed in Pillow 10; the same filter as ``Image.BILINEAR``) is rewritten.
 """
 
 import argparse
@@ -47,6 +53,67 @@ SDIST_REQUIRES = [
     "omegaconf>=2.1",
     "hydra-core>=1.1",
 ]
+# Written as detectron2/_C.py where detectron2 has no compiled ops: every op raises an error
+# naming the fix. The informational queries of detectron2.utils.collect_env answer "none".
+MISSING_OPS_MODULE = '''\
+"""Written by iif-d2's tools/install_env.py: this detectron2 was installed without its
+compiled ops (no deformable convolution, no rotated boxes, no C++ COCO evaluation). Calling
+one raises MissingCompiledOpError."""
+
+import torch
+
+IIF_D2_PLACEHOLDER = True
+_FIX = (
+    "Install detectron2 with its compiled ops from its official source: "
+    "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`."
+)
+
+
+class MissingCompiledOpError(RuntimeError):
+    """A detectron2 C++/CUDA op was called, but detectron2 was installed without them."""
+
+
+def _missing(name):
+    return MissingCompiledOpError(
+        f"detectron2 op `{name}` is a compiled op, and this detectron2 was installed without "
+        f"compiled ops. {_FIX}"
+    )
+
+
+def get_compiler_version():
+    return "none: detectron2 installed without compiled ops"
+
+
+def get_cuda_version():
+    return "none"
+
+
+def has_cuda():
+    return False
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise _missing(name)
+
+
+# ops reached through torch.ops.detectron2 rather than this module
+_LIBRARY = torch.library.Library("detectron2", "DEF")
+_LIBRARY.define("nms_rotated(Tensor dets, Tensor scores, float iou) -> Tensor")
+
+
+def _nms_rotated(dets, scores, iou):
+    raise _missing("nms_rotated")
+
+
+_LIBRARY.impl("nms_rotated", _nms_rotated, "CompositeExplicitAutograd")
+'''
+# v0.6 uses Image.LINEAR as a default argument; Pillow 10 removed that alias of BILINEAR.
+PILLOW_FIXES = {
+    "data/transforms/transform.py": ("interp=Image.LINEAR", "interp=Image.BILINEAR"),
+}
+HAS_OPS_CHECK = "import detectron2._C as C; assert 'IIF_D2_PLACEHOLDER' not in vars(C)"
 PURE_PYTHON_SETUP = """\
 # Written by iif-d2's tools/install_env.py: detectron2 v0.6 without its C++ extension.
 from setuptools import find_packages, setup
@@ -100,10 +167,8 @@ def ensure_torch(py: Path):
 
 
 def detectron2_importable(py: Path) -> bool:
-    return succeeds([py, "-c", "import detectron2.config"]) or succeeds(
-        # v0.6 without ops needs iif_d2.compat's shims to import; the package tells.
-        [py, "-c", "import importlib.util as u; assert u.find_spec('detectron2')"]
-    )
+    # v0.6 without ops imports only once repaired (repair_detectron2): the package tells
+    return succeeds([py, "-c", "import importlib.util as u; assert u.find_spec('detectron2')"])
 
 
 def install_official(py: Path) -> bool:
@@ -148,6 +213,27 @@ def install_sdist(py: Path):
         run([py, "-m", "pip", "install", "--no-build-isolation", src])
 
 
+def repair_detectron2(py: Path):
+    """Make the installed detectron2 importable here without run-time patching (idempotent)."""
+    where = subprocess.run(
+        [py, "-c", "import importlib.util as u; print(u.find_spec('detectron2').origin)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    package = Path(where).parent
+    compiled = [p for p in package.glob("_C*") if p.suffix in (".so", ".pyd")]
+    placeholder = package / "_C.py"
+    if not compiled and not placeholder.exists():
+        placeholder.write_text(MISSING_OPS_MODULE)
+        log(f"wrote {placeholder}: detectron2 has no compiled ops; calling one raises an error.")
+    for rel, (old, new) in PILLOW_FIXES.items():
+        path = package / rel
+        if path.exists() and old in path.read_text():
+            path.write_text(path.read_text().replace(old, new))
+            log(f"{path}: {old} -> {new} (Pillow >= 10 has no Image.LINEAR)")
+
+
 def ensure_detectron2(py: Path, allow_official: bool):
     if detectron2_importable(py):
         source = "already installed"
@@ -157,7 +243,8 @@ def ensure_detectron2(py: Path, allow_official: bool):
         install_sdist(py)
         source = f"PyPI sdist {SDIST_REQ} (detectron2 v0.6 Python sources, no compiled ops)"
     log(f"detectron2: {source}")
-    has_ops = succeeds([py, "-c", "import detectron2._C"])
+    repair_detectron2(py)
+    has_ops = succeeds([py, "-c", HAS_OPS_CHECK])
     if not has_ops:
         log(f"detectron2 has no compiled ops; missing: {FALLBACK_LACKS}.")
 

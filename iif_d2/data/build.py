@@ -1,26 +1,28 @@
 """The training dataset dicts as iif-d2's trainer uses them.
 
-One function builds them for the loader, the class statistics and the repeat factors, so that all
-three see exactly the same images: detectron2's ``get_detection_dataset_dicts`` with the
-loader's filtering, minus the images FASA holds out to measure its per-class loss. The held-out
-dicts and the epoch length are kept per process (small), so that the large training dicts are
-loaded only where they are needed: by the loader, and once on the main rank for the statistics.
+:func:`loader_dataset_dicts` is detectron2's ``get_detection_dataset_dicts`` with the training
+loader's filtering; :func:`training_dicts` splits them into the images the loader trains on and
+FASA's held-out ones (named by the ids file that :func:`iif_d2.data.training_set.
+resolve_training_set` wrote), from one load per process; :func:`iterations_per_epoch` is the
+epoch length of the training images.
 """
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from detectron2.data.build import get_detection_dataset_dicts
 
-__all__ = ["train_dataset_dicts", "heldout_dataset_dicts", "iterations_per_epoch", "holds_out"]
+from .heldout import KEY as HELDOUT_KEY
+from .heldout import image_key, load_heldout_ids
 
-_HELDOUT: Dict[Tuple, List[Dict]] = {}
-_EPOCH: Dict[Tuple, int] = {}
+__all__ = ["holds_out", "iterations_per_epoch", "loader_dataset_dicts", "training_dicts"]
 
 
-def _loader_dicts(cfg, names):
+def loader_dataset_dicts(cfg, names: Sequence[str] = None) -> List[Dict]:
+    """detectron2's dicts of ``names`` (default DATASETS.TRAIN) with the training loader's
+    filtering: FILTER_EMPTY_ANNOTATIONS, keypoints, proposals."""
     return get_detection_dataset_dicts(
-        list(names),
+        list(cfg.DATASETS.TRAIN if names is None else names),
         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         min_keypoints=(
             cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
@@ -30,96 +32,60 @@ def _loader_dicts(cfg, names):
 
 
 def holds_out(cfg) -> bool:
-    """Whether FASA removes a held-out slice from DATASETS.TRAIN: FASA on, adapting
-    (ADAPT_PERIOD != 0), and no HELDOUT_DATASETS named."""
-    fasa = cfg.MODEL.ROI_BOX_HEAD.get("FASA", None)
-    return bool(fasa and fasa.ENABLED and fasa.ADAPT_PERIOD != 0 and not fasa.HELDOUT_DATASETS)
-
-
-def _key(cfg) -> Tuple:
-    """Everything the training dicts (and the epoch length) depend on."""
+    """Whether FASA removes held-out images from DATASETS.TRAIN: FASA on, adapting
+    (ADAPT_PERIOD != 0), and no DATASETS.HELDOUT.NAMES."""
     fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
-    return (
-        tuple(cfg.DATASETS.TRAIN),
-        cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        cfg.MODEL.KEYPOINT_ON,
-        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE,
-        cfg.MODEL.LOAD_PROPOSALS,
-        tuple(cfg.DATASETS.PROPOSAL_FILES_TRAIN),
-        holds_out(cfg),
-        fasa.HELDOUT_FRACTION,
-        fasa.HELDOUT_MAX_IMAGES,
-    )
+    return bool(fasa.ENABLED and fasa.ADAPT_PERIOD != 0 and not cfg.DATASETS.HELDOUT.NAMES)
 
 
-def train_dataset_dicts(cfg):
-    """The dicts of ``DATASETS.TRAIN`` that the training loader uses.
-
-    Args:
-        cfg: a config with iif-d2's keys.
+def training_dicts(cfg) -> Tuple[List[Dict], List[Dict]]:
+    """The dicts the training loader uses, and FASA's held-out dicts, from one load.
 
     Returns:
-        list[dict]: detectron2's dataset dicts after FILTER_EMPTY_ANNOTATIONS (and keypoint
-        filtering), without FASA's held-out images when FASA holds out a slice of the training set.
+        (train, heldout): ``heldout`` is [] without FASA adaptation, the dicts of
+        DATASETS.HELDOUT.NAMES when named (nothing removed from training), else the images of
+        DATASETS.TRAIN listed in DATASETS.HELDOUT.IMAGE_IDS_FILE, removed from ``train``.
     """
-    dicts = _loader_dicts(cfg, cfg.DATASETS.TRAIN)
-    if holds_out(cfg):
-        from ..hooks import split_heldout
-
-        fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
-        dicts, _HELDOUT[_key(cfg)] = split_heldout(
-            dicts, fasa.HELDOUT_FRACTION, fasa.HELDOUT_MAX_IMAGES
+    dicts = loader_dataset_dicts(cfg)
+    fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
+    if not (fasa.ENABLED and fasa.ADAPT_PERIOD != 0):
+        return dicts, []
+    if cfg.DATASETS.HELDOUT.NAMES:
+        return dicts, get_detection_dataset_dicts(list(cfg.DATASETS.HELDOUT.NAMES), True)
+    path = cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE
+    if not path:
+        raise ValueError(
+            f"FASA holds out training images, but {HELDOUT_KEY}.IMAGE_IDS_FILE is not resolved: "
+            "build the config with iif_d2.engine.setup (train_net.py does) or call "
+            "iif_d2.resolve_training_set(cfg) before training."
         )
-    return dicts
+    ids = load_heldout_ids(path)
+    train = [d for d in dicts if image_key(d) not in ids]
+    heldout = [d for d in dicts if image_key(d) in ids]
+    if len(heldout) != len(ids):
+        raise ValueError(
+            f"{path} names {len(ids)} held-out images, but {len(heldout)} of them are in "
+            f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)}: the training set changed since the "
+            "file was written. Delete it and resolve again (start a new OUTPUT_DIR)."
+        )
+    return train, heldout
 
 
-def heldout_dataset_dicts(cfg):
-    """The images on which FASA measures its per-class classification loss.
-
-    Args:
-        cfg: a config with iif-d2's keys and ``MODEL.ROI_BOX_HEAD.FASA.ENABLED``.
-
-    Returns:
-        list[dict]: ``FASA.HELDOUT_DATASETS`` when set (used whole, nothing is removed from
-        training), else the slice of ``DATASETS.TRAIN`` that :func:`train_dataset_dicts` removes.
-    """
-    fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
-    if fasa.HELDOUT_DATASETS:
-        return get_detection_dataset_dicts(list(fasa.HELDOUT_DATASETS), filter_empty=True)
-    if _key(cfg) not in _HELDOUT:
-        train_dataset_dicts(cfg)
-    return _HELDOUT[_key(cfg)]
-
-
-def iterations_per_epoch(cfg) -> int:
-    """Iterations of one epoch at SOLVER.IMS_PER_BATCH: one pass over
-    :func:`train_dataset_dicts`, each image counted as often as the sampler repeats it (with
-    repeat-factor sampling: ceil(r) times, or r on average with stochastic rounding), as the
-    authors' epochs count; the unit of FASA's START_ITER / ADAPT_PERIOD = -1.
-
-    Args:
-        cfg: a config with iif-d2's keys.
+def iterations_per_epoch(cfg, train_dicts: Sequence[Dict]) -> int:
+    """Iterations of one epoch at SOLVER.IMS_PER_BATCH: one pass over ``train_dicts`` (the
+    loader's), each image counted as often as the sampler repeats it (with repeat-factor
+    sampling: ceil(r) times, or r on average with stochastic rounding), as the authors' epochs
+    count; the unit of FASA's START_ITER / ADAPT_PERIOD = -1.
 
     Returns:
         int: at least 1.
     """
-    key = _key(cfg) + (cfg.DATALOADER.SAMPLER_TRAIN, cfg.SOLVER.IMS_PER_BATCH)
-    if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
-        key += (
-            cfg.DATALOADER.REPEAT_THRESHOLD,
-            cfg.DATALOADER.REPEAT_SQRT,
-            cfg.DATALOADER.REPEAT_FACTOR.ROUNDING,
-        )
-    if key not in _EPOCH:
-        dicts = train_dataset_dicts(cfg)
-        images = float(len(dicts))
-        if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
-            from ..samplers import repeat_factors
+    images = float(len(train_dicts))
+    loader = cfg.DATALOADER
+    if loader.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
+        from ..samplers import repeat_factors
 
-            factors = repeat_factors(
-                dicts, cfg.DATALOADER.REPEAT_THRESHOLD, cfg.DATALOADER.REPEAT_SQRT
-            )
-            ceil = cfg.DATALOADER.REPEAT_FACTOR.ROUNDING == "ceil"
-            images = float((factors.ceil() if ceil else factors).sum())
-        _EPOCH[key] = max(1, math.ceil(images / cfg.SOLVER.IMS_PER_BATCH))
-    return _EPOCH[key]
+        factors = repeat_factors(train_dicts, loader.REPEAT_THRESHOLD, loader.REPEAT_SQRT)
+        ceil = loader.REPEAT_FACTOR.ROUNDING == "ceil"
+        images = float((factors.ceil() if ceil else factors).sum())
+    return max(1, math.ceil(images / cfg.SOLVER.IMS_PER_BATCH))

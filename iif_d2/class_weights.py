@@ -1,0 +1,78 @@
+"""The per-class weights and margins a model's config asks for, from the run's class counts.
+
+The model reads the counts file that ``MODEL.CLASS_COUNTS`` names once the training-set facts
+are resolved (:func:`iif_d2.resolve_training_set`, run by ``iif_d2.engine.setup``): building a
+model loads no dataset, makes no collective call and writes nothing.
+"""
+
+import torch
+
+from .class_stats import ClassStats, load_counts_file
+from .weights import additive_margins, iif_weights
+
+__all__ = ["class_stats_from_config", "iif_weights_from_config", "additive_margins_from_config"]
+
+
+def class_stats_from_config(cfg) -> ClassStats:
+    """The class counts of ``cfg``'s resolved ``MODEL.CLASS_COUNTS`` (SOURCE "file").
+
+    Raises:
+        ValueError: the counts are still to be computed from the dataset (not resolved).
+    """
+    node = cfg.MODEL.CLASS_COUNTS
+    if node.SOURCE != "file":
+        raise ValueError(
+            f"MODEL.CLASS_COUNTS.SOURCE {node.SOURCE!r} is not resolved into a counts file: "
+            "build the config with iif_d2.engine.setup (train_net.py does) or call "
+            "iif_d2.resolve_training_set(cfg) before building the model; or set SOURCE 'file' "
+            "with MODEL.CLASS_COUNTS.FILE (e.g. a run's iif_class_stats.json)."
+        )
+    if not node.FILE:
+        raise ValueError(
+            "MODEL.CLASS_COUNTS.SOURCE 'file' needs MODEL.CLASS_COUNTS.FILE (a counts CSV/JSON, "
+            "e.g. iif_d2://lvis_v1_train.csv or a run's iif_class_stats.json)."
+        )
+    return load_counts_file(node.FILE)
+
+
+def _checked_frequencies(cfg, num_classes: int, iif):
+    stats = class_stats_from_config(cfg)
+    if stats.num_classes != num_classes:
+        raise ValueError(
+            f"The class counts from {stats.source} cover {stats.num_classes} classes, but the "
+            f"model has NUM_CLASSES = {num_classes}. Use counts of the training set the model "
+            "is trained on, or set the model's NUM_CLASSES to the dataset's class count."
+        )
+    f, k = stats.frequencies(iif.FREQUENCY, iif.NORMALIZER)
+    return f, k, stats.class_names
+
+
+def iif_weights_from_config(
+    cfg, num_classes: int, background: bool = True, iif=None
+) -> torch.Tensor:
+    """IIF weights (C+1 with background, else C) of the IIF node ``iif`` (default
+    ``cfg.MODEL.ROI_BOX_HEAD.IIF``; one-stage detectors pass ``cfg.MODEL.RETINANET.IIF`` or
+    ``cfg.MODEL.FCOS.IIF``).
+
+    Raises:
+        ValueError: counts whose length is not ``num_classes``, and every error of
+            :func:`iif_d2.weights.iif_weights`.
+    """
+    iif = cfg.MODEL.ROI_BOX_HEAD.IIF if iif is None else iif
+    f, k, names = _checked_frequencies(cfg, num_classes, iif)
+    return iif_weights(
+        f,
+        k,
+        iif.VARIANT,
+        background=background,
+        allow_nonpositive=iif.ALLOW_NONPOSITIVE_WEIGHTS,
+        class_names=names,
+    )
+
+
+def additive_margins_from_config(cfg, num_classes: int) -> torch.Tensor:
+    """Margins (C+1) of ``cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN``, with the FREQUENCY and
+    NORMALIZER of ``cfg.MODEL.ROI_BOX_HEAD.IIF``."""
+    am = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
+    f, k, names = _checked_frequencies(cfg, num_classes, cfg.MODEL.ROI_BOX_HEAD.IIF)
+    return additive_margins(f, k, am.TYPE, am.TAU, class_names=names)

@@ -1,0 +1,325 @@
+"""The training-set facts iif-d2's models need, resolved once per run before the model is built.
+
+:func:`resolve_training_set` runs in :func:`iif_d2.engine.setup` (hence in ``train_net.py``,
+``--eval-only`` included) and in the tools, on an unfrozen config:
+
+1. on the main rank only, load the training dicts once (:func:`compute_training_set_facts`);
+   count the classes on the **full** training set, before any hold-out (the authors' weights
+   are those of all of LVIS v1 train); choose FASA's held-out images
+   (:func:`iif_d2.data.heldout.split_heldout`, never a class's last image); compute the epoch
+   length of the remaining images;
+2. send these facts to every rank (one collective; an error on the main rank is raised on all);
+3. write ``OUTPUT_DIR/iif_class_stats.json`` and ``OUTPUT_DIR/iif_heldout.json``;
+4. put into the config what the model and hooks read: MODEL.CLASS_COUNTS (SOURCE "file", FILE
+   the stats file), DATASETS.HELDOUT.IMAGE_IDS_FILE, and FASA's START_ITER / ADAPT_PERIOD in
+   iterations.
+
+The model then only reads the counts file: no dataset load, no collective and no write while it
+is built, and the run's saved ``config.yaml`` evaluates without the training annotations.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from typing import List, Optional
+
+from ..class_stats import STATS_FILENAME, ClassStats, count_dataset_dicts, load_counts_file
+from .build import holds_out, iterations_per_epoch, loader_dataset_dicts
+from .heldout import (
+    HeldoutSplit,
+    image_key,
+    load_heldout_ids,
+    save_heldout_ids,
+    split_heldout,
+    write_json_atomic,
+)
+
+__all__ = [
+    "HELDOUT_FILENAME",
+    "TrainingSetFacts",
+    "compute_class_stats",
+    "compute_training_set_facts",
+    "needs_class_counts",
+    "resolve_training_set",
+]
+
+logger = logging.getLogger(__name__)
+HELDOUT_FILENAME = "iif_heldout.json"
+HELDOUT_SEED = 0
+
+
+@dataclasses.dataclass
+class TrainingSetFacts:
+    """What :func:`compute_training_set_facts` found.
+
+    Attributes:
+        stats: class counts of the full training set, or None when no component needs them.
+        heldout: FASA's held-out split, or None when nothing is held out.
+        iterations_per_epoch: epoch length of the training images, or None when not needed.
+    """
+
+    stats: Optional[ClassStats] = None
+    heldout: Optional[HeldoutSplit] = None
+    iterations_per_epoch: Optional[int] = None
+
+
+def needs_class_counts(cfg) -> bool:
+    """Whether a component of ``cfg`` is built on class frequencies (IIF, margins, FASA)."""
+    box = cfg.MODEL.ROI_BOX_HEAD
+    return bool(
+        box.IIF.ENABLED
+        or box.ADDITIVE_MARGIN.ENABLED
+        or box.FASA.ENABLED
+        or cfg.MODEL.RETINANET.IIF.ENABLED
+        or cfg.MODEL.FCOS.IIF.ENABLED
+    )
+
+
+def _needs_epoch(cfg) -> bool:
+    fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
+    return bool(fasa.ENABLED and (fasa.START_ITER < 0 or fasa.ADAPT_PERIOD < 0))
+
+
+def _dataset_names(cfg) -> List[str]:
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError(
+            "The class counts come from DATASETS.TRAIN, which is empty. Name the training "
+            "dataset, or set MODEL.CLASS_COUNTS.SOURCE 'file' with a FILE (e.g. "
+            "iif_d2://lvis_v1_train.csv)."
+        )
+    return names
+
+
+def _num_classes(names, dicts) -> int:
+    """The training dataset's class count: its thing_classes, else the largest id + 1."""
+    from detectron2.data import MetadataCatalog
+
+    classes = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
+    if classes:
+        return len(classes)
+    ids = [a["category_id"] for d in dicts for a in d.get("annotations", ())]
+    return max(ids, default=-1) + 1
+
+
+def compute_class_stats(cfg, dicts=None) -> ClassStats:
+    """The class counts MODEL.CLASS_COUNTS names, computed here (no collective, no write).
+
+    Args:
+        cfg: a config with iif-d2's keys.
+        dicts: the loader's dicts of DATASETS.TRAIN, if already loaded (SOURCE "dataset").
+    """
+    node = cfg.MODEL.CLASS_COUNTS
+    if node.SOURCE == "file":
+        if not node.FILE:
+            raise ValueError(
+                "MODEL.CLASS_COUNTS.SOURCE 'file' needs MODEL.CLASS_COUNTS.FILE (a counts "
+                "CSV/JSON, e.g. iif_d2://lvis_v1_train.csv or a run's iif_class_stats.json)."
+            )
+        return load_counts_file(node.FILE)
+    if node.SOURCE == "json":
+        from detectron2.data import MetadataCatalog
+
+        names = _dataset_names(cfg)
+        if len(names) != 1:
+            raise ValueError(
+                "MODEL.CLASS_COUNTS.SOURCE 'json' takes exactly one training dataset; with "
+                "several, use SOURCE 'dataset'."
+            )
+        json_file = getattr(MetadataCatalog.get(names[0]), "json_file", None)
+        if not json_file:
+            raise ValueError(
+                f"Dataset {names[0]!r} has no json_file in its metadata, so "
+                "MODEL.CLASS_COUNTS.SOURCE 'json' cannot read it; use 'dataset' or 'file'."
+            )
+        return load_counts_file(json_file)
+    if node.SOURCE != "dataset":
+        raise ValueError(
+            f"MODEL.CLASS_COUNTS.SOURCE {node.SOURCE!r} is not one of 'dataset', 'json', 'file'."
+        )
+    from detectron2.data import MetadataCatalog
+
+    names = _dataset_names(cfg)
+    dicts = loader_dataset_dicts(cfg) if dicts is None else dicts
+    stats = count_dataset_dicts(dicts, _num_classes(names, dicts), "+".join(names))
+    stats.class_names = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
+    return stats
+
+
+def compute_training_set_facts(cfg, training: bool = True) -> TrainingSetFacts:
+    """Everything :func:`resolve_training_set` needs, on this process only: the training dicts
+    are loaded at most once; nothing is written.
+
+    Args:
+        cfg: a config with iif-d2's keys.
+        training: False for evaluation: only the class counts are computed.
+    """
+    facts = TrainingSetFacts()
+    counts = needs_class_counts(cfg)
+    heldout = training and holds_out(cfg) and not cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE
+    epoch = training and _needs_epoch(cfg)
+    needs_dicts = heldout or epoch or (counts and cfg.MODEL.CLASS_COUNTS.SOURCE == "dataset")
+    dicts = loader_dataset_dicts(cfg) if needs_dicts else None
+    if counts:
+        facts.stats = compute_class_stats(cfg, dicts)  # the full training set
+    train = dicts
+    if heldout:
+        node = cfg.DATASETS.HELDOUT
+        facts.heldout = split_heldout(dicts, node.FRACTION, node.MAX_IMAGES, HELDOUT_SEED)
+        train = facts.heldout.train
+    elif epoch and holds_out(cfg):  # ids resolved earlier: the epoch is that of the rest
+        ids = load_heldout_ids(cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE)
+        train = [d for d in dicts if image_key(d) not in ids]
+    if epoch:
+        facts.iterations_per_epoch = iterations_per_epoch(cfg, train)
+    return facts
+
+
+def _on_main_rank(fn):
+    """``fn()`` on the main rank, its result on every rank; its error raised on every rank."""
+    from detectron2.utils import comm
+
+    payload = None
+    if comm.is_main_process():
+        try:
+            payload = (fn(), None)
+        except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+            payload = (None, e)
+    if comm.get_world_size() > 1:
+        payload = comm.all_gather(payload)[0]
+    result, error = payload
+    if error is not None:
+        raise error
+    return result
+
+
+def _counts_from_run_folder(cfg) -> Optional[str]:
+    """For evaluation: the ``iif_class_stats.json`` beside MODEL.WEIGHTS, if there is one."""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or "://" in weights:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(weights)), STATS_FILENAME)
+    return path if os.path.isfile(path) else None
+
+
+def _check_resume(path: str, stats: ClassStats):
+    if not os.path.isfile(path):
+        return
+    previous = load_counts_file(path)
+    if (previous.image_counts, previous.instance_counts, previous.num_images) != (
+        stats.image_counts,
+        stats.instance_counts,
+        stats.num_images,
+    ):
+        raise ValueError(
+            f"Resuming with other class counts than the run's {path} ({stats.source}): the "
+            "IIF weights would change mid-run. Resume with the run's training set, or start a "
+            "new OUTPUT_DIR."
+        )
+
+
+def _log(facts: TrainingSetFacts):
+    if facts.stats is not None:
+        s = facts.stats
+        logger.info(
+            "Class statistics from %s (full training set): %d classes, %s images, %d instances.",
+            s.source,
+            s.num_classes,
+            s.num_images,
+            sum(s.instance_counts),
+        )
+    if facts.heldout is not None:
+        h = facts.heldout
+        msg = f"FASA holds out {len(h.heldout)} of {len(h.train) + len(h.heldout)} images"
+        if h.skipped_images:
+            msg += (
+                f"; {h.skipped_images} drawn images stayed in training because each held the "
+                f"last training image of a class (classes {h.protected_classes[:20]}"
+                + (" ..." if len(h.protected_classes) > 20 else "")
+                + ")"
+            )
+        logger.info(msg + ".")
+    if facts.iterations_per_epoch is not None:
+        logger.info("One epoch is %d iterations.", facts.iterations_per_epoch)
+
+
+def resolve_training_set(cfg, training: bool = True, resume: bool = False):
+    """Resolve the training-set facts into ``cfg`` (in place; it must not be frozen).
+
+    A collective call in a multi-process job: every rank calls it (``setup`` does).
+
+    Args:
+        cfg: a config with iif-d2's keys; OUTPUT_DIR is where the facts are saved.
+        training: False for ``--eval-only``: only the class counts, taken from MODEL.WEIGHTS's
+            run folder when it holds ``iif_class_stats.json``, else computed.
+        resume: the run resumes: its saved class counts must equal the ones computed now.
+
+    Returns:
+        cfg
+    """
+    from detectron2.utils import comm
+
+    from ..config import apply_deprecated_keys
+
+    if cfg.is_frozen():
+        raise ValueError("resolve_training_set needs an unfrozen config (call it before freeze).")
+    apply_deprecated_keys(cfg)
+    counts = cfg.MODEL.CLASS_COUNTS
+    if not training and needs_class_counts(cfg) and counts.SOURCE != "file":
+        found = _counts_from_run_folder(cfg)
+        if found:
+            logger.info("Class statistics of the run folder of MODEL.WEIGHTS: %s", found)
+            counts.SOURCE, counts.FILE = "file", found
+    facts = _on_main_rank(lambda: compute_training_set_facts(cfg, training))
+    if comm.is_main_process():
+        _log(facts)
+    out = cfg.OUTPUT_DIR
+    if (facts.stats is not None or facts.heldout is not None) and not out:
+        raise ValueError("OUTPUT_DIR is empty: set it; the class statistics are saved there.")
+    writer = comm.get_local_rank() == 0  # one writer per machine (OUTPUT_DIR may be local)
+    if facts.stats is not None:
+        path = os.path.join(out, STATS_FILENAME)
+        if resume:
+            _check_resume(path, facts.stats)
+        if writer and not _same_file(counts.FILE, path):
+            write_json_atomic(path, facts.stats.to_dict())
+        counts.SOURCE, counts.FILE = "file", path
+    if facts.heldout is not None:
+        path = os.path.join(out, HELDOUT_FILENAME)
+        if writer:
+            node = cfg.DATASETS.HELDOUT
+            save_heldout_ids(
+                path,
+                facts.heldout,
+                datasets=list(cfg.DATASETS.TRAIN),
+                fraction=node.FRACTION,
+                max_images=node.MAX_IMAGES,
+                seed=HELDOUT_SEED,
+            )
+        cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE = path
+    if facts.iterations_per_epoch is not None:
+        fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
+        if fasa.START_ITER < 0:
+            fasa.START_ITER = facts.iterations_per_epoch
+        if fasa.ADAPT_PERIOD < 0:
+            fasa.ADAPT_PERIOD = facts.iterations_per_epoch
+    comm.synchronize()
+    return cfg
+
+
+def _same_file(a: str, b: str) -> bool:
+    return bool(a) and "://" not in a and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def saved_facts(output_dir: str) -> dict:
+    """The facts a run saved (for reports): its class counts and held-out file, if any."""
+    ret = {}
+    stats = os.path.join(output_dir, STATS_FILENAME)
+    if os.path.isfile(stats):
+        ret["class_stats"] = load_counts_file(stats)
+    heldout = os.path.join(output_dir, HELDOUT_FILENAME)
+    if os.path.isfile(heldout):
+        with open(heldout) as f:
+            ret["heldout"] = json.load(f)
+    return ret

@@ -1,0 +1,145 @@
+"""Training-set facts resolved once before the model is built: class counts of the full training
+set, a FASA hold-out that never empties a class, the saved files, ``--eval-only`` without the
+training annotations."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from iif_d2 import add_iif_config, iif_weights, resolve_training_set
+from iif_d2.class_stats import count_dataset_dicts
+from iif_d2.data.heldout import split_heldout
+from iif_d2.engine import Trainer
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+RECIPE = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_recipe.yaml")
+ONE_IMAGE = "iif_tiny_one_image_classes_train"
+SINGLE = (5, 6, 7)  # the classes that keep exactly one training image
+
+
+def _one_image_class_dicts():
+    """The tiny training set, with classes 5, 6 and 7 left in exactly one image each."""
+    dicts = copy.deepcopy(DatasetCatalog.get("iif_synthetic_tiny_train"))
+    first = {}  # class -> the one image that keeps it
+    for d in dicts:
+        anns = []
+        for a in d["annotations"]:
+            c = a["category_id"]
+            if c in SINGLE and first.setdefault(c, d["image_id"]) != d["image_id"]:
+                continue
+            anns.append(a)
+        d["annotations"] = anns
+    return [d for d in dicts if d["annotations"]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _register():
+    if ONE_IMAGE not in DatasetCatalog.list():
+        DatasetCatalog.register(ONE_IMAGE, _one_image_class_dicts)
+        src = MetadataCatalog.get("iif_synthetic_tiny_train")
+        MetadataCatalog.get(ONE_IMAGE).set(
+            thing_classes=src.thing_classes, evaluator_type="lvis", json_file=src.json_file
+        )
+
+
+def _recipe(tmp_path, *opts):
+    cfg = add_iif_config(get_cfg())
+    cfg.merge_from_file(RECIPE)
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "DATASETS.TRAIN", (ONE_IMAGE,)])
+    cfg.merge_from_list(["TEST.EVAL_PERIOD", 0, *opts])
+    return cfg
+
+
+def test_heldout_never_takes_a_class_last_image():
+    dicts = [{"image_id": i, "annotations": [{"category_id": 0}]} for i in range(10)]
+    dicts[4]["annotations"].append({"category_id": 1})  # class 1: one image only
+    dicts[7]["annotations"] = [{"category_id": 2}, {"category_id": 2}]  # class 2: one image
+    for seed in range(20):
+        split = split_heldout(dicts, 0.9, 100, seed=seed)  # wants 9 of 10
+        train_classes = {a["category_id"] for d in split.train for a in d["annotations"]}
+        assert train_classes == {0, 1, 2}
+        assert {4, 7}.isdisjoint(d["image_id"] for d in split.heldout)
+        # 9 wanted; images 4 and 7 hold the last image of classes 1 and 2 and stay, so the
+        # other 8 go (class 0 keeps image 4)
+        assert len(split.heldout) == 8 and split.skipped_images == 2
+        assert {1, 2} <= set(split.protected_classes) <= {0, 1, 2}
+
+
+def test_recipe_starts_on_one_image_classes_with_full_set_weights(tmp_path):
+    full = DatasetCatalog.get(ONE_IMAGE)
+    counts = count_dataset_dicts(full, 8)
+    assert [counts.image_counts[c] for c in SINGLE] == [1, 1, 1]
+    # a hold-out as large as the tiny set allows: a plain random draw would empty a class
+    cfg = resolve_training_set(
+        _recipe(tmp_path, "DATASETS.HELDOUT.FRACTION", 0.6, "SOLVER.MAX_ITER", 3)
+    )
+    heldout = json.loads((tmp_path / "iif_heldout.json").read_text())
+    assert heldout["num_heldout"] > 0 and heldout["skipped_images"] > 0
+    trainer = Trainer(cfg)
+    train_classes = {a["category_id"] for d in trainer._train_dicts for a in d["annotations"]}
+    assert train_classes == set(range(8))  # every class keeps a training image
+    assert len(trainer._heldout_dicts) == heldout["num_heldout"]
+    # the weights are those of the full training set, before the hold-out
+    f = counts.instance_counts  # the recipe: base10 IOF
+    expected = iif_weights(f, sum(f), "base10")
+    assert torch.equal(trainer.model.roi_heads.box_predictor.iif_weights, expected)
+    trainer.train()
+    assert trainer.iter == cfg.SOLVER.MAX_ITER
+
+
+def test_resolution_writes_facts_into_the_config(tmp_path):
+    cfg = resolve_training_set(
+        _recipe(tmp_path, "MODEL.ROI_BOX_HEAD.FASA.START_ITER", -1, "SOLVER.IMS_PER_BATCH", 2)
+    )
+    assert cfg.MODEL.CLASS_COUNTS.SOURCE == "file"
+    assert cfg.MODEL.CLASS_COUNTS.FILE == str(tmp_path / "iif_class_stats.json")
+    assert cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE == str(tmp_path / "iif_heldout.json")
+    held = json.loads((tmp_path / "iif_heldout.json").read_text())["num_heldout"]
+    images = len(DatasetCatalog.get(ONE_IMAGE)) - held
+    # one epoch with ceil repeat factors >= the images without repeats, at batch 2
+    assert cfg.MODEL.ROI_BOX_HEAD.FASA.START_ITER >= (images + 1) // 2
+    with pytest.raises(ValueError, match="unfrozen"):
+        cfg.freeze()
+        resolve_training_set(cfg)
+
+
+def test_resume_with_other_counts_is_an_error(tmp_path):
+    resolve_training_set(_recipe(tmp_path))
+    other = _recipe(tmp_path, "DATASETS.TRAIN", ("iif_synthetic_tiny_train",))
+    with pytest.raises(ValueError, match="other class counts"):
+        resolve_training_set(other, resume=True)
+
+
+def _train_net(*args, env=None):
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def test_eval_only_with_saved_config_needs_no_training_annotations(tmp_path):
+    out = tmp_path / "run"
+    quick = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_iif.yaml")
+    r = _train_net("--config-file", quick, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = out / "config.yaml"
+    assert "iif_class_stats.json" in saved.read_text()
+    # the training set is no longer registered: a dataset name nobody knows
+    r = _train_net(
+        "--config-file",
+        str(saved),
+        "--eval-only",
+        "DATASETS.TRAIN",
+        "('no_such_training_set',)",
+        "MODEL.WEIGHTS",
+        str(out / "model_final.pth"),
+        "OUTPUT_DIR",
+        str(tmp_path / "eval"),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "eval" / "inference" / "results.json").exists()
