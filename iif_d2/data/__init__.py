@@ -1,16 +1,32 @@
-"""Datasets shipped with iif-d2: class-count files and SynthLT, a synthetic long-tailed set in
-LVIS v1 format, registered like detectron2's builtins under ``$DETECTRON2_DATASETS``
-(default ``./datasets``) and generated on first use:
+"""Datasets shipped with iif-d2: class-count files, SynthLT (a synthetic long-tailed set) and
+LVIS-shaped (a synthetic set with LVIS v1's exact per-class counts), in LVIS v1 format,
+registered like detectron2's builtins under ``$DETECTRON2_DATASETS`` (default ``./datasets``)
+and generated on first use:
 
 * ``synthlt_train`` / ``synthlt_val``: 24 classes, imbalance 150, 128 px (demo, benchmark);
-* ``iif_synthetic_tiny_train`` / ``_val``: 8 classes, 96 px (tests, quick schedules).
+* ``iif_synthetic_tiny_train`` / ``_val``: 8 classes, 96 px (tests, quick schedules);
+* ``lvis_shaped_train`` / ``_val``: 100,170 / 19,809 images, the 1203 classes of LVIS v1 with
+  exactly its image and instance counts, 32-128 px (the LVIS-scale rehearsal);
+* ``lvis_shaped_mini_train`` / ``_val``: 2,000 / 200 images over the same 1203 classes (many
+  with a single training image), for the test suite.
 """
 
 import os
 
+from .lvis_shaped import LVIS_SHAPED, LVIS_SHAPED_MINI, LVISShapedSpec, register_lvis_shaped
 from .synthetic import SynthSpec, class_names, register_synthetic_lvis
 
-__all__ = ["SynthSpec", "class_names", "register_synthetic_lvis", "SYNTHLT", "SYNTHLT_TINY"]
+__all__ = [
+    "SynthSpec",
+    "class_names",
+    "register_synthetic_lvis",
+    "SYNTHLT",
+    "SYNTHLT_TINY",
+    "LVISShapedSpec",
+    "LVIS_SHAPED",
+    "LVIS_SHAPED_MINI",
+    "register_lvis_shaped",
+]
 
 SYNTHLT = SynthSpec()
 SYNTHLT_TINY = SynthSpec(
@@ -23,6 +39,8 @@ def _register_builtin():
     root = os.getenv("DETECTRON2_DATASETS", "datasets")
     register_synthetic_lvis("synthlt", os.path.join(root, "synthlt"), SYNTHLT)
     register_synthetic_lvis("iif_synthetic_tiny", os.path.join(root, "synthlt_tiny"), SYNTHLT_TINY)
+    register_lvis_shaped("lvis_shaped", os.path.join(root, "lvis_shaped"), LVIS_SHAPED)
+    register_lvis_shaped("lvis_shaped_mini", os.path.join(root, "lvis_shaped"), LVIS_SHAPED_MINI)
 
 
 _register_builtin()

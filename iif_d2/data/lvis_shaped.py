@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import _background
+from .synthetic import background
 
 __all__ = [
     "LVISShapedSpec",
@@ -293,7 +293,7 @@ def _write_split(spec: LVISShapedSpec, split: str, folder: str) -> Dict:
     images, annotations = [], []
     for i in range(num_images):
         size = int(sizes[i])
-        canvas = Image.fromarray(_background(size, 0, background_rng).astype(np.uint8))
+        canvas = Image.fromarray(background(size, 0, background_rng).astype(np.uint8))
         draw = ImageDraw.Draw(canvas)
         for j in range(starts[i], starts[i + 1]):
             draw.polygon(flat[j][: 2 * nv[j]], fill=tuple(outer[j]))

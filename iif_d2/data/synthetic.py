@@ -24,7 +24,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SynthSpec", "class_names", "generate_split", "register_synthetic_lvis"]
+__all__ = ["SynthSpec", "background", "class_names", "generate_split", "register_synthetic_lvis"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _shape_mask(shape: str, box: Tuple[float, float, float, float], size: int, a
     return np.asarray(img, dtype=bool)
 
 
-def _background(size: int, n_distractors: int, rng) -> np.ndarray:
+def background(size: int, n_distractors: int, rng) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     base = rng.uniform(70, 130, size=3)
     grad = rng.uniform(-30, 30, size=(2, 3))
@@ -143,7 +143,7 @@ def _polygons(mask: np.ndarray) -> List[List[float]]:
 def _render(spec: SynthSpec, classes: List[int], names: List[str], rng):
     """One image: returns the uint8 array and its annotations (visible masks)."""
     size = spec.image_size
-    arr = _background(size, spec.distractors, rng)
+    arr = background(size, spec.distractors, rng)
     objects = [c for c in classes for _ in range(1 if rng.rand() < 0.7 else 2)]
     rng.shuffle(objects)
     scale = min(1.0, math.sqrt(3.0 / len(objects)))
