@@ -8,11 +8,10 @@
 Multi-process training also runs on CPU (gloo): ``--num-gpus 2`` with ``MODEL.DEVICE cpu``.
 """  # noqa: E501
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 
-from iif_d2.engine import Trainer, load_config, setup
+from iif_d2.engine import Trainer, checkpointer_for, load_config, setup
 from iif_d2.launch import launch
 
 
@@ -20,9 +19,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer_for(model, cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             from detectron2.evaluation import verify_results

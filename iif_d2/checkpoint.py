@@ -582,7 +582,8 @@ class IIFCheckpointer(DetectionCheckpointer):
                 f"Checkpoint {self._loading} has tensors whose shapes differ from the model's:\n"
                 f"{lines}\nThis usually means it was trained for another number of classes "
                 "(MODEL.ROI_HEADS.NUM_CLASSES). Load a checkpoint for this model's classes, or, "
-                "to fine-tune from it with these tensors left at their initialisation, build "
-                "the checkpointer with allow_class_mismatch=True."
+                "to fine-tune from it with these tensors left at their initialisation, set "
+                "MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH True (IIFCheckpointer(..., "
+                "allow_class_mismatch=True))."
             )
         return super()._load_model(checkpoint)

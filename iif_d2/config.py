@@ -204,6 +204,15 @@ def add_iif_config(cfg):
     _C.DATALOADER.REPEAT_FACTOR.ROUNDING = "stochastic"
 
     # ---------------------------------------------------------------------------------------
+    # Checkpoints (iif_d2.checkpoint.IIFCheckpointer: loading runs no code, atomic writes).
+    # ---------------------------------------------------------------------------------------
+    # False: a tensor of MODEL.WEIGHTS (or of a resumed checkpoint) whose shape differs from the
+    # model's, e.g. a checkpoint for another number of classes, is an error. True: such tensors
+    # are skipped with a warning and keep their initialisation, as detectron2 does (fine-tuning
+    # from a model trained on another class set).
+    _C.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH = False
+
+    # ---------------------------------------------------------------------------------------
     # Mask post-processing at test time (IIFGeneralizedRCNN).
     # ---------------------------------------------------------------------------------------
     _C.MODEL.ROI_MASK_HEAD.INFERENCE = CN()

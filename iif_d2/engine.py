@@ -13,8 +13,10 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from .checkpoint import IIFCheckpointer
 from .compat import cpu_safe_ddp
 from .config import add_iif_config, apply_deprecated_keys
+from .config_check import check_settings_used
 from .data.build import training_dicts
 from .data.heldout import build_heldout_loader
 from .data.training_set import needs_class_counts, resolve_training_set
@@ -23,7 +25,7 @@ from .fasa import FASA
 from .hooks import FASAHook
 from .samplers import build_train_sampler
 
-__all__ = ["Trainer", "load_config", "setup", "freeze_all_but_box_classifier"]
+__all__ = ["Trainer", "checkpointer_for", "load_config", "setup", "freeze_all_but_box_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
+        """detectron2's model; an error if it would ignore an iif-d2 setting of ``cfg``
+        (:func:`iif_d2.config_check.check_settings_used`)."""
         model = super().build_model(cfg)
+        check_settings_used(cfg, model)
         if cfg.MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER:
             n = freeze_all_but_box_classifier(model)
             logger.info("Decoupled training: only the box classifier is trained (%d params).", n)
@@ -111,6 +116,10 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         """detectron2's hooks, plus :class:`FASAHook` (before the checkpointer and evaluation,
         so a checkpoint taken at an adaptation holds the adapted rates) when FASA is on."""
+        # DefaultTrainer built a DetectionCheckpointer, which build_hooks' PeriodicCheckpointer
+        # captures: replace it first (loading runs no code, writes are atomic, resume skips a
+        # corrupt newest checkpoint)
+        self.checkpointer = checkpointer_for(self.checkpointer.model, self.cfg, self.checkpointer)
         hooks = super().build_hooks()
         fasa = self.cfg.MODEL.ROI_BOX_HEAD.FASA
         if fasa.ENABLED:
@@ -139,6 +148,14 @@ class Trainer(DefaultTrainer):
             with PathManager.open(os.path.join(folder, "results.json"), "w") as f:
                 json.dump(results, f, indent=1)
         return results
+
+
+def checkpointer_for(model, cfg, like=None) -> IIFCheckpointer:
+    """iif-d2's checkpointer for ``model`` in OUTPUT_DIR (with ``like``'s checkpointables)."""
+    allow = cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH
+    if like is not None:
+        return IIFCheckpointer.from_checkpointer(like, allow_class_mismatch=allow)
+    return IIFCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_class_mismatch=allow)
 
 
 def load_config(args):

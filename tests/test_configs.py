@@ -8,6 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config, resolve_training_set
+from iif_d2.config_check import check_settings_used
 from iif_d2.layers import CosineConv2d, CosineLinear
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -44,6 +45,7 @@ def test_configs_found():
 def test_config_builds_model(name, tmp_path):
     cfg = load(name, tmp_path)
     model = build_model(cfg)
+    check_settings_used(cfg, model)  # no shipped config sets what its model ignores
     one_stage = {"IIFRetinaNet": cfg.MODEL.RETINANET, "IIFFCOS": cfg.MODEL.FCOS}
     if cfg.MODEL.META_ARCHITECTURE in one_stage:
         node = one_stage[cfg.MODEL.META_ARCHITECTURE]

@@ -143,3 +143,41 @@ def test_eval_only_with_saved_config_needs_no_training_annotations(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "eval" / "inference" / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "opts, needs",
+    [
+        (["MODEL.ROI_HEADS.NAME", "StandardROIHeads"], "IIFStandardROIHeads"),
+        (["MODEL.META_ARCHITECTURE", "GeneralizedRCNN"], "IIFGeneralizedRCNN"),
+        (["DATALOADER.SAMPLER_TRAIN", "TrainingSampler"], "RepeatFactorTrainingSampler"),
+    ],
+)
+def test_settings_the_model_would_ignore_are_errors(tmp_path, opts, needs):
+    """IIF on upstream StandardROIHeads would train plain softmax: an error instead."""
+    cfg = resolve_training_set(_recipe(tmp_path, *opts))
+    with pytest.raises(ValueError, match=needs):
+        Trainer.build_model(cfg)
+
+
+def test_checkpoint_for_other_class_count_is_an_error(tmp_path):
+    from iif_d2.engine import checkpointer_for
+
+    quick = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant.yaml")
+
+    def cfg_with(num_classes, *opts):
+        cfg = add_iif_config(get_cfg())
+        cfg.merge_from_file(quick)
+        cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "MODEL.ROI_HEADS.NUM_CLASSES", 8])
+        cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", num_classes, *opts])
+        return cfg
+
+    small = Trainer.build_model(cfg_with(8))
+    checkpointer_for(small, cfg_with(8)).save("eight")
+    path = str(tmp_path / "eight.pth")
+    other = cfg_with(5)
+    model = Trainer.build_model(other)
+    with pytest.raises(ValueError, match="WEIGHTS_ALLOW_SHAPE_MISMATCH"):
+        checkpointer_for(model, other).load(path)
+    allowed = cfg_with(5, "MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH", True)
+    checkpointer_for(model, allowed).load(path)  # fine-tuning: skipped with a warning
