@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import iif_d2
 from iif_d2 import add_iif_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -38,6 +39,8 @@ def run_dir(tmp_path_factory):
         os.path.join(ROOT, "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_iif.yaml")
     )
     cfg.merge_from_list(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", 1])
+    if hasattr(iif_d2, "resolve_training_set"):  # as train_net.py's setup does
+        iif_d2.resolve_training_set(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
