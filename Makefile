@@ -6,7 +6,7 @@ STAMP := $(VENV)/.iif-d2-installed
 
 .PHONY: install test lint format demo benchmark bench clean
 
-$(STAMP): setup.py tools/install_env.py
+$(STAMP): pyproject.toml setup.py tools/install_env.py
 	python3 tools/install_env.py --venv $(VENV)
 	touch $(STAMP)
 

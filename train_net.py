@@ -8,6 +8,10 @@
 Multi-process training also runs on CPU (gloo): ``--num-gpus 2`` with ``MODEL.DEVICE cpu``.
 """  # noqa: E501
 
+from iif_d2.upstream_warnings import hide_upstream_deprecations
+
+hide_upstream_deprecations()  # before detectron2 is imported
+
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 

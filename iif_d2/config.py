@@ -204,6 +204,13 @@ def add_iif_config(cfg):
     _C.DATALOADER.REPEAT_FACTOR.ROUNDING = "stochastic"
 
     # ---------------------------------------------------------------------------------------
+    # Intra-op CPU threads of each process (torch.set_num_threads), set and logged by
+    # iif_d2.engine.setup; 0 = torch's default (OMP_NUM_THREADS if set, else the cores). CPU
+    # results depend on it (the reduction order changes): pin it wherever numbers are compared.
+    # ---------------------------------------------------------------------------------------
+    _C.NUM_THREADS = 0
+
+    # ---------------------------------------------------------------------------------------
     # Checkpoints (iif_d2.checkpoint.IIFCheckpointer: loading runs no code, atomic writes).
     # ---------------------------------------------------------------------------------------
     # False: a tensor of MODEL.WEIGHTS (or of a resumed checkpoint) whose shape differs from the
@@ -211,6 +218,9 @@ def add_iif_config(cfg):
     # are skipped with a warning and keep their initialisation, as detectron2 does (fine-tuning
     # from a model trained on another class set).
     _C.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH = False
+    # Periodic checkpoints (model_XXXXXXX.pth) kept on disk: the most recent N; 0 = all
+    # (detectron2's behaviour). model_final.pth is always kept.
+    _C.SOLVER.CHECKPOINTS_KEPT = 0
 
     # ---------------------------------------------------------------------------------------
     # Mask post-processing at test time (IIFGeneralizedRCNN).

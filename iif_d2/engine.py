@@ -5,6 +5,7 @@ import json
 import logging
 import os
 
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup
@@ -121,6 +122,14 @@ class Trainer(DefaultTrainer):
         # corrupt newest checkpoint)
         self.checkpointer = checkpointer_for(self.checkpointer.model, self.cfg, self.checkpointer)
         hooks = super().build_hooks()
+        kept = self.cfg.SOLVER.CHECKPOINTS_KEPT
+        if kept < 0:
+            raise ValueError(f"SOLVER.CHECKPOINTS_KEPT {kept} must be >= 0 (0: keep all).")
+        for i, h in enumerate(hooks):
+            if isinstance(h, d2_hooks.PeriodicCheckpointer) and kept:
+                hooks[i] = d2_hooks.PeriodicCheckpointer(
+                    self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=kept
+                )
         fasa = self.cfg.MODEL.ROI_BOX_HEAD.FASA
         if fasa.ENABLED:
             cfg, heldout = self.cfg, self._heldout_dicts
@@ -176,6 +185,16 @@ def setup(args):
     cfg = load_config(args)
     # logging first, so that the resolution's messages reach OUTPUT_DIR/log.txt
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="iif_d2")
+    if cfg.NUM_THREADS < 0:
+        raise ValueError(f"NUM_THREADS {cfg.NUM_THREADS} must be >= 0 (0: torch's default).")
+    if cfg.NUM_THREADS:
+        torch.set_num_threads(cfg.NUM_THREADS)
+    logger.info(
+        "Intra-op CPU threads: %d (NUM_THREADS %d, OMP_NUM_THREADS %s).",
+        torch.get_num_threads(),
+        cfg.NUM_THREADS,
+        os.environ.get("OMP_NUM_THREADS", "unset"),
+    )
     if needs_class_counts(cfg) or cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
         resolve_training_set(
             cfg, training=not getattr(args, "eval_only", False), resume=args.resume

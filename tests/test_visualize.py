@@ -39,8 +39,7 @@ def run_dir(tmp_path_factory):
         os.path.join(ROOT, "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_iif.yaml")
     )
     cfg.merge_from_list(["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", 1])
-    if hasattr(iif_d2, "resolve_training_set"):  # as train_net.py's setup does
-        iif_d2.resolve_training_set(cfg)
+    iif_d2.resolve_training_set(cfg)  # as train_net.py's setup does
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

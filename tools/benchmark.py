@@ -23,33 +23,16 @@ On a CPU shared with other jobs, OMP_NUM_THREADS=1 gives steadier numbers: with 
 than free cores, steps became 10-100 times slower at random here, and the ratios noise.
 """
 
-import warnings
+from iif_d2.upstream_warnings import hide_upstream_deprecations
 
-# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
-# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
-# without indexing=.
-warnings.filterwarnings(
-    "ignore",
-    message=r"`torch\.jit\.script` is (deprecated|not supported)",
-    category=FutureWarning,
-    module=r"torch\.jit\._script",
-)
-warnings.filterwarnings(
-    "ignore",
-    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
-    category=UserWarning,
-    module=r"torch\.functional",
-)
+hide_upstream_deprecations()  # before detectron2 is imported
 
-# isort: off
-import iif_d2  # noqa: F401
-
-# isort: on
 import argparse
 import copy
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 import torch
@@ -63,7 +46,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config
+from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config, resolve_training_set
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -166,11 +149,13 @@ def head_benchmark(device, repeats, images):
 
 
 def _quick_cfg(name, device, *opts):
+    """A quick-schedule config, its class counts resolved into a temporary folder."""
     cfg = get_cfg()
     add_iif_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "quick_schedules", name + ".yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", device.type, "OUTPUT_DIR", "", *opts])
-    return cfg
+    out = tempfile.mkdtemp(prefix="iif-d2-benchmark-")
+    cfg.merge_from_list(["MODEL.DEVICE", device.type, "OUTPUT_DIR", out, *opts])
+    return resolve_training_set(cfg, training=False)
 
 
 def _pair(cfg_a, cfg_b):

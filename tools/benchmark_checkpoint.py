@@ -12,11 +12,6 @@ temporary directory inside the system's temporary directory); its file system is
     python tools/benchmark_checkpoint.py [--size-mb 90] [--repeats 7] [--threads 1] [--dir DIR]
 """
 
-# isort: off
-import iif_d2  # noqa: F401  (before detectron2)
-
-# isort: on
-
 import argparse
 import os
 import platform

@@ -15,28 +15,10 @@ Inference is not timed: FASA does nothing at inference.
     python tools/benchmark_fasa.py [--device cuda] [--repeats 30]
 """
 
-import warnings
+from iif_d2.upstream_warnings import hide_upstream_deprecations
 
-# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
-# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
-# without indexing=.
-warnings.filterwarnings(
-    "ignore",
-    message=r"`torch\.jit\.script` is (deprecated|not supported)",
-    category=FutureWarning,
-    module=r"torch\.jit\._script",
-)
-warnings.filterwarnings(
-    "ignore",
-    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
-    category=UserWarning,
-    module=r"torch\.functional",
-)
+hide_upstream_deprecations()  # before detectron2 is imported
 
-# isort: off
-import iif_d2  # noqa: F401
-
-# isort: on
 
 import torch
 from benchmark import _inputs, _quick_cfg, _train_step, compare, lvis_proposals, setup

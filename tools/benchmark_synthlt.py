@@ -25,23 +25,10 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 
-# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
-# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
-# without indexing=.
-warnings.filterwarnings(
-    "ignore",
-    message=r"`torch\.jit\.script` is (deprecated|not supported)",
-    category=FutureWarning,
-    module=r"torch\.jit\._script",
-)
-warnings.filterwarnings(
-    "ignore",
-    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
-    category=UserWarning,
-    module=r"torch\.functional",
-)
+from iif_d2.upstream_warnings import hide_upstream_deprecations
+
+hide_upstream_deprecations()  # before detectron2 is imported
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG = os.path.join(REPO, "configs", "SynthLT-InstanceSegmentation")
@@ -193,9 +180,6 @@ def main():
     out_root = args.output_dir or os.path.join(REPO, "output", name)
     opts = (QUICK if args.quick else []) + list(args.opts)
 
-    import iif_d2  # noqa: F401  (first: detectron2 compatibility shims)
-
-    # isort: split
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     DatasetCatalog.get("synthlt_val")  # generates SynthLT once

@@ -23,23 +23,10 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 
-# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
-# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
-# without indexing=.
-warnings.filterwarnings(
-    "ignore",
-    message=r"`torch\.jit\.script` is (deprecated|not supported)",
-    category=FutureWarning,
-    module=r"torch\.jit\._script",
-)
-warnings.filterwarnings(
-    "ignore",
-    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
-    category=UserWarning,
-    module=r"torch\.functional",
-)
+from iif_d2.upstream_warnings import hide_upstream_deprecations
+
+hide_upstream_deprecations()  # before detectron2 is imported
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(
@@ -184,9 +171,6 @@ def run_train_net(output_dir, opts, desc, *, eval_only=False, max_iter=None):
 
 def demo_config(opts):
     """The demo's config with the user's overrides (to read MAX_ITER, checkpointing)."""
-    import iif_d2  # noqa: F401  (first: detectron2 compatibility shims)
-
-    # isort: split
     from detectron2.config import get_cfg
 
     from iif_d2 import add_iif_config

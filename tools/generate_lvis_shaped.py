@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 
-import iif_d2  # noqa: F401  (before detectron2)
 from iif_d2.data.lvis_shaped import (
     LVIS_SHAPED,
     LVIS_SHAPED_MINI,

@@ -19,23 +19,10 @@ import argparse
 import contextlib
 import os
 import sys
-import warnings
 
-# Upstream deprecations that are no fault of the user's, hidden one by one: fvcore (imported by
-# detectron2) calls torch.jit.script at import; detectron2's anchors call torch.meshgrid
-# without indexing=.
-warnings.filterwarnings(
-    "ignore",
-    message=r"`torch\.jit\.script` is (deprecated|not supported)",
-    category=FutureWarning,
-    module=r"torch\.jit\._script",
-)
-warnings.filterwarnings(
-    "ignore",
-    message=r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing",
-    category=UserWarning,
-    module=r"torch\.functional",
-)
+from iif_d2.upstream_warnings import hide_upstream_deprecations
+
+hide_upstream_deprecations()  # before detectron2 is imported
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 STATS_FILENAME = "iif_class_stats.json"  # written by training into OUTPUT_DIR
@@ -57,18 +44,13 @@ def use_run_class_counts(cfg, stats_file: str) -> bool:
     """
     if not os.path.isfile(stats_file):
         return False
-    if "CLASS_COUNTS" in cfg.MODEL:  # one node for every component (iif-d2's renamed keys)
-        nodes, source, file = [cfg.MODEL.CLASS_COUNTS], "SOURCE", "FILE"
-    else:  # a node per IIF head
-        heads = ("ROI_BOX_HEAD", "RETINANET", "FCOS")
-        nodes = [cfg.MODEL[h].IIF for h in heads if h in cfg.MODEL and "IIF" in cfg.MODEL[h]]
-        source, file = "COUNTS_SOURCE", "COUNTS_FILE"
-    changed = False
-    for node in nodes:
-        if node[source] in ("dataset", "json"):
-            node[source], node[file] = "file", stats_file
-            changed = True
-    return changed
+    from iif_d2.config import apply_deprecated_keys
+
+    node = apply_deprecated_keys(cfg).MODEL.CLASS_COUNTS
+    if node.SOURCE not in ("dataset", "json"):
+        return False
+    node.SOURCE, node.FILE = "file", stats_file
+    return True
 
 
 def load_run_config(weights: str, config_file=None, opts=(), device=None):
@@ -87,9 +69,6 @@ def load_run_config(weights: str, config_file=None, opts=(), device=None):
     Raises:
         FileNotFoundError: no checkpoint, or no config file.
     """
-    import iif_d2  # noqa: F401  (first: detectron2 compatibility shims)
-
-    # isort: split
     import torch
     from detectron2.config import get_cfg
 
