@@ -194,3 +194,65 @@ def test_compact_keeps_the_numbers():
                 for d in (dets, small)
             )  # fmt: skip
         assert summarize(evaluate(g, part, iou_type)) == summarize(evaluate(g, full, iou_type))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ap_fixed_is_lvis_api_on_top_k_per_category(seed):
+    from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth
+    from iif_d2.lvis_eval.devil import ap_fixed
+
+    gt, dets = _case(seed)
+    results = to_results(dets, with_segm=False)
+    by_cat = {}
+    for r in results:  # each category's 15 best, no cap per image
+        by_cat.setdefault(r["category_id"], []).append(r)
+    top = [r for rs in by_cat.values() for r in sorted(rs, key=lambda r: -r["score"])[:15]]
+    ref = lvis_api_evaluate(gt, top, "bbox", max_dets=-1)
+    fast = ap_fixed(LVISGroundTruth.from_dict(gt), LVISDetections.from_results(results, "bbox"),
+                    "bbox", dets_per_cat=15)  # fmt: skip
+    assert fast.keys() == ref.keys()
+    for key in ref:
+        assert abs(fast[key] - ref[key]) <= 1e-12, key
+
+
+def _two_image_gt():
+    img = {"height": 100, "width": 100, "neg_category_ids": [], "not_exhaustive_category_ids": []}
+    box = [10.0, 10.0, 40.0, 40.0]
+    return {
+        "images": [dict(img, id=1), dict(img, id=2)],
+        "categories": [{"id": 1, "frequency": "f"}, {"id": 2, "frequency": "c"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": box, "area": 1600.0},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": box, "area": 1600.0},
+        ],
+    }
+
+
+def test_ap_pooled_by_hand():
+    from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth
+    from iif_d2.lvis_eval.devil import ap_fixed, ap_pooled
+
+    hit, miss = [10.0, 10.0, 40.0, 40.0], [60.0, 60.0, 30.0, 30.0]
+    results = [
+        {"image_id": 1, "category_id": 1, "score": 0.9, "bbox": hit},
+        {"image_id": 2, "category_id": 2, "score": 0.8, "bbox": miss},
+        {"image_id": 2, "category_id": 2, "score": 0.7, "bbox": hit},
+    ]
+    gt = LVISGroundTruth.from_dict(_two_image_gt(), with_masks=False)
+    dets = LVISDetections.from_results(results, "bbox")
+    # per category: AP 1 (class 1) and 1/2 (class 2, its false positive first)
+    assert ap_fixed(gt, dets, "bbox")["AP"] == pytest.approx(0.75)
+    # pooled ranking TP, FP, TP of 2 objects: precision 1 up to recall 1/2 (51 of the 101
+    # recall points), then 2/3
+    pooled = ap_pooled(gt, dets, "bbox")
+    assert pooled["AP-pool"] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert pooled["AP-pool-f"] == pytest.approx(1.0)
+    assert pooled["AP-pool-c"] == pytest.approx(0.5)
+    assert pooled["AP-pool-r"] == -1
+    # ranking class 2's true positive above class 1's changes the pool, not per-class AP
+    results[2]["score"] = 0.95
+    dets = LVISDetections.from_results(results, "bbox")
+    assert ap_fixed(gt, dets, "bbox")["AP"] == pytest.approx(1.0)
+    assert ap_pooled(gt, dets, "bbox")["AP-pool"] == pytest.approx(1.0)
+    # only the top detection per category: class 2 keeps its true positive alone
+    assert ap_pooled(gt, dets, "bbox", dets_per_cat=1)["AP-pool-c"] == pytest.approx(1.0)

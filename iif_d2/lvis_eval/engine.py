@@ -18,7 +18,7 @@ import pycocotools.mask as mask_utils
 
 from .data import LVISDetections, LVISGroundTruth
 
-__all__ = ["AREA_RANGES", "compact", "evaluate", "summarize"]
+__all__ = ["AREA_RANGES", "compact", "evaluate", "match", "summarize"]
 
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -227,7 +227,9 @@ def _first_reaching(tp_sum, num_gt):
 
 def _accumulate(codes, d_cat, order, num_gt, num_cats):
     """lvis-api's ``accumulate``: precision (T, R, K, A) and recall (T, K, A), -1 where a
-    category has no ground truth in an area range."""
+    category has no ground truth in an area range. (``d_cat`` may be any grouping of the
+    detections into ``num_cats`` groups, ``num_gt`` counted per group, ``order`` sorted by
+    group first.)"""
     num_a, num_t = codes.shape[1], codes.shape[2]
     precision = -np.ones((num_t, len(REC_THRS), num_cats, num_a))
     recall = -np.ones((num_t, num_cats, num_a))
@@ -255,24 +257,25 @@ def _accumulate(codes, d_cat, order, num_gt, num_cats):
     return precision, recall
 
 
-def evaluate(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, max_dets: int = 300):
-    """lvis-api's ``LVISEval.evaluate`` + ``accumulate``.
-
-    Args:
-        gt: the ground truth (with masks for segm).
-        dt: the detections (``bbox`` for bbox, RLEs for segm; ``area`` as lvis-api's).
-        iou_type: "bbox" or "segm".
-        max_dets: detections kept per image (-1: all).
-
-    Returns:
-        dict with "precision" (T, R, K, A), "recall" (T, K, A), "cat_freq" (K,), "max_dets".
-    """
+def _check(gt, dt, iou_type):
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type {iou_type!r} is not one of 'bbox', 'segm'.")
     if iou_type == "segm" and (gt.rles is None or dt.rle_counts is None):
         raise ValueError("segm evaluation needs masks in both ground truth and detections.")
     if iou_type == "bbox" and dt.bbox is None:
         raise ValueError("bbox evaluation needs detection boxes.")
+
+
+def match(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, max_dets: int = 300):
+    """lvis-api's ``LVISEval.evaluate``: every kept detection's outcome per area range and IoU
+    threshold.
+
+    Returns:
+        dict: "codes" (N, A, T) int8 (1 true positive, 2 false positive, 0 ignored), "cat"
+        (N,) category index, "img" (N,) image index, "index" (N,) position in ``dt``,
+        "score" (N,), "num_gt" (K, A) ground truth counted per category and area range.
+    """
+    _check(gt, dt, iou_type)
     num_cats = len(gt.cat_ids)
     thrs = np.minimum(IOU_THRS, 1 - 1e-10)
     keep, d_key, present, nel, g_keep, g_key = _prepare(gt, dt, max_dets)
@@ -299,11 +302,33 @@ def evaluate(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, max_dets: i
         match_sel = _match(blocks, g_ign, len(sel), thrs)
         codes[sel] = _codes(match_sel, g_ign, gt.ann_id[g_keep], d_area[sel], nel[sel])
         del match_sel
+    return {
+        "codes": codes,
+        "cat": d_key % num_cats,
+        "img": d_key // num_cats,
+        "index": keep,
+        "score": score,
+        "num_gt": num_gt,
+    }
 
-    d_cat = d_key % num_cats
-    d_img = d_key // num_cats
-    order = np.lexsort((keep, d_img, -score, d_cat))
-    precision, recall = _accumulate(codes, d_cat, order, num_gt, num_cats)
+
+def evaluate(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, max_dets: int = 300):
+    """lvis-api's ``LVISEval.evaluate`` + ``accumulate``.
+
+    Args:
+        gt: the ground truth (with masks for segm).
+        dt: the detections (``bbox`` for bbox, RLEs for segm; ``area`` as lvis-api's).
+        iou_type: "bbox" or "segm".
+        max_dets: detections kept per image (-1: all).
+
+    Returns:
+        dict with "precision" (T, R, K, A), "recall" (T, K, A), "cat_freq" (K,), "max_dets".
+    """
+    m = match(gt, dt, iou_type, max_dets)
+    # lvis-api ranks a category's detections by score, then image, then input order
+    order = np.lexsort((m["index"], m["img"], -m["score"], m["cat"]))
+    num_cats = len(gt.cat_ids)
+    precision, recall = _accumulate(m["codes"], m["cat"], order, m["num_gt"], num_cats)
     return {
         "precision": precision,
         "recall": recall,

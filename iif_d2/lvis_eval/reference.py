@@ -39,5 +39,6 @@ def lvis_api_evaluate(gt, results: list, iou_type: str, max_dets: int = 300) -> 
     with numpy_float_alias():
         res = LVISResults(lvis_gt, copy.deepcopy(results), max_dets=max_dets)
         ev = LVISEval(lvis_gt, res, iou_type)
+        ev.params.max_dets = max_dets  # names the AR keys only
         ev.run()
     return {k: float(v) for k, v in ev.results.items()}
