@@ -143,6 +143,9 @@ def test_cli(tmp_path, capsys):
     ref = lvis_api_evaluate(gt, to_results(dets, with_segm=False), "bbox")
     assert metrics == pytest.approx(ref, abs=1e-12)
     assert main(args[:-2] + ["--engine", "lvis-api"]) == 0
+    assert main(args + ["--metric", "pooled"]) == 0
+    assert 0 < json.loads(out.read_text())["AP-pool"] <= 1
+    assert main(args[:-2] + ["--metric", "fixed", "--engine", "lvis-api"]) == 2
 
 
 def test_cli_errors(tmp_path, capsys):
