@@ -171,7 +171,7 @@ def _hardware():
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 5000, 19809])
-    p.add_argument("--ref-sizes", type=int, nargs="+", default=[500, 2000], help="lvis-api's")
+    p.add_argument("--ref-sizes", type=int, nargs="*", default=[500, 2000], help="lvis-api's")
     p.add_argument("--repeats", type=int, default=1, help="runs per engine and size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="300 images, both engines")
