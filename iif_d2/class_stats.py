@@ -6,27 +6,53 @@ Which counts a run uses (``MODEL.CLASS_COUNTS``) is resolved once, before the mo
 by :func:`iif_d2.data.training_set.resolve_training_set`: counted on the full ``DATASETS.TRAIN``
 (crowd annotations skipped, as detectron2's mapper drops them; K = number of images), read from
 the training set's LVIS json, or from a counts file; saved as ``OUTPUT_DIR/iif_class_stats.json``.
+
+Every count is checked wherever it comes from (:class:`ClassStats` checks itself): a
+non-negative integer of at most :data:`MAX_COUNT`, no class in more images than it has
+instances, none in more images than the training set has. Errors name the file and the entry.
 """
 
 import csv
 import dataclasses
 import json
+import logging
+import math
 from importlib import resources
+from numbers import Integral, Real
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 __all__ = ["ClassStats", "count_dataset_dicts", "load_counts_file", "STATS_FILENAME"]
 
+logger = logging.getLogger(__name__)
 PACKAGE_PREFIX = "iif_d2://"
 STATS_FILENAME = "iif_class_stats.json"
 FREQUENCIES = ("image", "instance")
 NORMALIZERS = ("total", "sum")
+MAX_COUNT = 10**12  # far above any dataset; larger values are corrupt files
+_FIX = "Each count is a whole number of images or instances, 0 <= n <= 10**12."
+
+
+def _count(value, where: str) -> int:
+    """``value`` as a count (int, or a float without fraction), else a ValueError at ``where``."""
+    ok = isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+    if not ok and isinstance(value, Real) and not isinstance(value, (bool, np.bool_)):
+        ok = math.isfinite(value) and float(value).is_integer()
+    if not ok or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{where}: {value!r} is not a count. {_FIX}")
+    return int(value)
+
+
+def _counts(values, where: str) -> List[int]:
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{where}: expected a list of counts, got {type(values).__name__}.")
+    return [_count(v, f"{where}[{i}]") for i, v in enumerate(values)]
 
 
 @dataclasses.dataclass
 class ClassStats:
-    """Counts per contiguous class id.
+    """Counts per contiguous class id, checked on construction.
 
     Attributes:
         image_counts: images containing each class.
@@ -34,6 +60,10 @@ class ClassStats:
         num_images: training images (K of IIF), or None when the source does not say.
         class_names: optional names, for messages.
         source: where the counts came from.
+
+    Raises:
+        ValueError: a count that is not a non-negative integer, lists of different lengths,
+            a class in more images than it has instances or than ``num_images``.
     """
 
     image_counts: List[int]
@@ -43,11 +73,38 @@ class ClassStats:
     source: str = ""
 
     def __post_init__(self):
+        src = self.source or "class counts"
+        self.image_counts = _counts(self.image_counts, f"{src}: image_counts")
+        self.instance_counts = _counts(self.instance_counts, f"{src}: instance_counts")
         if len(self.image_counts) != len(self.instance_counts):
             raise ValueError(
-                f"{self.source or 'class counts'}: {len(self.image_counts)} image counts but "
+                f"{src}: {len(self.image_counts)} image counts but "
                 f"{len(self.instance_counts)} instance counts; both need one entry per class."
             )
+        if self.num_images is not None:
+            self.num_images = _count(self.num_images, f"{src}: num_images")
+        names = self.class_names
+        if names is not None and (
+            not isinstance(names, (list, tuple))
+            or len(names) != len(self.image_counts)
+            or not all(isinstance(n, str) for n in names)
+        ):
+            raise ValueError(
+                f"{src}: class_names must be {len(self.image_counts)} strings, one per class "
+                "(or null)."
+            )
+        for i, (img, ins) in enumerate(zip(self.image_counts, self.instance_counts)):
+            name = f" ({names[i]})" if names else ""
+            if img > ins:
+                raise ValueError(
+                    f"{src}: class {i}{name} is in {img} images but has only {ins} instances; "
+                    "an image with a class holds at least one instance of it. Swapped columns?"
+                )
+            if self.num_images is not None and img > self.num_images:
+                raise ValueError(
+                    f"{src}: class {i}{name} is in {img} images, more than the "
+                    f"{self.num_images} training images (num_images)."
+                )
 
     @property
     def num_classes(self) -> int:
@@ -88,28 +145,53 @@ class ClassStats:
             json.dump(self.to_dict(), f, indent=1)
 
 
+def _category_ids(dataset_dicts, source: str) -> tuple:
+    """The non-crowd category ids of all annotations, and the number per image."""
+    cats: List[int] = []
+    lengths = np.zeros(len(dataset_dicts), dtype=np.int64)
+    for i, record in enumerate(dataset_dicts):
+        before = len(cats)
+        try:
+            cats.extend(
+                a["category_id"] for a in record.get("annotations", ()) if not a.get("iscrowd")
+            )
+        except (KeyError, AttributeError, TypeError):
+            raise ValueError(
+                f"dataset {source!r}: record {i} ({record.get('file_name', 'no file_name')}) "
+                "has an annotation that is not a dict with a category_id; fix the dataset's "
+                "loader (detectron2's standard dataset format)."
+            ) from None
+        lengths[i] = len(cats) - before
+    if set(map(type, cats)) - {int, np.int64, np.int32}:
+        bad = next(c for c in cats if type(c) not in (int, np.int64, np.int32))
+        raise ValueError(
+            f"dataset {source!r}: category_id {bad!r} ({type(bad).__name__}) is not an integer; "
+            "detectron2 dataset dicts hold contiguous integer ids in [0, NUM_CLASSES)."
+        )
+    return np.asarray(cats, dtype=np.int64), lengths
+
+
 def count_dataset_dicts(dataset_dicts: Sequence[Dict], num_classes: int, source="") -> ClassStats:
     """Count images and (non-crowd) instances per class on detectron2 dataset dicts.
 
     Args:
         dataset_dicts: dicts in detectron2's standard format, with contiguous ``category_id``.
         num_classes: C; every category id must lie in [0, C).
-        source: a name for messages.
+        source: the dataset's name, for messages.
 
     Returns:
         ClassStats with ``num_images = len(dataset_dicts)``.
+
+    Raises:
+        ValueError: naming the dataset, for an annotation without an integer category id or
+            one outside [0, C).
     """
-    cats: List[int] = []
-    lengths = np.zeros(len(dataset_dicts), dtype=np.int64)
-    for i, record in enumerate(dataset_dicts):
-        before = len(cats)
-        cats.extend(a["category_id"] for a in record.get("annotations", ()) if not a.get("iscrowd"))
-        lengths[i] = len(cats) - before
-    cat = np.asarray(cats, dtype=np.int64)
+    cat, lengths = _category_ids(dataset_dicts, source)
     if cat.size and (cat.min() < 0 or cat.max() >= num_classes):
         raise ValueError(
-            f"{source}: category_id {int(cat.min() if cat.min() < 0 else cat.max())} outside "
-            f"[0, {num_classes}); set MODEL.ROI_HEADS.NUM_CLASSES to the dataset's class count."
+            f"dataset {source!r}: category_id {int(cat.min() if cat.min() < 0 else cat.max())} "
+            f"outside [0, {num_classes}); set MODEL.ROI_HEADS.NUM_CLASSES to the dataset's "
+            "class count."
         )
     image = np.repeat(np.arange(len(dataset_dicts), dtype=np.int64), lengths)
     instance_counts = np.bincount(cat, minlength=num_classes)
@@ -126,85 +208,224 @@ def _resolve(path: str) -> str:
     return path
 
 
+def _csv_int(text, where: str) -> int:
+    try:
+        return _count(int(str(text).strip()), where)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {text!r} is not a count. {_FIX}") from None
+
+
+def _csv_order(rows: List[Dict], source: str) -> List[Dict]:
+    """Rows in contiguous-id order: by ``contiguous_id`` (0..C-1), else by unique integer
+    ``category_id``, else as written."""
+    for key in ("contiguous_id", "category_id"):
+        if rows and key in rows[0]:
+            ids = []
+            for r in rows:
+                try:
+                    ids.append(int(r[key]))
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"{source}: line {r['_line']}: {key} {r[key]!r} is not an integer."
+                    ) from None
+            seen: Dict[int, int] = {}
+            for i, r in zip(ids, rows):
+                if i in seen:
+                    raise ValueError(
+                        f"{source}: {key} {i} on lines {seen[i]} and {r['_line']}; each class "
+                        "needs exactly one row."
+                    )
+                seen[i] = r["_line"]
+            if key == "contiguous_id" and sorted(ids) != list(range(len(ids))):
+                raise ValueError(
+                    f"{source}: contiguous_id must be 0..{len(ids) - 1} (one row per class); "
+                    f"missing {sorted(set(range(len(ids))) - set(ids))[:10]}."
+                )
+            return [r for _, r in sorted(zip(ids, rows), key=lambda t: t[0])]
+    return rows
+
+
 def _read_csv(text: str, source: str) -> ClassStats:
     lines = text.splitlines()
     num_images = None
-    for line in lines:
+    for n, line in enumerate(lines, 1):
         if line.startswith("#") and ":" in line and line[1:].split(":")[0].strip() == "num_images":
-            num_images = int(line.split(":", 1)[1])
-    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
-    missing = {"image_count", "instance_count"} - set(rows[0] if rows else ())
+            num_images = _csv_int(line.split(":", 1)[1], f"{source}: line {n}: num_images")
+    body = [(n, line) for n, line in enumerate(lines, 1) if not line.startswith("#")]
+    reader = csv.DictReader(line for _, line in body)
+    rows = []
+    for r in reader:
+        r["_line"] = body[reader.line_num - 1][0]
+        if None in r or None in r.values():
+            raise ValueError(
+                f"{source}: line {r['_line']} has {'more' if None in r else 'fewer'} fields than "
+                "the header; one value per column."
+            )
+        rows.append(r)
+    header = set(reader.fieldnames or ())
+    missing = {"image_count", "instance_count"} - header
     if missing:
         raise ValueError(
             f"{source}: counts CSV needs the columns image_count and instance_count "
             f"(missing: {', '.join(sorted(missing))}); one row per class in contiguous-id order."
         )
-    for key in ("category_id", "contiguous_id"):
-        if rows and key in rows[0]:
-            rows.sort(key=lambda r: int(r[key]))
-    try:
-        image_counts = [int(r["image_count"]) for r in rows]
-        instance_counts = [int(r["instance_count"]) for r in rows]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: a count is not an integer ({e}).") from None
-    names = [r["name"] for r in rows] if rows and "name" in rows[0] else None
+    if not rows:
+        raise ValueError(f"{source}: the counts CSV has a header but no class rows.")
+    rows = _csv_order(rows, source)
+    image_counts = [_csv_int(r["image_count"], f"{source}: line {r['_line']}") for r in rows]
+    instance_counts = [_csv_int(r["instance_count"], f"{source}: line {r['_line']}") for r in rows]
+    names = [r["name"] for r in rows] if "name" in header else None
     return ClassStats(image_counts, instance_counts, num_images, names, source)
 
 
-def _from_coco_like(data: Dict, source: str) -> ClassStats:
-    cats = sorted(data["categories"], key=lambda c: c["id"])
-    names = [c.get("name", str(c["id"])) for c in cats]
-    num_images = len(data.get("images", ())) or None
-    if cats and all("image_count" in c and "instance_count" in c for c in cats):  # LVIS
-        return ClassStats(
-            [c["image_count"] for c in cats],
-            [c["instance_count"] for c in cats],
-            num_images,
-            names,
-            source,
-        )
-    if "annotations" not in data:
-        raise ValueError(f"{source}: an LVIS/COCO json needs image_count fields or annotations.")
-    index = {c["id"]: i for i, c in enumerate(cats)}
-    by_image: Dict[int, List[Dict]] = {}
-    for a in data["annotations"]:
+def _coco_categories(data: Dict, source: str) -> List[Dict]:
+    cats = data["categories"]
+    if not isinstance(cats, list) or not cats:
+        raise ValueError(f"{source}: 'categories' must be a non-empty list.")
+    seen = set()
+    for i, c in enumerate(cats):
+        cid = c.get("id") if isinstance(c, dict) else None
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise ValueError(f"{source}: categories[{i}] has no integer 'id' (got {cid!r}).")
+        if cid in seen:
+            raise ValueError(
+                f"{source}: category id {cid} appears twice in 'categories'; ids must be unique."
+            )
+        seen.add(cid)
+    return sorted(cats, key=lambda c: c["id"])
+
+
+def _lvis_counts(cats: List[Dict], source: str):
+    image_counts, instance_counts = [], []
+    for c in cats:
+        where = f"{source}: category id {c['id']}"
+        image_counts.append(_count(c["image_count"], f"{where}: image_count"))
+        instance_counts.append(_count(c["instance_count"], f"{where}: instance_count"))
+    return image_counts, instance_counts
+
+
+def _annotation_groups(data: Dict, index: Dict[int, int], image_ids, source: str):
+    """Annotations per image with contiguous category ids; those of unknown images dropped
+    (detectron2's COCO loader never sees them) and counted."""
+    anns = data["annotations"]
+    if not isinstance(anns, list):
+        raise ValueError(f"{source}: 'annotations' must be a list.")
+    by_image: Dict = {}
+    dropped = 0
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
+            raise ValueError(f"{source}: annotations[{i}] lacks image_id or category_id.")
+        cid = a["category_id"]
+        if isinstance(cid, bool) or cid not in index:
+            raise ValueError(
+                f"{source}: annotations[{i}] (id {a.get('id')}) has category_id {cid!r}, which "
+                "is not in 'categories'; add the category or remove the annotation."
+            )
+        try:
+            unknown = image_ids is not None and a["image_id"] not in image_ids
+        except TypeError:
+            raise ValueError(f"{source}: annotations[{i}]: image_id {a['image_id']!r}.") from None
+        if unknown:
+            dropped += 1
+            continue
         by_image.setdefault(a["image_id"], []).append(
-            {"category_id": index[a["category_id"]], "iscrowd": a.get("iscrowd", 0)}
+            {"category_id": index[cid], "iscrowd": a.get("iscrowd", 0)}
         )
-    stats = count_dataset_dicts([{"annotations": v} for v in by_image.values()], len(cats), source)
-    return dataclasses.replace(stats, num_images=num_images, class_names=names)
+    if dropped:
+        logger.warning(
+            "%s: %d of %d annotations refer to image ids missing from 'images'; they are not "
+            "counted (detectron2's loader drops them too).",
+            source,
+            dropped,
+            len(anns),
+        )
+    return list(by_image.values()), dropped
+
+
+def _from_coco_like(data: Dict, source: str) -> ClassStats:
+    cats = _coco_categories(data, source)
+    names = [str(c.get("name", c["id"])) for c in cats]
+    images = data.get("images") or None
+    if images is not None and not isinstance(images, list):
+        raise ValueError(f"{source}: 'images' must be a list.")
+    num_images = len(images) if images else None
+    if all("image_count" in c and "instance_count" in c for c in cats):  # LVIS
+        return ClassStats(*_lvis_counts(cats, source), num_images, names, source)
+    if "annotations" not in data:
+        raise ValueError(
+            f"{source}: an LVIS/COCO json needs image_count and instance_count on every "
+            "category (LVIS) or an 'annotations' list (COCO)."
+        )
+    image_ids = None
+    if images:
+        try:
+            image_ids = {img["id"] for img in images}
+        except (TypeError, KeyError):
+            raise ValueError(f"{source}: every entry of 'images' needs an 'id'.") from None
+    index = {c["id"]: i for i, c in enumerate(cats)}
+    groups, _ = _annotation_groups(data, index, image_ids, source)
+    stats = count_dataset_dicts([{"annotations": v} for v in groups], len(cats), source)
+    return ClassStats(
+        stats.image_counts, stats.instance_counts, num_images or stats.num_images, names, source
+    )
+
+
+def _from_iif_json(data: Dict, source: str) -> ClassStats:
+    fields = {f.name for f in dataclasses.fields(ClassStats)}
+    unknown = set(data) - fields
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown keys {sorted(unknown)} in an iif-d2 counts JSON (expected "
+            f"{sorted(fields)}); write it with ClassStats.save or python -m iif_d2.cli --save."
+        )
+    checked = ClassStats(**dict(data, source=source))  # errors name this file
+    return dataclasses.replace(checked, source=data.get("source") or source)
 
 
 def load_counts_file(path: str) -> ClassStats:
     """Read class counts from a file.
 
     Accepted: a CSV with ``image_count`` and ``instance_count`` columns (rows in contiguous-id
-    order, or sorted by a ``category_id``/``contiguous_id`` column; a ``# num_images: N``
-    comment gives K); a JSON written by :meth:`ClassStats.save`; an LVIS json (its
-    ``image_count``/``instance_count``) or a COCO json (counted from its annotations).
-    ``iif_d2://lvis_v1_train.csv`` and ``iif_d2://coco_train2017.csv`` are shipped.
+    order, or sorted by a ``contiguous_id`` column (0..C-1) or a ``category_id`` column (unique
+    integers); a ``# num_images: N`` comment gives K); a JSON written by :meth:`ClassStats.save`
+    or ``python -m iif_d2.cli --save``; an LVIS json (its ``image_count``/``instance_count``) or a
+    COCO json (counted from its annotations; annotations of image ids missing from ``images``
+    are dropped, as detectron2's loader drops them, and their number is logged as a warning;
+    an unknown category id is an error). ``iif_d2://lvis_v1_train.csv`` and
+    ``iif_d2://coco_train2017.csv`` are shipped.
+
+    Raises:
+        FileNotFoundError: no such file, or a directory.
+        ValueError: naming the file and the entry, for any count or id that is not valid.
     """
     from detectron2.utils.file_io import PathManager
 
     local = _resolve(path)
-    if not PathManager.exists(local):
+    if not PathManager.exists(local) or PathManager.isdir(local):
+        what = "is a directory" if PathManager.exists(local) else "does not exist"
         raise FileNotFoundError(
-            f"IIF counts file {path!r} does not exist. Set MODEL.CLASS_COUNTS.FILE to a CSV/JSON "
+            f"IIF counts file {path!r} {what}. Set MODEL.CLASS_COUNTS.FILE to a CSV/JSON "
             "counts file, or use MODEL.CLASS_COUNTS.SOURCE 'dataset'."
         )
-    with PathManager.open(local, "r") as f:
-        text = f.read()
+    try:
+        with PathManager.open(local, "r") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (expected a counts CSV or JSON).") from None
     if not local.endswith(".json"):
         return _read_csv(text, path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a counts JSON is an object, not a {type(data).__name__}.")
     if "stats" in data and "weights" in data:  # written by `python -m iif_d2.cli --save`
         data = data["stats"]
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: 'stats' must be an object (python -m iif_d2.cli --save).")
     if "image_counts" in data:
-        fields = {f.name for f in dataclasses.fields(ClassStats)}
-        return ClassStats(**{k: v for k, v in data.items() if k in fields})
+        return _from_iif_json(data, path)
     if "categories" in data:
         return _from_coco_like(data, path)
     raise ValueError(f"{path}: neither an iif-d2 counts JSON nor an LVIS/COCO json.")

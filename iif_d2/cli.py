@@ -7,17 +7,27 @@ python -m iif_d2.cli --counts-file datasets/lvis/lvis_v1_train.json    # an LVIS
 """  # noqa: E501
 
 import argparse
-import json
+import difflib
 import logging
+import os
 import sys
 
+import yaml
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .class_stats import FREQUENCIES, NORMALIZERS, load_counts_file
 from .config import add_iif_config, apply_deprecated_keys
+from .data.heldout import write_json_atomic
 from .data.training_set import compute_class_stats
 from .weights import VARIANTS, canonical_variant, iif_weights
+
+# the settings a config gives with --config-file (flag -> its value without one)
+_SETTINGS = {"variant": "raw", "frequency": "image", "normalizer": "total"}
+
+
+class CLIError(ValueError):
+    """A bad command-line argument: printed as one line, exit code 2."""
 
 
 def _parser():
@@ -26,9 +36,9 @@ def _parser():
     src.add_argument("--counts-file", help="counts CSV/JSON, or an LVIS/COCO json")
     src.add_argument("--dataset", help="a registered training dataset, counted as the trainer")
     src.add_argument("--config-file", help="take source and IIF settings from a config")
-    p.add_argument("--variant", default="raw", help=f"one of {', '.join(VARIANTS)}")
-    p.add_argument("--frequency", default="image", choices=FREQUENCIES)
-    p.add_argument("--normalizer", default="total", choices=NORMALIZERS)
+    p.add_argument("--variant", help=f"one of {', '.join(VARIANTS)} (default raw)")
+    p.add_argument("--frequency", choices=FREQUENCIES, help="default image")
+    p.add_argument("--normalizer", choices=NORMALIZERS, help="default total")
     p.add_argument("--allow-nonpositive", action="store_true")
     p.add_argument("--all-variants", action="store_true", help="a column per variant x IIF/IOF")
     p.add_argument("--save", help="write counts and weights to this JSON file")
@@ -36,15 +46,74 @@ def _parser():
     return p
 
 
+def _check_args(args):
+    """Errors for arguments that would be ignored or fail only after the work is done."""
+    given = [f"--{k}" for k in _SETTINGS if getattr(args, k) is not None]
+    given += ["--allow-nonpositive"] if args.allow_nonpositive else []
+    if args.config_file and given:
+        raise CLIError(
+            f"{', '.join(given)} would be ignored: with --config-file the IIF settings come "
+            "from the config; override them as opts, e.g. MODEL.ROI_BOX_HEAD.IIF.VARIANT base10."
+        )
+    if args.opts and not args.config_file:
+        raise CLIError(
+            f"config overrides {' '.join(args.opts[:2])} ... need --config-file; with "
+            "--counts-file or --dataset use --variant/--frequency/--normalizer."
+        )
+    for k, default in _SETTINGS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, default)
+    if args.save:
+        folder = os.path.dirname(os.path.abspath(args.save))
+        if os.path.isdir(args.save):
+            raise CLIError(f"--save {args.save} is a directory; give a file name, e.g. w.json.")
+        if not os.path.isdir(folder):
+            raise CLIError(f"--save {args.save}: folder {folder} does not exist; create it.")
+        if not os.access(folder, os.W_OK) or (
+            os.path.exists(args.save) and not os.access(args.save, os.W_OK)
+        ):
+            raise CLIError(f"--save {args.save}: not writable; choose another path.")
+
+
+def _registered(name: str) -> str:
+    names = DatasetCatalog.list()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise CLIError(
+            f"--dataset {name!r} is not a registered dataset.{hint} Register it (e.g. "
+            "detectron2.data.datasets.register_coco_instances) or use --counts-file."
+        )
+    classes = getattr(MetadataCatalog.get(name), "thing_classes", None)
+    if not classes:
+        raise CLIError(f"--dataset {name!r} has no thing_classes in its metadata.")
+    return classes
+
+
+def _config(args):
+    if not os.path.isfile(args.config_file):
+        what = "is a directory" if os.path.isdir(args.config_file) else "does not exist"
+        raise CLIError(f"--config-file {args.config_file} {what}; give a YAML config file.")
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    try:
+        cfg.merge_from_file(args.config_file, allow_unsafe=False)  # yaml.safe_load: no code
+    except (yaml.YAMLError, KeyError, ValueError, AssertionError, TypeError) as e:
+        raise CLIError(f"--config-file {args.config_file}: {e}") from None
+    if len(args.opts) % 2:
+        raise CLIError(f"config overrides come in KEY VALUE pairs; {args.opts[-1]!r} has no value.")
+    try:
+        cfg.merge_from_list(args.opts)
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise CLIError(f"config overrides {' '.join(args.opts)}: {e}") from None
+    return apply_deprecated_keys(cfg)
+
+
 def _stats_and_settings(args):
     if args.counts_file:
         return load_counts_file(args.counts_file), vars(args)
-    cfg = get_cfg()
-    add_iif_config(cfg)
     if args.config_file:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        apply_deprecated_keys(cfg)
+        cfg = _config(args)
         iif = cfg.MODEL.ROI_BOX_HEAD.IIF
         settings = {
             "variant": iif.VARIANT,
@@ -53,40 +122,39 @@ def _stats_and_settings(args):
             "allow_nonpositive": iif.ALLOW_NONPOSITIVE_WEIGHTS,
         }
     else:
+        cfg = get_cfg()
+        add_iif_config(cfg)
         cfg.DATASETS.TRAIN = (args.dataset,)
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(MetadataCatalog.get(args.dataset).thing_classes)
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(_registered(args.dataset))
         settings = vars(args)
     return compute_class_stats(cfg), settings  # the CLI writes only what --save names
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        stats, s = _stats_and_settings(args)
-        if args.all_variants:
-            columns = {
-                f"{v}-{'IIF' if fr == 'image' else 'IOF'}": (v, fr)
-                for fr in FREQUENCIES
-                for v in VARIANTS
-            }
-        else:
-            columns = {canonical_variant(s["variant"]): (s["variant"], s["frequency"])}
-        weights = {}
-        for name, (variant, frequency) in columns.items():
-            f, k = stats.frequencies(frequency, s["normalizer"])
-            w = iif_weights(
-                f,
-                k,
-                variant,
-                background=True,
-                allow_nonpositive=s["allow_nonpositive"] or args.all_variants,
-                class_names=stats.class_names,
-            )
-            weights[name] = w.tolist()
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _weights(args, stats, s) -> dict:
+    if args.all_variants:
+        columns = {
+            f"{v}-{'IIF' if fr == 'image' else 'IOF'}": (v, fr)
+            for fr in FREQUENCIES
+            for v in VARIANTS
+        }
+    else:
+        columns = {canonical_variant(s["variant"]): (s["variant"], s["frequency"])}
+    weights = {}
+    for name, (variant, frequency) in columns.items():
+        f, k = stats.frequencies(frequency, s["normalizer"])
+        w = iif_weights(
+            f,
+            k,
+            variant,
+            background=True,
+            allow_nonpositive=s["allow_nonpositive"] or args.all_variants,
+            class_names=stats.class_names,
+        )
+        weights[name] = w.tolist()
+    return weights
+
+
+def _print_table(stats, weights):
     names = stats.class_names or [str(i) for i in range(stats.num_classes)]
     print(f"# {stats.source}: {stats.num_classes} classes, K(images) = {stats.num_images}")
     print("\t".join(["id", "name", "images", "instances", *weights]))
@@ -94,9 +162,32 @@ def main(argv=None) -> int:
         counts = [stats.image_counts[i], stats.instance_counts[i]] if i < len(names) else ["", ""]
         row = [str(i), name, *map(str, counts), *(f"{w[i]:.4f}" for w in weights.values())]
         print("\t".join(row))
+
+
+def main(argv=None) -> int:
+    """Command line: print the weights table; exit 2 with a one-line error for bad input."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        _check_args(args)
+        stats, s = _stats_and_settings(args)
+        weights = _weights(args, stats, s)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    if args.save:  # before printing: a failed save prints no table that looks like success
+        try:
+            write_json_atomic(args.save, {"stats": stats.to_dict(), "weights": weights})
+        except OSError as e:
+            print(
+                f"error: --save {args.save}: cannot write ({e.strerror or e}); choose another "
+                "path.",
+                file=sys.stderr,
+            )
+            return 2
+    _print_table(stats, weights)
     if args.save:
-        with open(args.save, "w") as f:
-            json.dump({"stats": stats.to_dict(), "weights": weights}, f, indent=1)
         print(f"# saved to {args.save}")
     return 0
 

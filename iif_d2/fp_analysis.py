@@ -33,8 +33,10 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import sys
+import tempfile
 from collections import Counter, defaultdict
 from numbers import Real
 
@@ -56,13 +58,19 @@ def _read_json(source, what: str):
     """Return ``source`` itself, or the json it names when it is a path."""
     if not isinstance(source, (str, os.PathLike)):
         return source
+    if os.path.isdir(source):
+        raise ValueError(f"{what} file {source} is a directory; give the json file in it.")
     if not os.path.isfile(source):
         raise FileNotFoundError(f"{what} file not found: {source}")
-    with open(source) as f:
-        try:
+    try:
+        with open(source) as f:
             return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what} file {source} is not valid json: {e}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} file {source} is not valid json: {e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {source} is not a text (json) file.") from None
+    except OSError as e:
+        raise ValueError(f"{what} file {source} cannot be read: {e.strerror or e}") from None
 
 
 def load_gt(gt) -> dict:
@@ -89,19 +97,30 @@ def load_gt(gt) -> dict:
     return data
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+
 def _check_detection(i: int, det) -> dict:
     if not isinstance(det, dict) or any(k not in det for k in _RESULT_KEYS):
         raise ValueError(f"results[{i}] is not a detection with keys {', '.join(_RESULT_KEYS)}")
-    bbox = det["bbox"]
+    bbox, score = det["bbox"], det["score"]
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise ValueError(f"results[{i}]: bbox must be [x, y, w, h], got {bbox!r}")
-    if not all(isinstance(v, Real) for v in (*bbox, det["score"])):
-        raise ValueError(f"results[{i}]: bbox and score must be numbers")
+    if not all(_is_number(v) for v in bbox):
+        raise ValueError(f"results[{i}]: bbox {bbox!r} must be 4 finite numbers [x, y, w, h]")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(
+            f"results[{i}]: bbox {bbox!r} has a negative width or height; boxes are "
+            "[x, y, w, h] (XYWH_ABS), not [x0, y0, x1, y1]"
+        )
+    if not _is_number(score) or not 0.0 <= score <= 1.0:
+        raise ValueError(f"results[{i}]: score {score!r} must be a finite number in [0, 1]")
     return {
         "image_id": det["image_id"],
         "category_id": det["category_id"],
         "bbox": [float(v) for v in bbox],
-        "score": float(det["score"]),
+        "score": float(score),
     }
 
 
@@ -428,23 +447,57 @@ def _print_table(gt_path: str, lvis: bool, fp: dict, tide: dict):
     print(f"removed\t{tide['removed']}")
 
 
+def _check_json_out(path, inputs):
+    """An error now (before the analyses) for a --json-out that cannot be written or that
+    would overwrite an input."""
+    if os.path.isdir(path):
+        raise ValueError(f"--json-out {path} is a directory; give a file name, e.g. fp.json")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--json-out {path}: folder {folder} does not exist; create it")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--json-out {path}: folder {folder} is not writable")
+    for name in inputs:
+        if os.path.exists(path) and os.path.isfile(name) and os.path.samefile(path, name):
+            raise ValueError(f"--json-out {path} is an input file; it would be overwritten")
+
+
+def _write_json_atomic(path: str, payload):
+    """Write json through a temporary file beside ``path`` and a rename: never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def main(argv=None) -> int:
-    """Command line: print both analyses; exit 2 for a missing file or malformed input."""
+    """Command line: print both analyses; exit 2 with a one-line error for a missing or
+    malformed file or an unwritable --json-out."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
+        if args.json_out:
+            _check_json_out(args.json_out, (args.gt, args.results))
         gt = load_gt(args.gt)
         dets = load_results(args.results, gt)
         fp = false_positives_per_image(gt, dets, args.score_thresh, args.iou_thresh)
         tide = delta_ap_fp(gt, dets, args.iou_thresh)
         lvis = is_lvis_format(gt)
+        if args.json_out:
+            _write_json_atomic(args.json_out, {"false_positives": fp, "delta_ap_fp": tide})
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: --json-out {args.json_out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     _print_table(args.gt, lvis, fp, tide)
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"false_positives": fp, "delta_ap_fp": tide}, f, indent=1)
         print(f"# saved to {args.json_out}")
     return 0
 

@@ -3,22 +3,67 @@
 For GPU training this is detectron2's ``launch``. For CPU training (``backend="gloo"``, or
 "auto" on a machine without CUDA) the workers are started here, with the gloo backend, on both
 detectron2 versions: v0.6's ``launch`` asserts CUDA and hard-codes NCCL.
+
+The CPU workers
+
+* exit when the launcher dies (``kill -9`` included): on Linux the kernel sends them SIGTERM
+  (``prctl(PR_SET_PDEATHSIG)``); everywhere a thread checks every second that their parent is
+  still the launcher;
+* wait at most ``timeout`` in a collective call (default :data:`TIMEOUT_ENV` seconds, else 30
+  minutes). When it expires, the rank raises :class:`CollectiveTimeoutError` naming itself and
+  what to check (another rank that crashed or stalled earlier).
 """
 
+import ctypes
 import logging
+import os
+import signal
 import socket
+import sys
+import threading
+import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["launch"]
+__all__ = ["CollectiveTimeoutError", "collective_timeout", "launch"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+TIMEOUT_ENV = "IIF_D2_DIST_TIMEOUT"  # seconds a rank waits in a collective call
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_S = 1.0
+
+
+class CollectiveTimeoutError(RuntimeError):
+    """A rank waited longer than the collective timeout for the others."""
+
+
+def collective_timeout(timeout=None) -> timedelta:
+    """The collective timeout: ``timeout`` (a timedelta or seconds), else the environment
+    variable ``IIF_D2_DIST_TIMEOUT`` (seconds), else 30 minutes.
+
+    Raises:
+        ValueError: a value that is not a positive number of seconds.
+    """
+    where = "launch(timeout=...)"
+    if timeout is None:
+        timeout, where = os.environ.get(TIMEOUT_ENV), TIMEOUT_ENV
+        if timeout is None:
+            return DEFAULT_TIMEOUT
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    else:
+        try:
+            seconds = float(timeout)
+        except (TypeError, ValueError):
+            seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{where} = {timeout!r}: the collective timeout is seconds > 0.")
+    return timedelta(seconds=seconds)
 
 
 def _free_port() -> int:
@@ -34,13 +79,15 @@ def launch(
     machine_rank: int = 0,
     dist_url=None,
     args=(),
-    timeout=DEFAULT_TIMEOUT,
+    timeout=None,
     backend: str = "auto",
 ):
     """Same arguments as :func:`detectron2.engine.launch`, plus ``backend``.
 
     Args:
         num_gpus_per_machine: processes per machine (CPU processes with gloo).
+        timeout: how long a rank waits in a collective call (a timedelta or seconds); None:
+            :func:`collective_timeout`'s default (``IIF_D2_DIST_TIMEOUT``, else 30 minutes).
         backend: "gloo" for CPU processes, "nccl" for detectron2's GPU launch, "auto" for nccl
             when CUDA is available, else gloo. train_net.py picks gloo when MODEL.DEVICE is cpu.
     """
@@ -48,8 +95,11 @@ def launch(
         raise ValueError(f"launch backend {backend!r} is not one of 'auto', 'gloo', 'nccl'.")
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    timeout = collective_timeout(timeout)
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1 or backend == "nccl":
+        from detectron2.engine import launch as d2_launch  # imported here: CPU workers skip it
+
         return d2_launch(
             main_func,
             num_gpus_per_machine,
@@ -67,19 +117,80 @@ def launch(
     mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            args,
+            timeout,
+            os.getpid(),
+        ),
         daemon=False,
     )
 
 
-def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, url, args, timeout):
-    dist.init_process_group(
-        backend="gloo",
-        init_method=url,
-        world_size=world_size,
-        rank=machine_rank * per_machine + local_rank,
-        timeout=timeout,
+def _exit_with_parent(parent_pid: int):
+    """End this process when ``parent_pid`` (the launcher) is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            logger.warning("prctl(PR_SET_PDEATHSIG) unavailable; polling the launcher's pid.")
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_POLL_S)
+        logger.error("The launcher (pid %d) is gone: worker %d exits.", parent_pid, os.getpid())
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # died before the death signal was set
+        os._exit(1)
+    threading.Thread(target=watch, name="iif_d2-launcher-watch", daemon=True).start()
+
+
+def _is_timeout(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def _timeout_error(rank: int, world_size: int, timeout: timedelta, error, during: str):
+    return CollectiveTimeoutError(
+        f"Rank {rank} of {world_size} waited more than {timeout} ({TIMEOUT_ENV}) {during}: "
+        "another rank did not get there. Check the other ranks' logs for an earlier error or "
+        "a rank stuck (data loading, evaluation on the main rank only, a dead machine), and "
+        f"that all ranks run the same code; raise {TIMEOUT_ENV} (seconds) if one step is "
+        f"legitimately longer. Backend error: {str(error).splitlines()[0] if str(error) else error}"
     )
+
+
+def _cpu_worker(
+    local_rank, main_func, world_size, per_machine, machine_rank, url, args, timeout, parent_pid
+):
+    _exit_with_parent(parent_pid)
+    rank = machine_rank * per_machine + local_rank
+    try:
+        dist.init_process_group(
+            backend="gloo", init_method=url, world_size=world_size, rank=rank, timeout=timeout
+        )
+    except RuntimeError as e:
+        if _is_timeout(e):
+            during = f"to meet the other ranks at {url}"
+            raise _timeout_error(rank, world_size, timeout, e, during) from e
+        raise
+    try:
+        _local_group(world_size, per_machine, machine_rank)
+        comm.synchronize()
+        main_func(*args)
+    except RuntimeError as e:
+        if _is_timeout(e) and not isinstance(e, CollectiveTimeoutError):
+            raise _timeout_error(rank, world_size, timeout, e, "in a collective call") from e
+        raise
+
+
+def _local_group(world_size: int, per_machine: int, machine_rank: int):
     if hasattr(comm, "create_local_process_group"):  # detectron2 main
         comm.create_local_process_group(per_machine)
     else:  # detectron2 v0.6
@@ -87,5 +198,3 @@ def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, ur
             group = dist.new_group(list(range(i * per_machine, (i + 1) * per_machine)))
             if i == machine_rank:
                 comm._LOCAL_PROCESS_GROUP = group
-    comm.synchronize()
-    main_func(*args)

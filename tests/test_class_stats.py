@@ -78,7 +78,10 @@ def test_lvis_and_coco_json(tmp_path):
     assert s.class_names == ["a", "b"] and s.image_counts == [0, 2] and s.instance_counts == [0, 3]
     assert s.num_images == 3
     lvis_cats = [dict(c, image_count=2 * c["id"], instance_count=3 * c["id"]) for c in cats]
-    (tmp_path / "lvis.json").write_text(json.dumps(dict(coco, categories=lvis_cats)))
+    ten_images = [{"id": i} for i in range(1, 11)]
+    (tmp_path / "lvis.json").write_text(
+        json.dumps(dict(coco, images=ten_images, categories=lvis_cats))
+    )
     s = load_counts_file(str(tmp_path / "lvis.json"))
     assert s.image_counts == [2, 10] and s.instance_counts == [3, 15]
 
@@ -87,7 +90,7 @@ def test_lvis_and_coco_json(tmp_path):
     "content, match",
     [
         ("image_count\n1\n", "instance_count"),
-        ("image_count,instance_count\n1,x\n", "not an integer"),
+        ("image_count,instance_count\n1,x\n", "line 2.*not a count"),
     ],
 )
 def test_bad_counts_files(tmp_path, content, match):
