@@ -204,6 +204,14 @@ def add_iif_config(cfg):
     _C.DATALOADER.REPEAT_FACTOR.ROUNDING = "stochastic"
 
     # ---------------------------------------------------------------------------------------
+    # LVIS evaluation engine: "fast" (iif_d2.lvis_eval: lvis-api's exact metrics in bounded
+    # memory) or "lvis-api" (detectron2's LVISEvaluator running lvis==0.5.3, the reference).
+    # ---------------------------------------------------------------------------------------
+    _C.TEST.LVIS_EVAL_ENGINE = "fast"
+    # Fast engine: also write lvis_instances_results.json (~0.5 GB per 5,000 images).
+    _C.TEST.LVIS_EVAL_SAVE_RESULTS = False
+
+    # ---------------------------------------------------------------------------------------
     # Intra-op CPU threads of each process (torch.set_num_threads), set and logged by
     # iif_d2.engine.setup; 0 = torch's default (OMP_NUM_THREADS if set, else the cores). CPU
     # results depend on it (the reduction order changes): pin it wherever numbers are compared.
