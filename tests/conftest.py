@@ -5,8 +5,7 @@ import pytest
 # the synthetic datasets are generated once per test session, outside the working tree
 os.environ.setdefault("DETECTRON2_DATASETS", os.path.join(os.path.dirname(__file__), ".datasets"))
 
-# isort: off
-import iif_d2  # noqa: E402,F401  (before any detectron2 import: compatibility shims)
+import iif_d2.data  # noqa: E402,F401  (registers the datasets, under the folder set above)
 
 
 @pytest.fixture(autouse=True)

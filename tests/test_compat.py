@@ -58,44 +58,41 @@ def test_feature_detection():
     assert compat.fast_rcnn_supports("num_classes")
 
 
-def _run(code):
+IMPORT_CASES = {
+    # no import-order rule: detectron2 first, iif-d2 after, in this environment
+    "detectron2_first": (
+        "import detectron2.engine, detectron2.data.transforms, iif_d2",
+        "from iif_d2 import add_iif_config",
+        "from detectron2.config import get_cfg",
+        "add_iif_config(get_cfg())",
+        "from detectron2.modeling import ROI_HEADS_REGISTRY",
+        "assert 'IIFStandardROIHeads' in ROI_HEADS_REGISTRY",
+    ),
+    # importing iif-d2 patches nothing
+    "patches_nothing": (
+        "import sys",
+        "from PIL import Image",
+        "import iif_d2, iif_d2.compat",
+        "assert not hasattr(Image, 'LINEAR') or int(Image.__version__.split('.')[0]) < 10",
+        "assert 'detectron2._C' not in sys.modules, 'iif_d2 imported detectron2._C'",
+        "assert 'detectron2.modeling' not in sys.modules",
+    ),
+    # the pure modules load no model code
+    "pure_modules": (
+        "import sys",
+        "import iif_d2.weights, iif_d2.fp_analysis",
+        "model = ('detectron2.modeling', 'iif_d2.fast_rcnn', 'iif_d2.roi_heads')",
+        "loaded = [m for m in model if m in sys.modules]",
+        "assert not loaded, loaded",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPORT_CASES))
+def test_imports_in_a_fresh_process(case):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-
-
-def test_detectron2_imports_before_iif_d2():
-    """No import-order rule: detectron2 first, iif-d2 after, in this environment."""
-    r = _run(
-        "import detectron2.engine, detectron2.data.transforms, iif_d2\n"
-        "from iif_d2 import add_iif_config\n"
-        "from detectron2.config import get_cfg\n"
-        "add_iif_config(get_cfg())\n"
-        "from detectron2.modeling import ROI_HEADS_REGISTRY\n"
-        "assert 'IIFStandardROIHeads' in ROI_HEADS_REGISTRY"
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-
-
-def test_importing_iif_d2_patches_nothing():
-    r = _run(
-        "import sys\n"
-        "from PIL import Image\n"
-        "import iif_d2, iif_d2.compat\n"
-        "assert not hasattr(Image, 'LINEAR') or int(Image.__version__.split('.')[0]) < 10\n"
-        "assert 'detectron2._C' not in sys.modules, 'iif_d2 imported detectron2._C'\n"
-        "assert 'detectron2.modeling' not in sys.modules"
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-
-
-def test_pure_modules_import_without_model_code():
-    r = _run(
-        "import sys\n"
-        "import iif_d2.weights, iif_d2.fp_analysis\n"
-        "loaded = [m for m in ('detectron2.modeling', 'iif_d2.fast_rcnn', 'iif_d2.roi_heads')"
-        " if m in sys.modules]\n"
-        "assert not loaded, loaded"
-    )
+    code = "\n".join(IMPORT_CASES[case])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,9 +1,5 @@
 """Two CPU processes (gloo): a training step, and class statistics identical on every rank."""
 
-# isort: off
-import iif_d2  # noqa: F401
-
-# isort: on
 import json
 import os
 import subprocess

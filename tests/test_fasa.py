@@ -1,10 +1,6 @@
 """FASA: class statistics, rates, affinity propagation, sampling, state, two-process sync, and
 the held-out slice / loss / hook on a real tiny model."""
 
-# isort: off
-import iif_d2  # noqa: F401  (before detectron2, also in the spawned workers)
-
-# isort: on
 import os
 import socket
 import types
