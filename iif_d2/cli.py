@@ -12,15 +12,21 @@ import logging
 import os
 import sys
 
-import yaml
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from .upstream_warnings import hide_upstream_deprecations
 
-from .class_stats import FREQUENCIES, NORMALIZERS, load_counts_file
-from .config import add_iif_config, apply_deprecated_keys
-from .data.heldout import write_json_atomic
-from .data.training_set import compute_class_stats
-from .weights import VARIANTS, canonical_variant, iif_weights
+if __name__ == "__main__":  # the command (not an import): before detectron2 is imported
+    hide_upstream_deprecations()
+
+# isort: split
+import yaml  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+from .class_stats import FREQUENCIES, NORMALIZERS, load_counts_file  # noqa: E402
+from .config import add_iif_config, apply_deprecated_keys  # noqa: E402
+from .data.heldout import write_json_atomic  # noqa: E402
+from .data.training_set import compute_class_stats  # noqa: E402
+from .weights import VARIANTS, canonical_variant, iif_weights  # noqa: E402
 
 # the settings a config gives with --config-file (flag -> its value without one)
 _SETTINGS = {"variant": "raw", "frequency": "image", "normalizer": "total"}
@@ -99,13 +105,13 @@ def _config(args):
     try:
         cfg.merge_from_file(args.config_file, allow_unsafe=False)  # yaml.safe_load: no code
     except (yaml.YAMLError, KeyError, ValueError, AssertionError, TypeError) as e:
-        raise CLIError(f"--config-file {args.config_file}: {e}") from None
+        raise CLIError(f"--config-file {args.config_file}: {_one_line(e)}") from None
     if len(args.opts) % 2:
         raise CLIError(f"config overrides come in KEY VALUE pairs; {args.opts[-1]!r} has no value.")
     try:
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise CLIError(f"config overrides {' '.join(args.opts)}: {e}") from None
+        raise CLIError(f"config overrides {' '.join(args.opts)}: {_one_line(e)}") from None
     return apply_deprecated_keys(cfg)
 
 
@@ -164,6 +170,12 @@ def _print_table(stats, weights):
         print("\t".join(row))
 
 
+def _one_line(error) -> str:
+    """An error message on one line (a multi-line message's lines joined with "; ")."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
     """Command line: print the weights table; exit 2 with a one-line error for bad input."""
     args = _parser().parse_args(argv)
@@ -173,8 +185,7 @@ def main(argv=None) -> int:
         stats, s = _stats_and_settings(args)
         weights = _weights(args, stats, s)
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     if args.save:  # before printing: a failed save prints no table that looks like success
         try:

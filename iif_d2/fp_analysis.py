@@ -475,6 +475,12 @@ def _write_json_atomic(path: str, payload):
         raise
 
 
+def _one_line(error) -> str:
+    """An error message on one line (a multi-line message's lines joined with "; ")."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
     """Command line: print both analyses; exit 2 with a one-line error for a missing or
     malformed file or an unwritable --json-out."""
@@ -491,7 +497,7 @@ def main(argv=None) -> int:
         if args.json_out:
             _write_json_atomic(args.json_out, {"false_positives": fp, "delta_ap_fp": tide})
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: --json-out {args.json_out}: {e.strerror or e}", file=sys.stderr)

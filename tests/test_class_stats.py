@@ -180,3 +180,47 @@ def test_coco_guard_names_person_and_safe_variants(tmp_path):
         iif_weights_from_config(cfg, 80)
     cfg.MODEL.ROI_BOX_HEAD.IIF.ALLOW_NONPOSITIVE_WEIGHTS = True
     assert iif_weights_from_config(cfg, 80)[0] < 0
+
+
+def test_coco_annotations_of_unknown_images_are_dropped_and_counted(tmp_path, caplog):
+    """detectron2's COCO loader never sees annotations of images missing from ``images``: the
+    counts leave them out too, and a warning says how many."""
+    coco = {
+        "images": [{"id": 1}, {"id": 2}],
+        "categories": [{"id": 3, "name": "a"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3},
+            {"id": 2, "image_id": 9, "category_id": 3},
+            {"id": 3, "image_id": 9, "category_id": 3},
+        ],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    with caplog.at_level("WARNING", logger="iif_d2.class_stats"):
+        s = load_counts_file(str(tmp_path / "coco.json"))
+    assert s.image_counts == [1] and s.instance_counts == [1] and s.num_images == 2
+    assert "2 of 3 annotations refer to image ids missing" in caplog.text
+
+
+def test_whole_floats_and_contiguous_ids_are_accepted(tmp_path):
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"image_counts": [1.0, 2], "instance_counts": [3, 4.0]}))
+    s = load_counts_file(str(f))
+    assert s.image_counts == [1, 2] and s.instance_counts == [3, 4]
+    assert all(type(c) is int for c in s.image_counts + s.instance_counts)
+    c = tmp_path / "c.csv"
+    c.write_text("contiguous_id,name,image_count,instance_count\n1,b,2,2\n0,a,1,5\n")
+    s = load_counts_file(str(c))
+    assert s.class_names == ["a", "b"] and s.instance_counts == [5, 2]
+
+
+@pytest.mark.parametrize(
+    "dicts, match",
+    [
+        ([{"annotations": [{"category_id": "1"}]}], "dataset 'toy': category_id '1' \\(str\\)"),
+        ([{"file_name": "a.jpg", "annotations": [{"bbox": [0, 0, 1, 1]}]}], "record 0 \\(a.jpg\\)"),
+        ([{"annotations": [{"category_id": 5}]}], "dataset 'toy': category_id 5 outside"),
+    ],
+)
+def test_count_dataset_dicts_errors_name_the_dataset(dicts, match):
+    with pytest.raises(ValueError, match=match):
+        count_dataset_dicts(dicts, 2, source="toy")

@@ -1,6 +1,9 @@
 """``python -m iif_d2.cli``: weights and counts from files and registered datasets."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +55,25 @@ def test_config_file_settings(capsys):
     opts += ["MODEL.CLASS_COUNTS.FILE", "iif_d2://lvis_v1_train.csv"]
     assert main(["--config-file", cfg, *opts]) == 0
     assert capsys.readouterr().out.splitlines()[2].endswith("4.0664")
+
+
+def test_command_exits_2_with_one_line_and_keeps_the_save_file(tmp_path):
+    """``python -m iif_d2.cli``: a bad argument is one line on stderr (no traceback), exit 2,
+    and an existing --save file is not touched."""
+    out = tmp_path / "w.json"
+    out.write_text("previous")
+    cmd = [sys.executable, "-m", "iif_d2.cli", "--dataset", "no_such_dataset"]
+    r = subprocess.run([*cmd, "--save", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --dataset 'no_such_dataset'")
+    assert out.read_text() == "previous"
+
+
+def test_save_is_atomic_and_round_trips(tmp_path, capsys):
+    out = tmp_path / "w.json"
+    assert main(["--counts-file", "iif_d2://coco_train2017.csv", "--save", str(out)]) == 0
+    assert os.listdir(tmp_path) == ["w.json"]  # no temporary file left
+    from iif_d2.class_stats import load_counts_file
+
+    assert load_counts_file(str(out)).num_images == 118287

@@ -2,6 +2,8 @@
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -272,3 +274,32 @@ def test_cli_missing_file_and_malformed_results(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert main(["--gt", str(tmp_path / "bad.json"), "--results", results_path]) == 2
     assert "not valid json" in capsys.readouterr().err
+
+
+def test_boundary_scores_and_boxes_are_accepted():
+    """Scores 0 and 1, integers, and zero-width boxes are valid detections."""
+    results = [det(1, 1, [10, 10, 20, 20], 1), det(1, 2, [50, 50, 0, 30], 0.0)]
+    fp = false_positives_per_image(lvis_gt(), results, score_thresh=0.0)
+    assert fp["detections"] == 2 and fp["tp"] == 1 and fp["fp"] == 1
+
+
+def test_cli_as_a_command_exits_2_with_one_line(tmp_path):
+    gt_path, results_path = _write(tmp_path, lvis_gt(), [det(1, 1, [0, 0, 1, 1], 2.0)])
+    r = subprocess.run(
+        [sys.executable, "-m", "iif_d2.fp_analysis", "--gt", gt_path, "--results", results_path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        "error: results[0]: score 2.0 must be a finite number in [0, 1]"
+    ]
+
+
+def test_failed_json_out_keeps_the_previous_file(tmp_path, capsys):
+    gt_path, results_path = _write(tmp_path, lvis_gt(), [det(1, 1, [0, 0, 1, 1], -1)])
+    out = tmp_path / "fp.json"
+    out.write_text("previous")
+    assert main(["--gt", gt_path, "--results", results_path, "--json-out", str(out)]) == 2
+    assert out.read_text() == "previous" and capsys.readouterr().out == ""

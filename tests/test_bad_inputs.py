@@ -1,0 +1,41 @@
+"""Every row of tools/bad_input_table.py: the bad input raises the error type it names, with
+its message fragment; the command lines exit 2 with one line on stderr and no traceback."""
+
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _table():
+    path = os.path.join(ROOT, "tools", "bad_input_table.py")
+    spec = importlib.util.spec_from_file_location("bad_input_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TABLE = _table()
+
+
+@pytest.mark.parametrize("row", TABLE.ROWS, ids=[row.what for row in TABLE.ROWS])
+def test_bad_input(row, tmp_path):
+    error = TABLE.run_row(row, str(tmp_path))  # raises unless type and fragment are right
+    if isinstance(error, TABLE.CLIFailed):
+        assert error.code == 2
+        assert "Traceback" not in error.stderr
+        lines = error.stderr.strip().splitlines()
+        if lines[0].startswith("usage:"):  # argparse's own errors: usage, then the error
+            lines = lines[-1:]
+        assert len(lines) == 1 and lines[0].startswith(("error: ", "python -m iif_d2.cli: error"))
+
+
+def test_rows_are_distinct():
+    assert len({row.what for row in TABLE.ROWS}) == len(TABLE.ROWS)
+
+
+def test_table_line_of_a_multi_line_error(tmp_path):
+    error = ValueError(f"The config sets:\n  {tmp_path}/x is bad.\nUse another.")
+    assert TABLE.first_line(error, str(tmp_path)) == "The config sets: <tmp>/x is bad."
