@@ -1,0 +1,456 @@
+#!/usr/bin/env python
+"""LVIS-scale rehearsal: every LVIS v1 config starts, trains a few steps and evaluates, on the
+LVIS-shaped synthetic set (LVIS v1 train's 1203 classes and exact per-class counts).
+
+For each leaf config of configs/LVISv1-InstanceSegmentation/ (every *.yaml not starting with
+``Base-``), ``train_net.py`` runs in its own subprocess on the YAML itself, with only these
+swapped: the datasets (``lvis_shaped_train`` and a val subset; ``--mini``: the 2,000-image
+``lvis_shaped_mini_train``), the input size (``--size``), MODEL.WEIGHTS "" (no pretrained
+weights offline; the decoupled stage 2 loads the stage-1 checkpoint this rehearsal made with
+``mask_rcnn_R_50_FPN_1x.yaml``, which runs first), SOLVER.MAX_ITER (``--iters``), the device,
+batch, loader workers, OUTPUT_DIR, no periodic evaluation or checkpoint. The training's final
+evaluation runs on the first ``--val-images`` images of the val split: their LVIS json is
+written once and registered as ``rehearsal_val`` inside each subprocess (``--child``), which
+then runs train_net.py unchanged.
+
+One row per config, printed and written to ``--output`` (rehearsal.md, rehearsal.json):
+
+* started: the run trained at least one iteration; completed: it trained ``--iters``
+  iterations and evaluated; error: the last line of its traceback otherwise (without
+  pretrained weights a deep backbone may diverge in a few steps: FloatingPointError);
+* seconds_to_first_iter: from the subprocess's start to detectron2's "Starting training"
+  (imports, dataset load, class statistics, hold-out, model, loader: everything before the
+  first iteration); seconds: the whole run;
+* peak_rss_mb: the subprocess's peak resident memory (``os.wait4``'s ``ru_maxrss``);
+* iterations: from OUTPUT_DIR/metrics.json;
+* counts_match_csv: whether OUTPUT_DIR/iif_class_stats.json (the full training set's counts)
+  equals lvis_v1_train.csv (K = 100,170 and every class's image and instance count; with
+  ``--mini``, the mini spec's targets); null for configs that use no class counts;
+* epoch_images: the repeat-factor summary's epoch length with repeats (log.txt; null without
+  repeat-factor sampling); heldout: FASA's held-out image count (iif_heldout.json);
+* evaluated: OUTPUT_DIR/inference/results.json was written; bbox_ap / segm_ap: its APs
+  (null where NaN: the few-step model detected nothing above the score threshold).
+
+    python tools/rehearse.py --mini                  # all configs on the 2,000-image set
+    python tools/rehearse.py --only recipe           # full size, the recipe configs
+    python tools/rehearse.py --mini --only R_50_FPN_1x_iif.yaml --iters 1
+
+Torch threads are pinned (OMP_NUM_THREADS = ``--threads``). Checkpoints are deleted after each
+run (the stage-1 one after stage 2) unless ``--keep-checkpoints``.
+"""
+
+import argparse
+import fnmatch
+import glob
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join("configs", "LVISv1-InstanceSegmentation")
+STAGE1 = "mask_rcnn_R_50_FPN_1x.yaml"
+STATS_FILENAME = "iif_class_stats.json"  # iif_d2.class_stats.STATS_FILENAME
+VAL_NAME = "rehearsal_val"
+START_LINE = "Starting training from iteration"
+EPOCH_RE = re.compile(r"epoch of (\d+) images -> ([\d.]+) images")
+POLL_S = 0.2
+KEYS = (
+    "config", "started", "completed", "error", "seconds_to_first_iter", "seconds", "peak_rss_mb",
+    "iterations", "counts_match_csv", "epoch_images", "heldout", "evaluated", "bbox_ap",
+    "segm_ap",
+)  # fmt: skip
+
+
+def leaf_configs(only=None):
+    """The leaf LVIS v1 configs (relative to the repository), stage 1 before stage 2.
+
+    Args:
+        only: optional glob patterns (``*pattern*`` when without a wildcard), any of which
+            a config's file name must match.
+    """
+    paths = sorted(glob.glob(os.path.join(ROOT, CONFIG_DIR, "*.yaml")))
+    names = [os.path.basename(p) for p in paths if not os.path.basename(p).startswith("Base-")]
+    if only:
+        pats = [p if any(c in p for c in "*?[") else f"*{p}*" for p in only]
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in pats)]
+    decoupled = [n for n in names if "decoupled" in n]
+    rest = [n for n in names if n not in decoupled]
+    if decoupled and STAGE1 not in rest:
+        rest.insert(0, STAGE1)  # stage 2 needs the stage-1 checkpoint
+    rest.sort(key=lambda n: n != STAGE1)
+    return [os.path.join(CONFIG_DIR, n) for n in rest + decoupled]
+
+
+def hardware() -> str:
+    """CPU model, cores, memory and Python, in one line."""
+    model = "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [x.split(":", 1)[1].strip() for x in f if x.startswith("model name")]
+        model = names[0] if names else model
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def _spec(mini: bool):
+    from iif_d2.data import LVIS_SHAPED, LVIS_SHAPED_MINI
+
+    return LVIS_SHAPED_MINI if mini else LVIS_SHAPED
+
+
+def _data_root() -> str:
+    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "lvis_shaped")
+
+
+def _prepare(out_root: str, mini: bool, num_images: int) -> dict:
+    """In a subprocess (the parent stays small: a child's ``ru_maxrss`` starts at its parent's
+    peak): the val subset json and the class counts the training set must have (the CSV at full
+    size, the mini spec's targets with ``--mini``), in ``out_root``."""
+    import torch
+
+    from iif_d2.data.lvis_shaped import class_targets, generate_lvis_shaped, lvis_classes
+
+    spec = _spec(mini)
+    _, images, instances, total = lvis_classes()
+    if mini:
+        images, instances = class_targets(spec, "train")
+        total = spec.train_images
+    os.makedirs(out_root, exist_ok=True)
+    expected = os.path.join(out_root, "expected_counts.json")
+    with open(expected, "w") as f:
+        json.dump(
+            {
+                "num_images": int(total),
+                "image_counts": images.tolist(),
+                "instance_counts": instances.tolist(),
+            },
+            f,
+        )
+    folder = generate_lvis_shaped(_data_root(), spec)
+    with open(os.path.join(folder, "val.json")) as f:
+        val = json.load(f)
+    images = sorted(val["images"], key=lambda d: d["id"])[:num_images]
+    ids = {d["id"] for d in images}
+    subset = dict(
+        val, images=images, annotations=[a for a in val["annotations"] if a["image_id"] in ids]
+    )
+    path = os.path.join(out_root, f"val_subset_{num_images}.json")
+    with open(path, "w") as f:
+        json.dump(subset, f, separators=(",", ":"))
+    return {
+        "val_json": path,
+        "image_root": folder + os.sep,
+        "expected": expected,
+        "torch": torch.__version__,
+    }
+
+
+def _child(argv):
+    """``--child VAL_JSON IMAGE_ROOT -- train_net args``: register the val subset, then run
+    train_net.py as its ``__main__``."""
+    import runpy
+
+    val_json, image_root = argv[0], argv[1]
+    rest = argv[3:] if argv[2:3] == ["--"] else argv[2:]
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets.lvis import load_lvis_json
+
+    import iif_d2.data  # noqa: F401  (registers lvis_shaped*)
+
+    classes = MetadataCatalog.get("lvis_shaped_val").thing_classes
+    DatasetCatalog.register(VAL_NAME, lambda: load_lvis_json(val_json, image_root))
+    MetadataCatalog.get(VAL_NAME).set(
+        json_file=val_json, image_root=image_root, evaluator_type="lvis", thing_classes=classes
+    )
+    script = os.path.join(ROOT, "train_net.py")
+    sys.argv = [script, *rest]
+    runpy.run_path(script, run_name="__main__")
+
+
+def _prepare_in_subprocess(out_root: str, mode: str, num_images: int, env) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--prepare", out_root, mode, str(num_images)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"Preparing the val subset failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def overrides(args, out_dir: str, weights: str):
+    """The config keys the rehearsal swaps (train_net.py's trailing ``opts``)."""
+    train = "lvis_shaped_mini_train" if args.mini else "lvis_shaped_train"
+    s = args.size
+    return [
+        "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{VAL_NAME}',)",
+        "MODEL.WEIGHTS", weights, "MODEL.DEVICE", args.device,
+        "SOLVER.IMS_PER_BATCH", str(args.ims_per_batch), "SOLVER.MAX_ITER", str(args.iters),
+        "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", str(10**9),
+        "DATALOADER.NUM_WORKERS", str(args.workers),
+        "INPUT.MIN_SIZE_TRAIN", f"({s},)", "INPUT.MAX_SIZE_TRAIN", str(2 * s),
+        "INPUT.MIN_SIZE_TEST", str(s), "INPUT.MAX_SIZE_TEST", str(2 * s),
+        "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", out_dir,
+    ]  # fmt: skip
+
+
+def _last_error(text: str) -> str:
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    errors = [x for x in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", x)]
+    return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def _iterations(out_dir: str) -> int:
+    path = os.path.join(out_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return 0
+    done = 0
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if "total_loss" in row:  # a training row (the evaluation's row has none)
+                done = max(done, int(row.get("iteration", -1)) + 1)
+    return done
+
+
+def _counts_match(out_dir: str, expected: dict):
+    """Whether the run's saved class statistics equal ``expected``; None without the file."""
+    path = os.path.join(out_dir, STATS_FILENAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        stats = json.load(f)  # iif_d2.class_stats.ClassStats.to_dict()
+    keys = ("num_images", "image_counts", "instance_counts")
+    return all(stats.get(k) == expected[k] for k in keys)
+
+
+def _ap(out_dir: str):
+    """(evaluated, bbox AP, segm AP); an AP is None where it is NaN (no detections)."""
+    path = os.path.join(out_dir, "inference", "results.json")
+    if not os.path.isfile(path):
+        return False, None, None
+    with open(path) as f:
+        res = json.load(f)
+    aps = [res.get(task, {}).get("AP") for task in ("bbox", "segm")]
+    return True, *(None if ap is None or math.isnan(ap) else ap for ap in aps)
+
+
+def run_one(args, config: str, out_dir: str, val, expected, weights: str, env) -> dict:
+    """Train and evaluate one config in a subprocess; its row."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    cmd = [
+        sys.executable, os.path.abspath(__file__), "--child", val[0], val[1], "--",
+        "--config-file", os.path.join(ROOT, config), *overrides(args, out_dir, weights),
+    ]  # fmt: skip
+    log_path, console = os.path.join(out_dir, "log.txt"), os.path.join(out_dir, "console.txt")
+    t0 = time.perf_counter()
+    first, status, usage, timed_out = None, None, None, False
+    with open(console, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if first is None and os.path.isfile(log_path):
+                with open(log_path, errors="replace") as f:
+                    if START_LINE in f.read():
+                        first = time.perf_counter() - t0
+            if args.timeout and time.perf_counter() - t0 > args.timeout:
+                proc.kill()
+                timed_out = True
+            time.sleep(POLL_S)
+    seconds = time.perf_counter() - t0
+    text = open(console, errors="replace").read()
+    log = open(log_path, errors="replace").read() if os.path.isfile(log_path) else ""
+    iters = _iterations(out_dir)
+    evaluated, bbox, segm = _ap(out_dir)
+    ok = proc.returncode == 0 and iters == args.iters and evaluated
+    error = None
+    if not ok:  # the last line of the traceback, or what is missing
+        error = (
+            f"timed out after {args.timeout:.0f} s"
+            if timed_out
+            else _last_error(text)
+            if proc.returncode
+            else f"exit 0 but {iters} of {args.iters} iterations"
+            + ("" if evaluated else ", no inference/results.json")
+        )
+    epochs = EPOCH_RE.findall(log)
+    heldout = None
+    heldout_file = os.path.join(out_dir, "iif_heldout.json")
+    if os.path.isfile(heldout_file):
+        with open(heldout_file) as f:
+            heldout = json.load(f).get("num_heldout")
+    return {
+        "config": config,
+        "started": iters >= 1,
+        "completed": ok,
+        "error": error,
+        "seconds_to_first_iter": None if first is None else round(first, 1),
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "iterations": iters,
+        "counts_match_csv": _counts_match(out_dir, expected),
+        "epoch_images": float(epochs[-1][1]) if epochs else None,
+        "heldout": heldout,
+        "evaluated": evaluated,
+        "bbox_ap": bbox,
+        "segm_ap": segm,
+    }
+
+
+def _cell(v):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1 else f"{v:.1f}"
+    return str(v)
+
+
+def markdown(rows, heading: str) -> str:
+    """The rows as a markdown table under ``heading``; errors listed below it."""
+    head = ["config", "started", "completed", "s to 1st iter", "s total", "peak RSS MB", "iters"]
+    head += ["counts = CSV", "epoch (images)", "held out", "evaluated", "bbox AP", "segm AP"]
+    lines = [heading, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [os.path.basename(r["config"])] + [_cell(r[k]) for k in KEYS[1:] if k != "error"]
+        lines.append("| " + " | ".join(cells) + " |")
+    errors = [f"* {os.path.basename(r['config'])}: {r['error']}" for r in rows if r["error"]]
+    if errors:
+        lines += ["", "Errors:", ""] + errors
+    return "\n".join(lines) + "\n"
+
+
+class _Progress:
+    """A tqdm bar on a terminal; a clean line per config otherwise (count, ETA)."""
+
+    def __init__(self, total):
+        self.total, self.n, self.start, self.bar = total, 0, time.time(), None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="config", desc="[rehearse]", dynamic_ncols=True)
+
+    def step(self, row):
+        self.n += 1
+        state = "ok" if row["completed"] else "started, FAILED" if row["started"] else "FAILED"
+        note = f"{os.path.basename(row['config'])}: {state}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(note, refresh=False)
+            self.bar.update(1)
+            return
+        elapsed = time.time() - self.start
+        eta = elapsed / self.n * (self.total - self.n)
+        print(
+            f"[rehearse] {self.n}/{self.total} {note} ({row['seconds']:.0f} s, "
+            f"{row['peak_rss_mb']:.0f} MB), ETA {int(eta // 60)}:{int(eta % 60):02d}",
+            flush=True,
+        )
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--mini", action="store_true", help="lvis_shaped_mini (2,000 train images)")
+    p.add_argument("--only", nargs="+", metavar="PATTERN", help="config file-name patterns")
+    p.add_argument("--iters", type=int, default=2, help="SOLVER.MAX_ITER (default 2)")
+    p.add_argument("--val-images", type=int, default=2, help="val images evaluated (default 2)")
+    p.add_argument("--size", type=int, default=64, help="MIN_SIZE_*; MAX_SIZE_* = 2x (64)")
+    p.add_argument("--ims-per-batch", type=int, default=1, help="SOLVER.IMS_PER_BATCH (1)")
+    p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS (0)")
+    p.add_argument("--device", default="cpu", help="MODEL.DEVICE (cpu)")
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS (all cores)"
+    )
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per config (1800)")
+    p.add_argument("--output", default="output/rehearsal", help="report and run folders")
+    p.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep each run's model_final.pth"
+    )
+    args = p.parse_args(argv)
+    if args.iters < 1 or args.val_images < 1 or args.size < 16:
+        p.error("--iters and --val-images must be >= 1 and --size >= 16")
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return _child(argv[1:])
+    if argv[:1] == ["--prepare"]:
+        res = _prepare(argv[1], argv[2] == "mini", int(argv[3]))
+        print("RESULT " + json.dumps(res), flush=True)
+        return 0
+    args = parse_args(argv)
+
+    configs = leaf_configs(args.only)
+    if not configs:
+        raise SystemExit(f"No LVIS v1 config matches --only {args.only}.")
+    mode = "mini" if args.mini else "full"
+    out_root = os.path.abspath(os.path.join(args.output, mode))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    heading = (
+        f"## Rehearsal: {len(configs)} LVIS v1 configs on "
+        f"{'lvis_shaped_mini' if args.mini else 'lvis_shaped'} ({args.iters} iterations, "
+        f"{args.size} px, batch {args.ims_per_batch}, eval on {args.val_images} val images, "
+        f"{args.device})\n\n{hardware()}, torch {{torch}}, "
+        f"OMP_NUM_THREADS={args.threads}"
+    )
+    t0 = time.perf_counter()
+    prep = _prepare_in_subprocess(out_root, mode, args.val_images, env)
+    heading = heading.replace("{torch}", prep["torch"])
+    print(heading, flush=True)
+    print(f"[rehearse] val subset {prep['val_json']} ({time.perf_counter() - t0:.1f} s)")
+    val = prep["val_json"], prep["image_root"]
+    with open(prep["expected"]) as f:
+        expected = json.load(f)
+    rows, progress = [], _Progress(len(configs))
+    stage1 = os.path.join(out_root, os.path.splitext(STAGE1)[0], "model_final.pth")
+    for config in configs:
+        name = os.path.splitext(os.path.basename(config))[0]
+        weights = stage1 if "decoupled" in name else ""
+        row = run_one(args, config, os.path.join(out_root, name), val, expected, weights, env)
+        rows.append(row)
+        progress.step(row)
+        if not args.keep_checkpoints:
+            keep = os.path.basename(config) == STAGE1 and any("decoupled" in c for c in configs)
+            for ckpt in glob.glob(os.path.join(out_root, name, "*.pth")):
+                if not keep:
+                    os.remove(ckpt)
+        with open(os.path.join(out_root, "rehearsal.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        with open(os.path.join(out_root, "rehearsal.md"), "w") as f:
+            f.write(markdown(rows, heading))
+    progress.close()
+    if not args.keep_checkpoints and os.path.isfile(stage1):
+        os.remove(stage1)
+    print(markdown(rows, heading))
+    failed = [r for r in rows if not r["completed"]]
+    started = sum(r["started"] for r in rows)
+    total = time.perf_counter() - t0
+    print(
+        f"[rehearse] {started}/{len(rows)} started, {len(rows) - len(failed)} completed, "
+        f"{total / 60:.1f} min "
+        f"({total / max(1, len(rows)):.0f} s per config); report in {out_root}",
+        flush=True,
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main() or 0)
