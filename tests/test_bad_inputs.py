@@ -37,5 +37,6 @@ def test_rows_are_distinct():
 
 
 def test_table_line_of_a_multi_line_error(tmp_path):
-    error = ValueError(f"The config sets:\n  {tmp_path}/x is bad.\nUse another.")
-    assert TABLE.first_line(error, str(tmp_path)) == "The config sets: <tmp>/x is bad."
+    error = ValueError(f"The config sets:\n  {tmp_path}/x is bad (started 12:00).\nUse another.")
+    line = "The config sets: <tmp>/x is bad (started <time>)."
+    assert TABLE.first_line(error, str(tmp_path)) == line

@@ -18,6 +18,8 @@ import importlib
 import io
 import json
 import os
+import re
+import socket
 import sys
 import tempfile
 from typing import Callable, Dict, Optional
@@ -325,7 +327,7 @@ def run_row(row: Row, tmp: str) -> BaseException:
 
 def first_line(error: BaseException, tmp: str) -> str:
     """The message's first line (joined with the next while it ends with ":"), without the
-    temporary folder, the repository's path and this process's pid."""
+    temporary folder, the repository's path, this process's pid and host, and times."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = lines[0] if lines else type(error).__name__
     for line in lines[1:]:
@@ -333,7 +335,8 @@ def first_line(error: BaseException, tmp: str) -> str:
             break
         text += " " + line
     text = text.replace(tmp, "<tmp>").replace(ROOT + os.sep, "")
-    return text.replace(f"pid {os.getpid()}", "pid <pid>")
+    text = re.sub(r"\(started [^)]*\)", "(started <time>)", text)
+    return text.replace(f"pid {os.getpid()}", "pid <pid>").replace(socket.gethostname(), "<host>")
 
 
 def main(argv=None) -> int:
