@@ -24,6 +24,7 @@ from .data.training_set import needs_class_counts, resolve_training_set
 from .evaluation import build_evaluator
 from .fasa import FASA
 from .hooks import FASAHook
+from .run_lock import acquire_output_dir
 from .samplers import build_train_sampler
 
 __all__ = ["Trainer", "checkpointer_for", "load_config", "setup", "freeze_all_but_box_classifier"]
@@ -172,7 +173,7 @@ def load_config(args):
     keys moved to their new names), not yet resolved nor frozen."""
     cfg = get_cfg()
     add_iif_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_file(args.config_file, allow_unsafe=False)  # no !!python tags: no code runs
     cfg.merge_from_list(args.opts)
     return apply_deprecated_keys(cfg)
 
@@ -183,6 +184,8 @@ def setup(args):
     frozen, and detectron2's ``default_setup`` (logging, OUTPUT_DIR, config.yaml), with
     iif-d2's loggers writing to the same files."""
     cfg = load_config(args)
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        acquire_output_dir(cfg.OUTPUT_DIR)  # a second run on this folder is refused; freed at exit
     # logging first, so that the resolution's messages reach OUTPUT_DIR/log.txt
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="iif_d2")
     if cfg.NUM_THREADS < 0:
