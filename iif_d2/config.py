@@ -168,6 +168,14 @@ def add_iif_config(cfg):
     # feature means (the algorithm the authors use, implemented here in torch, on negative
     # squared distances; unseen classes stay alone) or "none" (each class on its own).
     _C.MODEL.ROI_BOX_HEAD.FASA.CLUSTERING = "affinity_propagation"
+    # The released code's behaviour, as options (docs/method.md §9 argues the defaults):
+    # a class with a single feature in a batch: "keep" its variance, or "authors": blend the
+    # variance 0 in (stat = (1 - m) var + m * 0);
+    _C.MODEL.ROI_BOX_HEAD.FASA.SINGLE_INSTANCE_VARIANCE = "keep"
+    # what affinity propagation clusters: "negative_squared_distances" of the seen classes'
+    # means (a similarity, as the algorithm defines it), or "authors": the positive squared
+    # distances of every class's mean, unseen (all-zero) ones included.
+    _C.MODEL.ROI_BOX_HEAD.FASA.CLUSTERING_INPUT = "negative_squared_distances"
     # The initial sampling rates s_c are proportional to 1 / instance count (MODEL.CLASS_COUNTS,
     # also when IIF itself is off), normalised to sum 1.
 

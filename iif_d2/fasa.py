@@ -28,6 +28,8 @@ from .clustering import affinity_propagation, negative_squared_distances
 
 __all__ = [
     "CLUSTERINGS",
+    "CLUSTERING_INPUTS",
+    "SINGLE_INSTANCE_VARIANCES",
     "FASA",
     "adapt_rates",
     "class_moments",
@@ -37,6 +39,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 CLUSTERINGS = ("affinity_propagation", "none")
+# a class with one feature in a batch: keep its variance, or blend a zero in (the authors')
+SINGLE_INSTANCE_VARIANCES = ("keep", "authors")
+# what affinity propagation clusters: the seen classes' negative squared distances, or (the
+# authors') the positive squared distances of every class's mean, unseen classes included
+CLUSTERING_INPUTS = ("negative_squared_distances", "authors")
 KEY = "MODEL.ROI_BOX_HEAD.FASA"
 
 
@@ -180,6 +187,8 @@ class FASA(nn.Module):
         start_iter: int = 0,
         adapt_step: float = 0.1,
         clustering: str = "affinity_propagation",
+        single_instance_variance: str = "keep",
+        clustering_input: str = "negative_squared_distances",
     ):
         """
         Args:
@@ -194,6 +203,10 @@ class FASA(nn.Module):
                 training set's size before training starts.
             adapt_step: the adaptation step (ADAPT_STEP).
             clustering: one of :data:`CLUSTERINGS` (CLUSTERING).
+            single_instance_variance: one of :data:`SINGLE_INSTANCE_VARIANCES`
+                (SINGLE_INSTANCE_VARIANCE): what a class with a single feature in a batch does
+                to its variance (docs/method.md §9).
+            clustering_input: one of :data:`CLUSTERING_INPUTS` (CLUSTERING_INPUT).
         """
         super().__init__()
         if num_classes < 1 or feature_dim < 1:
@@ -205,6 +218,17 @@ class FASA(nn.Module):
             raise ValueError(f"{KEY}.START_ITER {start_iter}: use -1 (one epoch) or an iteration.")
         if clustering not in CLUSTERINGS:
             raise ValueError(f"{KEY}.CLUSTERING {clustering!r} is not one of {CLUSTERINGS}.")
+        if single_instance_variance not in SINGLE_INSTANCE_VARIANCES:
+            raise ValueError(
+                f"{KEY}.SINGLE_INSTANCE_VARIANCE {single_instance_variance!r} is not one of "
+                f"{SINGLE_INSTANCE_VARIANCES}."
+            )
+        if clustering_input not in CLUSTERING_INPUTS:
+            raise ValueError(
+                f"{KEY}.CLUSTERING_INPUT {clustering_input!r} is not one of {CLUSTERING_INPUTS}."
+            )
+        self.single_instance_variance = single_instance_variance
+        self.clustering_input = clustering_input
         counts = torch.as_tensor(instance_counts).flatten()
         if counts.numel() != num_classes:
             raise ValueError(
@@ -240,7 +264,9 @@ class FASA(nn.Module):
         ends with the statistics of the concatenated batch. Then, for each class in the batch:
         at first sight mean / var are the batch's, afterwards stat = (1 - m) stat + m batch.
         A class with a single feature in the batch has no sample variance: its mean is
-        updated, its variance kept (0 when it is seen for the first time).
+        updated, its variance kept (0 when it is seen for the first time); with
+        ``single_instance_variance="authors"`` a variance of 0 is blended in instead, as the
+        authors' code does.
 
         Args:
             features: (N, D) box-head features (fp32 or fp16 under AMP).
@@ -269,7 +295,10 @@ class FASA(nn.Module):
         # weight of the batch: 1 at first sight, m afterwards; 0 for an undefined variance
         w = torch.where(self.seen.unsqueeze(1), self.momentum, 1.0).double()
         w = torch.where(present, w, 0.0)
-        w_var = torch.where((count > 1).unsqueeze(1), w, 0.0)
+        if self.single_instance_variance == "keep":
+            w_var = torch.where((count > 1).unsqueeze(1), w, 0.0)
+        else:  # the authors': a single feature contributes the variance 0
+            w_var = w
         mean = (1 - w) * self.mean.double() + w * batch_mean.nan_to_num(0.0)
         var = (1 - w_var) * self.var.double() + w_var * batch_var.nan_to_num(0.0)
         self.mean.copy_(mean)
@@ -302,8 +331,13 @@ class FASA(nn.Module):
         means of unseen classes too; this follows affinity propagation's definition instead.
         """
         singletons = torch.arange(self.num_classes)
+        if self.clustering == "none":
+            return singletons
+        if self.clustering_input == "authors":  # positive distances, every class's mean
+            labels = affinity_propagation(-negative_squared_distances(self.mean.cpu()))
+            return singletons if (labels < 0).any() else labels
         seen = self.seen.cpu().nonzero().squeeze(1)
-        if self.clustering == "none" or seen.numel() < 2:
+        if seen.numel() < 2:
             return singletons
         labels = affinity_propagation(negative_squared_distances(self.mean[seen].cpu()))
         if (labels < 0).any():
@@ -359,5 +393,7 @@ class FASA(nn.Module):
             f"num_classes={self.num_classes}, feature_dim={self.feature_dim}, "
             f"momentum={self.momentum}, loss_weight={self.loss_weight}, "
             f"start_iter={self.start_iter}, adapt_step={self.adapt_step}, "
-            f"clustering={self.clustering!r}"
+            f"clustering={self.clustering!r}, "
+            f"single_instance_variance={self.single_instance_variance!r}, "
+            f"clustering_input={self.clustering_input!r}"
         )

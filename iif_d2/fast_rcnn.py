@@ -197,6 +197,8 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
             start_iter=node.START_ITER,
             adapt_step=node.ADAPT_STEP,
             clustering=node.CLUSTERING,
+            single_instance_variance=node.SINGLE_INSTANCE_VARIANCE,
+            clustering_input=node.CLUSTERING_INPUT,
         )
 
     def forward(self, x):

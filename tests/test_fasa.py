@@ -446,3 +446,61 @@ def test_heldout_class_losses_cascade_stages():
     for k, got in zip((0, 2), losses, strict=True):
         assert_close(got, _reference_stage(model, list(loader), k), equal_nan=True)
     assert not torch.equal(losses[0], losses[1])
+
+
+# --------------------------------------------------------------------------- authors' options
+
+
+def _authors_ema(mean, var, seen, features, labels, m):
+    """The released code's statistics update, class by class: a class with one feature in the
+    batch blends in the variance 0 (the first sight sets mean and variance to the batch's)."""
+    mean, var, seen = mean.clone().double(), var.clone().double(), seen.clone()
+    for c in range(mean.shape[0]):
+        x = features[labels == c].double()
+        if len(x) == 0:
+            continue
+        batch_mean = x.mean(0)
+        batch_var = x.var(0, unbiased=True) if len(x) > 1 else torch.zeros_like(batch_mean)
+        w = m if seen[c] else 1.0
+        mean[c] = (1 - w) * mean[c] + w * batch_mean
+        var[c] = (1 - w) * var[c] + w * batch_var
+        seen[c] = True
+    return mean.float(), var.float(), seen
+
+
+def test_single_instance_variance_authors_option():
+    g = torch.Generator().manual_seed(3)
+    ours = FASA(3, 4, [1, 1, 1], momentum=0.25)
+    authors = FASA(3, 4, [1, 1, 1], momentum=0.25, single_instance_variance="authors")
+    mean, var, seen = authors.mean.clone(), authors.var.clone(), authors.seen.clone()
+    batches = [torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2, 0]), torch.tensor([1, 3])]
+    for labels in batches:  # class 1 is alone in every batch
+        x = torch.randn(len(labels), 4, generator=g)
+        ours.update(x, labels)
+        authors.update(x, labels)
+        mean, var, seen = _authors_ema(mean, var, seen, x, labels, 0.25)
+    assert_close(authors.mean, mean, rtol=1e-6, atol=1e-7)
+    assert_close(authors.var, var, rtol=1e-6, atol=1e-7)
+    exact(authors.seen, seen)
+    assert (authors.var[1] == 0).all() and (ours.var[1] == 0).all()  # only ever alone
+    assert not torch.equal(ours.var[0], authors.var[0])  # class 0 alone in the 2nd batch
+    with pytest.raises(ValueError, match="SINGLE_INSTANCE_VARIANCE"):
+        FASA(3, 4, [1, 1, 1], single_instance_variance="zero")
+
+
+def test_clustering_input_authors_option_equals_sklearn_on_positive_distances():
+    cluster = pytest.importorskip("sklearn.cluster")
+    g = torch.Generator().manual_seed(0)
+    fasa = FASA(12, 5, [1] * 12, clustering_input="authors")
+    centres = torch.randn(3, 5, generator=g) * 3
+    seen = torch.arange(10)  # classes 10 and 11 never seen: all-zero means
+    fasa.update(centres[seen % 3] + 0.1 * torch.randn(10, 5, generator=g), seen)
+    means = fasa.mean.double().numpy()
+    distances = ((means[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+    # the released code: sklearn's affinity propagation on the squared distances themselves
+    ref = cluster.AffinityPropagation(affinity="precomputed", random_state=0).fit(distances)
+    assert fasa.clusters().tolist() == ref.labels_.tolist()
+    ours = FASA(12, 5, [1] * 12)
+    ours.mean.copy_(fasa.mean)
+    ours.seen.copy_(fasa.seen)
+    assert ours.clusters().tolist() != fasa.clusters().tolist()
