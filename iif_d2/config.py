@@ -218,6 +218,10 @@ def add_iif_config(cfg):
     _C.TEST.LVIS_EVAL_ENGINE = "fast"
     # Fast engine: also write lvis_instances_results.json (~0.5 GB per 5,000 images).
     _C.TEST.LVIS_EVAL_SAVE_RESULTS = False
+    # Fast engine: also report AP-fixed and AP-pool (Dave et al. 2021; 10,000 detections per
+    # class over the dataset) of the same detections. Pooled AP ranks every class's detections
+    # together, so it measures how comparable the scores of different classes are.
+    _C.TEST.LVIS_EVAL_FIXED_POOLED = False
 
     # ---------------------------------------------------------------------------------------
     # Intra-op CPU threads of each process (torch.set_num_threads), set and logged by

@@ -22,6 +22,7 @@ from detectron2.utils.file_io import PathManager
 
 from .compat import HAS_COMPILED_OPS, numpy_float_alias
 from .lvis_eval import LVISDetections, LVISGroundTruth, evaluate, summarize
+from .lvis_eval.devil import ap_fixed, ap_pooled
 
 __all__ = ["FastLVISEvaluator", "LVIS_EVAL_ENGINES", "LVISEvaluator", "build_evaluator"]
 
@@ -60,6 +61,7 @@ class FastLVISEvaluator(DatasetEvaluator):
         *,
         max_dets_per_image=None,
         save_results_json=False,
+        fixed_and_pooled=False,
     ):
         """
         Args:
@@ -69,12 +71,15 @@ class FastLVISEvaluator(DatasetEvaluator):
             output_dir: where the results json goes (with ``save_results_json``).
             max_dets_per_image: detections per image (default 300, LVIS's).
             save_results_json: write ``lvis_instances_results.json`` to ``output_dir``.
+            fixed_and_pooled: also report AP-fixed and AP-pool (Dave et al. 2021:
+                :mod:`iif_d2.lvis_eval.devil`) on the same detections (10,000 per class).
         """
         self._tasks = tasks
         self._distributed = distributed
         self._output_dir = output_dir
         self._max_dets = 300 if max_dets_per_image is None else max_dets_per_image
         self._save = bool(save_results_json)
+        self._fixed_and_pooled = bool(fixed_and_pooled)
         self._metadata = MetadataCatalog.get(dataset_name)
         self._json_file = PathManager.get_local_path(self._metadata.json_file)
         self._gt = LVISGroundTruth.from_json(self._json_file, with_masks=False)
@@ -200,6 +205,10 @@ class FastLVISEvaluator(DatasetEvaluator):
                 continue
             res = summarize(evaluate(self._gt, dets_task, task, self._max_dets))
             results[task] = {m: float(res[m] * 100) for m in _METRICS}
+            if self._fixed_and_pooled:
+                results[task]["AP-fixed"] = float(ap_fixed(self._gt, dets_task, task)["AP"] * 100)
+                pooled = ap_pooled(self._gt, dets_task, task)
+                results[task].update({k: float(v * 100) for k, v in pooled.items()})
             logger.info(f"Evaluation results for {task}: {results[task]}")
         return results
 
@@ -281,6 +290,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
             output_dir=output_folder,
             max_dets_per_image=max_dets,
             save_results_json=cfg.TEST.get("LVIS_EVAL_SAVE_RESULTS", False),
+            fixed_and_pooled=cfg.TEST.get("LVIS_EVAL_FIXED_POOLED", False),
         )
     if evaluator_type == "coco":
         # the C++ COCO evaluation is a compiled op; pycocotools' Python one otherwise

@@ -77,6 +77,28 @@ def test_fast_lvis_evaluator_matches_lvis_api(tiny_lvis, tmp_path):
     assert not (tmp_path / "fast").exists()
 
 
+def test_fast_lvis_evaluator_reports_fixed_and_pooled(tiny_lvis, tmp_path):
+    from iif_d2.evaluation import _concat
+    from iif_d2.lvis_eval import LVISGroundTruth
+    from iif_d2.lvis_eval.devil import ap_fixed
+
+    name, gt, outputs = tiny_lvis
+    plain = _run(FastLVISEvaluator(name), outputs)
+    both = _run(FastLVISEvaluator(name, fixed_and_pooled=True), outputs)
+    for task in ("bbox", "segm"):
+        assert {"AP-fixed", "AP-pool", "AP-pool-r", "AP-pool-c", "AP-pool-f"} <= set(both[task])
+        assert both[task]["AP"] == plain[task]["AP"]  # the standard metrics are unchanged
+        assert 0 <= both[task]["AP-pool"] <= 100
+    # the evaluator hands AP-fixed the detections it stored (cut and federated-filtered)
+    evaluator = FastLVISEvaluator(name)
+    for inp, out in outputs:
+        evaluator.process([inp], [out])
+    dets = _concat(evaluator._parts, True)
+    ground_truth = LVISGroundTruth.from_json(MetadataCatalog.get(name).json_file, False)
+    expected = ap_fixed(ground_truth, dets, "bbox")["AP"] * 100
+    assert both["bbox"]["AP-fixed"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_fast_lvis_evaluator_writes_results_when_asked(tiny_lvis, tmp_path):
     name, gt, outputs = tiny_lvis
     evaluator = FastLVISEvaluator(name, output_dir=str(tmp_path), save_results_json=True)

@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(
     REPO, "configs", "SynthLT-InstanceSegmentation", "mask_rcnn_R_18_FPN_iif.yaml"
 )
-METRICS = ("AP", "AP50", "APr", "APc", "APf")
+METRICS = ("AP", "AP50", "APr", "APc", "APf", "AP-fixed", "AP-pool")
 # what detectron2 logs while it trains and evaluates (train_net.py's stdout)
 ITER_LINE = re.compile(r"\biter: (\d+)\s+total_loss: ([-\d.e+na]+)")
 START_LINE = re.compile(r"Starting training from iteration (\d+)")
@@ -188,7 +188,8 @@ def checkpoint_opts(cfg, user_opts):
     detectron2 saves model_{iter}.pth every CHECKPOINT_PERIOD and model_final.pth at the end, so
     a period dividing MAX_ITER writes the last iteration twice: the period is moved off it. Where
     the config has a key for the number of periodic checkpoints kept (SOLVER.CHECKPOINTS_KEPT),
-    one is kept, enough to resume. Nothing the user set is overridden.
+    one is kept, enough to resume. The evaluation also reports AP-fixed and AP-pool. Nothing the
+    user set is overridden.
     """
     keys = set(user_opts[::2])
     opts = []
@@ -198,6 +199,8 @@ def checkpoint_opts(cfg, user_opts):
         opts += ["SOLVER.CHECKPOINT_PERIOD", str(period)]
     if "CHECKPOINTS_KEPT" in cfg.SOLVER and "SOLVER.CHECKPOINTS_KEPT" not in keys:
         opts += ["SOLVER.CHECKPOINTS_KEPT", "1"]
+    if "TEST.LVIS_EVAL_FIXED_POOLED" not in keys:  # AP-fixed and AP-pool beside AP
+        opts += ["TEST.LVIS_EVAL_FIXED_POOLED", "True"]
     return opts
 
 
@@ -270,10 +273,10 @@ def main(argv=None):
     if removed:
         print(f"[demo] removed {removed} periodic checkpoint(s); kept {out}/model_final.pth")
     print(f"[demo] done in {(time.time() - t0) / 60:.1f} min. SynthLT val, LVIS evaluation:")
-    print(f"{'model':<12}{'task':<6}" + "".join(f"{k:>8}" for k in METRICS))
+    print(f"{'model':<12}{'task':<6}" + "".join(f"{k:>9}" for k in METRICS))
     for name, res in (("untrained", untrained), ("IIF trained", trained)):
         for task in ("bbox", "segm"):
-            row = "".join(f"{res[task].get(k, float('nan')):8.1f}" for k in METRICS)
+            row = "".join(f"{res[task].get(k, float('nan')):9.1f}" for k in METRICS)
             print(f"{name:<12}{task:<6}{row}")
     if args.num_vis > 0:
         from visualize import load_run_config, visualize
