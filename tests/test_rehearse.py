@@ -1,4 +1,4 @@
-"""tools/rehearse.py on the reduced LVIS-shaped set: the decoupled config (and the stage-1 config
+"""tools/rehearse.py on the reduced LVIS-shaped set: a decoupled config (and the stage-1 config
 it needs, run first) trains one step in train_net.py subprocesses and is evaluated; the rows
 hold the report's keys, and the saved class counts equal the mini spec's targets.
 
@@ -30,19 +30,19 @@ def rehearse():
 
 
 def test_leaf_configs_every_non_base_yaml_stage1_first(rehearse):
-    every = rehearse.leaf_configs()
     folder = os.path.join(ROOT, rehearse.CONFIG_DIR)
     leaves = {f for f in os.listdir(folder) if f.endswith(".yaml") and not f.startswith("Base-")}
-    assert {os.path.basename(c) for c in every} == leaves and len(every) == len(leaves)
-    names = [os.path.basename(c) for c in every]
-    assert names.index(rehearse.STAGE1) < names.index("mask_rcnn_R_50_FPN_1x_iif_decoupled.yaml")
-    only = [os.path.basename(c) for c in rehearse.leaf_configs(["decoupled"])]
-    assert only == [rehearse.STAGE1, "mask_rcnn_R_50_FPN_1x_iif_decoupled.yaml"]
-    assert [os.path.basename(c) for c in rehearse.leaf_configs(["*recipe.yaml"])] == [
-        "cascade_mask_rcnn_R_50_FPN_2x_recipe.yaml",
-        "mask_rcnn_R_101_FPN_2x_recipe.yaml",
-        "mask_rcnn_R_50_FPN_2x_recipe.yaml",
-    ]
+    every = [os.path.basename(c) for c in rehearse.leaf_configs(aliases=True)]
+    assert set(every) == leaves and len(every) == len(leaves)
+    aliases = {n for n in leaves if rehearse.is_alias(n)}
+    assert {os.path.basename(c) for c in rehearse.leaf_configs()} == leaves - aliases
+    decoupled = [n for n in every if "decoupled" in n]
+    assert decoupled
+    for n in decoupled:  # each stage 2 after the stage-1 config its MODEL.WEIGHTS names
+        stage1 = rehearse.stage1_of(n)
+        assert stage1 in leaves and every.index(stage1) < every.index(n)
+    only = [os.path.basename(c) for c in rehearse.leaf_configs(["*recipe.yaml"])]
+    assert only and all(n.endswith("recipe.yaml") for n in only)
 
 
 def test_bad_arguments_exit_with_a_message(rehearse):
@@ -53,15 +53,15 @@ def test_bad_arguments_exit_with_a_message(rehearse):
 def test_mini_rehearsal_decoupled_from_its_stage1(tmp_path):
     out = tmp_path / "report"
     cmd = [
-        sys.executable, TOOL, "--mini", "--only", "decoupled", "--iters", "1",
+        sys.executable, TOOL, "--mini", "--only", "12e_iif_decoupled.yaml", "--iters", "1",
         "--val-images", "1", "--size", "32", "--threads", "1", "--output", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads((out / "mini" / "rehearsal.json").read_text())
     assert [os.path.basename(r["config"]) for r in rows] == [
-        "mask_rcnn_R_50_FPN_1x.yaml",
-        "mask_rcnn_R_50_FPN_1x_iif_decoupled.yaml",
+        "mask_rcnn_R_50_FPN_12e.yaml",
+        "mask_rcnn_R_50_FPN_12e_iif_decoupled.yaml",
     ]
     for r in rows:
         assert KEYS <= set(r), KEYS - set(r)
@@ -72,9 +72,54 @@ def test_mini_rehearsal_decoupled_from_its_stage1(tmp_path):
     stage1, stage2 = rows
     assert stage1["counts_match_csv"] is None  # softmax: no class counts used
     assert stage2["counts_match_csv"] is True  # IIF: the 2,000-image set's exact targets
-    log = (out / "mini" / "mask_rcnn_R_50_FPN_1x_iif_decoupled" / "log.txt").read_text()
-    assert "mask_rcnn_R_50_FPN_1x/model_final.pth" in log  # stage 2 loaded stage 1
+    log = (out / "mini" / "mask_rcnn_R_50_FPN_12e_iif_decoupled" / "log.txt").read_text()
+    assert "mask_rcnn_R_50_FPN_12e/model_final.pth" in log  # stage 2 loaded stage 1
     assert "Decoupled training: only the box classifier is trained" in log
     assert not list((out / "mini").glob("*/*.pth"))  # checkpoints removed
     md = (out / "mini" / "rehearsal.md").read_text()
-    assert "| mask_rcnn_R_50_FPN_1x_iif_decoupled.yaml | yes | yes |" in md
+    assert "| mask_rcnn_R_50_FPN_12e_iif_decoupled.yaml | yes | yes |" in md
+
+
+def test_trainer_dicts_are_the_resolutions_load(tmp_path):
+    """The rehearsal's fix: a training run loads DATASETS.TRAIN once (resolution, then trainer),
+    unless the training set changed in between; the hand-over is released after one use."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from iif_d2 import add_iif_config, resolve_training_set
+    from iif_d2.data.build import training_dicts
+
+    calls = []
+    name = "iif_test_counted_tiny_train"
+
+    def register(tag):
+        def load():
+            calls.append(tag)
+            return DatasetCatalog.get("iif_synthetic_tiny_train")
+
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        DatasetCatalog.register(name, load)
+
+    register("a")
+    meta = MetadataCatalog.get("iif_synthetic_tiny_train")
+    MetadataCatalog.get(name).set(thing_classes=meta.thing_classes)
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_list(["DATASETS.TRAIN", (name,), "MODEL.ROI_HEADS.NUM_CLASSES", 8])
+    cfg.merge_from_list(["MODEL.ROI_BOX_HEAD.IIF.ENABLED", True, "OUTPUT_DIR", str(tmp_path)])
+    cfg.MODEL.CLASS_COUNTS.SOURCE = "dataset"
+    resolve_training_set(cfg)
+    assert calls == ["a"]
+    train, heldout = training_dicts(cfg)
+    assert calls == ["a"] and heldout == []  # the resolution's load
+    assert train == DatasetCatalog.get(name) and len(train) > 0
+    train_again, _ = training_dicts(cfg)
+    assert calls == ["a", "a", "a"] and train_again == train  # released after one use
+    cfg.MODEL.CLASS_COUNTS.SOURCE = "dataset"  # resolved to the saved "file": count again
+    resolve_training_set(cfg)
+    assert calls == ["a", "a", "a", "a"]
+    register("b")  # the training set changed after the resolution: loaded anew
+    training_dicts(cfg)
+    assert calls == ["a", "a", "a", "a", "b"]
+    DatasetCatalog.remove(name)

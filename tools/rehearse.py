@@ -3,11 +3,12 @@
 LVIS-shaped synthetic set (LVIS v1 train's 1203 classes and exact per-class counts).
 
 For each leaf config of configs/LVISv1-InstanceSegmentation/ (every *.yaml not starting with
-``Base-``), ``train_net.py`` runs in its own subprocess on the YAML itself, with only these
-swapped: the datasets (``lvis_shaped_train`` and a val subset; ``--mini``: the 2,000-image
+``Base-``; deprecated aliases, which only name another config, with ``--aliases``),
+``train_net.py`` runs in its own subprocess on the YAML itself, with only these swapped: the
+datasets (``lvis_shaped_train`` and a val subset; ``--mini``: the 2,000-image
 ``lvis_shaped_mini_train``), the input size (``--size``), MODEL.WEIGHTS "" (no pretrained
-weights offline; the decoupled stage 2 loads the stage-1 checkpoint this rehearsal made with
-``mask_rcnn_R_50_FPN_1x.yaml``, which runs first), SOLVER.MAX_ITER (``--iters``), the device,
+weights offline; a decoupled stage 2 loads the checkpoint this rehearsal made with the stage-1
+config its MODEL.WEIGHTS names, which runs first), SOLVER.MAX_ITER (``--iters``), the device,
 batch, loader workers, OUTPUT_DIR, no periodic evaluation or checkpoint. The training's final
 evaluation runs on the first ``--val-images`` images of the val split: their LVIS json is
 written once and registered as ``rehearsal_val`` inside each subprocess (``--child``), which
@@ -54,7 +55,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join("configs", "LVISv1-InstanceSegmentation")
-STAGE1 = "mask_rcnn_R_50_FPN_1x.yaml"
+STAGE1 = "mask_rcnn_R_50_FPN_12e.yaml"  # when a decoupled config's MODEL.WEIGHTS names none
 STATS_FILENAME = "iif_class_stats.json"  # iif_d2.class_stats.STATS_FILENAME
 VAL_NAME = "rehearsal_val"
 START_LINE = "Starting training from iteration"
@@ -67,23 +68,61 @@ KEYS = (
 )  # fmt: skip
 
 
-def leaf_configs(only=None):
-    """The leaf LVIS v1 configs (relative to the repository), stage 1 before stage 2.
+def _yaml(name: str) -> dict:
+    import yaml
+
+    with open(os.path.join(ROOT, CONFIG_DIR, name)) as f:
+        return yaml.safe_load(f) or {}
+
+
+def is_alias(name: str) -> bool:
+    """Whether a config only names another leaf config (an alias, e.g. a deprecated name:
+    nothing but a ``_BASE_`` that is not a ``Base-`` file)."""
+    data = _yaml(name)
+    return set(data) == {"_BASE_"} and not os.path.basename(data["_BASE_"]).startswith("Base-")
+
+
+def stage1_of(name: str) -> str:
+    """The stage-1 config of a decoupled config: the run folder its MODEL.WEIGHTS names
+    (``output/.../<stage-1 config>/model_final.pth``, followed through ``_BASE_``)."""
+    seen = set()
+    while name and name not in seen:
+        seen.add(name)
+        data = _yaml(name)
+        weights = (data.get("MODEL") or {}).get("WEIGHTS")
+        if weights:
+            stage1 = os.path.basename(os.path.dirname(weights)) + ".yaml"
+            if os.path.isfile(os.path.join(ROOT, CONFIG_DIR, stage1)):
+                return stage1
+            break
+        name = data.get("_BASE_")
+        if name and os.sep in name:
+            break
+    return STAGE1
+
+
+def leaf_configs(only=None, aliases: bool = False):
+    """The leaf LVIS v1 configs (relative to the repository), each stage 1 before its stage 2.
 
     Args:
         only: optional glob patterns (``*pattern*`` when without a wildcard), any of which
             a config's file name must match.
+        aliases: include the deprecated aliases (configs that only name another).
     """
     paths = sorted(glob.glob(os.path.join(ROOT, CONFIG_DIR, "*.yaml")))
     names = [os.path.basename(p) for p in paths if not os.path.basename(p).startswith("Base-")]
+    if not aliases:
+        names = [n for n in names if not is_alias(n)]
     if only:
         pats = [p if any(c in p for c in "*?[") else f"*{p}*" for p in only]
         names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in pats)]
     decoupled = [n for n in names if "decoupled" in n]
-    rest = [n for n in names if n not in decoupled]
-    if decoupled and STAGE1 not in rest:
-        rest.insert(0, STAGE1)  # stage 2 needs the stage-1 checkpoint
-    rest.sort(key=lambda n: n != STAGE1)
+    stage1 = []
+    for n in decoupled:
+        s1 = stage1_of(n)
+        if s1 not in stage1:
+            stage1.append(s1)
+    rest = stage1 + [n for n in names if n not in decoupled and n not in stage1]
     return [os.path.join(CONFIG_DIR, n) for n in rest + decoupled]
 
 
@@ -367,6 +406,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--mini", action="store_true", help="lvis_shaped_mini (2,000 train images)")
     p.add_argument("--only", nargs="+", metavar="PATTERN", help="config file-name patterns")
+    p.add_argument(
+        "--aliases", action="store_true", help="also the deprecated aliases (only a _BASE_)"
+    )
     p.add_argument("--iters", type=int, default=2, help="SOLVER.MAX_ITER (default 2)")
     p.add_argument("--val-images", type=int, default=2, help="val images evaluated (default 2)")
     p.add_argument("--size", type=int, default=64, help="MIN_SIZE_*; MAX_SIZE_* = 2x (64)")
@@ -397,7 +439,7 @@ def main(argv=None):
         return 0
     args = parse_args(argv)
 
-    configs = leaf_configs(args.only)
+    configs = leaf_configs(args.only, args.aliases)
     if not configs:
         raise SystemExit(f"No LVIS v1 config matches --only {args.only}.")
     mode = "mini" if args.mini else "full"
@@ -420,25 +462,30 @@ def main(argv=None):
     with open(prep["expected"]) as f:
         expected = json.load(f)
     rows, progress = [], _Progress(len(configs))
-    stage1 = os.path.join(out_root, os.path.splitext(STAGE1)[0], "model_final.pth")
+    stage1 = {  # stage-2 config -> the stage-1 checkpoint this rehearsal makes
+        c: os.path.join(out_root, os.path.splitext(stage1_of(os.path.basename(c)))[0])
+        for c in configs
+        if "decoupled" in os.path.basename(c)
+    }
     for config in configs:
         name = os.path.splitext(os.path.basename(config))[0]
-        weights = stage1 if "decoupled" in name else ""
-        row = run_one(args, config, os.path.join(out_root, name), val, expected, weights, env)
+        weights = os.path.join(stage1[config], "model_final.pth") if config in stage1 else ""
+        out_dir = os.path.join(out_root, name)
+        row = run_one(args, config, out_dir, val, expected, weights, env)
         rows.append(row)
         progress.step(row)
-        if not args.keep_checkpoints:
-            keep = os.path.basename(config) == STAGE1 and any("decoupled" in c for c in configs)
-            for ckpt in glob.glob(os.path.join(out_root, name, "*.pth")):
-                if not keep:
-                    os.remove(ckpt)
+        if not args.keep_checkpoints and out_dir not in stage1.values():
+            for ckpt in glob.glob(os.path.join(out_dir, "*.pth")):
+                os.remove(ckpt)
         with open(os.path.join(out_root, "rehearsal.json"), "w") as f:
             json.dump(rows, f, indent=1)
         with open(os.path.join(out_root, "rehearsal.md"), "w") as f:
             f.write(markdown(rows, heading))
     progress.close()
-    if not args.keep_checkpoints and os.path.isfile(stage1):
-        os.remove(stage1)
+    if not args.keep_checkpoints:
+        for folder in set(stage1.values()):
+            for ckpt in glob.glob(os.path.join(folder, "*.pth")):
+                os.remove(ckpt)
     print(markdown(rows, heading))
     failed = [r for r in rows if not r["completed"]]
     started = sum(r["started"] for r in rows)

@@ -25,7 +25,7 @@ import os
 from typing import List, Optional
 
 from ..class_stats import STATS_FILENAME, ClassStats, count_dataset_dicts, load_counts_file
-from .build import holds_out, iterations_per_epoch, loader_dataset_dicts
+from .build import hand_over, holds_out, iterations_per_epoch, loader_dataset_dicts
 from .heldout import (
     HeldoutSplit,
     image_key,
@@ -155,6 +155,11 @@ def compute_training_set_facts(cfg, training: bool = True) -> TrainingSetFacts:
         cfg: a config with iif-d2's keys.
         training: False for evaluation: only the class counts are computed.
     """
+    return _compute(cfg, training)[0]
+
+
+def _compute(cfg, training: bool):
+    """:func:`compute_training_set_facts` and the training dicts it loaded (or None)."""
     facts = TrainingSetFacts()
     counts = needs_class_counts(cfg)
     heldout = training and holds_out(cfg) and not cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE
@@ -173,6 +178,14 @@ def compute_training_set_facts(cfg, training: bool = True) -> TrainingSetFacts:
         train = [d for d in dicts if image_key(d) not in ids]
     if epoch:
         facts.iterations_per_epoch = iterations_per_epoch(cfg, train)
+    return facts, dicts
+
+
+def _compute_and_hand_over(cfg, training: bool) -> TrainingSetFacts:
+    """The facts; for a training run, the dicts loaded for them go to the trainer (one load)."""
+    facts, dicts = _compute(cfg, training)
+    if training and dicts is not None:
+        hand_over(cfg, dicts)
     return facts
 
 
@@ -271,7 +284,7 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
         if found:
             logger.info("Class statistics of the run folder of MODEL.WEIGHTS: %s", found)
             counts.SOURCE, counts.FILE = "file", found
-    facts = _on_main_rank(lambda: compute_training_set_facts(cfg, training))
+    facts = _on_main_rank(lambda: _compute_and_hand_over(cfg, training))
     if comm.is_main_process():
         _log(facts)
     out = cfg.OUTPUT_DIR
