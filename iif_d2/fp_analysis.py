@@ -1,26 +1,35 @@
 """False-positive analysis of box detections against an LVIS- or COCO-format ground truth.
 
 python -m iif_d2.fp_analysis --gt datasets/lvis/lvis_v1_val.json \\
-    --results output/inference/lvis_instances_results.json [--score-thresh 0.05] [--json-out f.json]
+    --results output/inference/lvis_instances_results.json [--score-thresh 0.3] [--json-out f.json]
 
 The results file is a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``, as
 detectron2's LVIS/COCO evaluators write it (``lvis_instances_results.json``,
 ``coco_instances_results.json``); category ids are the ground-truth json's ids. Only boxes are
 analysed (a ``segmentation`` key is ignored).
 
-Two measures:
+Three measures:
 
-* :func:`false_positives_per_image`: detections above a score threshold are matched one-to-one to
+* :func:`false_positives_per_image`: detections above a score threshold (default 0.3, the one
+  of the README's FP/img numbers, ``tools/benchmark_synthlt.py``) are matched one-to-one to
   the ground-truth boxes of their class (greedily, by descending score, IoU >= 0.5). Unmatched
   detections are false positives; a duplicate of a matched object is one.
 * :func:`delta_ap_fp`: TIDE's dAP_FP, the box AP50 gained when every detection that overlaps no
   ground-truth box of its class at IoU >= 0.5 is removed. Duplicates are not removed.
+* :func:`tide_breakdown`: a TIDE-style breakdown of the errors (classification, localisation,
+  both, duplicate, background, missed) with the box AP50 that fixing each type gains, under
+  LVIS's federated rules (defined in :mod:`iif_d2.lvis_eval.tide`).
+
+For LVIS ground truth whose categories carry a ``frequency``, the first two are also reported
+per frequency group (rare "r", common "c", frequent "f"), and the breakdown's gains too. Box
+AP50 on LVIS ground truth comes from iif-d2's fast LVIS engine (:mod:`iif_d2.lvis_eval`,
+exactly lvis-api's numbers); on COCO ground truth from pycocotools' COCOeval.
 
 The ground truth is LVIS-format when its images carry ``neg_category_ids``. LVIS is federated: a
 detection is evaluated only where its class is present in the image or listed as negative there,
 and an unmatched detection of a class listed in the image's ``not_exhaustive_category_ids`` is
-not penalised. Both rules are applied as ``LVISEval`` applies them. COCO-format ground truth has
-no such lists and every detection is evaluated.
+not penalised. Both rules are applied as lvis-api's ``LVISEval`` applies them. COCO-format
+ground truth has no such lists and every detection is evaluated.
 
 At ``score_thresh`` 0 the tp/fp/ignored counts equal those of ``LVISEval``/``COCOeval`` at
 IoU 0.5, with one difference: a detection of a class that has no ground-truth box anywhere in
@@ -42,16 +51,21 @@ from numbers import Real
 
 import numpy as np
 import pycocotools.mask as mask_utils
-from lvis import LVIS, LVISEval, LVISResults
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .compat import numpy_float_alias
+from .lvis_eval import LVISDetections, LVISGroundTruth, evaluate
+from .lvis_eval.data import FREQUENCIES
+from .lvis_eval.engine import compact
+from .lvis_eval.tide import ERROR_TYPES, gt_counts, tide_errors
 
 logger = logging.getLogger(__name__)
 
 _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 _LVIS_MAX_DETS = 300  # LVIS's official limit of detections per image
+_COCO_MAX_DETS = 100  # COCOeval's largest maxDets
+# the threshold of the README's published FP/img numbers (tools/benchmark_synthlt.py)
+DEFAULT_SCORE_THRESH = 0.3
 
 
 def _read_json(source, what: str):
@@ -237,7 +251,41 @@ def _group_by_image_class(dets: list[dict], federated) -> tuple[dict, int]:
     return groups, not_evaluable
 
 
-def false_positives_per_image(gt, results, score_thresh=0.05, iou_thresh=0.5) -> dict:
+def frequency_groups(gt: dict) -> dict | None:
+    """LVIS frequency group ("r", "c" or "f") of each category id, from the categories'
+    ``frequency``; None for COCO-format ground truth or when a category has no valid one.
+
+    Args:
+        gt: a loaded ground-truth dict.
+
+    Returns:
+        dict category id -> group, or None.
+    """
+    if not is_lvis_format(gt):
+        return None
+    groups = {cat["id"]: cat.get("frequency") for cat in gt["categories"]}
+    if not all(g in FREQUENCIES for g in groups.values()):
+        logger.warning("some categories lack an r/c/f frequency: no per-frequency results")
+        return None
+    return groups
+
+
+def _fp_by_group(groups: dict, statuses: list, num_images: int) -> dict:
+    """FP/TP counts per frequency group from (category_id, status) pairs."""
+    out = {g: {"categories": 0, "fp": 0, "tp": 0} for g in FREQUENCIES}
+    for group in groups.values():
+        out[group]["categories"] += 1
+    for category_id, status in statuses:
+        if status in ("fp", "tp"):
+            out[groups[category_id]][status] += 1
+    for row in out.values():
+        row["fp_per_image"] = row["fp"] / num_images
+    return out
+
+
+def false_positives_per_image(
+    gt, results, score_thresh=DEFAULT_SCORE_THRESH, iou_thresh=0.5
+) -> dict:
     """Count false positives: detections that match no ground truth one-to-one.
 
     In each image and class, the detections with score >= ``score_thresh`` are matched greedily
@@ -257,14 +305,17 @@ def false_positives_per_image(gt, results, score_thresh=0.05, iou_thresh=0.5) ->
     Returns:
         ``fp_per_image`` (fp / number of gt images), ``fp``, ``tp``, ``ignored``,
         ``not_evaluable``, ``detections`` (= tp + fp + ignored + not_evaluable: all with
-        score >= score_thresh), ``images``, ``score_thresh``, ``iou_thresh``.
+        score >= score_thresh), ``images``, ``score_thresh``, ``iou_thresh``; for LVIS ground
+        truth whose categories all carry a ``frequency``, ``by_frequency``: per group "r",
+        "c", "f" its ``categories``, ``fp``, ``tp`` and ``fp_per_image`` (fp of the group's
+        classes / all gt images; the groups' fp add up to ``fp``).
     """
     _check_thresholds(score_thresh, iou_thresh)
     gt = load_gt(gt)
     dets = [d for d in load_results(results, gt) if d["score"] >= score_thresh]
     federated = _federated_sets(gt) if is_lvis_format(gt) else None
     groups, not_evaluable = _group_by_image_class(dets, federated)
-    gt_boxes, counts = _gt_boxes(gt), Counter()
+    gt_boxes, counts, statuses = _gt_boxes(gt), Counter(), []
     for (image_id, category_id), group in groups.items():
         for status in _match(group, gt_boxes.get((image_id, category_id), []), iou_thresh):
             if status == "crowd" or (
@@ -272,8 +323,9 @@ def false_positives_per_image(gt, results, score_thresh=0.05, iou_thresh=0.5) ->
             ):
                 status = "ignored"
             counts[status] += 1
+            statuses.append((category_id, status))
     num_images = len(gt["images"])
-    return {
+    out = {
         "fp_per_image": counts["fp"] / num_images,
         "fp": counts["fp"],
         "tp": counts["tp"],
@@ -284,15 +336,10 @@ def false_positives_per_image(gt, results, score_thresh=0.05, iou_thresh=0.5) ->
         "score_thresh": score_thresh,
         "iou_thresh": iou_thresh,
     }
-
-
-class _LVISFromDict(LVIS):
-    """``lvis.LVIS`` built from a loaded dict (``LVIS.__init__`` only takes a path)."""
-
-    def __init__(self, dataset: dict):
-        self.logger = logging.getLogger("lvis.lvis")
-        self.dataset = dataset
-        self._create_index()
+    freq = frequency_groups(gt)
+    if freq is not None:
+        out["by_frequency"] = _fp_by_group(freq, statuses, num_images)
+    return out
 
 
 def _gt_for_eval(gt: dict, lvis: bool) -> dict:
@@ -306,32 +353,49 @@ def _gt_for_eval(gt: dict, lvis: bool) -> dict:
     images, categories = gt["images"], gt["categories"]
     if lvis:
         images = [{"not_exhaustive_category_ids": [], **img} for img in images]
-        categories = [{"frequency": "f", **cat} for cat in categories]
+        categories = [{**cat, "frequency": cat.get("frequency", "f")} for cat in categories]
     return {**gt, "images": images, "categories": categories, "annotations": anns}
 
 
-@contextlib.contextmanager
-def _quiet_logger(name: str):
-    """Drop a library logger's warnings for a while (results checked here already)."""
-    lib_logger = logging.getLogger(name)
-    level = lib_logger.level
-    lib_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        lib_logger.setLevel(level)
+def _coco_as_federated(gt: dict) -> dict:
+    """COCO-format ground truth (from :func:`_gt_for_eval`) as an LVIS-format dict the fast
+    engine reads: every class verified in every image, crowd boxes as ``ignore`` objects."""
+    cat_ids = [cat["id"] for cat in gt["categories"]]
+    images = [
+        {**img, "neg_category_ids": cat_ids, "not_exhaustive_category_ids": []}
+        for img in gt["images"]
+    ]
+    categories = [{**cat, "frequency": "f"} for cat in gt["categories"]]
+    anns = [{**a, "ignore": int(a["iscrowd"])} for a in gt["annotations"]]
+    return {**gt, "images": images, "categories": categories, "annotations": anns}
 
 
-def _lvis_ap50(gt: dict, dets: list[dict]) -> float:
-    lvis_gt = _LVISFromDict(gt)
-    # LVISResults deep-copies its gt's dataset: give it one without the annotations
-    images_only = _LVISFromDict({**gt, "annotations": []})
-    with _quiet_logger("lvis.results"):  # "Assuming user provided the results in correct format"
-        lvis_dt = LVISResults(images_only, [dict(d) for d in dets], max_dets=_LVIS_MAX_DETS)
-    evaluator = LVISEval(lvis_gt, lvis_dt, "bbox")
-    with numpy_float_alias():
-        evaluator.run()
-    return float(evaluator.results["AP50"])
+def _detections(dets: list[dict]) -> LVISDetections:
+    """Checked detection dicts as the fast engine's arrays (boxes even when there are none)."""
+    if not dets:
+        empty = np.zeros(0)
+        return LVISDetections(empty.astype(np.int64), empty.astype(np.int64), empty, empty,
+                              np.zeros((0, 4)))  # fmt: skip
+    return LVISDetections.from_results(dets, "bbox")
+
+
+def _fast_engine_ap50s(gt: dict, dets: list[dict]) -> dict:
+    """Box AP50 (fractions, -1 where undefined) of all categories and of each frequency group,
+    from the fast LVIS engine (lvis-api's numbers, 300 detections per image)."""
+    lvis_gt, dt = LVISGroundTruth.from_dict(gt, with_masks=False), _detections(dets)
+    if len(compact(lvis_gt, dt, _LVIS_MAX_DETS)):
+        ev = evaluate(lvis_gt, dt, "bbox", _LVIS_MAX_DETS)
+        per_cat = ev["precision"][0, :, :, 0]  # IoU 0.5, area "all": (recall points, categories)
+    else:  # no detection is evaluated (the engine needs one): AP 0 where there is ground truth
+        per_cat = np.where(gt_counts(lvis_gt) > 0, 0.0, -1.0)[None, :]
+
+    def mean(s):
+        return float(s[s > -1].mean()) if (s > -1).any() else -1.0
+
+    out = {"all": mean(per_cat)}
+    for g, name in enumerate(FREQUENCIES):
+        out[name] = mean(per_cat[:, lvis_gt.cat_freq == g])
+    return out
 
 
 def _coco_ap50(gt: dict, dets: list[dict]) -> float:
@@ -346,19 +410,24 @@ def _coco_ap50(gt: dict, dets: list[dict]) -> float:
     return float(evaluator.stats[1])
 
 
-def _ap50(gt: dict, dets: list[dict], lvis: bool) -> float:
-    """Box AP50 in percent: LVISEval (max 300 dets/image) or COCOeval (max 100 dets/image)."""
-    if not dets:
-        return 0.0
-    ap = (_lvis_ap50 if lvis else _coco_ap50)(_gt_for_eval(gt, lvis), dets)
-    if ap < 0:  # the evaluators' -1: no category has a ground-truth box
+def _ap50s(gt: dict, dets: list[dict], lvis: bool) -> dict:
+    """Box AP50 in percent, "all" and (LVIS) per frequency group "r"/"c"/"f": the fast LVIS
+    engine (max 300 dets/image) or pycocotools COCOeval (max 100 dets/image). "all" is 0 when
+    there are no ground-truth boxes (or, COCO, no detections); a group without ground truth
+    is None."""
+    if lvis:
+        aps = _fast_engine_ap50s(_gt_for_eval(gt, lvis), dets)
+    else:
+        aps = {"all": _coco_ap50(_gt_for_eval(gt, lvis), dets) if dets else 0.0}
+    if aps["all"] < 0:  # the evaluators' -1: no category has a ground-truth box
         logger.warning("AP50 is undefined (no ground-truth boxes); reporting 0.")
-        return 0.0
-    return 100.0 * ap
+        aps["all"] = 0.0
+    return {k: (None if v < 0 else 100.0 * v) for k, v in aps.items()}
 
 
 def box_ap50(gt, results) -> float:
-    """Box AP50 of ``results``, with LVISEval for LVIS-format gt, else pycocotools COCOeval.
+    """Box AP50 of ``results``: the fast LVIS engine (:mod:`iif_d2.lvis_eval`, lvis-api's
+    numbers) for LVIS-format gt, else pycocotools COCOeval.
 
     Args:
         gt: ground-truth json path or loaded dict.
@@ -368,7 +437,7 @@ def box_ap50(gt, results) -> float:
         AP50 in percent (0 when there are no detections).
     """
     gt = load_gt(gt)
-    return _ap50(gt, load_results(results, gt), is_lvis_format(gt))
+    return _ap50s(gt, load_results(results, gt), is_lvis_format(gt))["all"]
 
 
 def _background_indices(gt: dict, dets: list[dict], iou_thresh: float) -> set[int]:
@@ -394,7 +463,8 @@ def delta_ap_fp(gt, results, iou_thresh=0.5) -> dict:
     Not one-to-one: a detection is removed only if its IoU with every ground-truth box of its own
     class in its image (crowd boxes included, by intersection over detection area) is below
     ``iou_thresh``; duplicates stay. For LVIS, detections outside the federated rule are kept
-    (LVISEval ignores them, and removing them would only change the 300-per-image cut).
+    (lvis-api ignores them, and removing them would only change the 300-per-image cut). AP50
+    comes from the fast LVIS engine (lvis-api's numbers) or from COCOeval.
 
     Args:
         gt: ground-truth json path or loaded dict (LVIS or COCO format).
@@ -403,7 +473,10 @@ def delta_ap_fp(gt, results, iou_thresh=0.5) -> dict:
 
     Returns:
         ``ap50`` and ``ap50_without_fp`` (percent), ``delta_ap_fp`` (their difference) and
-        ``removed`` (the number of detections removed).
+        ``removed`` (the number of detections removed); for LVIS ground truth whose categories
+        all carry a ``frequency``, ``by_frequency``: per group "r", "c", "f" the same three
+        AP50 numbers over the group's categories (None where the group has no ground truth),
+        and the group's ``removed``.
     """
     _check_thresholds(0.0, iou_thresh)
     gt = load_gt(gt)
@@ -411,14 +484,59 @@ def delta_ap_fp(gt, results, iou_thresh=0.5) -> dict:
     lvis = is_lvis_format(gt)
     background = _background_indices(gt, dets, iou_thresh)
     kept = [d for i, d in enumerate(dets) if i not in background]
-    before = _ap50(gt, dets, lvis)
-    after = _ap50(gt, kept, lvis) if background else before
-    return {
-        "ap50": before,
-        "ap50_without_fp": after,
-        "delta_ap_fp": after - before,
+    before = _ap50s(gt, dets, lvis)
+    after = _ap50s(gt, kept, lvis) if background else before
+    out = {
+        "ap50": before["all"],
+        "ap50_without_fp": after["all"],
+        "delta_ap_fp": after["all"] - before["all"],
         "removed": len(background),
     }
+    freq = frequency_groups(gt)
+    if freq is not None:
+        removed = Counter(freq[dets[i]["category_id"]] for i in background)
+        out["by_frequency"] = {
+            g: {
+                "ap50": before[g],
+                "ap50_without_fp": after[g],
+                "delta_ap_fp": None if before[g] is None else after[g] - before[g],
+                "removed": removed[g],
+            }
+            for g in FREQUENCIES
+        }
+    return out
+
+
+def tide_breakdown(gt, results) -> dict:
+    """A TIDE-style error breakdown under LVIS's federated rules: the count of each error type
+    and the box AP50 gained by fixing it (:mod:`iif_d2.lvis_eval.tide` defines both).
+
+    COCO-format ground truth is read as LVIS with every class verified in every image, crowd
+    boxes as ignored objects (plain IoU, not COCO's intersection over detection area) and at
+    most 100 detections per image, so its ``ap50`` can differ from COCOeval's where there are
+    crowd boxes.
+
+    Args:
+        gt: ground-truth json path or loaded dict (LVIS or COCO format).
+        results: results json path or list of detection dicts (all scores are used).
+
+    Returns:
+        :func:`~iif_d2.lvis_eval.tide.tide_errors`'s dict (``counts``, ``delta_ap50``,
+        ``ap50``, ``ap50_fixed``, ``tp``, ``fp``, ``ignored``; ``by_frequency`` only for LVIS
+        ground truth whose categories all carry a ``frequency``), plus ``max_dets``.
+    """
+    gt = load_gt(gt)
+    dets = load_results(results, gt)
+    lvis = is_lvis_format(gt)
+    eval_gt = _gt_for_eval(gt, lvis)
+    max_dets = _LVIS_MAX_DETS if lvis else _COCO_MAX_DETS
+    if not lvis:
+        eval_gt = _coco_as_federated(eval_gt)
+    lvis_gt = LVISGroundTruth.from_dict(eval_gt, with_masks=False)
+    out = tide_errors(lvis_gt, _detections(dets), max_dets=max_dets)
+    if frequency_groups(gt) is None:
+        del out["by_frequency"]
+    return {**out, "max_dets": max_dets}
 
 
 def _parser():
@@ -427,13 +545,22 @@ def _parser():
     )
     p.add_argument("--gt", required=True, help="ground-truth json (LVIS or COCO format)")
     p.add_argument("--results", required=True, help="detections json, e.g. lvis_instances_results")
-    p.add_argument("--score-thresh", type=float, default=0.05, help="for the FP counts only")
-    p.add_argument("--iou-thresh", type=float, default=0.5)
-    p.add_argument("--json-out", help="also write both analyses to this json file")
+    p.add_argument(
+        "--score-thresh",
+        type=float,
+        default=DEFAULT_SCORE_THRESH,
+        help=f"for the FP counts only (default {DEFAULT_SCORE_THRESH}, the README's FP/img)",
+    )
+    p.add_argument("--iou-thresh", type=float, default=0.5, help="for the FP counts and dAP_FP")
+    p.add_argument("--json-out", help="also write all three analyses to this json file")
     return p
 
 
-def _print_table(gt_path: str, lvis: bool, fp: dict, tide: dict):
+def _fmt(value, digits=2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_table(gt_path: str, lvis: bool, fp: dict, dap: dict, tide: dict):
     print(f"# {gt_path}: {'LVIS' if lvis else 'COCO'} format, {fp['images']} images")
     print(
         f"# false positives, one-to-one (score >= {fp['score_thresh']}, IoU >= {fp['iou_thresh']})"
@@ -443,8 +570,26 @@ def _print_table(gt_path: str, lvis: bool, fp: dict, tide: dict):
         print(f"{key}\t{value:.4f}" if isinstance(value, float) else f"{key}\t{value}")
     print(f"# TIDE dAP_FP, box AP50 (IoU >= {fp['iou_thresh']}, all scores)")
     for key in ("ap50", "ap50_without_fp", "delta_ap_fp"):
-        print(f"{key}\t{tide[key]:.2f}")
-    print(f"removed\t{tide['removed']}")
+        print(f"{key}\t{dap[key]:.2f}")
+    print(f"removed\t{dap['removed']}")
+    if "by_frequency" in fp:
+        print("# by LVIS frequency group (FP/image: the group's false positives / all images)")
+        print("group\tcategories\tfp_per_image\tfp\tap50\tap50_without_fp\tdelta_ap_fp")
+        for g in FREQUENCIES:
+            f, d = fp["by_frequency"][g], dap["by_frequency"][g]
+            print(
+                f"{g}\t{f['categories']}\t{f['fp_per_image']:.4f}\t{f['fp']}\t"
+                f"{_fmt(d['ap50'])}\t{_fmt(d['ap50_without_fp'])}\t{_fmt(d['delta_ap_fp'])}"
+            )
+    print(
+        f"# TIDE error types (federated; IoU fg 0.5, bg 0.1; all scores, {tide['max_dets']} "
+        f"per image): box AP50 {tide['ap50']:.2f}; delta_ap50 = AP50 gained by fixing that type"
+    )
+    groups = FREQUENCIES if "by_frequency" in tide else ()
+    print("\t".join(["type", "count", "delta_ap50", *(f"delta_ap50_{g}" for g in groups)]))
+    for t in ERROR_TYPES:
+        by_group = [_fmt(tide["by_frequency"][g]["delta_ap50"][t]) for g in groups]
+        print("\t".join([t, str(tide["counts"][t]), _fmt(tide["delta_ap50"][t]), *by_group]))
 
 
 def _check_json_out(path, inputs):
@@ -482,7 +627,7 @@ def _one_line(error) -> str:
 
 
 def main(argv=None) -> int:
-    """Command line: print both analyses; exit 2 with a one-line error for a missing or
+    """Command line: print the three analyses; exit 2 with a one-line error for a missing or
     malformed file or an unwritable --json-out."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -492,17 +637,19 @@ def main(argv=None) -> int:
         gt = load_gt(args.gt)
         dets = load_results(args.results, gt)
         fp = false_positives_per_image(gt, dets, args.score_thresh, args.iou_thresh)
-        tide = delta_ap_fp(gt, dets, args.iou_thresh)
+        dap = delta_ap_fp(gt, dets, args.iou_thresh)
+        tide = tide_breakdown(gt, dets)
         lvis = is_lvis_format(gt)
         if args.json_out:
-            _write_json_atomic(args.json_out, {"false_positives": fp, "delta_ap_fp": tide})
+            payload = {"false_positives": fp, "delta_ap_fp": dap, "tide_errors": tide}
+            _write_json_atomic(args.json_out, payload)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: --json-out {args.json_out}: {e.strerror or e}", file=sys.stderr)
         return 2
-    _print_table(args.gt, lvis, fp, tide)
+    _print_table(args.gt, lvis, fp, dap, tide)
     if args.json_out:
         print(f"# saved to {args.json_out}")
     return 0

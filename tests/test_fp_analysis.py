@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from iif_d2.fp_analysis import (
+    DEFAULT_SCORE_THRESH,
     box_ap50,
     delta_ap_fp,
     false_positives_per_image,
@@ -73,6 +74,14 @@ def perfect():
     return [det(i, c, b, 0.9) for i, c, b in GT_BOXES]
 
 
+AP_KEYS = ("ap50", "ap50_without_fp", "delta_ap_fp", "removed")
+
+
+def core(tide):
+    """The overall numbers of a :func:`delta_ap_fp` result."""
+    return {k: tide[k] for k in AP_KEYS}
+
+
 @pytest.mark.parametrize("fmt", GTS)
 def test_perfect_detections(fmt):
     gt = GTS[fmt]()
@@ -80,7 +89,7 @@ def test_perfect_detections(fmt):
     fp = false_positives_per_image(gt, perfect())
     assert (fp["fp"], fp["tp"], fp["detections"], fp["images"]) == (0, 4, 4, 3)
     assert fp["fp_per_image"] == 0.0
-    assert delta_ap_fp(gt, perfect()) == {
+    assert core(delta_ap_fp(gt, perfect())) == {
         "ap50": 100.0,
         "ap50_without_fp": 100.0,
         "delta_ap_fp": 0.0,
@@ -136,7 +145,7 @@ def test_duplicate_is_fp_one_to_one_but_not_removed(fmt):
     results = [*perfect(), det(2, 1, [1, 1, 40, 40], 0.8)]
     fp = false_positives_per_image(GTS[fmt](), results)
     assert (fp["fp"], fp["tp"], fp["fp_per_image"]) == (1, 4, pytest.approx(1 / 3))
-    assert delta_ap_fp(GTS[fmt](), results) == {
+    assert core(delta_ap_fp(GTS[fmt](), results)) == {
         "ap50": 100.0,
         "ap50_without_fp": 100.0,
         "delta_ap_fp": 0.0,
@@ -177,9 +186,11 @@ def test_crowd_overlap_is_ignored_coco():
 
 
 def test_score_threshold():
-    results = [*perfect(), det(1, 1, [70, 0, 20, 20], 0.04)]
+    # the default is the README's FP/img threshold (tools/benchmark_synthlt.py --score-thresh)
+    assert DEFAULT_SCORE_THRESH == 0.3
+    results = [*perfect(), det(1, 1, [70, 0, 20, 20], 0.29)]
     fp = false_positives_per_image(lvis_gt(), results)
-    assert (fp["fp"], fp["detections"], fp["score_thresh"]) == (0, 4, 0.05)
+    assert (fp["fp"], fp["detections"], fp["score_thresh"]) == (0, 4, 0.3)
     fp = false_positives_per_image(lvis_gt(), results, score_thresh=0.0)
     assert (fp["fp"], fp["detections"]) == (1, 5)
     fp = false_positives_per_image(lvis_gt(), results, score_thresh=0.95)
@@ -190,7 +201,7 @@ def test_score_threshold():
 def test_empty_results(fmt):
     fp = false_positives_per_image(GTS[fmt](), [])
     assert (fp["fp"], fp["tp"], fp["detections"], fp["fp_per_image"]) == (0, 0, 0, 0.0)
-    assert delta_ap_fp(GTS[fmt](), []) == {
+    assert core(delta_ap_fp(GTS[fmt](), [])) == {
         "ap50": 0.0,
         "ap50_without_fp": 0.0,
         "delta_ap_fp": 0.0,
@@ -200,7 +211,7 @@ def test_empty_results(fmt):
 
 def test_all_detections_removed():
     results = [det(1, 1, [70, 0, 20, 20], 0.9)]
-    assert delta_ap_fp(lvis_gt(), results) == {
+    assert core(delta_ap_fp(lvis_gt(), results)) == {
         "ap50": 0.0,
         "ap50_without_fp": 0.0,
         "delta_ap_fp": 0.0,
@@ -303,3 +314,81 @@ def test_failed_json_out_keeps_the_previous_file(tmp_path, capsys):
     out.write_text("previous")
     assert main(["--gt", gt_path, "--results", results_path, "--json-out", str(out)]) == 2
     assert out.read_text() == "previous" and capsys.readouterr().out == ""
+
+
+def test_by_frequency_groups():
+    # class 3 ("r") is negative in image 1: a high-scoring FP outranks its only TP; class 1 ("f")
+    # gets a low-scoring background FP; class 2 ("c") is perfect
+    results = [*perfect(), det(1, 3, [70, 70, 20, 20], 0.95), det(1, 1, [70, 0, 20, 20], 0.5)]
+    fp = false_positives_per_image(lvis_gt(), results)
+    groups = fp["by_frequency"]
+    assert {g: (groups[g]["fp"], groups[g]["tp"]) for g in "rcf"} == {
+        "r": (1, 1),
+        "c": (0, 1),
+        "f": (1, 2),
+    }
+    assert groups["r"]["fp_per_image"] == pytest.approx(1 / 3) and groups["c"]["categories"] == 1
+    assert sum(groups[g]["fp"] for g in "rcf") == fp["fp"] == 2
+    tide = delta_ap_fp(lvis_gt(), results)
+    assert tide["ap50"] == pytest.approx(250 / 3) and tide["removed"] == 2
+    by_freq = tide["by_frequency"]
+    assert by_freq["r"]["ap50"] == pytest.approx(50.0)
+    assert by_freq["r"]["delta_ap_fp"] == pytest.approx(50.0) and by_freq["r"]["removed"] == 1
+    assert by_freq["f"]["ap50"] == pytest.approx(100.0) and by_freq["f"]["removed"] == 1
+    assert by_freq["c"]["delta_ap_fp"] == pytest.approx(0.0) and by_freq["c"]["removed"] == 0
+
+
+def test_by_frequency_absent_for_coco_and_without_frequencies(caplog):
+    assert "by_frequency" not in false_positives_per_image(coco_gt(), perfect())
+    assert "by_frequency" not in delta_ap_fp(coco_gt(), perfect())
+    gt = lvis_gt()
+    del gt["categories"][0]["frequency"]
+    assert "by_frequency" not in false_positives_per_image(gt, perfect())
+    assert "frequency" in caplog.text
+    assert delta_ap_fp(gt, perfect())["ap50"] == 100.0
+
+
+def test_group_without_ground_truth_is_undefined():
+    gt = lvis_gt()
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != 3]
+    by_freq = delta_ap_fp(gt, perfect()[:3])["by_frequency"]
+    assert by_freq["r"] == {
+        "ap50": None,
+        "ap50_without_fp": None,
+        "delta_ap_fp": None,
+        "removed": 0,
+    }
+    assert by_freq["f"]["ap50"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_ap50_equals_lvis_api(seed):
+    import numpy as np
+
+    from iif_d2.lvis_eval import lvis_api_evaluate
+    from iif_d2.lvis_eval.synthetic import make_dataset, to_results
+
+    freqs = np.array(["r", "c", "f"])[np.random.default_rng(1).integers(0, 3, 20)]
+    gt, dets = make_dataset(
+        8, freqs, seed=seed, gt_per_image=4, dets_per_image=30, with_masks=False
+    )
+    results = [{**r, "score": round(r["score"], 3)} for r in to_results(dets, with_segm=False)]
+    ref = lvis_api_evaluate(gt, results, "bbox")
+    assert box_ap50(gt, results) == pytest.approx(100 * ref["AP50"], abs=1e-9)
+    tide = delta_ap_fp(gt, results)
+    assert tide["ap50"] == pytest.approx(100 * ref["AP50"], abs=1e-9)
+    assert tide["delta_ap_fp"] > 0 and tide["removed"] > 0
+
+
+def test_cli_prints_frequency_groups_and_tide_breakdown(tmp_path, capsys):
+    results = [*perfect(), det(1, 3, [70, 70, 20, 20], 0.95)]
+    gt_path, results_path = _write(tmp_path, lvis_gt(), results)
+    out = tmp_path / "fp.json"
+    assert main(["--gt", gt_path, "--results", results_path, "--json-out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "r\t1\t0.3333\t1\t50.00\t100.00\t50.00" in lines
+    assert "c\t1\t0.0000\t0\t100.00\t100.00\t0.00" in lines
+    assert "bkg\t1\t16.67\t50.00\t0.00\t0.00" in lines and "cls\t0\t0.00\t0.00\t0.00\t0.00" in lines
+    saved = json.loads(out.read_text())
+    assert saved["tide_errors"]["counts"]["bkg"] == 1
+    assert saved["false_positives"]["by_frequency"]["r"]["fp"] == 1
