@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train and evaluate detectron2 models with Inverse Image Frequency.
 
-    python train_net.py --config-file configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_iif.yaml --num-gpus 8
+    python train_net.py --config-file configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_12e_iif.yaml --num-gpus 8
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --resume       # continue from OUTPUT_DIR/last_checkpoint
 

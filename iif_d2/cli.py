@@ -2,7 +2,7 @@
 
 python -m iif_d2.cli --counts-file iif_d2://lvis_v1_train.csv --variant base10 --frequency instance
 python -m iif_d2.cli --dataset lvis_v1_train --all-variants
-python -m iif_d2.cli --config-file configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_iif.yaml --save w.json
+python -m iif_d2.cli --config-file configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_12e_iif.yaml --save w.json
 python -m iif_d2.cli --counts-file datasets/lvis/lvis_v1_train.json    # an LVIS or COCO json
 """  # noqa: E501
 

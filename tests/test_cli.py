@@ -50,7 +50,7 @@ def test_bad_input_exits_2_with_message(args, message, capsys):
 
 
 def test_config_file_settings(capsys):
-    cfg = "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_iof_base10.yaml"
+    cfg = "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_12e_iof_base10.yaml"
     opts = ["MODEL.CLASS_COUNTS.SOURCE", "file"]
     opts += ["MODEL.CLASS_COUNTS.FILE", "iif_d2://lvis_v1_train.csv"]
     assert main(["--config-file", cfg, *opts]) == 0

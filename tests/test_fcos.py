@@ -217,10 +217,10 @@ NEW_CONFIGS = [
 @pytest.mark.parametrize("name", NEW_CONFIGS)
 def test_config_trains_one_step_and_infers(tmp_path, name):
     """The config's model as it is, on the tiny set (its 8 classes, its class counts)."""
-    cfg = _cfg(tmp_path, name)
-    node = cfg.MODEL.FCOS if cfg.MODEL.META_ARCHITECTURE == "IIFFCOS" else cfg.MODEL.RETINANET
-    node.NUM_CLASSES = C
-    cfg.DATASETS.TRAIN = ("iif_synthetic_tiny_train",)
+    head = "FCOS" if "FCOS" in name.upper().split("/")[-1] else "RETINANET"
+    tiny = ["DATASETS.TRAIN", ("iif_synthetic_tiny_train",), f"MODEL.{head}.NUM_CLASSES", C]
+    cfg = _cfg(tmp_path, name, *tiny, "MODEL.CLASS_COUNTS.SOURCE", "dataset")
+    node = cfg.MODEL[head]
     model = build_model(cfg)
     assert (model.iif_weights is not None) == node.IIF.ENABLED
     inputs = _inputs()

@@ -115,8 +115,8 @@ def test_fasa_state_identical_on_two_processes(tmp_path):
 @pytest.mark.parametrize(
     "name",
     [
-        "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_recipe.yaml",
-        "LVISv1-InstanceSegmentation/cascade_mask_rcnn_R_50_FPN_2x_recipe.yaml",
+        "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_24e_recipe.yaml",
+        "LVISv1-InstanceSegmentation/cascade_mask_rcnn_R_50_FPN_24e_recipe.yaml",
     ],
 )
 def test_headline_config_trains_and_evaluates(name, tmp_path):

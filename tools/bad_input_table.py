@@ -27,7 +27,7 @@ from typing import Callable, Dict, Optional
 SYNTH = "iif_synthetic_tiny_train"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(
-    ROOT, "configs", "LVISv1-InstanceSegmentation", "mask_rcnn_R_50_FPN_1x_iif.yaml"
+    ROOT, "configs", "LVISv1-InstanceSegmentation", "mask_rcnn_R_50_FPN_12e_iif.yaml"
 )
 
 
