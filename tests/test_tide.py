@@ -183,3 +183,12 @@ def test_random_case_consistent_with_lvis_api(seed):
     assert sum(out["counts"][t] for t in ERROR_TYPES[:5]) == out["fp"] > 0
     assert all(out["delta_ap50"][t] >= 0 for t in ERROR_TYPES)
     assert out["counts"]["miss"] > 0 and out["delta_ap50"]["miss"] > 0
+
+
+def test_localisation_is_checked_before_classification():
+    # a class-3 detection: IoU 0.25 with class 3's D, 0.82 with a class-2 box E in image 3
+    gt = lvis_gt()
+    e = [20, 35, 30, 30]
+    gt["annotations"].append({"id": 9, "image_id": 3, "category_id": 2, "bbox": e, "area": 900})
+    out = run([*perfect(), det(3, 2, e, 0.9), det(3, 3, [20, 38, 30, 30], 0.95)], gt)
+    assert out["counts"] == counts(loc=1)

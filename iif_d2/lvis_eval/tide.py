@@ -13,11 +13,12 @@ only to an ``ignore`` object, is ignored, as lvis-api does. Every other detectio
 positive and gets exactly one type.
 
 **Types of a false positive d** of class c in image i. ``s`` is d's largest IoU with a
-ground-truth box of class c in i, ``o`` its largest IoU with a box of another class in i (every
-non-ignored ground-truth box of the image counts for ``o``: the box is there whether or not c is
-verified in i). The first rule that holds gives the type (TIDE's order):
+ground-truth box of class c in i, ``o`` its largest IoU with a box of another class in i (boxes
+of area 0 and ``ignore`` objects do not count; every other box of the image counts for ``o``:
+it is there whether or not c is verified in i). The first rule that holds gives the type
+(TIDE's order):
 
-1. ``bkg`` (background): image i has no ground-truth box at all;
+1. ``bkg`` (background): image i has no ground-truth box that counts;
 2. ``loc`` (localisation): ``t_b <= s < t_f``; its target is that box of class c;
 3. ``cls`` (classification): ``o >= t_f``; its target is that box of the other class;
 4. ``dupe`` (duplicate): ``s >= t_f`` (that box was taken by a higher-scoring detection);
