@@ -259,3 +259,23 @@ def test_ap_pooled_by_hand():
     assert ap_pooled(gt, dets, "bbox")["AP-pool"] == pytest.approx(1.0)
     # only the top detection per category: class 2 keeps its true positive alone
     assert ap_pooled(gt, dets, "bbox", dets_per_cat=1)["AP-pool-c"] == pytest.approx(1.0)
+
+
+def test_no_surviving_detection_gives_zero_ap():
+    """Only detections of a class neither present nor negative in their image: AP 0, no crash."""
+    from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, evaluate, summarize
+
+    gt = {
+        "images": [{"id": 1, "height": 20, "width": 20, "neg_category_ids": [],
+                    "not_exhaustive_category_ids": []}],
+        "categories": [{"id": 1, "name": "a", "frequency": "r"},
+                       {"id": 2, "name": "b", "frequency": "f"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5],
+                         "area": 25, "iscrowd": 0}],
+    }  # fmt: skip
+    truth = LVISGroundTruth.from_dict(gt, with_masks=False)
+    dets = LVISDetections(
+        np.array([1]), np.array([2]), np.array([0.9]), np.array([25.0]),
+        bbox=np.array([[0.0, 0, 5, 5]]),
+    )  # fmt: skip
+    assert summarize(evaluate(truth, dets, "bbox"))["AP"] == 0

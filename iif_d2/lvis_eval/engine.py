@@ -95,6 +95,8 @@ def _pair_ious(gt, dt, iou_type, d_idx, d_key, g_idx, g_key):
         list of (detection positions into d_idx, ground-truth positions into g_idx, ious).
     """
     blocks = []
+    if len(d_key) == 0:  # no detection survived the filtering
+        return blocks
     d_bounds = np.flatnonzero(np.diff(d_key)) + 1
     d_starts = np.concatenate([[0], d_bounds])
     d_ends = np.concatenate([d_bounds, [len(d_key)]])
