@@ -9,9 +9,11 @@ counts, repeat factors and FASA hold-out at 1203 classes; inference runs on two 
 (``tools/rehearse.py`` is the full-size check).
 """
 
+import functools
 import glob
 import itertools
 import os
+import pickle
 import shutil
 
 import pytest
@@ -53,6 +55,7 @@ TINY = [
     "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 128,
     "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 128, *COMMON,
 ]  # fmt: skip
+LVIS_TRAIN = "iif_test_lvis_shaped_mini_train"  # lvis_shaped_mini_train, loaded once per session
 LVIS_VAL = "iif_test_lvis_shaped_mini_val2"  # the first two images of lvis_shaped_mini_val
 # the configs' own class count (1203), score threshold and NMS; 64-px images, and fewer ROIs
 # (32 sampled per training image, 50 test proposals, 10 detections: the class-specific mask
@@ -60,7 +63,7 @@ LVIS_VAL = "iif_test_lvis_shaped_mini_val2"  # the first two images of lvis_shap
 # evaluation inside train() (tools/rehearse.py runs every LVIS config unreduced, evaluation
 # included)
 LVIS = [
-    "DATASETS.TRAIN", ("lvis_shaped_mini_train",), "DATASETS.TEST", (),
+    "DATASETS.TRAIN", (LVIS_TRAIN,), "DATASETS.TEST", (),
     "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 128,
     "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 128, "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, "TEST.DETECTIONS_PER_IMAGE", 10,
@@ -68,12 +71,21 @@ LVIS = [
 ]  # fmt: skip
 
 
-def _register_lvis_val():
+@functools.lru_cache(maxsize=None)
+def _mini_train_pickle() -> bytes:
+    return pickle.dumps(DatasetCatalog.get("lvis_shaped_mini_train"))
+
+
+def _register_lvis():
+    """The mini train set (each load a fresh copy of one parse: ~1 s saved per config) and
+    two val images, under test names with lvis_shaped_mini's metadata."""
     if LVIS_VAL in DatasetCatalog.list():
         return
+    DatasetCatalog.register(LVIS_TRAIN, lambda: pickle.loads(_mini_train_pickle()))
     DatasetCatalog.register(LVIS_VAL, lambda: DatasetCatalog.get("lvis_shaped_mini_val")[:2])
-    meta = MetadataCatalog.get("lvis_shaped_mini_val")
-    MetadataCatalog.get(LVIS_VAL).set(thing_classes=meta.thing_classes)
+    for name, split in ((LVIS_TRAIN, "train"), (LVIS_VAL, "val")):
+        meta = MetadataCatalog.get(f"lvis_shaped_mini_{split}")
+        MetadataCatalog.get(name).set(thing_classes=meta.thing_classes)
 
 
 def _load(name):
@@ -100,7 +112,7 @@ def test_config_trains_one_step_and_infers(name, tmp_path):
     cfg = _load(name)
     lvis = name.startswith("LVISv1-")
     if lvis:
-        _register_lvis_val()
+        _register_lvis()
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), *(LVIS if lvis else TINY)])
     if not lvis and ("relative" in name or "normit" in name):
         # a class of the tiny set is in more than half the images: weight <= 0, refused unless

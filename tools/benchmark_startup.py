@@ -12,7 +12,10 @@ subset of the images, with their annotations, written once as an LVIS json and r
 * repeat: ``iif_d2.samplers.repeat_factors`` and ``repeat_factor_summary`` (the sampler's);
 * heldout: ``iif_d2.data.heldout.split_heldout`` (FASA's hold-out);
 * facts: the whole ``iif_d2.data.training_set.compute_training_set_facts`` (load included),
-  in its own subprocess, so its peak RSS is its own.
+  in its own subprocess, so its peak RSS is its own;
+* start: what a training run does before its model is built, in its own subprocess:
+  ``resolve_training_set`` (facts, files written) then the trainer's ``training_dicts`` (the
+  resolution's load is handed over: no second load).
 
 Peak RSS is the subprocess's ``ru_maxrss`` after each step (monotonic: the parts' column holds
 the load's memory too); "base" is the RSS after the imports. The target at 100% is
@@ -134,6 +137,17 @@ def worker(mode: str, config_file: str, subset_json: str, folder: str) -> dict:
         out[name] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": _rss_mb()}
         return ret
 
+    if mode == "start":
+        import tempfile
+
+        from iif_d2.data.build import training_dicts
+        from iif_d2.data.training_set import resolve_training_set
+
+        with tempfile.TemporaryDirectory(prefix="iif_startup_run_") as out_dir:
+            cfg.OUTPUT_DIR = out_dir
+            train = step("start", lambda: (resolve_training_set(cfg), training_dicts(cfg))[1][0])
+        out["images"] = len(train)
+        return out
     if mode == "facts":
         facts = step("facts", lambda: compute_training_set_facts(cfg))
         out["images"] = facts.stats.num_images
@@ -172,7 +186,7 @@ def _run(args_list, env) -> dict:
 
 def _table(rows) -> str:
     head = ["images", "base MB"] + [f"{p} s" for p in PARTS] + ["peak MB (parts)"]
-    head += ["facts s", "facts peak MB"]
+    head += ["facts s", "facts peak MB", "start s", "start peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         p, f = r["parts"], r["facts"]
@@ -180,6 +194,8 @@ def _table(rows) -> str:
         cells += [f"{p[k]['seconds']:.2f}" for k in PARTS]
         cells += [f"{p['heldout']['peak_rss_mb']:.0f}"]
         cells += [f"{f['facts']['seconds']:.1f}", f"{f['facts']['peak_rss_mb']:.0f}"]
+        st = r["start"]["start"]
+        cells += [f"{st['seconds']:.1f}", f"{st['peak_rss_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -233,7 +249,7 @@ def main(argv=None):
         for frac in sorted(set(args.fractions)):
             subset = subsets.get(frac, "-")
             row = {"fraction": frac}
-            for mode in ("parts", "facts"):
+            for mode in ("parts", "facts", "start"):
                 row[mode] = _run(
                     ["--config-file", args.config_file, "--worker", mode, subset, folder], env
                 )
