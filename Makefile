@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.iif-d2-installed
 
-.PHONY: install test lint format demo benchmark bench clean
+.PHONY: install test lint format demo benchmark bench rehearse clean
 
 $(STAMP): pyproject.toml setup.py tools/install_env.py
 	python3 tools/install_env.py --venv $(VENV)
@@ -35,6 +35,11 @@ benchmark: $(STAMP)
 bench: $(STAMP)
 	$(PY) tools/benchmark.py
 	$(PY) tools/benchmark_class_stats.py
+
+# every LVIS v1 config started, trained a few steps and evaluated on the LVIS-shaped set
+# (ARGS=--mini: the 2,000-image variant; --only PATTERN limits the configs)
+rehearse: $(STAMP)
+	$(PY) tools/rehearse.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

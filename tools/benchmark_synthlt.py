@@ -22,8 +22,6 @@ import json
 import os
 import platform
 import re
-import subprocess
-import sys
 import time
 
 from iif_d2.upstream_warnings import hide_upstream_deprecations
@@ -68,24 +66,22 @@ def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run(key, config, weights_of, out_root, opts):
-    """Train (or evaluate) one method; return (results, wall seconds)."""
+def run(key, config, weights_of, out_root, opts, label=None):
+    """Train (or evaluate) one method, showing its progress; return (results, wall seconds).
+
+    The results json is kept (TEST.LVIS_EVAL_SAVE_RESULTS) for the false-positive analysis."""
+    from demo import demo_config, run_train_net
+
     out = os.path.join(out_root, key)
-    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config]
+    opts = ["TEST.LVIS_EVAL_SAVE_RESULTS", "True", *opts]
     if weights_of:
-        weights = os.path.join(out_root, weights_of, "model_final.pth")
-        cmd += ["--eval-only", "MODEL.WEIGHTS", weights]
-    else:
-        cmd += ["--resume"]
-    cmd += ["OUTPUT_DIR", out, "MODEL.DEVICE", _device(), *opts]
-    os.makedirs(out, exist_ok=True)
+        opts = ["MODEL.WEIGHTS", os.path.join(out_root, weights_of, "model_final.pth"), *opts]
+    max_iter = None if weights_of else demo_config(opts, config).SOLVER.MAX_ITER
     t = time.time()
-    with open(os.path.join(out, "stdout.log"), "w") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    if rc:
-        sys.exit(f"{key} failed (exit {rc}); see {out}/log.txt")
-    with open(os.path.join(out, "inference", "results.json")) as f:
-        return json.load(f), time.time() - t
+    results = run_train_net(
+        out, opts, label or key, eval_only=bool(weights_of), max_iter=max_iter, config=config
+    )
+    return results, time.time() - t
 
 
 def train_seconds_per_iter(out_root, key):
@@ -182,13 +178,15 @@ def main():
 
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
+    import iif_d2.data  # noqa: F401  (registers SynthLT)
+
     DatasetCatalog.get("synthlt_val")  # generates SynthLT once
     gt_file = MetadataCatalog.get("synthlt_val").json_file
     rows = []
     methods = [m for m in METHODS if not args.only or m[0] in args.only]
     for key, label, config, weights_of in methods:
         print(f"[benchmark] {label} ...", flush=True)
-        res, wall = run(key, config, weights_of, out_root, opts)
+        res, wall = run(key, config, weights_of, out_root, opts, label)
         fp, dap = fp_stats(out_root, key, gt_file, args.score_thresh)
         segm, bbox = res.get("segm", {}), res["bbox"]
         rows.append(

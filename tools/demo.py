@@ -132,14 +132,15 @@ class _LogFollower:
             self.bar = None
 
 
-def run_train_net(output_dir, opts, desc, *, eval_only=False, max_iter=None):
-    """Run train_net.py with its output in OUTPUT_DIR/demo_stdout.log, showing its progress.
+def run_train_net(output_dir, opts, desc, *, eval_only=False, max_iter=None, config=CONFIG):
+    """Run train_net.py on ``config`` with its output in OUTPUT_DIR/demo_stdout.log, showing
+    its progress (training iterations with rate and ETA, then the evaluation's inference).
 
     Returns:
         the evaluation results (OUTPUT_DIR/inference/results.json).
     """
     os.makedirs(output_dir, exist_ok=True)
-    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG]
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config]
     cmd += ["--eval-only"] if eval_only else ["--resume"]
     cmd += ["OUTPUT_DIR", output_dir, "MODEL.DEVICE", _device(), *opts]
     log_path = os.path.join(output_dir, "demo_stdout.log")
@@ -169,15 +170,16 @@ def run_train_net(output_dir, opts, desc, *, eval_only=False, max_iter=None):
         return json.load(f)
 
 
-def demo_config(opts):
-    """The demo's config with the user's overrides (to read MAX_ITER, checkpointing)."""
+def demo_config(opts, config=CONFIG):
+    """The demo's config (or ``config``) with the user's overrides (to read MAX_ITER,
+    checkpointing)."""
     from detectron2.config import get_cfg
 
     from iif_d2 import add_iif_config
 
     cfg = get_cfg()
     add_iif_config(cfg)
-    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_file(config)
     cfg.merge_from_list(list(opts))
     return cfg
 
