@@ -135,6 +135,7 @@ def test_train_net_end_to_end_on_synthlt(tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config]
     cmd += ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.IMS_PER_BATCH", "2"]
     cmd += ["TEST.DETECTIONS_PER_IMAGE", "10", "OUTPUT_DIR", str(tmp_path)]
+    cmd += ["TEST.LVIS_EVAL_SAVE_RESULTS", "True"]  # the fast evaluator writes it when asked
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "model_0000001.pth").exists() and (tmp_path / "model_final.pth").exists()

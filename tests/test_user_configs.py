@@ -52,6 +52,8 @@ COMMON = [
 TINY = [
     "DATASETS.TRAIN", ("iif_synthetic_tiny_train",), "DATASETS.TEST", ("iif_synthetic_tiny_val",),
     "MODEL.ROI_HEADS.NUM_CLASSES", 8, "MODEL.RETINANET.NUM_CLASSES", 8, "MODEL.FCOS.NUM_CLASSES", 8,
+    # COCO configs count on the shipped COCO file: the tiny set's own counts instead
+    "MODEL.CLASS_COUNTS.SOURCE", "dataset", "MODEL.CLASS_COUNTS.FILE", "",
     "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 128,
     "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 128, *COMMON,
 ]  # fmt: skip
