@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from iif_d2.machine import describe_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV = os.path.join(ROOT, "iif_d2", "data", "lvis_v1_train.csv")
@@ -158,16 +159,6 @@ def _run(args_list, env):
     return json.loads(lines[-1][7:]) if lines else None
 
 
-def _hardware():
-    model = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [x.split(":", 1)[1].strip() for x in f if x.startswith("model name")]
-        model = names[0] if names else model
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 5000, 19809])
@@ -186,7 +177,7 @@ def main():
     if args.quick:
         args.sizes, args.ref_sizes = [300], [300]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    print(f"hardware: {_hardware()}; OMP/MKL/torch threads pinned to 1 per process")
+    print(f"hardware: {describe_machine()}; OMP/MKL/torch threads pinned to 1 per process")
     header = (
         f"{'images':>7} {'engine':>9} {'bbox s':>8} {'segm s':>8} {'total s':>8} {'peak GB':>8}"
     )

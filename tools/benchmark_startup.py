@@ -32,12 +32,13 @@ The LVIS-shaped set is generated under $DETECTRON2_DATASETS/lvis_shaped if missi
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+from iif_d2.machine import describe_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_recipe.yaml"
@@ -46,17 +47,6 @@ PARTS = ("load", "count", "repeat", "heldout")
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def hardware() -> str:
-    """CPU model, cores, memory and Python, in one line."""
-    model = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [x.split(":", 1)[1].strip() for x in f if x.startswith("model name")]
-        model = names[0] if names else model
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
 def _train_folder() -> str:
@@ -240,8 +230,9 @@ def main(argv=None):
         t0 = time.perf_counter()
         prep = _run(["--fractions", *fracs, "--worker", "subsets", work, "-"], env)
         print(
-            f"Start-up benchmark, {args.config_file} on lvis_shaped_train\n{hardware()}, torch "
-            f"{prep['torch']}, OMP_NUM_THREADS={args.threads}\nsubsets written in "
+            f"Start-up benchmark, {args.config_file} on lvis_shaped_train\n"
+            f"{describe_machine()}, torch {prep['torch']}, OMP_NUM_THREADS={args.threads}\n"
+            "subsets written in "
             f"{time.perf_counter() - t0:.1f} s",
             flush=True,
         )
@@ -271,7 +262,7 @@ def main(argv=None):
         )
     if args.json:
         with open(args.json, "w") as fh:
-            payload = {"hardware": hardware(), "threads": args.threads, "rows": rows}
+            payload = {"hardware": describe_machine(), "threads": args.threads, "rows": rows}
             json.dump(payload, fh, indent=1)
     return 0
 

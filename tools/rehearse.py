@@ -46,12 +46,13 @@ import glob
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import time
+
+from iif_d2.machine import describe_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join("configs", "LVISv1-InstanceSegmentation")
@@ -124,17 +125,6 @@ def leaf_configs(only=None, aliases: bool = False):
             stage1.append(s1)
     rest = stage1 + [n for n in names if n not in decoupled and n not in stage1]
     return [os.path.join(CONFIG_DIR, n) for n in rest + decoupled]
-
-
-def hardware() -> str:
-    """CPU model, cores, memory and Python, in one line."""
-    model = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [x.split(":", 1)[1].strip() for x in f if x.startswith("model name")]
-        model = names[0] if names else model
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
 def _spec(mini: bool):
@@ -450,7 +440,7 @@ def main(argv=None):
         f"## Rehearsal: {len(configs)} LVIS v1 configs on "
         f"{'lvis_shaped_mini' if args.mini else 'lvis_shaped'} ({args.iters} iterations, "
         f"{args.size} px, batch {args.ims_per_batch}, eval on {args.val_images} val images, "
-        f"{args.device})\n\n{hardware()}, torch {{torch}}, "
+        f"{args.device})\n\n{describe_machine()}, torch {{torch}}, "
         f"OMP_NUM_THREADS={args.threads}"
     )
     t0 = time.perf_counter()
