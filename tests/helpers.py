@@ -31,3 +31,31 @@ def tiny_proposals(num_classes, n_per_image=(6, 5)):
 def box_features(n=11, dim=16):
     """(n, dim) random RoI features, fixed seed."""
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(2))
+
+
+def lvis_gt_dict(gt_boxes, neg, not_exhaustive=None):
+    """A small LVIS-format ground truth: 100x100 images ``neg`` (image id -> its
+    neg_category_ids), categories 1 "f", 2 "c", 3 "r", and ``gt_boxes`` (image_id, category_id,
+    [x, y, w, h]) as annotations."""
+    not_exhaustive = not_exhaustive or {}
+    return {
+        "images": [
+            {
+                "id": i,
+                "width": 100,
+                "height": 100,
+                "neg_category_ids": neg[i],
+                "not_exhaustive_category_ids": not_exhaustive.get(i, []),
+            }
+            for i in neg
+        ],
+        "categories": [
+            {"id": 1, "name": "a", "frequency": "f"},
+            {"id": 2, "name": "b", "frequency": "c"},
+            {"id": 3, "name": "c", "frequency": "r"},
+        ],
+        "annotations": [
+            {"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3]}
+            for k, (i, c, b) in enumerate(gt_boxes)
+        ],
+    }

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import lvis_gt_dict
 
 from iif_d2.fp_analysis import (
     DEFAULT_SCORE_THRESH,
@@ -27,28 +28,7 @@ NEG = {1: [3], 2: [2], 3: []}  # LVIS: verified absent per image
 
 
 def lvis_gt(not_exhaustive=None):
-    not_exhaustive = not_exhaustive or {}
-    return {
-        "images": [
-            {
-                "id": i,
-                "width": 100,
-                "height": 100,
-                "neg_category_ids": NEG[i],
-                "not_exhaustive_category_ids": not_exhaustive.get(i, []),
-            }
-            for i in (1, 2, 3)
-        ],
-        "categories": [
-            {"id": 1, "name": "a", "frequency": "f"},
-            {"id": 2, "name": "b", "frequency": "c"},
-            {"id": 3, "name": "c", "frequency": "r"},
-        ],
-        "annotations": [
-            {"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3]}
-            for k, (i, c, b) in enumerate(GT_BOXES)
-        ],
-    }
+    return lvis_gt_dict(GT_BOXES, NEG, not_exhaustive)
 
 
 def coco_gt(extra_annotations=()):

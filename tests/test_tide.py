@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import lvis_gt_dict
 
 from iif_d2.fp_analysis import tide_breakdown
 from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, lvis_api_evaluate
@@ -15,28 +16,7 @@ NEG = {1: [3], 2: [2], 3: [], 4: [1]}  # image 4 has no object; class 1 is verif
 
 
 def lvis_gt(not_exhaustive=None):
-    not_exhaustive = not_exhaustive or {}
-    return {
-        "images": [
-            {
-                "id": i,
-                "width": 100,
-                "height": 100,
-                "neg_category_ids": NEG[i],
-                "not_exhaustive_category_ids": not_exhaustive.get(i, []),
-            }
-            for i in NEG
-        ],
-        "categories": [
-            {"id": 1, "name": "a", "frequency": "f"},
-            {"id": 2, "name": "b", "frequency": "c"},
-            {"id": 3, "name": "c", "frequency": "r"},
-        ],
-        "annotations": [
-            {"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3]}
-            for k, (i, c, b) in enumerate(GT_BOXES)
-        ],
-    }
+    return lvis_gt_dict(GT_BOXES, NEG, not_exhaustive)
 
 
 def det(image_id, category_id, bbox, score):
