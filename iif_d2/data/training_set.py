@@ -19,7 +19,6 @@ is built, and the run's saved ``config.yaml`` evaluates without the training ann
 """
 
 import dataclasses
-import json
 import logging
 import os
 from typing import List, Optional
@@ -323,16 +322,3 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
 
 def _same_file(a: str, b: str) -> bool:
     return bool(a) and "://" not in a and os.path.exists(b) and os.path.samefile(a, b)
-
-
-def saved_facts(output_dir: str) -> dict:
-    """The facts a run saved (for reports): its class counts and held-out file, if any."""
-    ret = {}
-    stats = os.path.join(output_dir, STATS_FILENAME)
-    if os.path.isfile(stats):
-        ret["class_stats"] = load_counts_file(stats)
-    heldout = os.path.join(output_dir, HELDOUT_FILENAME)
-    if os.path.isfile(heldout):
-        with open(heldout) as f:
-            ret["heldout"] = json.load(f)
-    return ret
