@@ -199,8 +199,8 @@ class FASA(nn.Module):
             loss_weight: weight of the virtual features' loss (LOSS_WEIGHT); read by the
                 predictor.
             start_iter: first iteration that draws virtual features (START_ITER); -1 = one
-                epoch, unresolved: the trainer (:class:`iif_d2.engine.Trainer`) sets it from the
-                training set's size before training starts.
+                epoch, unresolved: :func:`iif_d2.resolve_training_set` puts the epoch length into
+                the config before the model is built.
             adapt_step: the adaptation step (ADAPT_STEP).
             clustering: one of :data:`CLUSTERINGS` (CLUSTERING).
             single_instance_variance: one of :data:`SINGLE_INSTANCE_VARIANCES`
@@ -249,8 +249,9 @@ class FASA(nn.Module):
         """Whether virtual features are drawn at ``iteration``."""
         if self.start_iter < 0:
             raise RuntimeError(
-                f"{KEY}.START_ITER is -1 (one epoch) but no trainer resolved it into iterations: "
-                "train with iif_d2.engine.Trainer (train_net.py), or set START_ITER explicitly."
+                f"{KEY}.START_ITER is -1 (one epoch), not resolved into iterations: build the "
+                "config with iif_d2.engine.setup (train_net.py does) or call "
+                "iif_d2.resolve_training_set(cfg), or set START_ITER explicitly."
             )
         return iteration >= self.start_iter
 

@@ -1,8 +1,23 @@
 """Small fixtures shared by several test files (imported as ``helpers``: pytest puts tests/ on
 the path)."""
 
+import importlib.util
+import os
+
 import torch
 from detectron2.structures import Boxes, Instances
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+
+
+def load_tool(name: str, module_name: str = None):
+    """The script ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        module_name or name, os.path.join(TOOLS, f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def focal_loss_by_hand(z, target, alpha=0.25, gamma=2.0):

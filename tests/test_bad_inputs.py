@@ -1,23 +1,15 @@
 """Every row of tools/bad_input_table.py: the bad input raises the error type it names, with
 its message fragment; the command lines exit 2 with one line on stderr and no traceback."""
 
-import importlib.util
 import os
 
 import pytest
+from helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _table():
-    path = os.path.join(ROOT, "tools", "bad_input_table.py")
-    spec = importlib.util.spec_from_file_location("bad_input_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TABLE = _table()
+TABLE = load_tool("bad_input_table")
 
 
 @pytest.mark.parametrize("row", TABLE.ROWS, ids=[row.what for row in TABLE.ROWS])

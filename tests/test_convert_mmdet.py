@@ -3,7 +3,6 @@ ResNet names, which mmdet's "pytorch" ResNet shares, plus the FPN / RPN / head n
 2.x), converted, loaded strictly into the iif-d2 model built with the printed overrides, and its
 layers checked against the mmdet computation written here with torch.nn.functional."""
 
-import importlib.util
 import os
 import pickle
 import re
@@ -17,6 +16,7 @@ import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from helpers import load_tool
 
 from iif_d2 import add_iif_config
 from iif_d2.checkpoint import IIFCheckpointer
@@ -46,15 +46,7 @@ META_CONFIG = """model = dict(
 """
 
 
-def _tool():
-    path = os.path.join(ROOT, "tools", "convert_mmdet_checkpoint.py")
-    spec = importlib.util.spec_from_file_location("convert_mmdet_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _tool()
+tool = load_tool("convert_mmdet_checkpoint")
 
 
 # ----------------------------------------------------------------------------- mmdet state dict

@@ -5,7 +5,6 @@ generation lock, and the generate/check tool."""
 import csv
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import load_tool
 from lvis import LVIS
 from pycocotools import mask as mask_util
 
@@ -234,17 +234,13 @@ def test_bad_input_errors():
         class_targets(LVIS_SHAPED, "test")
 
 
-def load_tool():
-    path = os.path.join(REPO, "tools", "generate_lvis_shaped.py")
-    spec = importlib.util.spec_from_file_location("generate_lvis_shaped_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def generate_tool():
+    return load_tool("generate_lvis_shaped", "generate_lvis_shaped_tool")
 
 
 def test_tool_reports_ok_mismatch_and_errors(mini, tmp_path, capsys):
     root, folder, data = mini
-    tool = load_tool()
+    tool = generate_tool()
     assert tool.main(["--mini", "--root", root]) == 0
     out = capsys.readouterr().out
     assert "generation: cached" in out and "disk use: 2203 files" in out

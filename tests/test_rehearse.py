@@ -5,13 +5,13 @@ hold the report's keys, and the saved class counts equal the mini spec's targets
 The full-size generator's class counts equal lvis_v1_train.csv: tests/test_lvis_shaped.py
 (test_full_size_assignment_equals_csv); the full-size rehearsal is ``make rehearse``."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "rehearse.py")
@@ -23,10 +23,7 @@ KEYS = {
 
 @pytest.fixture(scope="module")
 def rehearse():
-    spec = importlib.util.spec_from_file_location("rehearse", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("rehearse")
 
 
 def test_leaf_configs_every_non_base_yaml_stage1_first(rehearse):

@@ -1,7 +1,6 @@
 """tools/visualize.py: a tiny IIF model trained one step, then drawn from its run folder alone."""
 
 import contextlib
-import importlib.util
 import io
 import os
 import subprocess
@@ -9,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import load_tool
 from PIL import Image
 
 import iif_d2
@@ -19,10 +19,7 @@ TOOL = os.path.join(ROOT, "tools", "visualize.py")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("visualize", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("visualize")
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +123,7 @@ def test_help_is_complete():
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "tools", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("demo")
 
 
 def test_demo_progress_off_a_terminal_is_plain_lines():
