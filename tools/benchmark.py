@@ -2,8 +2,11 @@
 """IIF vs detectron2's plain models, in the same process: train-step and inference time,
 printed as ratios (IIF / plain). Target: <= 1.01 on a GPU, <= 1.03 on CPU.
 
-Each pair is timed alternately (A, B, A, B, ...) so drift hits both, median of repeats; the two
-models of a pair hold the same parameters.
+Timing (tools/timing.py): after warm-up, paired rounds of alternating order (A B, B A, ...),
+each also timing A against itself, the same-vs-same control; a row gives the median of the
+paired ratios, its 95 % interval (distribution-free, order statistics), their 2.5-97.5 %
+spread, the control's median and interval, and "within noise" where the two intervals overlap.
+The two models of a pair hold the same parameters. Rows:
   head:  FastRCNNOutputLayers vs IIFFastRCNNOutputLayers (end-to-end), LVIS sizes
          (C = 1203, 1024-d RoI features, 512 RoIs per image): forward + loss + backward;
          forward + scores + boxes (NMS excluded: its input size depends on the scores).
@@ -17,10 +20,11 @@ models of a pair hold the same parameters.
          depends on the scaled scores, which is not an overhead of IIF); the "real w" line, with
          the synthetic set's weights, is printed for information, outside the max ratio.
 
-    python tools/benchmark.py [--device cuda] [--repeats 30]
+    python tools/benchmark.py [--device cuda] [--repeats 30] [--threads 1] [--only head ...]
 
-On a CPU shared with other jobs, OMP_NUM_THREADS=1 gives steadier numbers: with more threads
-than free cores, steps became 10-100 times slower at random here, and the ratios noise.
+Writes output/benchmark/speed.{md,json} (--output-dir): the machine, threads, rounds and every
+row. The thread count is pinned (torch.set_num_threads, default 1): on a CPU shared with other
+jobs, more threads than free cores made steps 10-100 times slower at random here.
 """
 
 from iif_d2.upstream_warnings import hide_upstream_deprecations
@@ -30,10 +34,7 @@ hide_upstream_deprecations()  # before detectron2 is imported
 import argparse
 import copy
 import os
-import platform
-import statistics
 import tempfile
-import time
 
 import torch
 from detectron2.config import get_cfg
@@ -45,40 +46,25 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from timing import compare_pairs, format_row, max_headline, write_report
 
 from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config, resolve_training_set
+from iif_d2.machine import describe_machine
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def comparer(device, rounds, warmup):
+    """``compare(name, fns, headline=True)``: :func:`timing.compare_pairs` on ``device`` of the
+    two callables of ``fns`` (label -> callable, the baseline first), its row printed."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    def compare(name, fns, headline=True):
+        row = compare_pairs(name, tuple(fns), tuple(fns.values()), rounds, warmup, sync, headline)
+        print(format_row(row), flush=True)
+        return row
 
-def _time(fn, device):
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
-
-
-def compare(name, fns, device, repeats, warmup=3):
-    """Time the two callables of ``fns`` (label -> callable, the baseline first) alternately;
-    print the medians and return the ratio second / first."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(_time(fn, device))
-    (a, base), (b, other) = ((k, statistics.median(v)) for k, v in times.items())
-    print(
-        f"{name:<32} {a} {base * 1e3:8.2f} ms  {b} {other * 1e3:8.2f} ms  ratio {other / base:.3f}"
-    )
-    return other / base
+    return compare
 
 
 def lvis_proposals(device, images, num_classes, generator, foreground=None):
@@ -100,7 +86,7 @@ def lvis_proposals(device, images, num_classes, generator, foreground=None):
     return props
 
 
-def head_benchmark(device, repeats, images):
+def head_benchmark(device, compare, images):
     C, R, D = 1203, 512 * images, 1024
     kwargs = {
         "input_shape": ShapeSpec(channels=D),
@@ -143,8 +129,8 @@ def head_benchmark(device, repeats, images):
         return run
 
     return [
-        compare("head train step", {k: train(h) for k, h in heads.items()}, device, repeats),
-        compare("head inference", {k: infer(h) for k, h in heads.items()}, device, repeats),
+        compare("head train step", {k: train(h) for k, h in heads.items()}),
+        compare("head inference", {k: infer(h) for k, h in heads.items()}),
     ]
 
 
@@ -199,33 +185,23 @@ def _inference(model, inputs):
     return run
 
 
-def _train_and_infer(title, models, inputs, device, repeats):
+def _train_and_infer(compare, title, models, inputs):
     return [
-        compare(
-            f"{title} train step",
-            {k: _train_step(m, inputs) for k, m in models.items()},
-            device,
-            repeats,
-        ),
-        compare(
-            f"{title} inference",
-            {k: _inference(m, inputs) for k, m in models.items()},
-            device,
-            repeats,
-        ),
+        compare(f"{title} train step", {k: _train_step(m, inputs) for k, m in models.items()}),
+        compare(f"{title} inference", {k: _inference(m, inputs) for k, m in models.items()}),
     ]
 
 
-def model_benchmark(device, repeats):
+def model_benchmark(device, compare):
     softmax, iif = _pair(
         _quick_cfg("mask_rcnn_R_18_FPN_instant", device),
         _quick_cfg("mask_rcnn_R_18_FPN_instant_iif", device),
     )
     models = {"softmax": softmax, "iif": iif}
-    return _train_and_infer("tiny Mask R-CNN", models, _inputs(), device, repeats)
+    return _train_and_infer(compare, "tiny Mask R-CNN", models, _inputs())
 
 
-def dense_benchmark(device, repeats, title, config, node):
+def dense_benchmark(device, compare, title, config, node):
     """A one-stage detector, IIF off vs on (see the module docstring).
 
     Args:
@@ -239,64 +215,117 @@ def dense_benchmark(device, repeats, title, config, node):
     ones = copy.deepcopy(iif)
     ones.iif_weights = torch.ones_like(iif.iif_weights)
     inputs = _inputs()
-    ratios = [
+    return [
         compare(
             f"{title} train step",
             {"plain": _train_step(plain, inputs), "iif": _train_step(iif, inputs)},
-            device,
-            repeats,
         ),
         compare(
             f"{title} inference (w = 1)",
             {"plain": _inference(plain, inputs), "iif": _inference(ones, inputs)},
-            device,
-            repeats,
+        ),
+        compare(
+            f"{title} inference (real w)",
+            {"plain": _inference(plain, inputs), "iif": _inference(iif, inputs)},
+            headline=False,
         ),
     ]
-    compare(
-        f"{title} inference (real w)",
-        {"plain": _inference(plain, inputs), "iif": _inference(iif, inputs)},
-        device,
-        repeats,
-    )
-    return ratios
 
 
-def setup(doc):
-    """Parse --device/--repeats/--images (``doc``: the script's docstring, shown in full by
-    --help), print the device line; return (args, device)."""
+def setup(doc, sections, report):
+    """Parse the shared options (``doc``: the script's docstring, shown in full by --help;
+    ``sections``: the choices of --only; ``report``: the file name of the outputs, without
+    extension), pin the thread count and print the machine line.
+
+    Returns:
+        (args, device, compare, meta): ``compare`` as :func:`comparer`, ``meta`` the report's
+        header (machine, device, torch, threads, rounds, warm-up, interval).
+    """
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default, help=f"cpu or cuda (default: {default})")
     parser.add_argument(
-        "--repeats", type=int, default=30, help="timed repeats per model (default: 30)"
+        "--repeats", type=int, default=30, help="timed paired rounds per row (default: 30)"
     )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed rounds before them (default: 3)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default: 1)")
     parser.add_argument(
         "--images", type=int, default=2, help="images per batch, 512 RoIs each (default: 2)"
     )
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-    print(
-        f"device: {device} ({name or platform.machine()}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    parser.add_argument("--only", nargs="+", choices=sections, help="run only these sections")
+    parser.add_argument(
+        "--output-dir",
+        default=os.path.join(REPO, "output", "benchmark"),
+        help=f"where {report}.md and {report}.json go (default: output/benchmark)",
     )
-    return args, device
+    args = parser.parse_args()
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        parser.error(
+            f"--repeats and --threads must be >= 1 and --warmup >= 0; got {args.repeats}, "
+            f"{args.threads} and {args.warmup}."
+        )
+    args.only = args.only or list(sections)
+    args.report = report
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gpu = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""
+    meta = {
+        "machine": describe_machine(),
+        "device": f"{device}{gpu}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rounds": args.repeats,
+        "warmup": args.warmup,
+        "sections": args.only,
+        "timing": "paired rounds of alternating order (A B, B A, ...) with a same-vs-same "
+        "control A / A in the same rounds; ratio = median of the paired ratios",
+        "interval": "distribution-free 95 % interval of the median (order statistics); "
+        "spread: 2.5-97.5 % percentiles of the paired ratios; within noise: the ratio's "
+        "interval overlaps the control's",
+    }
+    print(
+        f"{meta['device']}, {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads",
+        flush=True,
+    )
+    return args, device, comparer(device, args.repeats, args.warmup), meta
+
+
+def finish(args, meta, rows, title, target=None):
+    """Print the largest headline ratio (against ``target`` if given) and write the report."""
+    top = max_headline(rows)
+    if top is not None:
+        aim = f" (target <= {target})" if target else ""
+        meta = {
+            **meta,
+            "max ratio": f"{top['ratio']['median']:.3f}{aim}, {top['name']}, {top['verdict']}",
+        }
+        print(f"max ratio {meta['max ratio']}")
+    md, js = write_report(os.path.join(args.output_dir, args.report), title, meta, rows)
+    print(f"wrote {md} and {js}")
+
+
+SECTIONS = ("head", "model", "retinanet", "fcos")
 
 
 def main():
-    args, device = setup(__doc__)
-    ratios = head_benchmark(device, args.repeats, args.images)
-    ratios += model_benchmark(device, args.repeats)
-    for title, config, node in (
-        ("tiny RetinaNet", "retinanet_R_18_FPN_instant_iif", "RETINANET"),
-        ("tiny FCOS", "fcos_R_18_FPN_instant_iif", "FCOS"),
+    args, device, compare, meta = setup(__doc__, SECTIONS, "speed")
+    rows = []
+    if "head" in args.only:
+        rows += head_benchmark(device, compare, args.images)
+    if "model" in args.only:
+        rows += model_benchmark(device, compare)
+    for key, title, config, node in (
+        ("retinanet", "tiny RetinaNet", "retinanet_R_18_FPN_instant_iif", "RETINANET"),
+        ("fcos", "tiny FCOS", "fcos_R_18_FPN_instant_iif", "FCOS"),
     ):
-        ratios += dense_benchmark(device, args.repeats, title, config, node)
+        if key in args.only:
+            rows += dense_benchmark(device, compare, title, config, node)
     target = 1.01 if device.type == "cuda" else 1.03
-    print(f"max ratio {max(ratios):.3f} (target <= {target})")
+    finish(args, meta, rows, "IIF / plain: train-step and inference time", target)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """FASA's per-iteration overhead: the same model with and without FASA, in the same process,
-printed as ratios (FASA / without). Timing as tools/benchmark.py (alternating, median).
+printed as ratios (FASA / without). Timing, options and report as tools/benchmark.py (paired
+rounds of alternating order, a same-vs-same control beside each ratio, tools/timing.py).
 
   head:  IIFFastRCNNOutputLayers (end-to-end IIF) at LVIS sizes (C = 1203, 1024-d features,
          512 RoIs per image): forward + loss + backward, without FASA vs with FASA active
@@ -12,7 +13,9 @@ printed as ratios (FASA / without). Timing as tools/benchmark.py (alternating, m
          mask, IOF base10), FASA off vs on (active from the first step), a full SGD step.
 Inference is not timed: FASA does nothing at inference.
 
-    python tools/benchmark_fasa.py [--device cuda] [--repeats 30]
+    python tools/benchmark_fasa.py [--device cuda] [--repeats 30] [--threads 1] [--only head]
+
+Writes output/benchmark/speed_fasa.{md,json} (--output-dir).
 """
 
 from iif_d2.upstream_warnings import hide_upstream_deprecations
@@ -21,7 +24,7 @@ hide_upstream_deprecations()  # before detectron2 is imported
 
 
 import torch
-from benchmark import _inputs, _quick_cfg, _train_step, compare, lvis_proposals, setup
+from benchmark import _inputs, _quick_cfg, _train_step, finish, lvis_proposals, setup
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
@@ -31,7 +34,7 @@ from iif_d2 import IIFFastRCNNOutputLayers, load_counts_file
 from iif_d2.fasa import FASA
 
 
-def head_benchmark(device, repeats, images):
+def head_benchmark(device, compare, images):
     C, R, D = 1203, 512 * images, 1024
     counts = load_counts_file("iif_d2://lvis_v1_train.csv").instance_counts
     kwargs = {
@@ -60,15 +63,15 @@ def head_benchmark(device, repeats, images):
 
         return step
 
-    ratio = compare(
-        "head train step", {"plain": train(plain), "fasa": train(fasa)}, device, repeats
-    )
+    row = compare("head train step", {"plain": train(plain), "fasa": train(fasa)})
     fasa.fasa.rates.fill_(1.0)
-    compare("head, all rates 1", {"plain": train(plain), "fasa": train(fasa)}, device, repeats)
-    return [ratio]
+    rates_1 = compare(
+        "head, all rates 1", {"plain": train(plain), "fasa": train(fasa)}, headline=False
+    )
+    return [row, rates_1]
 
 
-def model_benchmark(device, repeats):
+def model_benchmark(device, compare):
     name = "mask_rcnn_R_18_FPN_instant_recipe"
     off = _quick_cfg(name, device, "MODEL.ROI_BOX_HEAD.FASA.ENABLED", False)
     on = _quick_cfg(name, device, "MODEL.ROI_BOX_HEAD.FASA.START_ITER", 0)
@@ -78,14 +81,17 @@ def model_benchmark(device, repeats):
     plain.load_state_dict(with_fasa.state_dict(), strict=False)
     inputs = _inputs()
     models = {"plain": _train_step(plain, inputs), "fasa": _train_step(with_fasa, inputs)}
-    return [compare("tiny recipe Mask R-CNN train step", models, device, repeats)]
+    return [compare("tiny recipe Mask R-CNN train step", models)]
 
 
 def main():
-    args, device = setup(__doc__)
-    ratios = head_benchmark(device, args.repeats, args.images)
-    ratios += model_benchmark(device, args.repeats)
-    print(f"max ratio {max(ratios):.3f}")
+    args, device, compare, meta = setup(__doc__, ("head", "model"), "speed_fasa")
+    rows = []
+    if "head" in args.only:
+        rows += head_benchmark(device, compare, args.images)
+    if "model" in args.only:
+        rows += model_benchmark(device, compare)
+    finish(args, meta, rows, "FASA / without: train-step time")
 
 
 if __name__ == "__main__":

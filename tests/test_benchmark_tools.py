@@ -1,0 +1,139 @@
+"""tools/timing.py (paired alternating rounds, the statistics of the ratios) on hand-made samples,
+and a reduced run of tools/benchmark.py and tools/benchmark_fasa.py."""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import TOOLS, load_tool
+
+timing = load_tool("timing")
+
+
+def test_round_order_alternates():
+    assert [timing.round_order(k) for k in range(4)] == [(0, 1), (1, 0), (0, 1), (1, 0)]
+
+
+def test_alternating_rounds_order_warmup_and_durations():
+    """Every pair is timed once per round, A first in even rounds and second in odd ones, after
+    untimed warm-up rounds; each time is the clock's advance during that call."""
+    now, calls = [0.0], []
+
+    def fn(label, seconds):
+        def call():
+            calls.append(label)
+            now[0] += seconds
+
+        return call
+
+    a, b = fn("a", 1.0), fn("b", 3.0)
+    times = timing.alternating_rounds([(a, b), (a, a)], rounds=3, warmup=1, clock=lambda: now[0])
+    # warm-up round -1 is odd: reversed, as round 1
+    round_even, round_odd = ["a", "b", "a", "a"], ["b", "a", "a", "a"]
+    assert calls == round_odd + round_even + round_odd + round_even
+    assert times == [([1.0] * 3, [3.0] * 3), ([1.0] * 3, [1.0] * 3)]
+
+
+def test_alternating_rounds_rejects_bad_counts():
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        timing.alternating_rounds([(int, int)], rounds=0, warmup=1)
+
+
+def _binomial_coverage(n, k):
+    """1 - 2 P(Binomial(n, 1/2) <= k - 1), written out."""
+    return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+
+@pytest.mark.parametrize(
+    "n, k",
+    [
+        (30, 10),  # the textbook 95 % interval of a median of 30: x_(10)..x_(21)
+        (9, 2),  # x_(2)..x_(8): 1 - 2 * 10 / 512 = 96.1 %
+        (6, 1),  # min..max: 1 - 2 / 64 = 96.9 %; x_(2)..x_(5) would be 78 %
+    ],
+)
+def test_median_interval_order_statistics(n, k):
+    values = [float(i) for i in range(1, n + 1)]
+    random.Random(0).shuffle(values)
+    low, high, coverage = timing.median_interval(values)
+    assert (low, high) == (k, n + 1 - k)
+    assert coverage == pytest.approx(_binomial_coverage(n, k))
+    assert coverage >= 0.95 > _binomial_coverage(n, k + 1)
+
+
+def test_median_interval_small_samples_state_their_coverage():
+    """Below 6 values no interval reaches 95 %: min..max, with its true coverage."""
+    assert timing.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)
+    assert timing.median_interval([2.0]) == (2.0, 2.0, 0.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        timing.median_interval([])
+
+
+def test_summarize_and_verdict():
+    s = timing.summarize([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert s["median"] == 3.0
+    assert s["interval"] == [1.0, 5.0]
+    assert s["spread"] == pytest.approx([1.1, 4.9])  # 1 + 0.025 * 4, 5 - 0.025 * 4
+    control = {"interval": [0.98, 1.02]}
+    assert timing.verdict({"interval": [1.01, 1.05]}, control) == "within noise"
+    assert timing.verdict({"interval": [1.03, 1.05]}, control) == "slower"
+    assert timing.verdict({"interval": [0.90, 0.97]}, control) == "faster"
+
+
+def test_compare_pairs_sees_a_real_difference_and_a_flat_control(tmp_path):
+    """B sleeps three times as long as A: ratio about 3, "slower"; the control about 1."""
+    row = timing.compare_pairs(
+        "sleep", ("short", "long"), (lambda: time.sleep(0.002), lambda: time.sleep(0.006)), 7, 1
+    )
+    assert 2 < row["ratio"]["median"] < 3.5
+    assert 0.7 < row["control"]["median"] < 1.4
+    assert row["verdict"] == "slower"
+    assert row["ms"][0] >= 2 and row["ms"][1] >= 6
+    md, js = timing.write_report(str(tmp_path / "r"), "T", {"threads": 1}, [row])
+    assert "| sleep | short / long |" in open(md).read()
+    assert json.load(open(js))["rows"][0]["verdict"] == "slower"
+
+
+def _run_tool(name, tmp_path, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, os.path.join(TOOLS, f"{name}.py"), "--repeats", "3", "--warmup", "1"]
+    cmd += ["--images", "1", "--output-dir", str(tmp_path), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def _check_report(tmp_path, stem, names):
+    report = json.load(open(tmp_path / f"{stem}.json"))
+    assert report["threads"] == 1 and report["rounds"] == 3 and "cores" in report["machine"]
+    assert [r["name"] for r in report["rows"]] == names
+    for r in report["rows"]:
+        for key in ("ratio", "control"):
+            low, high = r[key]["interval"]
+            assert low <= r[key]["median"] <= high
+            assert r[key]["coverage"] == 0.75  # 3 rounds: min..max
+        assert r["verdict"] in ("within noise", "slower", "faster")
+    md = open(tmp_path / f"{stem}.md").read()
+    assert "control A / A" in md and "- threads: 1" in md
+    return report
+
+
+def test_benchmark_reduced_run(tmp_path):
+    out = _run_tool("benchmark", tmp_path, "--only", "head", "fcos", "--threads", "1")
+    names = ["head train step", "head inference", "tiny FCOS train step"]
+    names += ["tiny FCOS inference (w = 1)", "tiny FCOS inference (real w)"]
+    report = _check_report(tmp_path, "speed", names)
+    assert [r["headline"] for r in report["rows"]] == [True] * 4 + [False]
+    assert "max ratio" in out and "(target <= 1.03)" in report["max ratio"]
+
+
+def test_benchmark_fasa_reduced_run(tmp_path):
+    _run_tool("benchmark_fasa", tmp_path)
+    names = ["head train step", "head, all rates 1", "tiny recipe Mask R-CNN train step"]
+    report = _check_report(tmp_path, "speed_fasa", names)
+    assert report["sections"] == ["head", "model"]
