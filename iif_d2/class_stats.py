@@ -23,7 +23,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ClassStats", "count_dataset_dicts", "load_counts_file", "STATS_FILENAME"]
+__all__ = [
+    "ClassStats",
+    "box_centres",
+    "count_dataset_dicts",
+    "load_counts_file",
+    "STATS_FILENAME",
+]
 
 logger = logging.getLogger(__name__)
 PACKAGE_PREFIX = "iif_d2://"
@@ -60,6 +66,9 @@ class ClassStats:
         num_images: training images (K of IIF), or None when the source does not say.
         class_names: optional names, for messages.
         source: where the counts came from.
+        fractal_dimensions: optional box-counting dimension of each class's box centres
+            (FRACAL), each a positive finite number; None when not computed.
+        fractal_max_grid: the finest grid they were counted on; set with them.
 
     Raises:
         ValueError: a count that is not a non-negative integer, lists of different lengths,
@@ -71,6 +80,8 @@ class ClassStats:
     num_images: Optional[int] = None
     class_names: Optional[List[str]] = None
     source: str = ""
+    fractal_dimensions: Optional[List[float]] = None
+    fractal_max_grid: Optional[int] = None
 
     def __post_init__(self):
         src = self.source or "class counts"
@@ -105,6 +116,33 @@ class ClassStats:
                     f"{src}: class {i}{name} is in {img} images, more than the "
                     f"{self.num_images} training images (num_images)."
                 )
+        self._check_fractal(src)
+
+    def _check_fractal(self, src: str):
+        dims, grid = self.fractal_dimensions, self.fractal_max_grid
+        if (dims is None) != (grid is None):
+            raise ValueError(
+                f"{src}: fractal_dimensions and fractal_max_grid go together (both or null); "
+                "recompute the file with iif_d2.resolve_training_set."
+            )
+        if dims is None:
+            return
+        ok_grid = isinstance(grid, Integral) and not isinstance(grid, bool) and grid >= 2
+        if not ok_grid:
+            raise ValueError(f"{src}: fractal_max_grid {grid!r} is not an integer >= 2.")
+        self.fractal_max_grid = int(grid)
+        if not isinstance(dims, (list, tuple)) or len(dims) != self.num_classes:
+            raise ValueError(
+                f"{src}: fractal_dimensions must be a list of {self.num_classes} numbers, one "
+                "per class."
+            )
+        for i, d in enumerate(dims):
+            good = isinstance(d, Real) and not isinstance(d, (bool, np.bool_))
+            if not good or not math.isfinite(d) or d <= 0:
+                raise ValueError(
+                    f"{src}: fractal_dimensions[{i}] = {d!r} is not a positive finite number."
+                )
+        self.fractal_dimensions = [float(d) for d in dims]
 
     @property
     def num_classes(self) -> int:
@@ -199,6 +237,51 @@ def count_dataset_dicts(dataset_dicts: Sequence[Dict], num_classes: int, source=
     image_counts = np.bincount(pairs % num_classes, minlength=num_classes)
     return ClassStats(
         image_counts.tolist(), instance_counts.tolist(), len(dataset_dicts), source=source
+    )
+
+
+def box_centres(dataset_dicts: Sequence[Dict], source: str = ""):
+    """The centres of the non-crowd boxes, divided by their image's width and height.
+
+    Args:
+        dataset_dicts: detectron2 dataset dicts with ``width``, ``height`` and annotations with
+            ``bbox`` / ``bbox_mode`` and contiguous ``category_id``.
+        source: the dataset's name, for messages.
+
+    Returns:
+        ``(centres, labels)``: (N, 2) float64 (x, y) and (N,) int64 class ids.
+
+    Raises:
+        ValueError: naming the record, for a record without a positive width and height or a
+            box in a mode detectron2 cannot convert to absolute XYXY.
+    """
+    from detectron2.structures import BoxMode
+
+    centres, labels = [], []
+    for i, record in enumerate(dataset_dicts):
+        anns = [a for a in record.get("annotations", ()) if not a.get("iscrowd")]
+        if not anns:
+            continue
+        w, h = record.get("width"), record.get("height")
+        if not (isinstance(w, Real) and isinstance(h, Real) and w > 0 and h > 0):
+            raise ValueError(
+                f"dataset {source!r}: record {i} ({record.get('file_name', 'no file_name')}) "
+                "has no positive width/height; FRACAL normalises box centres by the image "
+                "size. Add them in the dataset's loader (detectron2's standard format)."
+            )
+        for a in anns:
+            try:
+                x0, y0, x1, y1 = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
+            except (KeyError, AssertionError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"dataset {source!r}: record {i}: a box that cannot be converted to "
+                    f"absolute XYXY ({e!r}); use detectron2's absolute box modes."
+                ) from None
+            centres.append(((x0 + x1) / (2.0 * w), (y0 + y1) / (2.0 * h)))
+            labels.append(a["category_id"])
+    return (
+        np.asarray(centres, dtype=np.float64).reshape(-1, 2),
+        np.asarray(labels, dtype=np.int64),
     )
 
 

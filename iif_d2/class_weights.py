@@ -5,12 +5,28 @@ are resolved (:func:`iif_d2.resolve_training_set`, run by ``iif_d2.engine.setup`
 model loads no dataset, makes no collective call and writes nothing.
 """
 
+from typing import Optional, Tuple
+
 import torch
 
+from .calibration import fracal_divisors, fracal_prior, norcal_divisors
 from .class_stats import ClassStats, load_counts_file
 from .weights import additive_margins, iif_weights
 
-__all__ = ["class_stats_from_config", "iif_weights_from_config", "additive_margins_from_config"]
+__all__ = [
+    "class_stats_from_config",
+    "iif_weights_from_config",
+    "additive_margins_from_config",
+    "calibration_from_config",
+    "FRACAL_FIX",
+]
+# how to get the fractal dimensions FRACAL needs, for error messages
+FRACAL_FIX = (
+    "FRACAL needs each class's fractal dimension, computed from the training boxes: set "
+    "MODEL.CLASS_COUNTS.SOURCE 'dataset' or 'json' with the training set registered (a counts "
+    "CSV such as iif_d2://lvis_v1_train.csv cannot hold them), or FILE a run's "
+    "iif_class_stats.json written for a FRACAL config."
+)
 
 
 def class_stats_from_config(cfg) -> ClassStats:
@@ -76,3 +92,38 @@ def additive_margins_from_config(cfg, num_classes: int) -> torch.Tensor:
     am = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
     f, k, names = _checked_frequencies(cfg, num_classes, cfg.MODEL.ROI_BOX_HEAD.IIF)
     return additive_margins(f, k, am.TYPE, am.TAU, class_names=names)
+
+
+def calibration_from_config(
+    cfg, num_classes: int
+) -> Tuple[str, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(mode, prior, divisors)`` of ``cfg.MODEL.ROI_BOX_HEAD.CALIBRATION``: for "norcal",
+    (None, n_c^GAMMA) with the image counts; for "fracal", (the VARIANT prior of the image
+    frequencies, D_c^LAMBDA) with the file's fractal dimensions; for "off", (None, None).
+
+    Raises:
+        ValueError: counts of another class count, a counts file without fractal dimensions or
+            with another MAX_GRID (FRACAL), and the errors of :mod:`iif_d2.calibration`.
+    """
+    node = cfg.MODEL.ROI_BOX_HEAD.CALIBRATION
+    if node.MODE == "off":
+        return "off", None, None
+    stats = class_stats_from_config(cfg)
+    if stats.num_classes != num_classes:
+        raise ValueError(
+            f"CALIBRATION: the class counts from {stats.source} cover {stats.num_classes} "
+            f"classes, but MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}."
+        )
+    if node.MODE == "norcal":
+        return "norcal", None, norcal_divisors(stats.image_counts, node.NORCAL.GAMMA)
+    if stats.fractal_dimensions is None:
+        raise ValueError(f"{stats.source} holds no fractal_dimensions. {FRACAL_FIX}")
+    if stats.fractal_max_grid != node.FRACAL.MAX_GRID:
+        raise ValueError(
+            f"{stats.source}: fractal dimensions counted up to a {stats.fractal_max_grid}-grid, "
+            f"but MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL.MAX_GRID = {node.FRACAL.MAX_GRID}. "
+            "Recompute them (SOURCE 'dataset' or 'json') or set MAX_GRID to the file's."
+        )
+    f, k = stats.frequencies("image", "total")
+    prior = fracal_prior(f, k, node.FRACAL.VARIANT, class_names=stats.class_names)
+    return "fracal", prior, fracal_divisors(stats.fractal_dimensions, node.FRACAL.LAMBDA)

@@ -8,6 +8,8 @@ import logging
 
 from detectron2.config import CfgNode as CN
 
+from .calibration import FRACAL_LAMBDA, FRACAL_MAX_GRID, FRACAL_VARIANT, NORCAL_GAMMA
+
 __all__ = ["add_iif_config", "apply_deprecated_keys", "DEPRECATED_KEYS"]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,32 @@ def add_iif_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.TAU = 1.0
 
     # ---------------------------------------------------------------------------------------
+    # Post-hoc calibration of the box classifier's scores at inference (iif_d2.calibration,
+    # docs/method.md "NorCal and FRACAL"); training and its losses are unchanged. Needs the
+    # softmax classifier (not USE_SIGMOID_CE); excludes IIF MODE "post_process" and the
+    # post-hoc logit adjustment (two post-processings); on top of end-to-end IIF it calibrates
+    # softmax(w * z). Uses MODEL.CLASS_COUNTS (image counts).
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION = CN()
+    # "off"; "norcal": q_c / n_c^GAMMA (Pan et al. 2021); "fracal": softmax(z + a) with the
+    # VARIANT prior a, then q_c / D_c^LAMBDA (Alexandridis et al. 2025). Background kept,
+    # scores renormalised over the C+1 entries.
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.MODE = "off"
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL = CN()
+    # gamma of n_c^gamma (n_c: training images of class c). The paper tunes it per model; the
+    # published code's default 0 changes nothing, so iif-d2 defaults to 0.6 (not a paper value).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.NORCAL.GAMMA = NORCAL_GAMMA
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL = CN()
+    # lambda, the exponent of the fractal dimension D_c (the authors' fractal_l = 2).
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL.LAMBDA = FRACAL_LAMBDA
+    # IIF formula of the additive prior a_c = w_c - w(1/C) on image frequencies: "base10"
+    # (the authors' LVIS configs), "base2" or "raw".
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL.VARIANT = FRACAL_VARIANT
+    # Finest grid G of the box counting (d x d grids, d = 1..G, over the normalised image);
+    # the dimensions are a training-set fact saved in OUTPUT_DIR/iif_class_stats.json.
+    _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL.MAX_GRID = FRACAL_MAX_GRID
+
+    # ---------------------------------------------------------------------------------------
     # IIF on RetinaNet's sigmoid classifier (IIFRetinaNet). No background column: C weights.
     # ---------------------------------------------------------------------------------------
     _C.MODEL.RETINANET.IIF = CN()
@@ -140,6 +168,19 @@ def add_iif_config(cfg):
     _C.MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE = 20.0
 
     # ---------------------------------------------------------------------------------------
+    # Initialisation of the ROI heads' layers, applied when iif-d2's ROI heads are built (box
+    # head FCs, box regressor, mask head; the box classifier is ROI_BOX_HEAD.IIF.CLS_SCORE_INIT).
+    # "detectron2": detectron2's own (Caffe2 Xavier FCs, regressor and mask predictor
+    # N(0, 0.001^2)). "authors": the authors' plain-linear IIF configs (a box-head init_cfg of
+    # their own, which turns mmdet's defaults off): FCs and regressor keep PyTorch's nn.Linear
+    # default. "mmdet": mmdet 2.x's defaults, as the authors' FASA / recipe configs get them:
+    # FCs Xavier normal, regressor N(0, 0.001^2). Both: mask convs, deconv and predictor
+    # Kaiming normal (fan_out, ReLU), bias 0. Needs a 2-FC box head (NUM_CONV 0).
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.HEAD_INIT = CN()
+    _C.MODEL.HEAD_INIT.SCHEME = "detectron2"
+
+    # ---------------------------------------------------------------------------------------
     # FASA: feature augmentation and sampling adaptation (Zang et al., ICCV 2021;
     # docs/method.md §3) on the box classifier. Per-class statistics of the box-head features
     # of positive RoIs live in the box predictor (synchronised across ranks); virtual features
@@ -176,6 +217,13 @@ def add_iif_config(cfg):
     # means (a similarity, as the algorithm defines it), or "authors": the positive squared
     # distances of every class's mean, unseen (all-zero) ones included.
     _C.MODEL.ROI_BOX_HEAD.FASA.CLUSTERING_INPUT = "negative_squared_distances"
+    # the held-out loss per class: "gt_boxes_class_mean", the mean classification loss of its
+    # ground-truth boxes (test resize: DATASETS.HELDOUT images at INPUT.MIN_SIZE_TEST), or
+    # "authors": its summed loss over the RoIs the training step would sample (RPN proposals
+    # at the training top-k plus the ground truth, ROI_HEADS.BATCH_SIZE_PER_IMAGE at
+    # POSITIVE_FRACTION), divided by the number of all those RoIs, background included (a
+    # class weighted by its RoI count), on images with the training augmentation.
+    _C.MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS = "gt_boxes_class_mean"
     # The initial sampling rates s_c are proportional to 1 / instance count (MODEL.CLASS_COUNTS,
     # also when IIF itself is off), normalised to sum 1.
 
@@ -222,6 +270,22 @@ def add_iif_config(cfg):
     # class over the dataset) of the same detections. Pooled AP ranks every class's detections
     # together, so it measures how comparable the scores of different classes are.
     _C.TEST.LVIS_EVAL_FIXED_POOLED = False
+    # AP-fixed inference (Dave et al. 2021), fast engine: AP-fixed and AP-pool on each class's
+    # DETS_PER_CLASS best detections over the dataset with no cap per image, as the paper's
+    # inference gives them (the evaluator keeps a running top per class: bounded memory). The
+    # model must then keep every detection above its score threshold: TEST.DETECTIONS_PER_IMAGE
+    # -1 for R-CNN models (RetinaNet/FCOS: a large number, e.g. 100000; their -1 drops one), and
+    # a lower MODEL.ROI_HEADS.SCORE_THRESH_TEST gives more candidates. The standard metrics come
+    # from the same pass: each image's STANDARD_DETECTIONS_PER_IMAGE best detections scoring
+    # above STANDARD_SCORE_THRESH (the standard inference's TEST.DETECTIONS_PER_IMAGE and score
+    # threshold), which are a standard pass's detections (per-class NMS never lets a lower
+    # score remove a higher one).
+    _C.TEST.AP_FIXED = CN()
+    _C.TEST.AP_FIXED.ENABLED = False
+    # K, detections per class over the dataset (also for TEST.LVIS_EVAL_FIXED_POOLED).
+    _C.TEST.AP_FIXED.DETS_PER_CLASS = 10000
+    _C.TEST.AP_FIXED.STANDARD_DETECTIONS_PER_IMAGE = 300
+    _C.TEST.AP_FIXED.STANDARD_SCORE_THRESH = 0.0001
 
     # ---------------------------------------------------------------------------------------
     # Intra-op CPU threads of each process (torch.set_num_threads), set and logged by

@@ -11,8 +11,17 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
+from .calibration import (
+    CALIBRATION_MODES,
+    FRACAL_LAMBDA,
+    FRACAL_MAX_GRID,
+    FRACAL_VARIANT,
+    NORCAL_GAMMA,
+    calibrated_probs,
+)
 from .class_weights import (
     additive_margins_from_config,
+    calibration_from_config,
     class_stats_from_config,
     iif_weights_from_config,
 )
@@ -59,6 +68,10 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     from ``fasa.start_iter`` on, draws virtual features that go through ``cls_score`` with the
     same loss logits (IIF when enabled): ``loss_cls_fasa`` = LOSS_WEIGHT x their mean cross
     entropy (0 while none are drawn), added to the total loss with the other terms.
+
+    With ``calibration_mode`` "norcal" or "fracal" (:mod:`iif_d2.calibration`) the test scores
+    are softmax(t + prior) / divisors renormalised over the C+1 entries, t the logits the
+    scores would otherwise come from (z, or w * z with end-to-end IIF); the loss is unchanged.
     """
 
     @configurable
@@ -73,6 +86,9 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         margins=None,
         cosine_scale: Optional[float] = None,
         fasa: Optional[FASA] = None,
+        calibration_mode: str = "off",
+        calibration_prior=None,
+        calibration_divisors=None,
         **kwargs,
     ):
         """
@@ -87,6 +103,10 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
                 cosine classifier. Excludes ``cls_score_init="constant"``: equal rows would
                 give every class the same cosine, and their norm is irrelevant to it.
             fasa: FASA state for this predictor's box-head features, or None.
+            calibration_mode: one of :data:`~iif_d2.calibration.CALIBRATION_MODES`.
+            calibration_prior: (C+1,) additive logit prior (FRACAL), or None.
+            calibration_divisors: (C+1,) score divisors, background 1; required unless the
+                calibration is off.
         """
         super().__init__(input_shape, **kwargs)
         if iif_mode not in IIF_MODES:
@@ -116,6 +136,34 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
             )
         self.fasa = fasa
         self._fasa_features = None
+        self._init_calibration(calibration_mode, calibration_prior, calibration_divisors)
+
+    def _init_calibration(self, mode: str, prior, divisors):
+        if mode not in CALIBRATION_MODES:
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.CALIBRATION.MODE {mode!r} is not one of {CALIBRATION_MODES}."
+            )
+        self.calibration_mode = mode
+        if mode == "off":
+            return
+        if self.iif_mode == "post_process" or self.margin_mode == "logit_adjustment_posthoc":
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.CALIBRATION.MODE {mode!r} is a post-processing of the "
+                "trained model's scores, as IIF MODE 'post_process' and the post-hoc logit "
+                "adjustment are: use one of them (IIF end_to_end or the loss margins combine)."
+            )
+        if getattr(self, "use_sigmoid_ce", False) or getattr(self, "use_fed_loss", False):
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.CALIBRATION.MODE {mode!r} calibrates softmax scores: set "
+                "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE and USE_FED_LOSS False, or MODE 'off'."
+            )
+        if divisors is None:
+            raise ValueError("Calibration divisors are required (from_config computes them).")
+        self.register_buffer("calibration_divisors", self._per_class(divisors), persistent=False)
+        if prior is not None:
+            self.register_buffer("calibration_prior", self._per_class(prior), persistent=False)
+        else:
+            self.calibration_prior = None
 
     def _use_cosine_cls_score(self, scale: float, cls_score_init: str):
         """Replace the linear ``cls_score`` by a cosine one holding its parameters."""
@@ -166,6 +214,7 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
             ret["margins"] = additive_margins_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         if cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
             ret["fasa"] = cls._build_fasa(cfg, input_shape)
+        ret.update(cls._calibration_args(cfg))
         if not iif.ENABLED:
             return ret
         if iif.MODE not in IIF_MODES[1:]:
@@ -176,6 +225,36 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret["iif_mode"] = iif.MODE
         ret["iif_weights"] = iif_weights_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         return ret
+
+    @staticmethod
+    def _calibration_args(cfg) -> dict:
+        node = cfg.MODEL.ROI_BOX_HEAD.CALIBRATION
+        if node.MODE not in CALIBRATION_MODES:
+            raise ValueError(
+                f"MODEL.ROI_BOX_HEAD.CALIBRATION.MODE {node.MODE!r} is not one of "
+                f"{CALIBRATION_MODES}."
+            )
+        unused = [
+            f"MODEL.ROI_BOX_HEAD.CALIBRATION.{key}"
+            for key, mode, value, default in (
+                ("NORCAL.GAMMA", "norcal", node.NORCAL.GAMMA, NORCAL_GAMMA),
+                ("FRACAL.LAMBDA", "fracal", node.FRACAL.LAMBDA, FRACAL_LAMBDA),
+                ("FRACAL.VARIANT", "fracal", node.FRACAL.VARIANT, FRACAL_VARIANT),
+                ("FRACAL.MAX_GRID", "fracal", node.FRACAL.MAX_GRID, FRACAL_MAX_GRID),
+            )
+            if node.MODE != mode and value != default
+        ]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} set, but MODEL.ROI_BOX_HEAD.CALIBRATION.MODE is "
+                f"{node.MODE!r}, which ignores it: set the MODE it belongs to, or remove it."
+            )
+        mode, prior, divisors = calibration_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        return {
+            "calibration_mode": mode,
+            "calibration_prior": prior,
+            "calibration_divisors": divisors,
+        }
 
     @staticmethod
     def _build_fasa(cfg, input_shape) -> FASA:
@@ -268,10 +347,17 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     def predict_probs(self, predictions, proposals):
         scores, proposal_deltas = predictions
         logits = self._test_logits(scores)
+        if self.calibration_mode != "off":
+            logits = scores.float() if logits is None else logits
+            probs = calibrated_probs(logits, self.calibration_divisors, self.calibration_prior)
+            return probs.split([len(p) for p in proposals], dim=0)
         if logits is None:
             return super().predict_probs(predictions, proposals)
         return super().predict_probs((logits, proposal_deltas), proposals)
 
     def extra_repr(self) -> str:
         fasa = self.fasa is not None
-        return f"iif_mode={self.iif_mode}, margin_mode={self.margin_mode}, fasa={fasa}"
+        return (
+            f"iif_mode={self.iif_mode}, margin_mode={self.margin_mode}, fasa={fasa}, "
+            f"calibration={self.calibration_mode}"
+        )

@@ -23,7 +23,14 @@ import logging
 import os
 from typing import List, Optional
 
-from ..class_stats import STATS_FILENAME, ClassStats, count_dataset_dicts, load_counts_file
+from ..calibration import box_counting_dimensions
+from ..class_stats import (
+    STATS_FILENAME,
+    ClassStats,
+    box_centres,
+    count_dataset_dicts,
+    load_counts_file,
+)
 from .build import hand_over, holds_out, iterations_per_epoch, loader_dataset_dicts
 from .heldout import (
     HeldoutSplit,
@@ -40,6 +47,7 @@ __all__ = [
     "compute_class_stats",
     "compute_training_set_facts",
     "needs_class_counts",
+    "needs_fractal_dimensions",
     "resolve_training_set",
 ]
 
@@ -64,15 +72,27 @@ class TrainingSetFacts:
 
 
 def needs_class_counts(cfg) -> bool:
-    """Whether a component of ``cfg`` is built on class frequencies (IIF, margins, FASA)."""
+    """Whether a component of ``cfg`` is built on class frequencies (IIF, margins, FASA,
+    NorCal/FRACAL)."""
     box = cfg.MODEL.ROI_BOX_HEAD
     return bool(
         box.IIF.ENABLED
         or box.ADDITIVE_MARGIN.ENABLED
         or box.FASA.ENABLED
+        or box.CALIBRATION.MODE != "off"
         or cfg.MODEL.RETINANET.IIF.ENABLED
         or cfg.MODEL.FCOS.IIF.ENABLED
     )
+
+
+def needs_fractal_dimensions(cfg) -> bool:
+    """Whether ``cfg`` needs the classes' fractal dimensions (FRACAL)."""
+    return cfg.MODEL.ROI_BOX_HEAD.CALIBRATION.MODE == "fracal"
+
+
+def _has_fractal(stats: ClassStats, cfg) -> bool:
+    grid = cfg.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL.MAX_GRID
+    return stats.fractal_dimensions is not None and stats.fractal_max_grid == grid
 
 
 def _needs_epoch(cfg) -> bool:
@@ -103,12 +123,42 @@ def _num_classes(names, dicts) -> int:
 
 
 def compute_class_stats(cfg, dicts=None) -> ClassStats:
-    """The class counts MODEL.CLASS_COUNTS names, computed here (no collective, no write).
+    """The class counts MODEL.CLASS_COUNTS names, computed here (no collective, no write);
+    for FRACAL also the classes' fractal dimensions, on the boxes of the full training set.
 
     Args:
         cfg: a config with iif-d2's keys.
-        dicts: the loader's dicts of DATASETS.TRAIN, if already loaded (SOURCE "dataset").
+        dicts: the loader's dicts of DATASETS.TRAIN, if already loaded (SOURCE "dataset", or
+            FRACAL with SOURCE "json").
+
+    Raises:
+        ValueError: FRACAL with SOURCE "file" and a file without the fractal dimensions of
+            FRACAL.MAX_GRID (e.g. a counts CSV): the message names the fix.
     """
+    stats = _class_counts(cfg, dicts)
+    if not needs_fractal_dimensions(cfg) or _has_fractal(stats, cfg):
+        return stats
+    if cfg.MODEL.CLASS_COUNTS.SOURCE == "file":
+        from ..class_weights import FRACAL_FIX
+
+        raise ValueError(
+            f"{stats.source} holds no fractal_dimensions for "
+            f"FRACAL.MAX_GRID {cfg.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL.MAX_GRID}. {FRACAL_FIX}"
+        )
+    names = _dataset_names(cfg)
+    dicts = loader_dataset_dicts(cfg) if dicts is None else dicts
+    centres, labels = box_centres(dicts, "+".join(names))
+    if labels.size and (labels.min() < 0 or labels.max() >= stats.num_classes):
+        raise ValueError(
+            f"dataset {'+'.join(names)!r}: category ids outside [0, {stats.num_classes}) of "
+            f"the class counts of {stats.source}; count the training set FRACAL measures."
+        )
+    grid = cfg.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL.MAX_GRID
+    dims = box_counting_dimensions(centres, labels, stats.num_classes, grid)
+    return dataclasses.replace(stats, fractal_dimensions=dims.tolist(), fractal_max_grid=grid)
+
+
+def _class_counts(cfg, dicts=None) -> ClassStats:
     node = cfg.MODEL.CLASS_COUNTS
     if node.SOURCE == "file":
         if not node.FILE:
@@ -163,7 +213,9 @@ def _compute(cfg, training: bool):
     counts = needs_class_counts(cfg)
     heldout = training and holds_out(cfg) and not cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE
     epoch = training and _needs_epoch(cfg)
-    needs_dicts = heldout or epoch or (counts and cfg.MODEL.CLASS_COUNTS.SOURCE == "dataset")
+    source = cfg.MODEL.CLASS_COUNTS.SOURCE
+    fractal = counts and needs_fractal_dimensions(cfg) and source == "json"
+    needs_dicts = heldout or epoch or fractal or (counts and source == "dataset")
     dicts = loader_dataset_dicts(cfg) if needs_dicts else None
     if counts:
         facts.stats = compute_class_stats(cfg, dicts)  # the full training set
@@ -280,6 +332,13 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
     counts = cfg.MODEL.CLASS_COUNTS
     if not training and needs_class_counts(cfg) and counts.SOURCE != "file":
         found = _counts_from_run_folder(cfg)
+        if (
+            found
+            and needs_fractal_dimensions(cfg)
+            and not _has_fractal(load_counts_file(found), cfg)
+        ):
+            logger.info("%s holds no fractal dimensions for FRACAL: computing them.", found)
+            found = None
         if found:
             logger.info("Class statistics of the run folder of MODEL.WEIGHTS: %s", found)
             counts.SOURCE, counts.FILE = "file", found
