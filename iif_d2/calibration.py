@@ -55,7 +55,8 @@ def _occupied_cells(centres: np.ndarray, labels: np.ndarray, num_classes: int, d
     """Per class, the cells of a d x d grid over [0, 1]^2 holding at least one centre."""
     cells = np.clip(np.floor(centres * d).astype(np.int64), 0, d - 1)
     keys = labels * (d * d) + cells[:, 1] * d + cells[:, 0]
-    return np.bincount(np.unique(keys) // (d * d), minlength=num_classes)
+    occupied = np.bincount(keys, minlength=num_classes * d * d) > 0
+    return occupied.reshape(num_classes, d * d).sum(axis=1)
 
 
 def box_counting_dimensions(
