@@ -1,8 +1,9 @@
 """Affinity propagation (Frey & Dueck, 2007) in torch: FASA's class clustering without sklearn.
 
 sklearn's semantics (damping, convergence, median preference, tie-breaking noise of
-``random_state=0``), so that the labels equal ``sklearn.cluster.AffinityPropagation``'s on the
-cases where sklearn converges. Runs on CPU in float64.
+``random_state``, 0 by default), so that the labels equal
+``sklearn.cluster.AffinityPropagation``'s on the cases where sklearn converges. Runs on CPU in
+float64.
 """
 
 import logging
@@ -14,6 +15,7 @@ __all__ = ["affinity_propagation", "negative_squared_distances"]
 
 logger = logging.getLogger(__name__)
 AP_SEED = 0  # the tie-breaking noise of affinity_propagation
+AUTHORS_AP_SEED = 1  # the released FASA code's AffinityPropagation(random_state=1)
 
 
 def negative_squared_distances(x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +45,7 @@ def affinity_propagation(
     max_iter: int = 200,
     convergence_iter: int = 15,
     preference=None,
+    random_state: int = AP_SEED,
 ) -> torch.Tensor:
     """Affinity propagation (Frey & Dueck, Science 2007) with sklearn's semantics.
 
@@ -51,8 +54,8 @@ def affinity_propagation(
     its most similar exemplar, and each cluster's exemplar is refined to the member with the
     largest summed similarity to the others. As sklearn, a tiny perturbation
     (eps * S + 100 * tiny) * N(0, 1) breaks ties; its normals are those of sklearn with
-    ``random_state=0`` (numpy's RandomState(0), not the global RNG), so every process gets the
-    same labels, and sklearn's. Runs on CPU in float64.
+    ``random_state`` (numpy's RandomState(random_state), not the global RNG), so every process
+    gets the same labels, and sklearn's. Runs on CPU in float64.
 
     Args:
         similarity: (N, N) similarities s(i, k), e.g. :func:`negative_squared_distances`.
@@ -60,6 +63,7 @@ def affinity_propagation(
         max_iter, convergence_iter: as sklearn.
         preference: s(k, k), a scalar or (N,); None = the median of ``similarity`` (all N^2
             entries, as sklearn). Larger values give more clusters.
+        random_state: the seed of the tie-breaking noise, as sklearn's.
 
     Returns:
         (N,) int64 labels 0..K-1 (numbered in the order of their exemplars), on CPU; all -1 if
@@ -79,7 +83,7 @@ def affinity_propagation(
         return torch.arange(n) if pref[0] > S[0, 1] else torch.zeros(n, dtype=torch.long)
     S.diagonal().copy_(pref)
     info = torch.finfo(torch.float64)
-    noise = np.random.RandomState(AP_SEED).standard_normal((n, n))  # sklearn's, random_state=0
+    noise = np.random.RandomState(random_state).standard_normal((n, n))  # sklearn's
     S += (info.eps * S + info.tiny * 100) * torch.from_numpy(noise)
 
     rows = torch.arange(n)

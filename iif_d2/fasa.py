@@ -24,15 +24,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .clustering import affinity_propagation, negative_squared_distances
+from .clustering import AUTHORS_AP_SEED, affinity_propagation, negative_squared_distances
 
 __all__ = [
+    "ADAPTATION_LOSSES",
     "CLUSTERINGS",
     "CLUSTERING_INPUTS",
     "SINGLE_INSTANCE_VARIANCES",
     "FASA",
     "adapt_rates",
     "class_moments",
+    "heldout_loss_terms",
     "initial_rates",
     "moments_to_mean_var",
 ]
@@ -44,6 +46,9 @@ SINGLE_INSTANCE_VARIANCES = ("keep", "authors")
 # what affinity propagation clusters: the seen classes' negative squared distances, or (the
 # authors') the positive squared distances of every class's mean, unseen classes included
 CLUSTERING_INPUTS = ("negative_squared_distances", "authors")
+# the held-out loss of a class: the mean over its ground-truth boxes, or (the authors') its
+# summed loss over the sampled RoIs divided by the number of all of them
+ADAPTATION_LOSSES = ("gt_boxes_class_mean", "authors")
 KEY = "MODEL.ROI_BOX_HEAD.FASA"
 
 
@@ -87,6 +92,43 @@ def moments_to_mean_var(count: torch.Tensor, s: torch.Tensor, sq: torch.Tensor):
     mean = torch.where(n > 0, s / n.clamp(min=1), nan)
     var = ((sq - s * mean) / (n - 1).clamp(min=1)).clamp(min=0)
     return mean, torch.where(n > 1, var, nan)
+
+
+def heldout_loss_terms(
+    losses: torch.Tensor, labels: torch.Tensor, num_classes: int, mode: str
+) -> torch.Tensor:
+    """Numerator and denominator of each class's held-out loss, for one batch of RoIs.
+
+    Summed over batches (and ranks), numerator / denominator is the loss that
+    :meth:`FASA.adapt` compares between two rounds (NaN where the denominator is 0):
+
+    * ``"gt_boxes_class_mean"``: the summed loss of the class's RoIs and their number: the
+      class's mean loss.
+    * ``"authors"``: the summed loss of the class's RoIs and the number of *all* RoIs (every
+      class and the background): the released code's ``cum_losses / cum_labels.sum()``, a
+      class's mean weighted by its share of the RoIs; 0 for a class without a RoI.
+
+    Args:
+        losses: (R,) per-RoI classification losses.
+        labels: (R,) their classes in [0, C]; C = background (counted by "authors" only).
+        num_classes: C.
+        mode: one of :data:`ADAPTATION_LOSSES`.
+
+    Returns:
+        (2, C) float64 on losses' device: numerators, then denominators.
+    """
+    if mode not in ADAPTATION_LOSSES:
+        raise ValueError(f"{KEY}.ADAPTATION_LOSS {mode!r} is not one of {ADAPTATION_LOSSES}.")
+    labels = labels.to(losses.device).long()
+    if labels.numel() and not bool(((labels >= 0) & (labels <= num_classes)).all()):
+        raise ValueError(f"heldout_loss_terms: labels must lie in [0, {num_classes}].")
+    terms = losses.new_zeros(2, num_classes + 1, dtype=torch.float64)
+    terms[0].index_add_(0, labels, losses.detach().double())
+    terms[1].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+    terms = terms[:, :num_classes]
+    if mode == "authors":
+        terms[1] = float(labels.numel())
+    return terms.clone()
 
 
 def initial_rates(instance_counts) -> torch.Tensor:
@@ -330,12 +372,14 @@ class FASA(nn.Module):
         The authors' code hands sklearn the squared distance itself as a "precomputed"
         similarity (so the farthest classes look the most alike) and clusters the all-zero
         means of unseen classes too; this follows affinity propagation's definition instead.
+        ``clustering_input="authors"`` does the former, with their tie-breaking seed (1).
         """
         singletons = torch.arange(self.num_classes)
         if self.clustering == "none":
             return singletons
         if self.clustering_input == "authors":  # positive distances, every class's mean
-            labels = affinity_propagation(-negative_squared_distances(self.mean.cpu()))
+            distances = -negative_squared_distances(self.mean.cpu())
+            labels = affinity_propagation(distances, random_state=AUTHORS_AP_SEED)
             return singletons if (labels < 0).any() else labels
         seen = self.seen.cpu().nonzero().squeeze(1)
         if seen.numel() < 2:

@@ -18,13 +18,14 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 from torch.testing import assert_close
 
-from iif_d2 import add_iif_config
+from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.clustering import affinity_propagation, negative_squared_distances
 from iif_d2.data.heldout import HeldoutDatasetMapper, build_heldout_loader, split_heldout
 from iif_d2.fasa import (
     FASA,
     adapt_rates,
     class_moments,
+    heldout_loss_terms,
     initial_rates,
     moments_to_mean_var,
 )
@@ -498,9 +499,198 @@ def test_clustering_input_authors_option_equals_sklearn_on_positive_distances():
     means = fasa.mean.double().numpy()
     distances = ((means[:, None, :] - means[None, :, :]) ** 2).sum(-1)
     # the released code: sklearn's affinity propagation on the squared distances themselves
-    ref = cluster.AffinityPropagation(affinity="precomputed", random_state=0).fit(distances)
+    ref = cluster.AffinityPropagation(affinity="precomputed", random_state=1).fit(distances)
     assert fasa.clusters().tolist() == ref.labels_.tolist()
     ours = FASA(12, 5, [1] * 12)
     ours.mean.copy_(fasa.mean)
     ours.seen.copy_(fasa.seen)
     assert ours.clusters().tolist() != fasa.clusters().tolist()
+
+
+# ------------------------------------------------ the authors' adaptation loss (ADAPTATION_LOSS)
+
+
+def _authors_cums(batches, num_classes):
+    """The released code's held-out aggregation: FasaIIFLoss with ``use_cums`` adds, per batch
+    and label, the summed loss and the count of the sampled RoIs (background included);
+    ``dynamic_sampling`` then takes ``cum_losses / cum_labels.sum()``."""
+    cum_losses = torch.zeros(num_classes + 1, dtype=torch.float64)
+    cum_labels = torch.zeros(num_classes + 1, dtype=torch.float64)
+    for loss, label in batches:
+        for u in label.unique():
+            inds = torch.where(label == u)[0]
+            cum_labels[int(u)] += len(inds)
+            cum_losses[int(u)] += loss[inds].double().sum()
+    return cum_losses / cum_labels.sum()
+
+
+def _authors_update(prob, t0, t1, clusters, up=1.1, down=0.9):
+    """The released ``dynamic_sampling``'s rate update, cluster by cluster (t0 = t1 when the
+    stored losses sum to 0: the first round changes nothing)."""
+    if t0.sum() == 0:
+        t0 = t1.clone()
+    prob = prob.clone()
+    for g in clusters.unique():
+        group = clusters == g
+        delta = t1[group].sum() - t0[group].sum()
+        if delta > 0:
+            prob[group] = (prob[group].double() * down).clamp(0, 1).float()
+        if delta < 0:
+            prob[group] = (prob[group].double() * up).clamp(0, 1).float()
+    return prob, t1
+
+
+def _dyadic_batches(g, num_classes, rounds):
+    """Per round two batches of 8 RoIs (16 in all: the divisions stay exact), losses k / 64,
+    labels in [0, C] (C = background); class 2 is absent in the first round only."""
+    out = []
+    for r in range(rounds):
+        batches = []
+        for _ in range(2):
+            labels = torch.randint(0, num_classes + 1, (8,), generator=g)
+            if r == 0:
+                labels[labels == 2] = num_classes
+            else:
+                labels[0] = 2
+            batches.append((torch.randint(1, 200, (8,), generator=g) / 64.0, labels))
+        out.append(batches)
+    return out
+
+
+def _terms(batches, num_classes, mode):
+    return sum(heldout_loss_terms(loss, label, num_classes, mode) for loss, label in batches)
+
+
+def test_heldout_loss_terms_follow_the_authors_aggregation():
+    g = torch.Generator().manual_seed(5)
+    (batches,) = _dyadic_batches(g, 6, 1)
+    num, den = _terms(batches, 6, "authors")
+    exact((num / den).float(), _authors_cums(batches, 6)[:6].float())
+    exact(den, torch.full((6,), 16.0, dtype=torch.float64))
+    # the default: per-class means, NaN for a class without a RoI
+    num, den = _terms(batches, 6, "gt_boxes_class_mean")
+    loss, label = map(torch.cat, zip(*batches, strict=True))
+    for c in range(6):
+        want = loss[label == c].double().mean() if (label == c).any() else NAN
+        exact(torch.where(den[c] > 0, num[c] / den[c], NAN), torch.tensor(want).double())
+    with pytest.raises(ValueError, match="ADAPTATION_LOSS"):
+        heldout_loss_terms(loss, label, 6, "sampled")
+    with pytest.raises(ValueError, match=r"\[0, 6\]"):
+        heldout_loss_terms(loss, label + 1, 6, "authors")
+
+
+def test_authors_adaptation_equals_the_released_update():
+    g = torch.Generator().manual_seed(11)
+    num_classes = 6
+    fasa = FASA(num_classes, 3, [5, 1, 2, 9, 3, 4])
+    centres = torch.tensor([[0.0, 0, 0], [4, 4, 4]])
+    labels = torch.arange(num_classes)
+    fasa.update(centres[labels % 2] + 0.1 * torch.randn(num_classes, 3, generator=g), labels)
+    default = FASA(num_classes, 3, [5, 1, 2, 9, 3, 4])
+    default.load_state_dict(fasa.state_dict())
+    prob, t0 = fasa.rates.clone(), torch.zeros(num_classes, dtype=torch.float64)
+    for batches in _dyadic_batches(g, num_classes, 3):
+        num, den = _terms(batches, num_classes, "authors")
+        clusters = fasa.clusters()
+        assert 1 < clusters.unique().numel() < num_classes
+        fasa.adapt((num / den).float())
+        prob, t0 = _authors_update(
+            prob, t0, _authors_cums(batches, num_classes)[:num_classes], clusters
+        )
+        exact(fasa.rates, prob)
+        num, den = _terms(batches, num_classes, "gt_boxes_class_mean")
+        default.adapt(torch.where(den > 0, num / den, NAN).float())
+    assert not torch.equal(default.rates, fasa.rates)  # the two losses decide differently
+
+
+def _recipe(tmp_path, *opts):
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "mask_rcnn_R_18_FPN_instant_recipe.yaml"))
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), *opts])
+    resolve_training_set(cfg)
+    return cfg, build_model(cfg)
+
+
+def _reference_sampled_terms(model, images, features, targets):
+    """The authors' held-out pass, re-done with detectron2's training pieces: the RPN in
+    training mode, the ROI sampler, the box predictor; each RoI's cross entropy of the loss
+    logits, added one by one to its class (background included), over all the RoIs."""
+    heads, rpn = model.roi_heads, model.proposal_generator
+    with torch.no_grad(), EventStorage():
+        rpn.train()
+        proposals, _ = rpn(images, features, targets)
+        rpn.eval()
+        sampled = heads.label_and_sample_proposals(proposals, targets)
+        x = heads.box_pooler(
+            [features[f] for f in heads.box_in_features], [p.proposal_boxes for p in sampled]
+        )
+        scores, deltas = heads.box_predictor(heads.box_head(x))
+        labels = torch.cat([p.gt_classes for p in sampled])
+        ce = F.cross_entropy(heads.box_predictor.loss_logits(scores), labels, reduction="none")
+        # exactly the RoIs, and the losses, that the training step averages into loss_cls
+        loss_cls = heads.box_predictor.losses((scores, deltas), sampled)["loss_cls"]
+        assert_close(ce.mean(), loss_cls, rtol=1e-6, atol=1e-7)
+    cum = torch.zeros(heads.num_classes + 1, dtype=torch.float64)
+    for c, loss in zip(labels.tolist(), ce.double(), strict=True):
+        cum[c] += loss
+    return cum[:-1], float(len(labels))
+
+
+def test_authors_heldout_pass_on_sampled_rois_with_training_augmentation(tmp_path):
+    sizes = ("INPUT.MIN_SIZE_TRAIN", (64, 80))
+    cfg, model = _recipe(tmp_path, "MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS", "authors", *sizes)
+    batches = list(build_heldout_loader(cfg, _val(3)))
+    assert {min(b[0]["image"].shape[1:]) for b in batches} <= {64, 80}  # training resize
+    assert all(len(b[0]["instances"]) for b in batches)
+    heads, device = model.roi_heads, torch.device("cpu")
+    model.eval()
+    for i, batch in enumerate(batches):
+        with torch.no_grad():
+            images = model.preprocess_image(batch)
+            features = model.backbone(images.tensor)
+        targets = [x["instances"].to(device) for x in batch]
+        torch.manual_seed(i)
+        got = heads.heldout_loss_sums(
+            features, targets, images=images, proposal_generator=model.proposal_generator
+        )
+        torch.manual_seed(i)
+        num, den = _reference_sampled_terms(model, images, features, targets)
+        exact(got[0, 0], num)
+        exact(got[1, 0], torch.full_like(num, den))
+        assert den == cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+    assert not model.training and not model.proposal_generator.training
+    with pytest.raises(ValueError, match="proposal_generator="):
+        heads.heldout_loss_sums(features, targets)
+    # the default's mapper keeps the test resize
+    cfg, _ = _recipe(tmp_path, *sizes)
+    assert min(HeldoutDatasetMapper(cfg)(_val(1)[0])["image"].shape[1:]) == cfg.INPUT.MIN_SIZE_TEST
+
+
+def test_authors_heldout_pass_cascade_and_settings(tmp_path):
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "cascade_mask_rcnn_R_18_FPN_instant_iif.yaml"))
+    cfg.merge_from_list(
+        ["OUTPUT_DIR", str(tmp_path), "MODEL.ROI_BOX_HEAD.FASA.ENABLED", True]
+        + ["MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS", "authors"]
+    )
+    model = build_model(resolve_training_set(cfg))
+    model.eval()
+    batch = list(build_heldout_loader(cfg, _val(2)))[0]
+    with torch.no_grad():
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+    terms = model.roi_heads.heldout_loss_sums(
+        features, [x["instances"] for x in batch], images, model.proposal_generator
+    )
+    assert terms.shape == (2, 3, 8) and torch.isfinite(terms).all() and (terms[0] >= 0).all()
+    assert (terms[1, 0] == cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE).all()
+    assert (terms[1, 1:] > 0).all() and (terms[0].sum(1) > 0).all()
+    # the option needs FASA, and a known value
+    with pytest.raises(ValueError, match="needs MODEL.ROI_BOX_HEAD.FASA.ENABLED"):
+        _model(
+            "mask_rcnn_R_18_FPN_instant.yaml", "MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS", "authors"
+        )
+    with pytest.raises(ValueError, match="ADAPTATION_LOSS 'rois' is not one of"):
+        _model("mask_rcnn_R_18_FPN_instant.yaml", "MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS", "rois")

@@ -145,19 +145,24 @@ def write_json_atomic(path: str, payload):
 
 
 class HeldoutDatasetMapper(DatasetMapper):
-    """:class:`DatasetMapper` with the test-time resize that keeps the annotations.
+    """:class:`DatasetMapper` that keeps the annotations, with the test-time resize, or the
+    training augmentations for MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS "authors".
 
     detectron2's mapper (v0.6 and main alike) pops ``annotations`` when ``is_train=False``.
-    This one takes the test augmentations of ``DatasetMapper.from_config(cfg, is_train=False)``
+    This one takes the augmentations of ``DatasetMapper.from_config(cfg, is_train=False)``
+    (``is_train=True`` with "authors": random resize among INPUT.MIN_SIZE_TRAIN, flip, crop
+    if INPUT.CROP.ENABLED, as the authors' held-out pass, which uses their training pipeline)
     and maps like a training mapper, so each image gets ``instances`` with ``gt_boxes`` and
     ``gt_classes`` (crowd boxes dropped; masks and keypoints not loaded).
     """
 
     @classmethod
     def from_config(cls, cfg):
-        ret = DatasetMapper.from_config(cfg, is_train=False)
-        # is_train=True only keeps the annotations: the augmentations are the test ones
+        authors = cfg.MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS == "authors"
+        ret = DatasetMapper.from_config(cfg, is_train=authors)
+        # is_train=True keeps the annotations; the augmentations are those chosen above
         ret.update(is_train=True, use_instance_mask=False, use_keypoint=False)
+        ret["recompute_boxes"] = False  # boxes from the (cropped) annotations: no masks here
         return ret
 
 
