@@ -1,7 +1,11 @@
 """``IIFRetinaNet``: detectron2's RetinaNet with IIF-scaled sigmoid class logits."""
 
+import math
+
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from torch import nn
 
 from .class_weights import iif_weights_from_config
 from .dense_detector import IIFDenseDetectorMixin
@@ -32,7 +36,15 @@ class IIFRetinaNet(IIFDenseDetectorMixin, RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
+        gn_head = cfg.MODEL.RETINANET.NORM == "GN"
+        if gn_head:  # built below: detectron2 v0.6 cannot build a GN RetinaNetHead from "GN"
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.RETINANET.NORM = ""
         ret = super().from_config(cfg)
+        if gn_head:
+            shapes = [ret["backbone"].output_shape()[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+            ret["head"] = RetinaNetHead(cfg, shapes, norm=group_norm)
         iif = cfg.MODEL.RETINANET.IIF
         if iif.ENABLED:
             num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
@@ -50,3 +62,14 @@ class IIFRetinaNet(IIFDenseDetectorMixin, RetinaNet):
             logits, deltas = predictions  # per level (N, A*C, H, W), channel = a*C + c
             predictions = [self.scale_test_logits(logits), deltas]
         return super().forward_inference(images, features, predictions)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """detectron2's "GN" (32 groups) as a callable, for ``RetinaNetHead(norm=...)``.
+
+    detectron2 v0.6's RetinaNetHead probes its norm with one channel (``get_norm(norm, 1)``),
+    which ``GroupNorm(32, 1)`` refuses, so ``MODEL.RETINANET.NORM "GN"`` fails to build there;
+    detectron2 main probes with 32. With gcd(32, channels) groups the probe builds and every real
+    layer (a multiple of 32 channels) gets 32 groups, as "GN" means on both.
+    """
+    return nn.GroupNorm(math.gcd(32, channels), channels)

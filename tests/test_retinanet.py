@@ -106,3 +106,17 @@ def test_train_step_and_inference(tmp_path):
     assert torch.isfinite(torch.tensor(trainer.storage.latest()["total_loss"][0]))
     results = Trainer.test(cfg, trainer.model)
     assert {"AP", "APr", "APc", "APf"} <= set(results["bbox"])
+
+
+def test_group_norm_head_builds_on_every_detectron2(tmp_path):
+    """RETINANET.NORM "GN" (detectron2 v0.6 cannot build it from the string): 32-group GroupNorm
+    after every tower conv; the default (no norm) stays upstream's plain head."""
+    model = build_model(_cfg(tmp_path, "MODEL.RETINANET.NORM", "GN"))
+    for tower in (model.head.cls_subnet, model.head.bbox_subnet):
+        norms = [m for m in tower if isinstance(m, torch.nn.GroupNorm)]
+        convs = [m for m in tower if isinstance(m, torch.nn.Conv2d)]
+        assert len(norms) == len(convs) > 0
+        assert all(n.num_groups == 32 and n.num_channels == c.out_channels
+                   for n, c in zip(norms, convs))  # fmt: skip
+    plain = build_model(_cfg(tmp_path / "plain"))
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.head.modules())

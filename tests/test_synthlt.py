@@ -19,8 +19,9 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 @pytest.fixture(scope="module")
-def synthlt(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("synthlt"))
+def synthlt():
+    # where synthlt_train / synthlt_val are registered: generated once for the whole suite
+    root = os.path.join(os.environ["DETECTRON2_DATASETS"], "synthlt")
     ensure_generated(SYNTHLT, root)
     with open(os.path.join(root, "train.json")) as f:
         train = json.load(f)

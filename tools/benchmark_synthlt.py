@@ -1,28 +1,41 @@
 #!/usr/bin/env python
-"""`make benchmark`: softmax vs additive margins vs IIF on SynthLT (the paper's Fig. 1 question).
+"""`make benchmark`: softmax vs additive margins vs IIF on SynthLT (the paper's Fig. 1 question),
+over several seeds, with every claim tested by a paired difference.
 
-The same model, schedule and seed trained with: softmax, IIF raw, IOF base10, balanced softmax
-and logit adjustment in the loss; post-process IIF and post-hoc logit adjustment evaluate the
-softmax model. Then the paper's Table XV components added one by one to IOF base10 (cosine
+The same model and schedule trained with: softmax, IIF raw, IOF base10, balanced softmax and
+logit adjustment in the loss; post-process IIF and post-hoc logit adjustment evaluate the softmax
+model, as do the training-free calibrations NorCal (Pan et al. 2021) and FRACAL (Alexandridis et
+al. 2025). Then the paper's Table XV components added one by one to IOF base10 (cosine
 classifier + normalised mask, FASA, repeat-factor sampling, test settings = the full recipe),
-and the one-stage detectors RetinaNet and FCOS without and with IIF (box AP only). Each is run
-through train_net.py (resuming a finished or interrupted run instead of repeating it).
-Reported: mask AP, APr, APc, APf, box AP and APr (LVIS evaluation), false positives per image
-at a score threshold, dAP_FP (box AP50 gained when every detection that matches no ground truth
-of its class at IoU >= 0.5 is removed), and the training speed (s/iteration of the run's last
-training session, from its log.txt; the wall time of this invocation is in the json).
+and the one-stage detectors RetinaNet and FCOS without and with IIF (box AP only). Every row is
+trained once per seed (SEED = 42, 43, ...: 42 is the configs' seed, so the "IIF raw" row's first
+seed is `make demo`'s run); a post-process row evaluates its source row's model of the same seed.
+Each run goes through train_net.py with a pinned intra-op thread count (NUM_THREADS), so a rerun
+on the same thread count repeats it; a finished run is reused, an interrupted one resumed.
 
-Writes OUTPUT/benchmark.md, OUTPUT/benchmark.json and OUTPUT/benchmark.png.
+Reported per row: mean ± std over seeds of mask AP, APr, APc, APf, AP-fixed and AP-pool (Dave et
+al. 2021), box AP and APr, false positives per image at a score threshold, dAP_FP (box AP50
+gained when every detection that matches no ground truth of its class at IoU >= 0.5 is removed)
+and the training speed. Per claim of the paper: the paired difference over seeds (same seed, same
+data order) with a 95 % Student-t confidence interval; a claim whose interval includes 0 is "not
+shown", one whose interval lies on the other side is "contradicted".
 
-    python tools/benchmark_synthlt.py [--quick] [--only KEY ...] [--output-dir output/benchmark]
+Writes OUTPUT/benchmark.md, OUTPUT/benchmark.json (every run, the means, the claims) and
+OUTPUT/benchmark.png (error bars: ± one std).
+
+    python tools/benchmark_synthlt.py [--quick] [--seeds N] [--jobs J] [--only KEY ...]
+        [--output-dir DIR] [train_net.py config overrides]
 """
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from iif_d2.upstream_warnings import hide_upstream_deprecations
 
@@ -42,6 +55,9 @@ METHODS = [
     ("la_loss", "logit adj. (loss)", f"{SEG}/mask_rcnn_R_18_FPN_logit_adjustment.yaml", None),
     ("la_posthoc", "logit adj. (post-hoc)",
      f"{SEG}/mask_rcnn_R_18_FPN_logit_adjustment_posthoc.yaml", "softmax"),
+    # training-free calibrations of the softmax model, beside post-process IIF
+    ("norcal", "NorCal (post-hoc)", f"{SEG}/mask_rcnn_R_18_FPN_norcal.yaml", "softmax"),
+    ("fracal", "FRACAL (post-hoc)", f"{SEG}/mask_rcnn_R_18_FPN_fracal.yaml", "softmax"),
     # paper Table XV, step by step on IOF base10, up to the headline recipe
     ("cos_norm", "IOF base10 + cos + norm. mask",
      f"{SEG}/mask_rcnn_R_18_FPN_iof_base10_cos_normmask.yaml", None),
@@ -57,7 +73,37 @@ METHODS = [
     ("fcos", "FCOS", f"{DET}/fcos_R_18_FPN.yaml", None),
     ("fcos_iif", "FCOS IIF", f"{DET}/fcos_R_18_FPN_iif.yaml", None),
 ]  # fmt: skip
-QUICK = ["SOLVER.MAX_ITER", "150", "SOLVER.STEPS", "(120,)", "SOLVER.WARMUP_ITERS", "50"]
+# The paper's claims as paired differences: (claim, row a, row b, metric, +1 if a > b is the
+# claim, -1 if a < b is). FP/img and dAP_FP: fewer is better.
+CLAIMS = [
+    ("IIF raises APr over softmax", "iif_raw", "softmax", "APr", +1),
+    ("IIF raises AP over softmax", "iif_raw", "softmax", "AP", +1),
+    ("IIF: fewer FP/img than balanced softmax", "iif_raw", "balanced", "FP/img", -1),
+    ("IIF: lower dAP_FP than balanced softmax", "iif_raw", "balanced", "dAP_FP", -1),
+    ("IIF: fewer FP/img than logit adj. (loss)", "iif_raw", "la_loss", "FP/img", -1),
+    ("IIF: lower dAP_FP than logit adj. (loss)", "iif_raw", "la_loss", "dAP_FP", -1),
+    ("IIF: fewer FP/img than logit adj. (post-hoc)", "iif_raw", "la_posthoc", "FP/img", -1),
+    ("IIF: lower dAP_FP than logit adj. (post-hoc)", "iif_raw", "la_posthoc", "dAP_FP", -1),
+    ("end-to-end IIF beats post-process IIF (AP)", "iif_raw", "iif_post", "AP", +1),
+    ("NorCal raises APr over softmax", "norcal", "softmax", "APr", +1),
+    ("FRACAL raises APr over softmax", "fracal", "softmax", "APr", +1),
+    ("end-to-end IIF beats NorCal (AP)", "iif_raw", "norcal", "AP", +1),
+    ("end-to-end IIF beats FRACAL (AP)", "iif_raw", "fracal", "AP", +1),
+    ("the recipe beats IIF alone (AP)", "recipe", "iif_raw", "AP", +1),
+    ("cos + norm. mask over IOF base10 (AP)", "cos_norm", "iof_base10", "AP", +1),
+    ("FASA over cos + norm. mask (AP)", "cos_norm_fasa", "cos_norm", "AP", +1),
+    ("RFS over FASA (AP)", "cos_norm_fasa_rfs", "cos_norm_fasa", "AP", +1),
+    ("test settings over RFS (AP)", "recipe", "cos_norm_fasa_rfs", "AP", +1),
+    ("IIF on RetinaNet (box AP)", "retinanet_iif", "retinanet", "APbox", +1),
+    ("IIF on FCOS (box AP)", "fcos_iif", "fcos", "APbox", +1),
+]  # fmt: skip
+# --quick: the rows of the loss-vs-margin claims and one one-stage pair, on a shorter schedule
+QUICK_ROWS = ["softmax", "iif_raw", "iif_post", "balanced", "la_loss", "la_posthoc", "norcal",
+              "fracal", "fcos", "fcos_iif"]  # fmt: skip
+QUICK = ["SOLVER.MAX_ITER", "400", "SOLVER.STEPS", "(320,)", "SOLVER.WARMUP_ITERS", "50"]
+FIRST_SEED = 42  # the configs' SEED
+COLUMNS = ["AP", "APr", "APc", "APf", "AP-fixed", "AP-pool", "APbox", "APr box", "FP/img",
+           "dAP_FP", "train s/it"]  # fmt: skip
 
 
 def _device():
@@ -66,29 +112,57 @@ def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run(key, config, weights_of, out_root, opts, label=None):
-    """Train (or evaluate) one method, showing its progress; return (results, wall seconds).
+def paired_difference(a, b, confidence=0.95):
+    """Mean of a_i - b_i over paired samples with its two-sided Student-t interval.
 
-    The results json is kept (TEST.LVIS_EVAL_SAVE_RESULTS) for the false-positive analysis."""
-    from demo import demo_config, run_train_net
+    Returns:
+        dict: n, mean, std (of the differences, ddof 1), low, high (None for n < 2).
+    """
+    from scipy import stats
 
-    out = os.path.join(out_root, key)
-    opts = ["TEST.LVIS_EVAL_SAVE_RESULTS", "True", *opts]
-    if weights_of:
-        opts = ["MODEL.WEIGHTS", os.path.join(out_root, weights_of, "model_final.pth"), *opts]
-    max_iter = None if weights_of else demo_config(opts, config).SOLVER.MAX_ITER
-    t = time.time()
-    results = run_train_net(
-        out, opts, label or key, eval_only=bool(weights_of), max_iter=max_iter, config=config
-    )
-    return results, time.time() - t
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return {"n": n, "mean": mean, "std": None, "low": None, "high": None}
+    std = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "low": mean - half, "high": mean + half}
 
 
-def train_seconds_per_iter(out_root, key):
+def verdict(diff, sign):
+    """ "shown" when the interval lies on the claimed side of 0, "contradicted" when it lies on
+    the other, "not shown" when it holds 0 (or there are too few seeds for an interval)."""
+    if diff["low"] is None:
+        return "not shown (one seed)"
+    lo, hi = sign * diff["low"], sign * diff["high"]
+    lo, hi = min(lo, hi), max(lo, hi)
+    if lo > 0:
+        return "shown"
+    if hi < 0:
+        return "contradicted"
+    return "not shown"
+
+
+def mean_std(values):
+    """(mean, sample std) of the non-None values; (None, None) if there are none."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    m = sum(v) / len(v)
+    s = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return m, s
+
+
+def run_dir(out_root, key, seed):
+    return os.path.join(out_root, key, f"seed{seed}")
+
+
+def train_seconds_per_iter(out):
     """s/iteration of the run's last training session (its log.txt), None if never trained
     (post-process rows evaluate another row's model)."""
     speed = None
-    with open(os.path.join(out_root, key, "log.txt")) as f:
+    with open(os.path.join(out, "log.txt")) as f:
         for line in f:
             m = re.search(
                 r"Overall training speed: \d+ iterations in \S+ \(([\d.]+) s / it\)", line
@@ -97,26 +171,161 @@ def train_seconds_per_iter(out_root, key):
     return speed
 
 
-def fp_stats(out_root, key, gt_file, score_thresh):
+def fp_stats(out, gt_file, score_thresh):
     from iif_d2.fp_analysis import delta_ap_fp, false_positives_per_image
 
-    results = os.path.join(out_root, key, "inference", "lvis_instances_results.json")
+    results = os.path.join(out, "inference", "lvis_instances_results.json")
     fp = false_positives_per_image(gt_file, results, score_thresh=score_thresh)
     return fp["fp_per_image"], delta_ap_fp(gt_file, results)["delta_ap_fp"]
 
 
-def write_report(rows, out_root, header):
-    cols = ["AP", "APr", "APc", "APf", "APbox", "APr box", "FP/img", "dAP_FP", "train s/it"]
-    lines = [header, "", "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for r in rows:
-        vals = ["–" if r[c] is None else f"{r[c]:.2f}" if c in ("FP/img", "train s/it")
-                else f"{r[c]:.1f}" for c in cols]  # fmt: skip
-        lines.append(f"| {r['method']} | " + " | ".join(vals) + " |")
+def run_one(key, seed, config, weights_of, out_root, opts, gt_file, score_thresh, progress):
+    """Train (or evaluate) one row at one seed; return its metrics.
+
+    A run whose stamp (the same command) and results exist is read back, not repeated."""
+    from demo import demo_config, run_train_net
+
+    out = run_dir(out_root, key, seed)
+    opts = ["SEED", str(seed), "TEST.LVIS_EVAL_SAVE_RESULTS", "True",
+            "TEST.LVIS_EVAL_FIXED_POOLED", "True", *opts]  # fmt: skip
+    if weights_of:
+        opts = ["MODEL.WEIGHTS", os.path.join(run_dir(out_root, weights_of, seed),
+                "model_final.pth"), *opts]  # fmt: skip
+    stamp_path = os.path.join(out, "benchmark_run.json")
+    stamp = {"config": os.path.relpath(config, REPO), "opts": opts}
+    try:
+        with open(stamp_path) as f:
+            done = json.load(f)
+        if done["stamp"] == stamp:
+            return done["metrics"]
+    except (OSError, ValueError, KeyError):
+        pass
+    max_iter = None if weights_of else demo_config(opts, config).SOLVER.MAX_ITER
+    t = time.time()
+    res = run_train_net(
+        out, opts, f"{key} seed {seed}", eval_only=bool(weights_of), max_iter=max_iter,
+        config=config, progress=progress,
+    )  # fmt: skip
+    wall = time.time() - t
+    fp, dap = fp_stats(out, gt_file, score_thresh)
+    segm, bbox = res.get("segm", {}), res["bbox"]
+    metrics = {
+        "AP": segm.get("AP"), "APr": segm.get("APr"), "APc": segm.get("APc"),
+        "APf": segm.get("APf"), "AP-fixed": segm.get("AP-fixed", bbox.get("AP-fixed")),
+        "AP-pool": segm.get("AP-pool", bbox.get("AP-pool")), "APbox": bbox["AP"],
+        "APr box": bbox["APr"], "FP/img": fp, "dAP_FP": dap,
+        "train s/it": None if weights_of else train_seconds_per_iter(out), "run (s)": wall,
+    }  # fmt: skip
+    with open(stamp_path, "w") as f:
+        json.dump({"stamp": stamp, "metrics": metrics}, f, indent=1)
+    return metrics
+
+
+def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs):
+    """Every (row, seed), trained rows first (a post-process row needs its source's model), at
+    most ``jobs`` at a time; prints one line per finished run with an ETA.
+
+    Returns:
+        {key: {seed: metrics}}.
+    """
+    phases = [[m for m in methods if not m[3]], [m for m in methods if m[3]]]
+    total = sum(len(p) for p in phases) * len(seeds)
+    runs, finished, t0 = {}, 0, time.time()
+
+    def one(method, seed):
+        key, _, config, weights_of = method
+        return (
+            key,
+            seed,
+            run_one(
+                key, seed, config, weights_of, out_root, opts, gt_file, score_thresh, jobs == 1
+            ),
+        )
+
+    for phase in phases:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(one, m, s) for m in phase for s in seeds]
+            for fut in futures:
+                key, seed, metrics = fut.result()
+                runs.setdefault(key, {})[seed] = metrics
+                finished += 1
+                elapsed = time.time() - t0
+                eta = elapsed / finished * (total - finished)
+                print(
+                    f"[benchmark] {finished}/{total} done: {key} seed {seed} (mask AP "
+                    f"{_fmt(metrics['AP'])}, box AP {_fmt(metrics['APbox'])}); "
+                    f"{elapsed / 60:.1f} min, ETA {eta / 60:.1f} min",
+                    flush=True,
+                )
+    return runs
+
+
+BAND_METRICS = {"segm": ["AP", "APr", "APc", "APf"], "bbox": ["AP", "APr"]}
+BAND_COLUMNS = {"segm": {k: k for k in BAND_METRICS["segm"]}, "bbox": {"AP": "APbox",
+                "APr": "APr box"}}  # fmt: skip
+
+
+def demo_band(runs, seeds, threads, machine):
+    """``make demo``'s band: mean and std over seeds of the "IIF raw" row (the demo's config),
+    per task and metric, as tools/demo.py reads it (docs/demo_band.json)."""
+    metrics = {
+        task: {k: list(mean_std([runs["iif_raw"][s][col] for s in seeds]))
+               for k, col in cols.items()}
+        for task, cols in BAND_COLUMNS.items()
+    }  # fmt: skip
+    return {"seeds": seeds, "threads": threads, "machine": machine, "metrics": metrics,
+            "command": f"python tools/benchmark_synthlt.py --only iif_raw --seeds {len(seeds)} "
+            f"--threads {threads} --write-band"}  # fmt: skip
+
+
+def _fmt(x, digits=1):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def summarise(methods, runs, seeds):
+    """Rows (mean, std per column) and claims (paired differences) from the runs."""
+    rows = []
+    for key, label, _, weights_of in methods:
+        row = {"key": key, "method": label, "evaluates": weights_of, "seeds": seeds}
+        for c in COLUMNS:
+            row[c], row[c + " std"] = mean_std([runs[key][s][c] for s in seeds])
+        rows.append(row)
+    claims = []
+    for claim, a, b, metric, sign in CLAIMS:
+        if a not in runs or b not in runs:
+            continue
+        va = [runs[a][s][metric] for s in seeds]
+        vb = [runs[b][s][metric] for s in seeds]
+        if None in va or None in vb:
+            continue
+        diff = paired_difference(va, vb)
+        claims.append(
+            {"claim": claim, "a": a, "b": b, "metric": metric, "sign": sign, **diff,
+             "verdict": verdict(diff, sign)}
+        )  # fmt: skip
+    return rows, claims
+
+
+def write_report(rows, claims, runs, out_root, header):
+    def cell(r, c):
+        digits = 2 if c in ("FP/img", "train s/it") else 1
+        if r[c] is None:
+            return "–"
+        return f"{r[c]:.{digits}f} ± {r[c + ' std']:.{digits}f}"
+
+    lines = [header, "", "| method | " + " | ".join(COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 1) + "|"]  # fmt: skip
+    lines += [f"| {r['method']} | " + " | ".join(cell(r, c) for c in COLUMNS) + " |" for r in rows]
+    lines += ["", "| claim | metric | a − b (mean over seeds) | 95 % CI | verdict |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for c in claims:
+        ci = "–" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
+        lines.append(f"| {c['claim']} | {c['metric']} | {c['mean']:+.2f} | {ci} | {c['verdict']} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out_root, "benchmark.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out_root, "benchmark.json"), "w") as f:
-        json.dump({"header": header, "rows": rows}, f, indent=1)
+        json.dump({"header": header, "rows": rows, "claims": claims, "runs": runs}, f, indent=1)
     _figure(rows, os.path.join(out_root, "benchmark.png"))
     return text
 
@@ -132,49 +341,93 @@ def _figure(rows, path):
     x = np.arange(len(rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 4.8))
     for i, k in enumerate(["APr", "APc", "APf", "AP"]):
-        ax1.bar(x + (i - 1.5) * 0.2, [r[k] or 0.0 for r in rows], 0.2, label=k)
+        mean = [r[k] or 0.0 for r in rows]
+        err = [r[k + " std"] or 0.0 for r in rows]
+        ax1.bar(x + (i - 1.5) * 0.2, mean, 0.2, yerr=err, capsize=2, label=k)
     ax1.set_xticks(x, names, rotation=30, ha="right")
-    ax1.set_ylabel("mask AP (SynthLT val; 0 = box-only detector)")
+    ax1.set_ylabel("mask AP, mean ± std over seeds (0 = box-only)")
     ax1.legend()
-    ax2.bar(x, [r["FP/img"] for r in rows], color="tab:red")
+    ax2.bar(x, [r["FP/img"] for r in rows], yerr=[r["FP/img std"] for r in rows], capsize=3,
+            color="tab:red")  # fmt: skip
     ax2.set_xticks(x, names, rotation=30, ha="right")
-    ax2.set_ylabel("false positives / image")
+    ax2.set_ylabel("false positives / image, mean ± std")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def main():
+def _parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="150 iterations: minutes on a CPU")
     parser.add_argument(
-        "--output-dir",
-        default=None,
+        "--quick", action="store_true",
+        help=f"rows {', '.join(QUICK_ROWS)} on a 400-iteration schedule (under an hour on 2 "
+        "CPU cores with --jobs 2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=int, default=None,
+        help="seeds per row (default: 3 on CPU, 5 on a GPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=None,
+        help="runs at once (default: the CPU cores / --threads on CPU, 1 on a GPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="intra-op threads of each run (NUM_THREADS; default 1: the numbers then repeat on "
+        "any machine, whatever its core count)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output-dir", default=None,
         help="where runs and reports go (default: output/benchmark, --quick: "
         "output/benchmark_quick)",
-    )
+    )  # fmt: skip
     parser.add_argument(
-        "--score-thresh",
-        type=float,
-        default=0.3,
+        "--score-thresh", type=float, default=0.3,
         help="score threshold of the false positives per image (default: 0.3)",
-    )
+    )  # fmt: skip
+    parser.add_argument(
+        "--write-band", action="store_true",
+        help="also write the IIF raw row's band to docs/demo_band.json (make demo compares "
+        "its numbers with it)",
+    )  # fmt: skip
     keys = [m[0] for m in METHODS]
     parser.add_argument(
-        "--only",
-        nargs="+",
-        metavar="KEY",
-        choices=keys,
-        help="run only these rows, of: " + ", ".join(keys),
-    )
+        "--only", nargs="+", metavar="KEY", choices=keys,
+        help="run only these rows (and the rows they evaluate), of: " + ", ".join(keys),
+    )  # fmt: skip
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="train_net.py config overrides: KEY VALUE ..."
     )
-    args = parser.parse_args()
+    return parser
+
+
+def select_methods(only, quick):
+    """The rows to run, in table order: ``only`` (or the quick rows) plus the rows whose models
+    they evaluate."""
+    wanted = set(only or (QUICK_ROWS if quick else [m[0] for m in METHODS]))
+    by_key = {m[0]: m for m in METHODS}
+    for key in list(wanted):
+        while by_key[key][3]:
+            key = by_key[key][3]
+            wanted.add(key)
+    return [m for m in METHODS if m[0] in wanted]
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if len(args.opts) % 2:
+        sys.exit(f"[benchmark] config overrides come in KEY VALUE pairs; got {args.opts}")
+    for name in ("seeds", "jobs", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            sys.exit(f"[benchmark] --{name} must be >= 1")
+    device = _device()
+    seeds_n = args.seeds or (5 if device == "cuda" else 3)
+    jobs = args.jobs or (1 if device == "cuda" else max(1, (os.cpu_count() or 1) // args.threads))
+    seeds = list(range(FIRST_SEED, FIRST_SEED + seeds_n))
     name = "benchmark_quick" if args.quick else "benchmark"
-    out_root = args.output_dir or os.path.join(REPO, "output", name)
-    opts = (QUICK if args.quick else []) + list(args.opts)
+    out_root = os.path.abspath(args.output_dir or os.path.join(REPO, "output", name))
+    opts = (QUICK if args.quick else []) + ["NUM_THREADS", str(args.threads)] + list(args.opts)
 
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -182,28 +435,36 @@ def main():
 
     DatasetCatalog.get("synthlt_val")  # generates SynthLT once
     gt_file = MetadataCatalog.get("synthlt_val").json_file
-    rows = []
-    methods = [m for m in METHODS if not args.only or m[0] in args.only]
-    for key, label, config, weights_of in methods:
-        print(f"[benchmark] {label} ...", flush=True)
-        res, wall = run(key, config, weights_of, out_root, opts, label)
-        fp, dap = fp_stats(out_root, key, gt_file, args.score_thresh)
-        segm, bbox = res.get("segm", {}), res["bbox"]
-        rows.append(
-            {"method": label, "AP": segm.get("AP"), "APr": segm.get("APr"),
-             "APc": segm.get("APc"), "APf": segm.get("APf"), "APbox": bbox["AP"],
-             "APr box": bbox["APr"], "FP/img": fp, "dAP_FP": dap,
-             "train s/it": train_seconds_per_iter(out_root, key), "run (s)": wall}
-        )  # fmt: skip
+    methods = select_methods(args.only, args.quick)
+    print(
+        f"[benchmark] {len(methods)} rows x {seeds_n} seeds on {device}, {jobs} at a time, "
+        f"{args.threads} thread(s) each; output: {out_root}",
+        flush=True,
+    )
+    t0 = time.time()
+    runs = run_all(methods, seeds, out_root, opts, gt_file, args.score_thresh, jobs)
+    rows, claims = summarise(methods, runs, seeds)
     import torch
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    from iif_d2.machine import describe_machine
+
     header = (
-        f"SynthLT val, {'--quick ' if args.quick else ''}{device} ({os.cpu_count()} cores, "
-        f"{platform.machine()}), torch {torch.__version__}; FP/img at score >= "
-        f"{args.score_thresh}; post-process rows and the recipe row evaluate another row's model."
+        f"SynthLT val (512 images), {'--quick ' if args.quick else ''}{seeds_n} seeds "
+        f"({seeds[0]}-{seeds[-1]}), mean ± std; {describe_machine()}, {platform.machine()}, "
+        f"torch {torch.__version__}, {args.threads} intra-op thread(s) per run, {jobs} run(s) at "
+        f"a time; FP/img at score >= {args.score_thresh}; post-process rows and the recipe row "
+        f"evaluate another row's model of the same seed. Wall time {(time.time() - t0) / 60:.0f} "
+        "min (runs found finished are not repeated)."
     )
-    print(write_report(rows, out_root, header))
+    print(write_report(rows, claims, runs, out_root, header))
+    if "iif_raw" in runs and not args.quick:
+        band = demo_band(runs, seeds, args.threads, describe_machine())
+        paths = [os.path.join(out_root, "demo_band.json")]
+        paths += [os.path.join(REPO, "docs", "demo_band.json")] if args.write_band else []
+        for path in paths:
+            with open(path, "w") as f:
+                json.dump(band, f, indent=1)
+        print(f"[benchmark] make demo's band written to {', '.join(paths)}")
     print(f"[benchmark] written to {out_root}/benchmark.{{md,json,png}}")
 
 

@@ -39,6 +39,9 @@ START_LINE = re.compile(r"Starting training from iteration (\d+)")
 INFERENCE_START = re.compile(r"Start inference on (\d+) (?:batches|images)")
 INFERENCE_DONE = re.compile(r"Inference done (\d+)/(\d+)")
 INFERENCE_END = re.compile(r"Total inference time")
+# the demo's expected numbers: mean and std over seeds of the benchmark's "IIF raw" row
+BAND_FILE = os.path.join(REPO, "docs", "demo_band.json")
+BAND_K = 2.0  # a run is inside the band within mean ± BAND_K std
 PLAIN_INTERVAL_S = 30.0  # off a terminal: at most one progress line per this many seconds
 
 
@@ -132,9 +135,12 @@ class _LogFollower:
             self.bar = None
 
 
-def run_train_net(output_dir, opts, desc, *, eval_only=False, max_iter=None, config=CONFIG):
+def run_train_net(
+    output_dir, opts, desc, *, eval_only=False, max_iter=None, config=CONFIG, progress=True
+):
     """Run train_net.py on ``config`` with its output in OUTPUT_DIR/demo_stdout.log, showing
-    its progress (training iterations with rate and ETA, then the evaluation's inference).
+    its progress (training iterations with rate and ETA, then the evaluation's inference) unless
+    ``progress`` is False (several runs at once).
 
     Returns:
         the evaluation results (OUTPUT_DIR/inference/results.json).
@@ -153,7 +159,7 @@ def run_train_net(output_dir, opts, desc, *, eval_only=False, max_iter=None, con
             done = proc.poll() is not None
             pending += tail.read()
             *lines, pending = pending.split("\n")
-            for line in lines:
+            for line in lines if progress else ():
                 follower.feed(line)
             if done:
                 break
@@ -204,6 +210,45 @@ def checkpoint_opts(cfg, user_opts):
     if "TEST.LVIS_EVAL_FIXED_POOLED" not in keys:  # AP-fixed and AP-pool beside AP
         opts += ["TEST.LVIS_EVAL_FIXED_POOLED", "True"]
     return opts
+
+
+def load_band(path):
+    """The README's band for the demo (written by ``tools/benchmark_synthlt.py --only iif_raw``):
+    per task and metric the mean and std over seeds; None if the file is missing."""
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def in_band(value, mean, std, k=BAND_K):
+    """Whether ``value`` lies within ``mean`` ± ``k`` std."""
+    return abs(value - mean) <= k * std
+
+
+def print_band(results, band):
+    """This run's numbers next to the band, and whether each falls inside mean ± 2 std."""
+    if band is None:
+        print(f"[demo] no band file ({os.path.relpath(BAND_FILE, REPO)}): nothing to compare")
+        return
+    print(
+        f"[demo] README band: mean ± std over {len(band['seeds'])} seeds ({band['machine']}, "
+        f"{band['threads']} thread(s)); inside = within mean ± {BAND_K:g} std:"
+    )
+    outside = 0
+    for task, metrics in band["metrics"].items():
+        for k, (mean, std) in metrics.items():
+            value = results[task][k]
+            ok = in_band(value, mean, std)
+            outside += not ok
+            print(
+                f"[demo]   {task:<5}{k:<5}{value:6.1f}   band {mean:5.1f} ± {std:.1f}   "
+                f"{'inside' if ok else 'OUTSIDE'}"
+            )
+    print(f"[demo] {'all inside the band' if not outside else f'{outside} outside the band'}")
 
 
 def remove_periodic_checkpoints(output_dir) -> int:
@@ -280,6 +325,7 @@ def main(argv=None):
         for task in ("bbox", "segm"):
             row = "".join(f"{res[task].get(k, float('nan')):9.1f}" for k in METRICS)
             print(f"{name:<12}{task:<6}{row}")
+    print_band(trained, load_band(BAND_FILE))
     if args.num_vis > 0:
         from visualize import load_run_config, visualize
 

@@ -1,0 +1,99 @@
+"""tools/benchmark_synthlt.py: the statistics behind every claim, the row selection and the
+report (the benchmark itself trains for hours: `make benchmark`)."""
+
+import json
+import math
+
+import pytest
+from helpers import load_tool
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_tool("benchmark_synthlt")
+
+
+def test_paired_difference_is_the_student_t_interval(bench):
+    d = bench.paired_difference([3.0, 4.0, 5.0], [1.0, 1.0, 1.0])  # differences 2, 3, 4
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * std 1 / sqrt(3)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(3.0) and d["std"] == pytest.approx(1.0)
+    assert d["low"] == pytest.approx(3.0 - half) and d["high"] == pytest.approx(3.0 + half)
+    one = bench.paired_difference([1.0], [0.5])
+    assert one["mean"] == 0.5 and one["low"] is None
+    with pytest.raises(ValueError):  # unpaired samples are a bug, not a shorter claim
+        bench.paired_difference([1.0, 2.0], [1.0])
+
+
+def test_verdicts(bench):
+    up = {"low": 0.5, "high": 2.0}
+    assert bench.verdict(up, +1) == "shown"
+    assert bench.verdict(up, -1) == "contradicted"  # the claim was "a lower than b"
+    assert bench.verdict({"low": -0.1, "high": 2.0}, +1) == "not shown"
+    assert bench.verdict({"low": -2.0, "high": -0.5}, -1) == "shown"
+    assert bench.verdict({"low": None, "high": None}, +1).startswith("not shown")
+
+
+def test_mean_std(bench):
+    assert bench.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert bench.mean_std([None, None]) == (None, None)
+    assert bench.mean_std([4.0]) == (4.0, 0.0)
+
+
+def test_row_selection_adds_the_rows_a_post_process_row_evaluates(bench):
+    keys = [m[0] for m in bench.select_methods(["recipe"], quick=False)]
+    assert keys == ["cos_norm_fasa_rfs", "recipe"]
+    quick = [m[0] for m in bench.select_methods(None, quick=True)]
+    assert quick == [m[0] for m in bench.METHODS if m[0] in bench.QUICK_ROWS]
+    assert len(bench.select_methods(None, quick=False)) == len(bench.METHODS)
+
+
+def test_every_claim_names_two_rows_and_a_reported_metric(bench):
+    keys = {m[0] for m in bench.METHODS}
+    for claim, a, b, metric, sign in bench.CLAIMS:
+        assert a in keys and b in keys and a != b, claim
+        assert metric in bench.COLUMNS and sign in (+1, -1), claim
+    quick_claims = [c for c in bench.CLAIMS if {c[1], c[2]} <= set(bench.QUICK_ROWS)]
+    assert len(quick_claims) >= 8  # --quick tests the loss-vs-margin claims and one detector
+
+
+def test_report_from_runs(bench, tmp_path):
+    seeds = [42, 43, 44]
+    methods = bench.select_methods(["iif_raw", "softmax"], quick=False)
+
+    def metrics(ap, apr, fp):
+        m = dict.fromkeys(bench.COLUMNS, 1.0)
+        return dict(m, AP=ap, APr=apr, **{"FP/img": fp, "run (s)": 1.0})
+
+    runs = {
+        "softmax": {s: metrics(30.0 + i, 10.0 + i, 3.0) for i, s in enumerate(seeds)},
+        "iif_raw": {s: metrics(31.0 + i, 15.0 + 2 * i, 3.0) for i, s in enumerate(seeds)},
+    }
+    rows, claims = bench.summarise(methods, runs, seeds)
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["iif_raw"]["APr"] == pytest.approx(17.0)
+    assert by_key["iif_raw"]["APr std"] == pytest.approx(2.0)
+    apr = next(c for c in claims if c["claim"] == "IIF raises APr over softmax")
+    assert apr["mean"] == pytest.approx(6.0) and apr["verdict"] == "shown"  # 5, 6, 7
+    ap = next(c for c in claims if c["claim"] == "IIF raises AP over softmax")
+    assert ap["std"] == 0.0 and ap["verdict"] == "shown"  # +1 on every seed
+    assert all(c["a"] in runs and c["b"] in runs for c in claims)  # only claims with both rows
+    text = bench.write_report(rows, claims, runs, str(tmp_path), "header")
+    assert "17.0 ± 2.0" in text and "| IIF raises APr over softmax | APr | +6.00 |" in text
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert saved["claims"][0]["verdict"] == "shown" and (tmp_path / "benchmark.png").exists()
+
+
+def test_demo_band_round_trip(bench, tmp_path):
+    demo = load_tool("demo")
+    seeds = [42, 43]
+    cols = {"AP": 30.0, "APr": 20.0, "APc": 30.0, "APf": 40.0, "APbox": 25.0, "APr box": 15.0}
+    runs = {"iif_raw": {42: dict(cols), 43: {k: v + 2.0 for k, v in cols.items()}}}
+    band = bench.demo_band(runs, seeds, 1, "test machine")
+    assert band["metrics"]["segm"]["APr"] == [21.0, pytest.approx(math.sqrt(2.0))]
+    assert band["metrics"]["bbox"]["AP"][0] == 26.0
+    path = tmp_path / "band.json"
+    path.write_text(json.dumps(band))
+    loaded = demo.load_band(str(path))
+    assert demo.in_band(21.0 + 1.99 * math.sqrt(2.0), *loaded["metrics"]["segm"]["APr"])
+    assert not demo.in_band(21.0 + 2.1 * math.sqrt(2.0), *loaded["metrics"]["segm"]["APr"])
+    assert demo.load_band(str(tmp_path / "missing.json")) is None
