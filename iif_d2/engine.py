@@ -1,6 +1,7 @@
 """``Trainer``: detectron2's DefaultTrainer with IIF's evaluators, decoupled training and
 multi-process CPU training; ``setup`` builds the config the way detectron2's tools do."""
 
+import functools
 import json
 import logging
 import os
@@ -14,22 +15,24 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from .checkpoint import IIFCheckpointer
+from .checkpoint import IIFCheckpointer, rng_preserved, rng_state, set_rng_state
 from .compat import cpu_safe_ddp
 from .config import add_iif_config, apply_deprecated_keys
-from .config_check import check_settings_used
-from .data.build import training_dicts
+from .config_check import check_settings_used, num_classes_problem
+from .data.build import ResumableTrainLoader, build_resumable_train_loader, training_dicts
 from .data.heldout import build_heldout_loader
 from .data.training_set import needs_class_counts, resolve_training_set
 from .evaluation import build_evaluator
 from .fasa import FASA
-from .hooks import FASAHook
+from .hooks import FASAHook, RunStateCheckpointer
 from .run_lock import acquire_output_dir
 from .samplers import build_train_sampler
 
 __all__ = ["Trainer", "checkpointer_for", "load_config", "setup", "freeze_all_but_box_classifier"]
 
 logger = logging.getLogger(__name__)
+# detectron2 main's DefaultTrainer saves and loads its inner trainer ("_trainer"); v0.6 does not
+_UPSTREAM_SAVES_TRAINER = "state_dict" in DefaultTrainer.__dict__
 
 
 def freeze_all_but_box_classifier(model) -> int:
@@ -78,24 +81,73 @@ class Trainer(DefaultTrainer):
         """
         # one load of the training dicts per process: the loader's, and FASA's held-out ones
         self._train_dicts, self._heldout_dicts = training_dicts(cfg)
+        self._rng_states, self._loaded_run_state = (None, None), None
         with cpu_safe_ddp():
             super().__init__(cfg)
         _check_resolved(cfg, self.model)
+        problem = num_classes_problem(cfg, self.model, self._train_dicts)  # ids, if no metadata
+        if problem:
+            raise ValueError(problem)
 
     # detectron2 v0.6's DefaultTrainer leaves its inner trainer's state (the optimizer's
     # momentum) out of checkpoints; main saves it under "_trainer". Save it the same way here,
     # so that a resumed run continues with the same optimizer state on both versions.
-    if "state_dict" not in DefaultTrainer.__dict__:
-
-        def state_dict(self):
-            ret = super().state_dict()
+    def state_dict(self):
+        """detectron2's trainer state (iteration, hooks, optimizer under "_trainer"), plus
+        "run_state": every rank's random generators and the data stream's seed."""
+        ret = super().state_dict()
+        if "_trainer" not in ret:
             ret["_trainer"] = self._trainer.state_dict()
-            return ret
+        at, states = self._rng_states
+        run_state = {"rng": states if at == self.iter else [rng_state()]}
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            run_state["data"] = self.data_loader.state_dict()
+        ret["run_state"] = run_state
+        return ret
 
-        def load_state_dict(self, state_dict):
-            super().load_state_dict(state_dict)
-            if "_trainer" in state_dict:
-                self._trainer.load_state_dict(state_dict["_trainer"])
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if not _UPSTREAM_SAVES_TRAINER and "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        self._loaded_run_state = state_dict.get("run_state", {})
+
+    def gather_rng_states(self):
+        """Keep every rank's generators (:func:`iif_d2.checkpoint.rng_state`) for this
+        iteration's checkpoint; a collective with several ranks (every rank calls it:
+        :class:`iif_d2.hooks.RunStateCheckpointer` does)."""
+        state = rng_state()
+        states = comm.all_gather(state) if comm.get_world_size() > 1 else [state]
+        self._rng_states = (self.iter, states)
+
+    def resume_or_load(self, resume=True):
+        """detectron2's ``resume_or_load``; a resumed run then continues the data stream at
+        ``start_iter`` (no skipped image is read) with the checkpoint's data seed, and this
+        rank's random generators as they were when the checkpoint was taken: it trains as the
+        uninterrupted run would have (bitwise on CPU for the same threads)."""
+        self._loaded_run_state = None
+        super().resume_or_load(resume=resume)
+        run_state, self._loaded_run_state = self._loaded_run_state, None
+        if run_state is None:
+            return
+        loader, rank = self.data_loader, comm.get_rank()
+        if isinstance(loader, ResumableTrainLoader):
+            loader.resume(self.start_iter, run_state.get("data"))
+            _restart_data_iterator(self._trainer)
+        else:
+            logger.warning(
+                "The training loader (%s) cannot be resumed at an iteration: the resumed run "
+                "reads the data stream from its start.",
+                type(loader).__name__,
+            )
+        states = run_state.get("rng", [])
+        if rank < len(states):
+            set_rng_state(states[rank])
+        else:
+            logger.warning(
+                "The checkpoint holds no random-generator state for rank %d: the resumed run's "
+                "random draws differ from an uninterrupted run's.",
+                rank,
+            )
 
     @classmethod
     def build_model(cls, cfg):
@@ -109,11 +161,15 @@ class Trainer(DefaultTrainer):
         return model
 
     def build_train_loader(self, cfg):
-        """detectron2's loader on the training dicts (FASA's held-out images removed), with the
-        sampler of :func:`build_train_sampler` (repeat factors on those same dicts)."""
+        """The training loader on the training dicts (FASA's held-out images removed), with
+        the sampler of :func:`build_train_sampler` (repeat factors on those same dicts):
+        :class:`iif_d2.data.build.ResumableTrainLoader` (detectron2's batches and mapper,
+        resumable exactly); for samplers iif-d2 does not build, detectron2's loader."""
         dicts = self._train_dicts
         sampler = build_train_sampler(cfg, dicts)
-        return build_detection_train_loader(cfg, dataset=dicts, sampler=sampler)
+        if sampler is None:
+            return build_detection_train_loader(cfg, dataset=dicts)
+        return build_resumable_train_loader(cfg, dicts, sampler)
 
     def build_hooks(self):
         """detectron2's hooks, plus :class:`FASAHook` (before the checkpointer and evaluation,
@@ -127,10 +183,12 @@ class Trainer(DefaultTrainer):
         if kept < 0:
             raise ValueError(f"SOLVER.CHECKPOINTS_KEPT {kept} must be >= 0 (0: keep all).")
         for i, h in enumerate(hooks):
-            if isinstance(h, d2_hooks.PeriodicCheckpointer) and kept:
-                hooks[i] = d2_hooks.PeriodicCheckpointer(
-                    self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=kept
+            if isinstance(h, d2_hooks.PeriodicCheckpointer):  # every rank's generators saved
+                hooks[i] = RunStateCheckpointer(
+                    self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=kept or None
                 )
+            elif isinstance(h, d2_hooks.EvalHook):  # evaluating leaves training's draws alone
+                h._func = _rng_kept(h._func)
         fasa = self.cfg.MODEL.ROI_BOX_HEAD.FASA
         if fasa.ENABLED:
             cfg, heldout = self.cfg, self._heldout_dicts
@@ -158,6 +216,26 @@ class Trainer(DefaultTrainer):
             with PathManager.open(os.path.join(folder, "results.json"), "w") as f:
                 json.dump(results, f, indent=1)
         return results
+
+
+def _rng_kept(fn):
+    """``fn`` run under :func:`iif_d2.checkpoint.rng_preserved`."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with rng_preserved():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _restart_data_iterator(trainer):
+    """Make a detectron2 SimpleTrainer iterate its data loader anew (main creates the iterator
+    on first use; v0.6 at construction)."""
+    if "_data_loader_iter_obj" in vars(trainer):
+        trainer._data_loader_iter_obj = None
+    else:
+        trainer._data_loader_iter = iter(trainer.data_loader)
 
 
 def checkpointer_for(model, cfg, like=None) -> IIFCheckpointer:

@@ -1,4 +1,6 @@
-"""FASA's timetable: :class:`FASAHook` adapts the sampling rates every ``period`` iterations.
+"""FASA's timetable: :class:`FASAHook` adapts the sampling rates every ``period`` iterations;
+:class:`RunStateCheckpointer`: detectron2's periodic checkpointer, every rank's random
+generators gathered into the checkpoint.
 
 The held-out images and their loader are the data layer's (:mod:`iif_d2.data.heldout`); the
 measurement is the model's (:meth:`iif_d2.roi_heads.HeldoutLossMixin.heldout_loss_sums`) and the
@@ -11,10 +13,11 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
+from detectron2.engine import hooks as d2_hooks
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = ["FASAHook", "fasa_predictors", "heldout_class_losses"]
+__all__ = ["FASAHook", "RunStateCheckpointer", "fasa_predictors", "heldout_class_losses"]
 
 KEY = "MODEL.ROI_BOX_HEAD.FASA"
 
@@ -133,3 +136,17 @@ class FASAHook(HookBase):
                 storage.put_scalar(
                     f"fasa/heldout_loss{suffix}", float(measured.mean()), smoothing_hint=False
                 )
+
+
+class RunStateCheckpointer(d2_hooks.PeriodicCheckpointer):
+    """detectron2's ``PeriodicCheckpointer`` that, on every iteration it saves at, first calls
+    ``trainer.gather_rng_states()`` on every rank (a collective with several ranks; see
+    :meth:`iif_d2.engine.Trainer.gather_rng_states`), so that the checkpoint, written by the
+    main rank, holds the generators of all ranks."""
+
+    def after_step(self):
+        it = self.trainer.iter
+        final = self.max_iter is not None and it >= self.max_iter - 1
+        if (it + 1) % self.period == 0 or final:
+            self.trainer.gather_rng_states()
+        super().after_step()

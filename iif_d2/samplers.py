@@ -5,12 +5,18 @@ r(I) = max over the classes of image I. ``DATALOADER.REPEAT_FACTOR.ROUNDING`` pi
 becomes a count per epoch: "stochastic" (detectron2's ``RepeatFactorTrainingSampler``,
 floor(r) plus one with probability r - floor(r)) or "ceil" (the authors': ceil(r) every epoch).
 As detectron2, every annotation counts toward f(c), crowd ones included.
+
+:func:`position_batches` turns a rank's share of a sampler's stream into its training batches,
+each sample tagged with its position in the shared stream, from any batch on: the stream is a
+function of the seed alone, so a resumed run regenerates it and skips the batches already
+trained on without reading an image.
 """
 
+import itertools
 import logging
 import math
 from collections import Counter
-from typing import Dict, List, Sequence, Set
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
@@ -22,6 +28,7 @@ __all__ = [
     "repeat_factors",
     "repeat_factor_summary",
     "build_train_sampler",
+    "position_batches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -160,3 +167,50 @@ def build_train_sampler(cfg, dataset_dicts: Sequence[Dict]):
     )
     cls = CeilRepeatFactorTrainingSampler if rounding == "ceil" else RepeatFactorTrainingSampler
     return cls(factors, seed=seed)
+
+
+def position_batches(
+    indices: Iterable[int],
+    batch_size: int,
+    wide: Optional[Sequence[bool]] = None,
+    rank: int = 0,
+    world_size: int = 1,
+    start: int = 0,
+) -> Iterator[List[Tuple[int, int]]]:
+    """One rank's training batches, as lists of (position, dataset index), from batch ``start``.
+
+    Args:
+        indices: the rank's share of a sampler's stream (iterating a detectron2 training
+            sampler): its item k is item ``k * world_size + rank`` of the shared stream, that
+            item's *position*.
+        batch_size: images per batch on this rank.
+        wide: None: batches of consecutive items. Else, per dataset index, whether the image
+            is wider than high: detectron2's aspect-ratio grouping (``AspectRatioGroupedDataset``
+            on the stream's order): items go to one of two buckets (wide, not wide), and a
+            bucket that holds ``batch_size`` items is the next batch.
+        rank, world_size: this rank and the number of ranks.
+        start: the first batch yielded; the ones before are computed from the indices alone.
+
+    Returns:
+        an iterator of batches (infinite for an infinite sampler).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} must be >= 1.")
+    items = ((k * world_size + rank, i) for k, i in enumerate(indices))
+    if wide is None:
+        items = itertools.islice(items, start * batch_size, None)
+        while True:
+            batch = list(itertools.islice(items, batch_size))
+            if len(batch) < batch_size:
+                return
+            yield batch
+    buckets: Tuple[list, list] = ([], [])
+    done = 0
+    for item in items:
+        bucket = buckets[0 if wide[item[1]] else 1]
+        bucket.append(item)
+        if len(bucket) == batch_size:
+            if done >= start:
+                yield list(bucket)
+            done += 1
+            bucket.clear()

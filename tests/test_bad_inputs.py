@@ -32,3 +32,97 @@ def test_table_line_of_a_multi_line_error(tmp_path):
     error = ValueError(f"The config sets:\n  {tmp_path}/x is bad (started 12:00).\nUse another.")
     line = "The config sets: <tmp>/x is bad (started <time>)."
     assert TABLE.first_line(error, str(tmp_path)) == line
+
+
+# -- NUM_CLASSES against the training set, for every counts source --------------------------
+
+QUICK = os.path.join(ROOT, "configs", "quick_schedules")
+
+
+def _quick_cfg(name, tmp_path, *opts):
+    from detectron2.config import get_cfg
+
+    from iif_d2 import add_iif_config, resolve_training_set
+
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(os.path.join(QUICK, name))
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), *opts])
+    return resolve_training_set(cfg)
+
+
+@pytest.mark.parametrize(
+    "name, key, opts, error",
+    [
+        # a user's counts file that fits NUM_CLASSES, both of another dataset (COCO's 80)
+        (
+            "mask_rcnn_R_18_FPN_instant_iif.yaml",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            ("MODEL.CLASS_COUNTS.SOURCE", "file", "MODEL.CLASS_COUNTS.FILE",
+             "iif_d2://coco_train2017.csv", "MODEL.ROI_HEADS.NUM_CLASSES", 80),
+            r"NUM_CLASSES is 80, but the training set 'iif_synthetic_tiny_train' has 8 classes "
+            r".*set MODEL.ROI_HEADS.NUM_CLASSES 8 \(and MODEL.CLASS_COUNTS.FILE to counts of "
+            r"those classes; the counts used now: .*iif_class_stats.json\)",
+        ),
+        # the counts the resolution wrote (SOURCE "dataset"): 8 classes, the model 10
+        (
+            "mask_rcnn_R_18_FPN_instant_iif.yaml",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            ("MODEL.ROI_HEADS.NUM_CLASSES", 10),
+            r"cover 8 classes, but the model has NUM_CLASSES = 10.*set the model's NUM_CLASSES",
+        ),
+        # no counts at all (IIF off), more or fewer classes than the dataset's
+        (
+            "mask_rcnn_R_18_FPN_instant.yaml",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            ("MODEL.ROI_HEADS.NUM_CLASSES", 10),
+            r"NUM_CLASSES is 10, but .* has 8 classes .*set MODEL.ROI_HEADS.NUM_CLASSES 8, or",
+        ),
+        (
+            "mask_rcnn_R_18_FPN_instant.yaml",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            ("MODEL.ROI_HEADS.NUM_CLASSES", 5),
+            r"NUM_CLASSES is 5, but .* has 8 classes .*set MODEL.ROI_HEADS.NUM_CLASSES 8, or",
+        ),
+        (
+            "retinanet_R_18_FPN_instant_iif.yaml",
+            "MODEL.RETINANET.NUM_CLASSES",
+            ("MODEL.CLASS_COUNTS.SOURCE", "file", "MODEL.CLASS_COUNTS.FILE",
+             "iif_d2://coco_train2017.csv", "MODEL.RETINANET.NUM_CLASSES", 80),
+            r"RETINANET.NUM_CLASSES is 80, but .* 8 classes .*set MODEL.RETINANET.NUM_CLASSES 8",
+        ),
+    ],
+)  # fmt: skip
+def test_num_classes_other_than_the_training_sets(name, key, opts, error, tmp_path):
+    from iif_d2.engine import Trainer
+
+    cfg = _quick_cfg(name, tmp_path, *opts)
+    with pytest.raises(ValueError, match=error):
+        Trainer.build_model(cfg)
+    good = _quick_cfg(name, tmp_path / "good", key, 8)  # the dataset's class count builds
+    Trainer.build_model(good)
+
+
+def test_category_ids_beyond_num_classes_without_class_names(tmp_path):
+    """A dataset registered without thing_classes: its ids are checked when the trainer has
+    loaded its dicts."""
+    from detectron2.data import DatasetCatalog
+
+    from iif_d2.engine import Trainer
+
+    train = DatasetCatalog.get("iif_synthetic_tiny_train")
+    name = "iif_test_no_class_names"
+    DatasetCatalog.register(name, lambda: train)
+    try:
+        cfg = _quick_cfg(
+            "mask_rcnn_R_18_FPN_instant.yaml",
+            tmp_path,
+            "DATASETS.TRAIN",
+            (name,),
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            5,
+        )
+        with pytest.raises(ValueError, match=r"NUM_CLASSES is 5, but .* category ids up to 7"):
+            Trainer(cfg)
+    finally:
+        DatasetCatalog.remove(name)

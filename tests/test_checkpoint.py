@@ -4,6 +4,7 @@ shape mismatches, and a checkpoint written by detectron2's own trainer."""
 import logging
 import os
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -15,6 +16,10 @@ from iif_d2.checkpoint import (
     CheckpointShapeMismatchError,
     IIFCheckpointer,
     UnsafeCheckpointError,
+    rng_preserved,
+    rng_state,
+    safe_torch_load,
+    set_rng_state,
 )
 
 
@@ -424,3 +429,49 @@ def test_detectron2_trainer_checkpoint_round_trips(tmp_path):
             original["state"][k]["momentum_buffer"], loaded["state"][k]["momentum_buffer"]
         )
     assert resumed.scheduler.state_dict() == trainer.scheduler.state_dict()
+
+
+# -- random generators' state ---------------------------------------------------------------
+
+
+def _draws():
+    return (
+        torch.rand(4).tolist(),
+        np.random.rand(3).tolist(),
+        float(np.random.randn()),
+        random.random(),
+        random.gauss(0, 1),
+    )
+
+
+def test_rng_state_round_trips_through_the_safe_loader(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.randn()  # numpy now holds a cached Gaussian, Python after gauss() too
+    random.gauss(0, 1)
+    path = tmp_path / "rng.pth"
+    torch.save({"rng": rng_state()}, path)
+    expected = _draws()
+    torch.manual_seed(9)
+    np.random.seed(9)
+    random.seed(9)
+    assert _draws() != expected
+    set_rng_state(safe_torch_load(str(path))["rng"])  # weights_only: plain tensors and values
+    assert _draws() == expected
+
+
+def _seed_all(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def test_rng_preserved_leaves_the_generators_as_they_were():
+    _seed_all(5)
+    expected = _draws()
+    _seed_all(5)
+    with rng_preserved():
+        _seed_all(0)
+        _draws()
+    assert _draws() == expected

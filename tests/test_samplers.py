@@ -1,5 +1,6 @@
 """Repeat-factor sampling: closed form, detectron2's numbers, ceil/stochastic rounding, ranks,
-summary, config."""
+summary, config; the resumable batches and loader (detectron2's grouping, any start, any
+NUM_WORKERS, no image read for skipped batches)."""
 
 import inspect
 import itertools
@@ -16,9 +17,11 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSample
 from detectron2.utils import comm
 
 from iif_d2 import add_iif_config
+from iif_d2.data.build import ResumableTrainLoader
 from iif_d2.samplers import (
     CeilRepeatFactorTrainingSampler,
     build_train_sampler,
+    position_batches,
     repeat_factor_summary,
     repeat_factors,
 )
@@ -295,3 +298,121 @@ def test_sampler_feeds_detectron2_loader():
     loader = build_detection_train_loader(cfg, dataset=dicts, sampler=sampler, mapper=lambda d: d)
     seen = [batch[0]["image_id"] for batch in itertools.islice(loader, 19)]
     assert np.bincount(seen).tolist() == CEIL_COUNTS
+
+
+# --- resumable batches and loader ------------------------------------------------------------
+
+
+def _sized_dicts(n=40, seed=3):
+    """Dicts of images of three widths and heights (wide, high and square ones)."""
+    rng = random.Random(seed)
+    sizes = (60, 80, 100)
+    return [
+        {"image_id": i, "width": rng.choice(sizes), "height": rng.choice(sizes)} for i in range(n)
+    ]
+
+
+def _wide(dicts):
+    return [d["width"] > d["height"] for d in dicts]
+
+
+def test_grouped_batches_are_detectron2s():
+    from detectron2.data.common import AspectRatioGroupedDataset
+
+    dicts = _sized_dicts()
+    stream = _take(TrainingSampler(len(dicts), seed=4), 400)
+    upstream = AspectRatioGroupedDataset([dicts[i] for i in stream], 3)
+    theirs = [[d["image_id"] for d in b] for b in itertools.islice(upstream, 100)]
+    ours = position_batches(iter(stream), 3, _wide(dicts))
+    ours = [[i for _, i in b] for b in itertools.islice(ours, 100)]
+    assert len(ours) == 100 and ours == theirs
+    assert {len({dicts[i]["width"] > dicts[i]["height"] for i in b}) for b in ours} == {1}
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_batches_from_any_start_are_the_suffix(grouped):
+    dicts = _sized_dicts()
+    wide = _wide(dicts) if grouped else None
+    sampler = TrainingSampler(len(dicts), seed=4)
+    full = list(itertools.islice(position_batches(iter(sampler), 3, wide), 50))
+    for start in (1, 7, 30):
+        later = position_batches(iter(sampler), 3, wide, start=start)
+        assert list(itertools.islice(later, 50 - start)) == full[start:]
+    stream = _take(sampler, 200)
+    assert all(stream[p] == i for b in full for p, i in b)  # positions in the stream
+    positions = [p for b in full for p, _ in b]
+    assert positions == list(range(150)) if not grouped else len(set(positions)) == 150
+
+
+def test_rank_positions_interleave_in_the_shared_stream(monkeypatch):
+    full = _take(TrainingSampler(30, seed=2), 300)
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    for rank in (0, 1):
+        monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
+        batches = position_batches(iter(TrainingSampler(30, seed=2)), 2, None, rank, 2)
+        items = [item for b in itertools.islice(batches, 20) for item in b]
+        assert [p for p, _ in items] == list(range(rank, 80, 2))
+        assert all(full[p] == i for p, i in items)
+
+
+class _DrawingMapper:
+    """A mapper that, like an augmentation, draws from numpy's, Python's and torch's global
+    generators; it counts its calls (in this process)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, d):
+        self.calls += 1
+        draws = (float(np.random.rand()), random.random(), float(torch.rand(())))
+        return {"image_id": d["image_id"], "draws": draws}
+
+
+def _loader(workers=0, sampler=None, grouping=True):
+    dicts = _sized_dicts()
+    sampler = sampler or RepeatFactorTrainingSampler(torch.linspace(1, 3, len(dicts)), seed=6)
+    return ResumableTrainLoader(
+        dicts,
+        _DrawingMapper(),
+        sampler,
+        3,
+        aspect_ratio_grouping=grouping,
+        num_workers=workers,
+    )
+
+
+def test_loader_resumes_without_mapping_the_skipped_batches():
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    full = list(itertools.islice(_loader(), 10))
+    after = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    assert torch.equal(before[0], after[0]) and (before[1] == after[1]).all()
+    assert before[2] == after[2]  # the mapper's draws left the global generators alone
+    loader = _loader()
+    loader.resume(6, loader.state_dict())
+    assert list(itertools.islice(loader, 4)) == full[6:]
+    assert loader.mapper.calls == 4 * 3  # the first 6 batches were not mapped
+    draws = [x["draws"] for b in full for x in b]
+    assert len(set(draws)) == len(draws)  # every sample draws anew
+
+
+def test_loader_seed_comes_from_the_checkpoint():
+    saved = _loader(sampler=TrainingSampler(40, seed=11)).state_dict()
+    full = list(itertools.islice(_loader(sampler=TrainingSampler(40, seed=11)), 5))
+    other = _loader(sampler=TrainingSampler(40, seed=12))  # e.g. SEED -1: a new random seed
+    assert list(itertools.islice(other, 5)) != full
+    other.resume(2, saved)
+    assert list(itertools.islice(other, 3)) == full[2:]
+
+
+@pytest.mark.parametrize("grouping", [False, True])
+def test_two_workers_map_what_one_process_maps(grouping):
+    expected = list(itertools.islice(_loader(grouping=grouping), 8))
+    assert list(itertools.islice(_loader(2, grouping=grouping), 8)) == expected
+    loader = _loader(2, grouping=grouping)
+    loader.resume(5)
+    assert list(itertools.islice(loader, 3)) == expected[5:]
+
+
+def test_grouping_needs_sizes():
+    with pytest.raises(ValueError, match="needs 'width' and 'height'.*ASPECT_RATIO_GROUPING False"):
+        ResumableTrainLoader([{"image_id": 0}], _DrawingMapper(), TrainingSampler(1), 1)
