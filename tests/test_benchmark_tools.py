@@ -101,7 +101,7 @@ def test_compare_pairs_sees_a_real_difference_and_a_flat_control(tmp_path):
 
 def _run_tool(name, tmp_path, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, os.path.join(TOOLS, f"{name}.py"), "--repeats", "3", "--warmup", "1"]
+    cmd = [sys.executable, os.path.join(TOOLS, f"{name}.py"), "--repeats", "3", "--warmup", "0"]
     cmd += ["--images", "1", "--output-dir", str(tmp_path), *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -259,7 +259,7 @@ def setup(doc, sections, report):
     parser.add_argument("--only", nargs="+", choices=sections, help="run only these sections")
     parser.add_argument(
         "--output-dir",
-        default=os.path.join(REPO, "output", "benchmark"),
+        default=os.path.normpath(os.path.join(REPO, "output", "benchmark")),
         help=f"where {report}.md and {report}.json go (default: output/benchmark)",
     )
     args = parser.parse_args()
@@ -282,7 +282,8 @@ def setup(doc, sections, report):
         "warmup": args.warmup,
         "sections": args.only,
         "timing": "paired rounds of alternating order (A B, B A, ...) with a same-vs-same "
-        "control A / A in the same rounds; ratio = median of the paired ratios",
+        "control A / A in the same rounds; ratio = median of the paired ratios; A ms, B ms: "
+        "each side's median alone (unpaired, drifts with the machine's load)",
         "interval": "distribution-free 95 % interval of the median (order statistics); "
         "spread: 2.5-97.5 % percentiles of the paired ratios; within noise: the ratio's "
         "interval overlaps the control's",
