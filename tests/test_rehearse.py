@@ -71,6 +71,8 @@ def test_mini_rehearsal_decoupled_from_its_stage1(tmp_path):
     assert stage2["counts_match_csv"] is True  # IIF: the 2,000-image set's exact targets
     log = (out / "mini" / "mask_rcnn_R_50_FPN_12e_iif_decoupled" / "log.txt").read_text()
     assert "mask_rcnn_R_50_FPN_12e/model_final.pth" in log  # stage 2 loaded stage 1
+    log1 = (out / "mini" / "mask_rcnn_R_50_FPN_12e" / "log.txt").read_text()
+    assert "calibrated_backbones" in log1  # stage 1 started from the calibrated backbone
     assert "Decoupled training: only the box classifier is trained" in log
     assert not list((out / "mini").glob("*/*.pth"))  # checkpoints removed
     md = (out / "mini" / "rehearsal.md").read_text()
@@ -120,3 +122,26 @@ def test_trainer_dicts_are_the_resolutions_load(tmp_path):
     training_dicts(cfg)
     assert calls == ["a", "a", "a", "a", "b"]
     DatasetCatalog.remove(name)
+
+
+def test_calibrated_backbone_keeps_resnet101_features_finite(rehearse):
+    """Without pretrained weights ResNet-101's frozen BN normalises nothing (its features reach
+    thousands, the loss overflows); the rehearsal's calibrated backbone keeps them near unit
+    scale and is a checkpoint of the backbone's own keys."""
+    import torch
+    from detectron2.modeling import build_backbone
+
+    config = os.path.join(ROOT, rehearse.CONFIG_DIR, "mask_rcnn_R_101_FPN_12e.yaml")
+    cfg = rehearse._config(config, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    bottom_up = build_backbone(cfg).bottom_up
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        raw = bottom_up(x)["res5"].std().item()
+    ckpt = rehearse.calibrated_backbone(cfg)
+    assert all(k.startswith("backbone.bottom_up.") for k in ckpt["model"])
+    state = {k[len("backbone.bottom_up.") :]: v for k, v in ckpt["model"].items()}
+    bottom_up.load_state_dict(state)  # every key of the backbone, nothing else
+    with torch.no_grad():
+        calibrated = bottom_up(x)["res5"].std().item()
+    assert calibrated < 100 and calibrated < raw / 10, (raw, calibrated)

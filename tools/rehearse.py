@@ -6,19 +6,19 @@ For each leaf config of configs/LVISv1-InstanceSegmentation/ (every *.yaml not s
 ``Base-``; deprecated aliases, which only name another config, with ``--aliases``),
 ``train_net.py`` runs in its own subprocess on the YAML itself, with only these swapped: the
 datasets (``lvis_shaped_train`` and a val subset; ``--mini``: the 2,000-image
-``lvis_shaped_mini_train``), the input size (``--size``), MODEL.WEIGHTS "" (no pretrained
-weights offline; a decoupled stage 2 loads the checkpoint this rehearsal made with the stage-1
-config its MODEL.WEIGHTS names, which runs first), SOLVER.MAX_ITER (``--iters``), the device,
-batch, loader workers, OUTPUT_DIR, no periodic evaluation or checkpoint. The training's final
-evaluation runs on the first ``--val-images`` images of the val split: their LVIS json is
-written once and registered as ``rehearsal_val`` inside each subprocess (``--child``), which
-then runs train_net.py unchanged.
+``lvis_shaped_mini_train``), the input size (``--size``), MODEL.WEIGHTS (no pretrained weights
+offline: a random backbone whose frozen BatchNorm statistics are calibrated on random images,
+one file per backbone, see ``calibrated_backbone``; a decoupled stage 2 loads the checkpoint
+this rehearsal made with the stage-1 config its MODEL.WEIGHTS names, which runs first),
+SOLVER.MAX_ITER (``--iters``), the device, batch, loader workers, OUTPUT_DIR, no periodic
+evaluation or checkpoint. The training's final evaluation runs on the first ``--val-images``
+images of the val split: their LVIS json is written once and registered as ``rehearsal_val``
+inside each subprocess (``--child``), which then runs train_net.py unchanged.
 
 One row per config, printed and written to ``--output`` (rehearsal.md, rehearsal.json):
 
 * started: the run trained at least one iteration; completed: it trained ``--iters``
-  iterations and evaluated; error: the last line of its traceback otherwise (without
-  pretrained weights a deep backbone may diverge in a few steps: FloatingPointError);
+  iterations and evaluated; error: the last line of its traceback otherwise;
 * seconds_to_first_iter: from the subprocess's start to detectron2's "Starting training"
   (imports, dataset load, class statistics, hold-out, model, loader: everything before the
   first iteration); seconds: the whole run;
@@ -29,15 +29,17 @@ One row per config, printed and written to ``--output`` (rehearsal.md, rehearsal
   ``--mini``, the mini spec's targets); null for configs that use no class counts;
 * epoch_images: the repeat-factor summary's epoch length with repeats (log.txt; null without
   repeat-factor sampling); heldout: FASA's held-out image count (iif_heldout.json);
-* evaluated: OUTPUT_DIR/inference/results.json was written; bbox_ap / segm_ap: its APs
-  (null where NaN: the few-step model detected nothing above the score threshold).
+* evaluated: OUTPUT_DIR/inference/results.json was written; detections: how many the model
+  returned on the val images (its saved results); bbox_ap / segm_ap: the APs (null where NaN:
+  the few-step model detected none of the classes the val images hold).
 
     python tools/rehearse.py --mini                  # all configs on the 2,000-image set
     python tools/rehearse.py --only recipe           # full size, the recipe configs
     python tools/rehearse.py --mini --only R_50_FPN_1x_iif.yaml --iters 1
 
 Torch threads are pinned (OMP_NUM_THREADS = ``--threads``). Checkpoints are deleted after each
-run (the stage-1 one after stage 2) unless ``--keep-checkpoints``.
+run (the stage-1 one after stage 2, the calibrated backbones at the end) unless
+``--keep-checkpoints``.
 """
 
 import argparse
@@ -64,8 +66,8 @@ EPOCH_RE = re.compile(r"epoch of (\d+) images -> ([\d.]+) images")
 POLL_S = 0.2
 KEYS = (
     "config", "started", "completed", "error", "seconds_to_first_iter", "seconds", "peak_rss_mb",
-    "iterations", "counts_match_csv", "epoch_images", "heldout", "evaluated", "bbox_ap",
-    "segm_ap",
+    "iterations", "counts_match_csv", "epoch_images", "heldout", "evaluated", "detections",
+    "bbox_ap", "segm_ap",
 )  # fmt: skip
 
 
@@ -202,6 +204,113 @@ def _child(argv):
     runpy.run_path(script, run_name="__main__")
 
 
+def calibrated_backbone(cfg, seed: int = 0, images: int = 4, size: int = 128) -> dict:
+    """Random backbone weights whose frozen BatchNorm statistics are set from data, as a
+    detectron2 checkpoint (``{"model": state_dict}`` of ``backbone.bottom_up``).
+
+    Without pretrained weights a FrozenBatchNorm2d holds mean 0 and variance 1: it normalises
+    nothing, and through ResNet-101's 33 blocks the activations grow until the loss overflows
+    (FloatingPointError at the second step). Here each frozen BN takes, just before it runs,
+    the per-channel mean and variance of its input on ``images`` random images (the
+    data-dependent initialisation of LSUV, Mishkin & Matas 2016), so every stage sees unit-scale
+    features. Convolutions keep detectron2's random initialisation (seeded).
+    """
+    import torch
+    from detectron2.layers import FrozenBatchNorm2d
+    from detectron2.modeling import build_backbone
+
+    torch.manual_seed(seed)
+    backbone = build_backbone(cfg)
+    bottom_up = getattr(backbone, "bottom_up", backbone)
+
+    def set_stats(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)).clamp_min(1e-5))
+
+    handles = [
+        m.register_forward_pre_hook(set_stats)
+        for m in bottom_up.modules()
+        if isinstance(m, FrozenBatchNorm2d)
+    ]
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (images, 3, size, size), generator=g).float()
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(1, -1, 1, 1)
+    with torch.no_grad():
+        bottom_up((pixels - mean) / std)
+    for h in handles:
+        h.remove()
+    prefix = "backbone.bottom_up." if bottom_up is not backbone else "backbone."
+    return {"model": {prefix + k: v for k, v in bottom_up.state_dict().items()}}
+
+
+def _config(config: str, opts=()):
+    from detectron2.config import get_cfg
+
+    from iif_d2 import add_iif_config
+    from iif_d2.config import apply_deprecated_keys
+
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.merge_from_file(config)
+    apply_deprecated_keys(cfg)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _calibrate(config: str, out: str, opts) -> None:
+    """``--calibrate CONFIG OUT [opts]``: write :func:`calibrated_backbone` of the config."""
+    import torch
+
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    torch.save(calibrated_backbone(_config(config, opts)), tmp)
+    os.replace(tmp, out)
+
+
+def _merged_yaml(path: str) -> dict:
+    """A config file merged over its ``_BASE_`` chain, as plain dicts (no detectron2 import:
+    the parent process stays small)."""
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    base = data.pop("_BASE_", None)
+    if not base:
+        return data
+    merged = _merged_yaml(os.path.join(os.path.dirname(path), base))
+
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = (
+                merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+            )
+        return a
+
+    return merge(merged, data)
+
+
+def backbone_weights(config: str, out_root: str, env) -> str:
+    """The calibrated random backbone for ``config`` (one file per backbone: the config's
+    MODEL.RESNETS, BACKBONE and pixel statistics), made in a subprocess on first use."""
+    import hashlib
+
+    model = _merged_yaml(os.path.join(ROOT, config)).get("MODEL", {})
+    key = json.dumps([model.get(k) for k in ("RESNETS", "BACKBONE", "PIXEL_MEAN", "PIXEL_STD")],
+                     sort_keys=True)  # fmt: skip
+    out = os.path.join(
+        out_root, "calibrated_backbones", hashlib.sha1(key.encode()).hexdigest()[:12] + ".pth"
+    )
+    if not os.path.isfile(out):
+        cmd = [sys.executable, os.path.abspath(__file__), "--calibrate",
+               os.path.join(ROOT, config), out, "MODEL.DEVICE", "cpu"]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        if proc.returncode:
+            raise SystemExit(f"Calibrating the backbone of {config} failed:\n{proc.stderr[-3000:]}")
+    return out
+
+
 def _prepare_in_subprocess(out_root: str, mode: str, num_images: int, env) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--prepare", out_root, mode, str(num_images)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -223,7 +332,7 @@ def overrides(args, out_dir: str, weights: str):
         "DATALOADER.NUM_WORKERS", str(args.workers),
         "INPUT.MIN_SIZE_TRAIN", f"({s},)", "INPUT.MAX_SIZE_TRAIN", str(2 * s),
         "INPUT.MIN_SIZE_TEST", str(s), "INPUT.MAX_SIZE_TEST", str(2 * s),
-        "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", out_dir,
+        "TEST.EVAL_PERIOD", "0", "TEST.LVIS_EVAL_SAVE_RESULTS", "True", "OUTPUT_DIR", out_dir,
     ]  # fmt: skip
 
 
@@ -261,14 +370,20 @@ def _counts_match(out_dir: str, expected: dict):
 
 
 def _ap(out_dir: str):
-    """(evaluated, bbox AP, segm AP); an AP is None where it is NaN (no detections)."""
+    """(evaluated, detections, bbox AP, segm AP); an AP is None where it is NaN (no detection
+    of a class the val images hold, or none at all); detections: the saved results' count."""
     path = os.path.join(out_dir, "inference", "results.json")
     if not os.path.isfile(path):
-        return False, None, None
+        return False, None, None, None
     with open(path) as f:
         res = json.load(f)
+    detections = None
+    saved = os.path.join(out_dir, "inference", "lvis_instances_results.json")
+    if os.path.isfile(saved):
+        with open(saved) as f:
+            detections = len(json.load(f))
     aps = [res.get(task, {}).get("AP") for task in ("bbox", "segm")]
-    return True, *(None if ap is None or math.isnan(ap) else ap for ap in aps)
+    return True, detections, *(None if ap is None or math.isnan(ap) else ap for ap in aps)
 
 
 def run_one(args, config: str, out_dir: str, val, expected, weights: str, env) -> dict:
@@ -301,7 +416,7 @@ def run_one(args, config: str, out_dir: str, val, expected, weights: str, env) -
     text = open(console, errors="replace").read()
     log = open(log_path, errors="replace").read() if os.path.isfile(log_path) else ""
     iters = _iterations(out_dir)
-    evaluated, bbox, segm = _ap(out_dir)
+    evaluated, detections, bbox, segm = _ap(out_dir)
     ok = proc.returncode == 0 and iters == args.iters and evaluated
     error = None
     if not ok:  # the last line of the traceback, or what is missing
@@ -332,6 +447,7 @@ def run_one(args, config: str, out_dir: str, val, expected, weights: str, env) -
         "epoch_images": float(epochs[-1][1]) if epochs else None,
         "heldout": heldout,
         "evaluated": evaluated,
+        "detections": detections,
         "bbox_ap": bbox,
         "segm_ap": segm,
     }
@@ -350,7 +466,8 @@ def _cell(v):
 def markdown(rows, heading: str) -> str:
     """The rows as a markdown table under ``heading``; errors listed below it."""
     head = ["config", "started", "completed", "s to 1st iter", "s total", "peak RSS MB", "iters"]
-    head += ["counts = CSV", "epoch (images)", "held out", "evaluated", "bbox AP", "segm AP"]
+    head += ["counts = CSV", "epoch (images)", "held out", "evaluated", "detections", "bbox AP"]
+    head += ["segm AP"]
     lines = [heading, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [os.path.basename(r["config"])] + [_cell(r[k]) for k in KEYS[1:] if k != "error"]
@@ -423,6 +540,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return _child(argv[1:])
+    if argv[:1] == ["--calibrate"]:
+        return _calibrate(argv[1], argv[2], argv[3:])
     if argv[:1] == ["--prepare"]:
         res = _prepare(argv[1], argv[2] == "mini", int(argv[3]))
         print("RESULT " + json.dumps(res), flush=True)
@@ -459,7 +578,10 @@ def main(argv=None):
     }
     for config in configs:
         name = os.path.splitext(os.path.basename(config))[0]
-        weights = os.path.join(stage1[config], "model_final.pth") if config in stage1 else ""
+        if config in stage1:
+            weights = os.path.join(stage1[config], "model_final.pth")
+        else:
+            weights = backbone_weights(config, out_root, env)
         out_dir = os.path.join(out_root, name)
         row = run_one(args, config, out_dir, val, expected, weights, env)
         rows.append(row)
@@ -476,6 +598,7 @@ def main(argv=None):
         for folder in set(stage1.values()):
             for ckpt in glob.glob(os.path.join(folder, "*.pth")):
                 os.remove(ckpt)
+        shutil.rmtree(os.path.join(out_root, "calibrated_backbones"), ignore_errors=True)
     print(markdown(rows, heading))
     failed = [r for r in rows if not r["completed"]]
     started = sum(r["started"] for r in rows)
