@@ -21,8 +21,15 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from .compat import HAS_COMPILED_OPS, numpy_float_alias
-from .lvis_eval import LVISDetections, LVISGroundTruth, evaluate, summarize
-from .lvis_eval.devil import ap_fixed, ap_pooled
+from .lvis_eval import LVISDetections, LVISGroundTruth, summarize
+from .lvis_eval.devil import (
+    CategoryBudget,
+    ap_fixed_from_matches,
+    ap_pooled_from_matches,
+    budget_cutoffs,
+    within_budget,
+)
+from .lvis_eval.engine import accumulate, concat_matches, match, pack_matches, unpack_matches
 
 __all__ = ["FastLVISEvaluator", "LVIS_EVAL_ENGINES", "LVISEvaluator", "build_evaluator"]
 
@@ -47,10 +54,23 @@ class FastLVISEvaluator(DatasetEvaluator):
     Each image's predictions are cut to the ``max_dets_per_image`` best scores (as lvis-api)
     and kept only for the classes the federated rules evaluate on that image (present, or in
     its ``neg_category_ids``), as arrays; masks are RLE-encoded only where a class is present
-    (elsewhere only their area counts). Ranks gather these compact arrays. The results json
-    (detectron2's ``lvis_instances_results.json``, ~0.5 GB per 5,000 images) is written only with
-    ``save_results_json``; then every prediction is kept.
+    (elsewhere only their area counts). Each rank matches its own images to the ground truth
+    (matching is per image and category) and sends only what accumulation needs: each
+    detection's outcome per IoU threshold and area range (bit-packed), category, image, score
+    and order within its image; the main rank accumulates. The results json (detectron2's
+    ``lvis_instances_results.json``, ~0.5 GB per 5,000 images) is written only with
+    ``save_results_json``; then every prediction is kept and gathered.
+
+    AP-fixed and AP-pool (``fixed_and_pooled``) take each class's ``dets_per_class`` best
+    detections over the dataset, no cap per image: a running top per class
+    (:class:`~iif_d2.lvis_eval.devil.CategoryBudget`) is kept while images stream in, the ranks'
+    tops are merged into one cutoff per class, and each rank matches its detections within it.
+    With ``fixed_uncapped`` (the model run without a per-image cap, ``TEST.AP_FIXED``) the
+    budget sees every detection of the model, as the paper's; otherwise the standard
+    per-image cut.
     """
+
+    budget_prune_at = 1 << 21  # new budget keys held before a prune (CategoryBudget)
 
     def __init__(
         self,
@@ -62,24 +82,40 @@ class FastLVISEvaluator(DatasetEvaluator):
         max_dets_per_image=None,
         save_results_json=False,
         fixed_and_pooled=False,
+        dets_per_class=10000,
+        fixed_uncapped=False,
+        score_thresh=None,
     ):
         """
         Args:
             dataset_name: a registered dataset whose metadata has ``json_file`` (LVIS format).
             tasks: ("bbox",), ("segm",) or both; default from the predictions.
-            distributed: gather every rank's predictions to the main process.
+            distributed: evaluate across the ranks (each matches its own images).
             output_dir: where the results json goes (with ``save_results_json``).
-            max_dets_per_image: detections per image (default 300, LVIS's).
+            max_dets_per_image: detections per image of the standard metrics (default 300).
             save_results_json: write ``lvis_instances_results.json`` to ``output_dir``.
             fixed_and_pooled: also report AP-fixed and AP-pool (Dave et al. 2021:
-                :mod:`iif_d2.lvis_eval.devil`) on the same detections (10,000 per class).
+                :mod:`iif_d2.lvis_eval.devil`).
+            dets_per_class: AP-fixed's budget per class over the dataset (the paper's 10,000).
+            fixed_uncapped: AP-fixed/AP-pool see all of each image's detections (the model
+                must run without a per-image cap); else the standard per-image cut.
+            score_thresh: the standard metrics keep only detections scoring above it (the
+                standard inference's threshold, when the model ran with a lower one for
+                AP-fixed); None: all.
         """
+        if fixed_uncapped and not fixed_and_pooled:
+            raise ValueError("fixed_uncapped needs fixed_and_pooled: it only feeds AP-fixed.")
         self._tasks = tasks
         self._distributed = distributed
         self._output_dir = output_dir
         self._max_dets = 300 if max_dets_per_image is None else max_dets_per_image
         self._save = bool(save_results_json)
         self._fixed_and_pooled = bool(fixed_and_pooled)
+        self._dets_per_class = int(dets_per_class)
+        self._fixed_uncapped = bool(fixed_uncapped)
+        self._score_thresh = score_thresh
+        if self._fixed_and_pooled and self._dets_per_class <= 0:
+            raise ValueError(f"dets_per_class {dets_per_class} must be > 0 (10,000 for LVIS).")
         self._metadata = MetadataCatalog.get(dataset_name)
         self._json_file = PathManager.get_local_path(self._metadata.json_file)
         self._gt = LVISGroundTruth.from_json(self._json_file, with_masks=False)
@@ -111,6 +147,14 @@ class FastLVISEvaluator(DatasetEvaluator):
 
     def reset(self):
         self._parts = []
+        self._fixed_parts = []
+        self._budget = None
+        if self._fixed_and_pooled and self._do_evaluation:
+            self._budget = CategoryBudget(self._dets_per_class, self.budget_prune_at)
+        # the input order of the detections offered to the budget (it breaks score ties): by
+        # rank, then as processed, as in the rank-ordered gather of detectron2's evaluators
+        rank = comm.get_rank() if self._distributed else 0
+        self._seen = rank << 40
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
@@ -119,78 +163,150 @@ class FastLVISEvaluator(DatasetEvaluator):
                     "FastLVISEvaluator evaluates 'instances' only; for proposals set "
                     'TEST.LVIS_EVAL_ENGINE "lvis-api" (detectron2\'s LVISEvaluator).'
                 )
-            self._parts.append(self._compact(inp["image_id"], out["instances"].to("cpu")))
+            self._compact(inp["image_id"], out["instances"].to("cpu"))
 
     def _compact(self, image_id, inst):
-        """One image's predictions as arrays, cut and filtered as lvis-api would."""
+        """Store one image's predictions as arrays, cut and filtered as lvis-api would; offer
+        AP-fixed's candidates to the per-class budget."""
         boxes = inst.pred_boxes.tensor.numpy().astype(np.float32).copy()
         boxes[:, 2:] -= boxes[:, :2]  # XYWH, in float32 as detectron2's BoxMode.convert
         scores = inst.scores.numpy().astype(np.float32)
         classes = inst.pred_classes.numpy()
         cats = self._class_to_cat[classes] if self._class_to_cat is not None else classes + 1
-        order = np.lexsort((np.arange(len(scores)), -scores.astype(np.float64)))
-        keep = np.sort(order[: self._max_dets]) if self._max_dets >= 0 else np.arange(len(order))
-        has_mask = inst.has("pred_masks")
-        if has_mask:
-            mask_area = inst.pred_masks.flatten(1).sum(1).numpy().astype(np.float64)
-        if not self._save and self._do_evaluation:
+        keep = np.arange(len(scores))
+        if self._score_thresh is not None:
+            keep = keep[scores > self._score_thresh]
+        best = np.lexsort((keep, -scores[keep].astype(np.float64)))
+        keep = np.sort(keep[best[: self._max_dets]]) if self._max_dets >= 0 else keep
+        filtered = not self._save and self._do_evaluation
+        allowed = present = None
+        if self._do_evaluation:
             if image_id not in self._allowed:
                 raise ValueError(
                     f"Prediction for image_id {image_id}, which {self._json_file} does not "
                     "have: evaluate on the dataset whose annotations the evaluator loaded."
                 )
             allowed, present = self._allowed[image_id]
+        fixed = None
+        if self._budget is not None:
+            cand = np.arange(len(scores)) if self._fixed_uncapped else keep
+            order = self._seen + cand.astype(np.int64)
+            self._seen += len(scores)
+            if self._budget.add(cats[cand], scores[cand], order):  # cutoffs rose
+                self._fixed_parts = [_within(p, self._budget.cutoffs) for p in self._fixed_parts]
+            ok = np.isin(cats[cand], allowed) if self._do_evaluation else np.ones(len(cand), bool)
+            ok &= within_budget(cats[cand], scores[cand], order, self._budget.cutoffs)
+            fixed, fixed_order = cand[ok], order[ok]
+        if filtered:
             keep = keep[np.isin(cats[keep], allowed)]
-        part = {
-            "image_id": image_id,
-            "category_id": cats[keep],
-            "score": scores[keep],
-            "bbox": boxes[keep],
-        }
+        has_mask = inst.has("pred_masks")
+        counts = {}
         if has_mask:
-            part["mask_area"] = mask_area[keep]
+            mask_area = inst.pred_masks.flatten(1).sum(1).numpy().astype(np.float64)
             encode = keep
-            if not self._save and self._do_evaluation:  # masks matter where the class is
+            if filtered:  # masks matter where the class is
                 encode = keep[np.isin(cats[keep], present) & (mask_area[keep] > 0)]
-            counts = {}
+            if fixed is not None:
+                more = fixed[np.isin(cats[fixed], present) & (mask_area[fixed] > 0)]
+                encode = np.union1d(encode, more)
             if len(encode):
                 masks = inst.pred_masks[torch.as_tensor(encode, dtype=torch.long)].numpy()
                 masks = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
                 counts = dict(zip(encode.tolist(), (r["counts"] for r in mask_utils.encode(masks))))
-            part["rle_counts"] = [counts.get(k) for k in keep.tolist()]
-            part["rle_size"] = tuple(inst.image_size)
-        return part
+        else:
+            mask_area = None
+        rows = (image_id, boxes, scores, cats, mask_area, counts, tuple(inst.image_size))
+        self._parts.append(_part(keep, *rows))
+        if fixed is not None and len(fixed):
+            part = _part(fixed, *rows)
+            part["order"] = fixed_order
+            self._fixed_parts.append(part)
 
-    def _gather(self):
-        if not self._distributed:
-            return self._parts
-        comm.synchronize()
-        parts = comm.gather(self._parts, dst=0)
-        return list(itertools.chain(*parts)) if comm.is_main_process() else None
+    def _gather(self, data):
+        """``data`` of every rank (in rank order) on the main rank, None elsewhere."""
+        if not self._distributed or comm.get_world_size() == 1:
+            return [data]
+        parts = comm.gather(data, dst=0)
+        return parts if comm.is_main_process() else None
+
+    def _all_gather(self, data):
+        if not self._distributed or comm.get_world_size() == 1:
+            return [data]
+        return comm.all_gather(data)
 
     def evaluate(self):
-        parts = self._gather()
-        if parts is None:
-            return None
-        if len(parts) == 0:
-            logger.warning("[FastLVISEvaluator] Did not receive valid predictions.")
-            return {}
-        has_mask = all("rle_counts" in p for p in parts)
+        if self._distributed:
+            comm.synchronize()
+        has_mask = all("rle_counts" in p for p in self._parts)
+        info = self._all_gather((len(self._parts), has_mask))
+        main = not self._distributed or comm.is_main_process()
+        if sum(n for n, _ in info) == 0:
+            if main:
+                logger.warning("[FastLVISEvaluator] Did not receive valid predictions.")
+            return {} if main else None
+        has_mask = all(m for n, m in info if n)
         tasks = self._tasks or (("bbox", "segm") if has_mask else ("bbox",))
         if "segm" in tasks and not has_mask:
             raise ValueError("segm evaluation needs 'pred_masks' in every image's instances.")
         if self._save and self._output_dir:
-            self._write_json(parts)
+            parts = self._gather(self._parts)
+            if parts is not None:
+                self._write_json(list(itertools.chain(*parts)))
+            del parts
         if not self._do_evaluation:
-            logger.info("Annotations are not available for evaluation.")
-            return OrderedDict()
-        dets = _concat(parts, has_mask)
+            if main:
+                logger.info("Annotations are not available for evaluation.")
+            return OrderedDict() if main else None
         if "segm" in tasks and self._gt.rles is None:
             self._gt.rles = LVISGroundTruth.from_json(self._json_file, with_masks=True).rles
+        fixed = self._fixed_detections(has_mask) if self._fixed_and_pooled else None
+        dets = _concat(self._parts, has_mask) if self._parts else None
         results = OrderedDict()
         for task in sorted(tasks):
+            m = self._match_all(dets, task, self._max_dets)
+            if main:
+                if m is None:
+                    results[task] = {k: float("nan") for k in _METRICS}
+                else:
+                    res = summarize(accumulate(self._gt, m, self._max_dets))
+                    results[task] = {k: float(res[k] * 100) for k in _METRICS}
+            if self._fixed_and_pooled:
+                m = self._match_all(fixed, task, -1)
+                if main and m is None:
+                    results[task].update({k: float("nan") for k in _FIXED_METRICS})
+                elif main:
+                    ap = ap_fixed_from_matches(self._gt, m)["AP"]
+                    results[task]["AP-fixed"] = float(ap * 100)
+                    pooled = ap_pooled_from_matches(self._gt, m)
+                    results[task].update({k: float(v * 100) for k, v in pooled.items()})
+            if main:
+                logger.info(f"Evaluation results for {task}: {results[task]}")
+        return results if main else None
+
+    def _fixed_detections(self, has_mask):
+        """This rank's detections within the dataset-wide per-class budget: the ranks' running
+        tops merged on the main rank into one cutoff per class, shared back."""
+        keys = self._gather(self._budget.keys())
+        cutoffs = None
+        if keys is not None:
+            cat, score, order = (np.concatenate(x) for x in zip(*keys))
+            cutoffs = budget_cutoffs(cat, score, order, self._dets_per_class)
+        cutoffs = next(c for c in self._all_gather(cutoffs) if c is not None)
+        parts = [_within(p, cutoffs) for p in self._fixed_parts]
+        parts = [p for p in parts if len(p["score"])]
+        return _concat(parts, has_mask) if parts else None
+
+    def _match_all(self, dets, task, max_dets):
+        """Match this rank's detections; the main rank gets every rank's matches as one.
+
+        Returns:
+            the concatenated match dict on the main rank (None there if no rank had a
+            detection), None elsewhere.
+        """
+        packed = None
+        if dets is not None and len(dets):
             if task == "segm":
-                dets_task = LVISDetections(
+                dets = LVISDetections(
                     dets.image_id,
                     dets.category_id,
                     dets.score,
@@ -198,19 +314,12 @@ class FastLVISEvaluator(DatasetEvaluator):
                     rle_counts=dets.rle_counts,
                     rle_sizes=dets.rle_sizes,
                 )
-            else:
-                dets_task = dets
-            if len(dets_task) == 0:
-                results[task] = {m: float("nan") for m in _METRICS}
-                continue
-            res = summarize(evaluate(self._gt, dets_task, task, self._max_dets))
-            results[task] = {m: float(res[m] * 100) for m in _METRICS}
-            if self._fixed_and_pooled:
-                results[task]["AP-fixed"] = float(ap_fixed(self._gt, dets_task, task)["AP"] * 100)
-                pooled = ap_pooled(self._gt, dets_task, task)
-                results[task].update({k: float(v * 100) for k, v in pooled.items()})
-            logger.info(f"Evaluation results for {task}: {results[task]}")
-        return results
+            packed = pack_matches(match(self._gt, dets, task, max_dets))
+        gathered = self._gather(packed)
+        if gathered is None:
+            return None
+        matches = [unpack_matches(p) for p in gathered if p is not None]
+        return concat_matches(matches) if matches else None
 
     def _write_json(self, parts):
         PathManager.mkdirs(self._output_dir)
@@ -237,8 +346,37 @@ class FastLVISEvaluator(DatasetEvaluator):
             f.write("]")
 
 
+_FIXED_METRICS = ("AP-fixed", "AP-pool", "AP-pool-r", "AP-pool-c", "AP-pool-f")
+
+
+def _part(idx, image_id, boxes, scores, cats, mask_area, counts, size) -> dict:
+    """Rows ``idx`` of one image's predictions (RLE counts where encoded, else None)."""
+    part = {
+        "image_id": image_id,
+        "category_id": cats[idx],
+        "score": scores[idx],
+        "bbox": boxes[idx],
+    }
+    if mask_area is not None:
+        part["mask_area"] = mask_area[idx]
+        part["rle_counts"] = [counts.get(k) for k in idx.tolist()]
+        part["rle_size"] = size
+    return part
+
+
+def _within(part: dict, cutoffs) -> dict:
+    """The rows of a stored AP-fixed part within the per-class budget's cutoffs."""
+    ok = within_budget(part["category_id"], part["score"], part["order"], cutoffs)
+    if ok.all():
+        return part
+    out = {k: (v[ok] if isinstance(v, np.ndarray) else v) for k, v in part.items()}
+    if "rle_counts" in part:
+        out["rle_counts"] = [c for c, o in zip(part["rle_counts"], ok) if o]
+    return out
+
+
 def _concat(parts, has_mask) -> LVISDetections:
-    """The gathered per-image parts as one :class:`LVISDetections` (box areas; mask areas in
+    """Per-image parts as one :class:`LVISDetections` (box areas; mask areas in
     ``mask_area``)."""
     lengths = [len(p["score"]) for p in parts]
     bbox = np.concatenate([p["bbox"] for p in parts]).astype(np.float64).reshape(-1, 4)
@@ -256,15 +394,72 @@ def _concat(parts, has_mask) -> LVISDetections:
     return dets
 
 
+_DENSE_DETECTORS = ("RetinaNet", "IIFRetinaNet", "FCOS", "IIFFCOS")
+
+
+def _ap_fixed_options(cfg, evaluator_type) -> dict:
+    """FastLVISEvaluator's AP-fixed arguments from ``TEST.AP_FIXED`` (checked against the
+    model's per-image cap); {} where the node is absent (a config without iif-d2's keys)."""
+    node = cfg.TEST.get("AP_FIXED")
+    if node is None:
+        return {}
+    fixed_pooled = cfg.TEST.get("LVIS_EVAL_FIXED_POOLED", False)
+    if not node.ENABLED:
+        unused = [
+            f"TEST.AP_FIXED.{k}"
+            for k, default in (
+                ("STANDARD_DETECTIONS_PER_IMAGE", 300),
+                ("STANDARD_SCORE_THRESH", 1e-4),
+            )
+            if node[k] != default
+        ]
+        if node.DETS_PER_CLASS != 10000 and not fixed_pooled:
+            unused.append("TEST.AP_FIXED.DETS_PER_CLASS")
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} set, but TEST.AP_FIXED.ENABLED is off (and "
+                "TEST.LVIS_EVAL_FIXED_POOLED for DETS_PER_CLASS): they would be ignored; enable "
+                "it or drop them."
+            )
+        return {"dets_per_class": node.DETS_PER_CLASS}
+    if evaluator_type != "lvis":
+        raise ValueError(
+            f"TEST.AP_FIXED.ENABLED evaluates LVIS datasets; this one's evaluator_type is "
+            f"{evaluator_type!r}: turn it off."
+        )
+    cap, dense = cfg.TEST.DETECTIONS_PER_IMAGE, cfg.MODEL.META_ARCHITECTURE in _DENSE_DETECTORS
+    standard = node.STANDARD_DETECTIONS_PER_IMAGE
+    if (cap == -1 and dense) or (cap != -1 and cap <= max(standard, 0)):
+        fix = "a large number, e.g. 100000 (-1 drops one detection)" if dense else "-1"
+        raise ValueError(
+            f"TEST.AP_FIXED.ENABLED needs the model uncapped, not TEST.DETECTIONS_PER_IMAGE "
+            f"{cap} ({cfg.MODEL.META_ARCHITECTURE}): set it to {fix}; the standard metrics "
+            f"keep TEST.AP_FIXED.STANDARD_DETECTIONS_PER_IMAGE ({standard}) per image."
+        )
+    if node.DETS_PER_CLASS <= 0:
+        raise ValueError(
+            f"TEST.AP_FIXED.DETS_PER_CLASS {node.DETS_PER_CLASS} must be > 0 (10000 for LVIS)."
+        )
+    return {
+        "max_dets_per_image": standard,
+        "dets_per_class": node.DETS_PER_CLASS,
+        "fixed_uncapped": True,
+        "score_thresh": node.STANDARD_SCORE_THRESH,
+    }
+
+
 def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
     """The LVIS or COCO evaluator for a registered dataset, by its ``evaluator_type``.
 
     LVIS: :class:`FastLVISEvaluator` unless ``TEST.LVIS_EVAL_ENGINE`` is "lvis-api"
     (detectron2's evaluator running lvis-api); ``TEST.LVIS_EVAL_SAVE_RESULTS`` (default off)
-    makes the fast one write the results json too.
+    makes the fast one write the results json too; ``TEST.LVIS_EVAL_FIXED_POOLED`` adds AP-fixed
+    and AP-pool on the standard per-image cut, ``TEST.AP_FIXED.ENABLED`` on the uncapped
+    model's detections (the paper's), with the standard metrics from the same pass.
 
     Args:
-        cfg: the config (OUTPUT_DIR, TEST.DETECTIONS_PER_IMAGE, TEST.LVIS_EVAL_ENGINE).
+        cfg: the config (OUTPUT_DIR, TEST.DETECTIONS_PER_IMAGE, TEST.LVIS_EVAL_*,
+            TEST.AP_FIXED).
         dataset_name: a registered dataset with ``evaluator_type`` "lvis" or "coco".
         output_folder: where predictions are written (default ``OUTPUT_DIR/inference``).
 
@@ -274,6 +469,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
     evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
     max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
+    ap_fixed = _ap_fixed_options(cfg, evaluator_type)
     if evaluator_type == "lvis":
         engine = cfg.TEST.get("LVIS_EVAL_ENGINE", "fast")
         if engine not in LVIS_EVAL_ENGINES:
@@ -281,16 +477,26 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
                 f"TEST.LVIS_EVAL_ENGINE {engine!r} is not one of {LVIS_EVAL_ENGINES}: 'fast' "
                 "(lvis-api's metrics in bounded memory) or 'lvis-api' (lvis-api itself)."
             )
+        fixed_pooled = cfg.TEST.get("LVIS_EVAL_FIXED_POOLED", False)
         if engine == "lvis-api":
+            if ap_fixed.get("fixed_uncapped") or fixed_pooled:
+                raise ValueError(
+                    "TEST.AP_FIXED.ENABLED and TEST.LVIS_EVAL_FIXED_POOLED need "
+                    'TEST.LVIS_EVAL_ENGINE "fast"; lvis-api reports only the standard metrics.'
+                )
             return LVISEvaluator(
                 dataset_name, output_dir=output_folder, max_dets_per_image=max_dets
             )
+        if ap_fixed.get("fixed_uncapped"):
+            fixed_pooled = True
+        else:
+            ap_fixed["max_dets_per_image"] = max_dets
         return FastLVISEvaluator(
             dataset_name,
             output_dir=output_folder,
-            max_dets_per_image=max_dets,
             save_results_json=cfg.TEST.get("LVIS_EVAL_SAVE_RESULTS", False),
-            fixed_and_pooled=cfg.TEST.get("LVIS_EVAL_FIXED_POOLED", False),
+            fixed_and_pooled=fixed_pooled,
+            **ap_fixed,
         )
     if evaluator_type == "coco":
         # the C++ COCO evaluation is a compiled op; pycocotools' Python one otherwise

@@ -55,7 +55,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from .lvis_eval import LVISDetections, LVISGroundTruth, evaluate
-from .lvis_eval.data import FREQUENCIES
+from .lvis_eval.data import FREQUENCIES, load_json
 from .lvis_eval.engine import compact
 from .lvis_eval.tide import ERROR_TYPES, gt_counts, tide_errors
 
@@ -68,25 +68,6 @@ _COCO_MAX_DETS = 100  # COCOeval's largest maxDets
 DEFAULT_SCORE_THRESH = 0.3
 
 
-def _read_json(source, what: str):
-    """Return ``source`` itself, or the json it names when it is a path."""
-    if not isinstance(source, (str, os.PathLike)):
-        return source
-    if os.path.isdir(source):
-        raise ValueError(f"{what} file {source} is a directory; give the json file in it.")
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"{what} file not found: {source}")
-    try:
-        with open(source) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {source} is not valid json: {e}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{what} file {source} is not a text (json) file.") from None
-    except OSError as e:
-        raise ValueError(f"{what} file {source} cannot be read: {e.strerror or e}") from None
-
-
 def load_gt(gt) -> dict:
     """Load and check a ground-truth json (LVIS or COCO format).
 
@@ -96,7 +77,7 @@ def load_gt(gt) -> dict:
     Returns:
         The dict, with ``images``, ``annotations`` and ``categories`` (not copied).
     """
-    data = _read_json(gt, "ground-truth")
+    data = load_json(gt, "ground-truth")
     if not isinstance(data, dict) or any(
         not isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
     ):
@@ -149,7 +130,7 @@ def load_results(results, gt: dict | None = None) -> list[dict]:
         New dicts with only ``image_id``, ``category_id``, ``bbox`` and ``score`` (the input is
         never modified).
     """
-    data = _read_json(results, "results")
+    data = load_json(results, "results")
     if not isinstance(data, list):
         raise ValueError("results must be a json list of detections")
     dets = [_check_detection(i, d) for i, d in enumerate(data)]

@@ -12,13 +12,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from iif_d2.evaluation import FastLVISEvaluator, LVISEvaluator, build_evaluator
-from iif_d2.lvis_eval import lvis_api_evaluate
+from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, lvis_api_evaluate
 from iif_d2.lvis_eval.synthetic import make_dataset
 
 FREQS = ["f", "c", "r", "f", "c", "f", "r", "c", "f", "f"]
 
 
-def _register(name, json_file, gt, evaluator_type="lvis"):
+def register(name, json_file, gt, evaluator_type="lvis"):
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
@@ -41,7 +41,12 @@ def tiny_lvis(tmp_path_factory):
     json_file = str(tmp_path_factory.mktemp("tiny_lvis") / "val.json")
     with open(json_file, "w") as f:
         json.dump(gt, f)
-    _register("iif_test_tiny_lvis", json_file, gt)
+    register("iif_test_tiny_lvis", json_file, gt)
+    return "iif_test_tiny_lvis", gt, model_outputs(gt, dets)
+
+
+def model_outputs(gt, dets):
+    """(input, output) pairs of each image's detections as a detectron2 model returns them."""
     outputs = []
     for img in gt["images"]:
         sel = np.flatnonzero(dets.image_id == img["id"])
@@ -53,7 +58,7 @@ def tiny_lvis(tmp_path_factory):
         masks = mask_utils.decode(dets.rles(sel)).transpose(2, 0, 1)
         inst.pred_masks = torch.tensor(masks, dtype=torch.bool)
         outputs.append(({"image_id": img["id"]}, {"instances": inst}))
-    return "iif_test_tiny_lvis", gt, outputs
+    return outputs
 
 
 def _run(evaluator, outputs):
@@ -77,26 +82,82 @@ def test_fast_lvis_evaluator_matches_lvis_api(tiny_lvis, tmp_path):
     assert not (tmp_path / "fast").exists()
 
 
-def test_fast_lvis_evaluator_reports_fixed_and_pooled(tiny_lvis, tmp_path):
-    from iif_d2.evaluation import _concat
-    from iif_d2.lvis_eval import LVISGroundTruth
-    from iif_d2.lvis_eval.devil import ap_fixed
+def lvis_results(outputs, max_dets=-1, score_thresh=None):
+    """lvis-api results of model outputs (boxes as the evaluator converts them), each image
+    cut to its ``max_dets`` best above ``score_thresh``, in processing order."""
+    results = []
+    for inp, out in outputs:
+        inst = out["instances"]
+        scores = inst.scores.numpy()
+        keep = np.arange(len(scores))
+        if score_thresh is not None:
+            keep = keep[scores[keep] > score_thresh]
+        if max_dets >= 0:
+            keep = np.sort(keep[np.argsort(-scores[keep], kind="stable")[:max_dets]])
+        boxes = inst.pred_boxes.tensor.numpy().copy()
+        boxes[:, 2:] -= boxes[:, :2]
+        masks = np.asfortranarray(inst.pred_masks.numpy().transpose(1, 2, 0).astype(np.uint8))
+        rles = mask_utils.encode(masks)
+        for k in keep.tolist():
+            results.append({
+                "image_id": inp["image_id"],
+                "category_id": int(inst.pred_classes[k]) + 1,
+                "bbox": [float(v) for v in boxes[k]],
+                "score": float(scores[k]),
+                "segmentation": {"size": rles[k]["size"], "counts": rles[k]["counts"].decode()},
+            })  # fmt: skip
+    return results
+
+
+def _top_per_category(results, k):
+    """Each category's ``k`` best results (ties: the earlier), as the paper's script."""
+    by_cat = {}
+    for r in results:
+        by_cat.setdefault(r["category_id"], []).append(r)
+    return [r for rs in by_cat.values() for r in sorted(rs, key=lambda r: -r["score"])[:k]]
+
+
+def _lvis_api(gt, results, task, max_dets):
+    if task == "segm":  # as detectron2: mask areas for segm
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+    return lvis_api_evaluate(gt, results, task, max_dets=max_dets)
+
+
+@pytest.mark.parametrize("uncapped", [True, False])
+def test_fixed_and_pooled_match_lvis_api_with_a_per_class_budget(uncapped, tiny_lvis):
+    """AP-fixed is lvis-api (no cap per image) on each class's 8 best detections over the
+    dataset, kept while streaming (pruned every 16 keys); the standard metrics of the same
+    pass are lvis-api's on each image's 20 best above 0.2. Uncapped: the budget sees all of
+    each image's 40 detections; capped: the standard cut (20 per image, no threshold)."""
+    from iif_d2.lvis_eval.devil import ap_pooled
 
     name, gt, outputs = tiny_lvis
-    plain = _run(FastLVISEvaluator(name), outputs)
-    both = _run(FastLVISEvaluator(name, fixed_and_pooled=True), outputs)
+    thresh = 0.2 if uncapped else None
+    evaluator = FastLVISEvaluator(
+        name, max_dets_per_image=20, fixed_and_pooled=True, dets_per_class=8,
+        fixed_uncapped=uncapped, score_thresh=thresh,
+    )  # fmt: skip
+    evaluator.budget_prune_at = 16
+    res = _run(evaluator, outputs)
+    assert len(evaluator._budget.keys()[0]) <= 8 * len(gt["categories"]) + 16  # bounded
+    standard = lvis_results(outputs, 20, thresh)
+    candidates = lvis_results(outputs) if uncapped else lvis_results(outputs, 20)
+    top = _top_per_category(candidates, 8)
+    assert len(top) < len(candidates)  # the budget binds
     for task in ("bbox", "segm"):
-        assert {"AP-fixed", "AP-pool", "AP-pool-r", "AP-pool-c", "AP-pool-f"} <= set(both[task])
-        assert both[task]["AP"] == plain[task]["AP"]  # the standard metrics are unchanged
-        assert 0 <= both[task]["AP-pool"] <= 100
-    # the evaluator hands AP-fixed the detections it stored (cut and federated-filtered)
-    evaluator = FastLVISEvaluator(name)
-    for inp, out in outputs:
-        evaluator.process([inp], [out])
-    dets = _concat(evaluator._parts, True)
-    ground_truth = LVISGroundTruth.from_json(MetadataCatalog.get(name).json_file, False)
-    expected = ap_fixed(ground_truth, dets, "bbox")["AP"] * 100
-    assert both["bbox"]["AP-fixed"] == pytest.approx(expected, abs=1e-12)
+        ref = _lvis_api(gt, standard, task, 20)
+        assert abs(res[task]["AP"] - ref["AP"] * 100) <= 1e-10
+        assert abs(res[task]["APr"] - ref["APr"] * 100) <= 1e-10
+        fixed = _lvis_api(gt, top, task, -1)
+        assert abs(res[task]["AP-fixed"] - fixed["AP"] * 100) <= 1e-10, task
+        dets = LVISDetections.from_results(
+            [{k: v for k, v in r.items() if task == "bbox" or k != "bbox"} for r in candidates],
+            task,
+        )
+        pooled = ap_pooled(LVISGroundTruth.from_dict(gt, with_masks=True), dets, task, 8)
+        for key, value in pooled.items():
+            assert abs(res[task][key] - value * 100) <= 1e-10, (task, key)
+    assert res["bbox"]["AP-fixed"] != res["bbox"]["AP"]
 
 
 def test_fast_lvis_evaluator_writes_results_when_asked(tiny_lvis, tmp_path):
@@ -150,7 +211,7 @@ def test_evaluators_score_ground_truth_100(evaluator_type, tiny_lvis, tmp_path):
     with open(json_file, "w") as f:
         json.dump(gt, f)
     name = f"iif_test_{evaluator_type}_val"
-    _register(name, json_file, gt, evaluator_type)
+    register(name, json_file, gt, evaluator_type)
     cfg = get_cfg()
     cfg.OUTPUT_DIR = str(tmp_path)
     evaluator = build_evaluator(cfg, name)
@@ -163,3 +224,41 @@ def test_unknown_evaluator_type():
     MetadataCatalog.get("iif_test_nothing").set(evaluator_type="sem_seg")
     with pytest.raises(ValueError, match="evaluator_type"):
         build_evaluator(get_cfg(), "iif_test_nothing")
+
+
+def test_build_evaluator_ap_fixed_options(tiny_lvis, tmp_path):
+    from iif_d2 import add_iif_config
+
+    name = tiny_lvis[0]
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    ev = build_evaluator(cfg, name)
+    assert not ev._fixed_and_pooled and ev._max_dets == cfg.TEST.DETECTIONS_PER_IMAGE
+    cfg.TEST.AP_FIXED.ENABLED = True
+    with pytest.raises(ValueError, match="needs the model uncapped.*set it to -1"):
+        build_evaluator(cfg, name)  # detectron2's default cap of 100 per image
+    cfg.TEST.DETECTIONS_PER_IMAGE = -1
+    ev = build_evaluator(cfg, name)
+    assert (ev._max_dets, ev._dets_per_class, ev._score_thresh) == (300, 10000, 1e-4)
+    assert ev._fixed_and_pooled and ev._fixed_uncapped
+    cfg.MODEL.META_ARCHITECTURE = "IIFRetinaNet"  # its -1 would drop a detection
+    with pytest.raises(ValueError, match="e.g. 100000"):
+        build_evaluator(cfg, name)
+    cfg.TEST.DETECTIONS_PER_IMAGE = 100000
+    assert build_evaluator(cfg, name)._fixed_uncapped
+    cfg.TEST.LVIS_EVAL_ENGINE = "lvis-api"
+    with pytest.raises(ValueError, match='need TEST.LVIS_EVAL_ENGINE "fast"'):
+        build_evaluator(cfg, name)
+    cfg.TEST.LVIS_EVAL_ENGINE = "fast"
+    cfg.TEST.AP_FIXED.ENABLED = False
+    with pytest.raises(ValueError, match="STANDARD_DETECTIONS_PER_IMAGE.*would be ignored"):
+        cfg.TEST.AP_FIXED.STANDARD_DETECTIONS_PER_IMAGE = 100
+        build_evaluator(cfg, name)
+    cfg.TEST.AP_FIXED.STANDARD_DETECTIONS_PER_IMAGE = 300
+    cfg.TEST.AP_FIXED.DETS_PER_CLASS = 500
+    with pytest.raises(ValueError, match="DETS_PER_CLASS set"):
+        build_evaluator(cfg, name)
+    cfg.TEST.LVIS_EVAL_FIXED_POOLED = True  # the budget of AP-fixed on the standard cut
+    ev = build_evaluator(cfg, name)
+    assert ev._fixed_and_pooled and not ev._fixed_uncapped and ev._dets_per_class == 500

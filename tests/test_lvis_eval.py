@@ -279,3 +279,77 @@ def test_no_surviving_detection_gives_zero_ap():
         bbox=np.array([[0.0, 0, 5, 5]]),
     )  # fmt: skip
     assert summarize(evaluate(truth, dets, "bbox"))["AP"] == 0
+
+
+def test_category_budget_by_hand():
+    """A running top 2 per category: ties go to the earlier detection, a prune drops what can
+    no longer enter, and later keys below a category's cutoff are refused at once."""
+    from iif_d2.lvis_eval.devil import CategoryBudget, budget_cutoffs
+
+    cat = np.array([1, 1, 1, 2, 1])
+    score = np.array([0.5, 0.9, 0.5, 0.1, 0.2], dtype=np.float32)
+    order = np.arange(5)
+    cut_cat, cut_score, cut_order = budget_cutoffs(cat, score, order, 2)
+    assert cut_cat.tolist() == [1]  # category 2 has a single key: no cutoff
+    assert (float(cut_score[0]), int(cut_order[0])) == (0.5, 0)  # 0.9, then the first 0.5
+    budget = CategoryBudget(2, prune_at=3)
+    assert budget.add(cat[:2], score[:2], order[:2]) is False
+    assert budget.add(cat[2:], score[2:], order[2:]) is True  # 5 pending: pruned
+    assert sorted(budget.keys()[2].tolist()) == [0, 1, 3]
+    budget.add(np.array([1, 1]), np.array([0.4, 0.6], dtype=np.float32), np.array([5, 6]))
+    budget.prune()
+    assert sorted(budget.keys()[2].tolist()) == [1, 3, 6]  # 0.4 refused; 0.6 pushed out 0.5
+    with pytest.raises(ValueError, match="dets_per_cat 0 must be > 0"):
+        CategoryBudget(0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_category_budget_streams_the_top_per_category(seed):
+    """Keys streamed in small chunks (many prunes) leave exactly top_per_category's set."""
+    from iif_d2.lvis_eval import LVISDetections
+    from iif_d2.lvis_eval.devil import CategoryBudget, top_per_category
+
+    rng = np.random.default_rng(seed)
+    n = 5000
+    cat = rng.integers(1, 8, n)
+    score = np.round(rng.random(n), 2).astype(np.float32)  # many ties
+    expected = top_per_category(
+        LVISDetections(np.zeros(n, np.int64), cat, score.astype(np.float64), np.ones(n)), 120
+    )
+    budget = CategoryBudget(120, prune_at=300)
+    for s in range(0, n, 97):
+        budget.add(cat[s : s + 97], score[s : s + 97], np.arange(s, min(s + 97, n)))
+    budget.prune()
+    assert np.array_equal(np.sort(budget.keys()[2]), expected)
+
+
+def test_matches_of_image_subsets_accumulate_as_one():
+    """Matching disjoint sets of images apart (as ranks do) and concatenating the matches
+    (packed as sent between ranks) gives the same precision and recall as matching everything
+    at once."""
+    from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, engine
+
+    gt_dict, dets = _case(0)
+    gt = LVISGroundTruth.from_dict(gt_dict)
+    for task in ("bbox", "segm"):
+        d = dets if task == "bbox" else LVISDetections(
+            dets.image_id, dets.category_id, dets.score, dets.mask_area,
+            rle_counts=dets.rle_counts, rle_sizes=dets.rle_sizes,
+        )  # fmt: skip
+        whole = engine.evaluate(gt, d, task)
+        odd = d.image_id % 4 < 2
+        parts = []
+        for sel in (np.flatnonzero(odd), np.flatnonzero(~odd)):
+            sub = LVISDetections(d.image_id[sel], d.category_id[sel], d.score[sel], d.area[sel])
+            sub.bbox = None if d.bbox is None else d.bbox[sel]
+            if task == "segm":
+                sub.rle_counts = [d.rle_counts[i] for i in sel]
+                sub.rle_sizes = d.rle_sizes[sel]
+            packed = engine.pack_matches(engine.match(gt, sub, task))  # as ranks send it
+            parts.append(engine.unpack_matches(packed))
+        split = engine.accumulate(gt, engine.concat_matches(parts))
+        m = engine.match(gt, d, task)
+        m["score"] = m["score"] + 1e-12  # float64 scores survive the packing as they are
+        assert np.array_equal(engine.unpack_matches(engine.pack_matches(m))["score"], m["score"])
+        assert np.array_equal(split["precision"], whole["precision"])
+        assert np.array_equal(split["recall"], whole["recall"])

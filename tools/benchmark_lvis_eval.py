@@ -10,6 +10,15 @@ json, as detectron2 hands it over. Times include loading the ground truth and re
 
     python tools/benchmark_lvis_eval.py             # fast at 500..19809, lvis-api at 500, 2000
     python tools/benchmark_lvis_eval.py --quick     # 300 images, both engines
+    python tools/benchmark_lvis_eval.py --sizes 19809 --ref-sizes --ranks 2
+
+``--ranks R`` adds FastLVISEvaluator's distributed path, simulated in one process: the images
+split into R contiguous shards, each matched apart (as each rank matches its own images), the
+packed matches (what a rank sends) unpacked and accumulated (the main rank's work). Its time is
+the slowest shard's matching plus the main rank's accumulation; "sent MB" compares what the
+ranks send together: the packed matches against the compact predictions (boxes, scores,
+categories, mask areas, RLEs) that would be gathered otherwise. The metrics must equal the
+single-process ones (max |diff| against "fast").
 """
 
 import argparse
@@ -103,13 +112,54 @@ def _load_compact(path):
     return dets
 
 
+def _take(dets, idx):
+    from iif_d2.lvis_eval import LVISDetections
+
+    out = LVISDetections(dets.image_id[idx], dets.category_id[idx], dets.score[idx], dets.area[idx])
+    out.bbox = None if dets.bbox is None else dets.bbox[idx]
+    if dets.rle_counts is not None:
+        out.rle_counts = [dets.rle_counts[i] for i in idx.tolist()]
+        out.rle_sizes = dets.rle_sizes[idx]
+    return out
+
+
+def _compact_bytes(dets, idx):
+    """Bytes of the compact predictions the evaluator would gather otherwise (float32 boxes
+    and scores, int64 categories, float64 mask areas, RLE strings)."""
+    rles = sum(len(dets.rle_counts[i] or b"") for i in idx.tolist())
+    return len(idx) * (16 + 4 + 8 + 8) + rles
+
+
+def _sharded(gt, dets, task, ranks):
+    """The distributed path in one process: (seconds, metrics, sent bytes packed, compact)."""
+    import pickle
+
+    from iif_d2.lvis_eval import engine
+
+    images = np.unique(dets.image_id)
+    bounds = np.linspace(0, len(images), ranks + 1).astype(int)
+    sent, compact, shard_seconds = 0, 0, []
+    packed = []
+    for r in range(ranks):
+        idx = np.flatnonzero(np.isin(dets.image_id, images[bounds[r] : bounds[r + 1]]))
+        t0 = time.perf_counter()
+        packed.append(engine.pack_matches(engine.match(gt, _take(dets, idx), task)))
+        shard_seconds.append(time.perf_counter() - t0)
+        sent += len(pickle.dumps(packed[-1], protocol=pickle.HIGHEST_PROTOCOL))
+        compact += _compact_bytes(dets, idx)
+    t0 = time.perf_counter()
+    m = engine.concat_matches([engine.unpack_matches(p) for p in packed])
+    metrics = engine.summarize(engine.accumulate(gt, m))
+    return max(shard_seconds) + time.perf_counter() - t0, metrics, sent, compact
+
+
 def _worker(engine, folder):
     """Evaluate bbox and segm; print one json line (seconds, metrics, peak RSS)."""
     import torch
 
     torch.set_num_threads(1)
-    out = {"seconds": {}, "metrics": {}}
-    if engine == "fast":
+    out = {"seconds": {}, "metrics": {}, "sent_mb": {}}
+    if engine.startswith("fast"):
         from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, evaluate, summarize
 
         t0 = time.perf_counter()
@@ -124,8 +174,13 @@ def _worker(engine, folder):
                     dets.image_id, dets.category_id, dets.score, dets.mask_area,
                     rle_counts=dets.rle_counts, rle_sizes=dets.rle_sizes,
                 )  # fmt: skip
-            out["metrics"][task] = summarize(evaluate(gt, d, task))
-            out["seconds"][task] = time.perf_counter() - t0 + load / 2
+            if engine == "fast":
+                out["metrics"][task] = summarize(evaluate(gt, d, task))
+                out["seconds"][task] = time.perf_counter() - t0 + load / 2
+                continue
+            seconds, out["metrics"][task], sent, compact = _sharded(gt, d, task, int(engine[5:]))
+            out["seconds"][task] = seconds + load / 2
+            out["sent_mb"][task] = (sent / 2**20, compact / 2**20)
     else:
         from lvis import LVIS, LVISEval, LVISResults
 
@@ -166,6 +221,7 @@ def main():
     p.add_argument("--repeats", type=int, default=1, help="runs per engine and size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="300 images, both engines")
+    p.add_argument("--ranks", type=int, default=1, help="also the R-rank path (R > 1)")
     p.add_argument("--worker", nargs=2, metavar=("ENGINE", "FOLDER"), help=argparse.SUPPRESS)
     p.add_argument("--generate", nargs=3, metavar=("N", "FOLDER", "FULL"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -181,7 +237,7 @@ def main():
     header = (
         f"{'images':>7} {'engine':>9} {'bbox s':>8} {'segm s':>8} {'total s':>8} {'peak GB':>8}"
     )
-    print(header + f" {'x faster':>8} {'max |diff|':>10}")
+    print(header + f" {'x faster':>8} {'max |diff|':>10}  (fast-R: against fast)")
     for n in sorted(set(args.sizes) | set(args.ref_sizes)):
         with tempfile.TemporaryDirectory(prefix="lvis_bench_") as folder:
             with_ref = n in args.ref_sizes
@@ -191,7 +247,8 @@ def main():
                 env,
             )
             print(f"  (generated {n} images in {time.perf_counter() - t0:.0f} s)", flush=True)
-            engines = (["lvis-api", "fast"] if with_ref else ["fast"]) * args.repeats
+            engines = ["lvis-api", "fast"] if with_ref else ["fast"]
+            engines = (engines + ([f"fast-{args.ranks}"] if args.ranks > 1 else [])) * args.repeats
             runs = {}
             for engine in engines:  # alternating
                 runs.setdefault(engine, []).append(_run(["--worker", engine, folder], env))
@@ -202,8 +259,8 @@ def main():
                     f"{n:>7} {engine:>9} {r['seconds']['bbox']:>8.1f} {r['seconds']['segm']:>8.1f}"
                 )
                 line += f" {total:>8.1f} {r['maxrss_gb']:>8.2f}"
-                if engine == "fast" and "lvis-api" in best:
-                    ref = best["lvis-api"]
+                ref = best.get("lvis-api") if engine == "fast" else best["fast"]
+                if engine != "lvis-api" and ref is not None:
                     ratio = sum(ref["seconds"].values()) / total
                     diff = max(
                         abs(r["metrics"][t][k] - ref["metrics"][t][k])
@@ -211,6 +268,10 @@ def main():
                         for k in ref["metrics"][t]
                     )
                     line += f" {ratio:>8.1f} {diff:>10.1e}"
+                if r["sent_mb"]:  # the compact predictions serve both tasks: counted once
+                    sent = " + ".join(f"{v[0]:.0f} ({t})" for t, v in r["sent_mb"].items())
+                    compact = next(iter(r["sent_mb"].values()))[1]
+                    line += f"  sent MB {sent}; compact predictions {compact:.0f}"
                 print(line, flush=True)
 
 

@@ -13,15 +13,33 @@ __all__ = ["LVISDetections", "LVISGroundTruth", "load_json", "mask_areas"]
 FREQUENCIES = ("r", "c", "f")
 
 
-def load_json(path: str, what: str):
-    """Parse a json file, with one-line errors naming the file and the problem."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} file {path!r} does not exist; pass an existing json file.")
+def load_json(source, what: str):
+    """Parse a json file, with one-line errors naming the file and the problem.
+
+    Args:
+        source: a path, or an already parsed object (returned as it is).
+        what: the file's role in the messages ("results", "ground truth").
+
+    Returns:
+        the parsed json.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    if os.path.isdir(source):
+        raise ValueError(f"{what} file {source} is a directory; give the json file in it.")
+    if not os.path.isfile(source):
+        raise FileNotFoundError(
+            f"{what} file not found: {source} does not exist; pass an existing json file."
+        )
     try:
-        with open(path) as f:
+        with open(source) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} file {path!r} is not valid json ({e}).") from None
+        raise ValueError(f"{what} file {source} is not valid json ({e}).") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {source} is not a text (json) file.") from None
+    except OSError as e:
+        raise ValueError(f"{what} file {source} cannot be read: {e.strerror or e}") from None
 
 
 def mask_areas(rles) -> np.ndarray:

@@ -6,14 +6,29 @@ Devil is in the Details").
 * AP-pool: the same detections and matching, but precision and recall are computed over the
   pooled detections of a group of categories ("all", "r", "c", "f") ranked together by score,
   so scores must be comparable across categories (calibration matters).
+
+The per-category budget can be kept while detections stream in (:class:`CategoryBudget`: a
+running top ``dets_per_cat`` per category, in bounded memory), and both metrics accumulate from
+the matches of disjoint sets of images (:func:`ap_fixed_from_matches`,
+:func:`ap_pooled_from_matches`), e.g. one per process.
 """
 
 import numpy as np
 
 from .data import LVISDetections, LVISGroundTruth
-from .engine import AREA_LABELS, _accumulate, _mean, evaluate, match, summarize
+from .engine import AREA_LABELS, _accumulate, _mean, accumulate, evaluate, match, summarize
 
-__all__ = ["POOLS", "ap_fixed", "ap_pooled", "top_per_category"]
+__all__ = [
+    "POOLS",
+    "CategoryBudget",
+    "ap_fixed",
+    "ap_fixed_from_matches",
+    "ap_pooled",
+    "ap_pooled_from_matches",
+    "budget_cutoffs",
+    "top_per_category",
+    "within_budget",
+]
 
 POOLS = ("all", "r", "c", "f")
 
@@ -48,6 +63,12 @@ def ap_fixed(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, dets_per_ca
     return summarize(evaluate(gt, sub, iou_type, max_dets=-1))
 
 
+def ap_fixed_from_matches(gt: LVISGroundTruth, m: dict) -> dict:
+    """AP-fixed from :func:`~iif_d2.lvis_eval.engine.match` (``max_dets=-1``) of detections
+    already within the budget (see :func:`ap_fixed`)."""
+    return summarize(accumulate(gt, m, max_dets=-1))
+
+
 def ap_pooled(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, dets_per_cat=10000):
     """AP-pool: AP of the detections of each pool of categories ranked together.
 
@@ -60,7 +81,12 @@ def ap_pooled(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, dets_per_c
         -1 for a pool without ground truth), over IoU 0.5:0.95, area "all".
     """
     sub = _subset(dt, top_per_category(dt, dets_per_cat))
-    m = match(gt, sub, iou_type, max_dets=-1)
+    return ap_pooled_from_matches(gt, match(gt, sub, iou_type, max_dets=-1))
+
+
+def ap_pooled_from_matches(gt: LVISGroundTruth, m: dict) -> dict:
+    """AP-pool (see :func:`ap_pooled`) from :func:`~iif_d2.lvis_eval.engine.match`
+    (``max_dets=-1``) of detections already within the budget."""
     a = AREA_LABELS.index("all")
     codes = m["codes"][:, a : a + 1]
     num_gt_cat = m["num_gt"][:, a : a + 1]
@@ -77,3 +103,90 @@ def ap_pooled(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, dets_per_c
         key = "AP-pool" if pool == "all" else f"AP-pool-{pool}"
         out[key] = float(_mean(precision[:, :, 0, 0]))
     return out
+
+
+def budget_cutoffs(cat, score, order, dets_per_cat: int):
+    """Each category's ``dets_per_cat``-th best key (highest score, ties: the lowest
+    ``order``), for the categories with at least that many keys: a key is in its category's
+    top ``dets_per_cat`` iff it is not below the cutoff.
+
+    Args:
+        cat: (N,) category ids.
+        score: (N,) scores.
+        order: (N,) int, unique: the detections' input order (breaks score ties).
+        dets_per_cat: the budget per category.
+
+    Returns:
+        (categories (M,) sorted, cutoff scores (M,), cutoff orders (M,)).
+    """
+    sel = np.lexsort((order, -np.asarray(score, dtype=np.float64), cat))
+    cats = cat[sel]
+    rank = np.arange(len(sel)) - np.searchsorted(cats, cats, side="left")
+    last = sel[rank == dets_per_cat - 1]
+    return cat[last], score[last], order[last]
+
+
+def within_budget(cat, score, order, cutoffs) -> np.ndarray:
+    """Whether each key is at least its category's cutoff (:func:`budget_cutoffs`); every
+    key of a category without a cutoff is."""
+    cut_cat, cut_score, cut_order = cutoffs
+    if len(cut_cat) == 0:
+        return np.ones(len(cat), dtype=bool)
+    pos = np.minimum(np.searchsorted(cut_cat, cat), len(cut_cat) - 1)
+    has = cut_cat[pos] == cat
+    better = (score > cut_score[pos]) | ((score == cut_score[pos]) & (order <= cut_order[pos]))
+    return ~has | better
+
+
+class CategoryBudget:
+    """A running top ``dets_per_cat`` per category of detection keys (category, score, input
+    order), in memory bounded by about ``dets_per_cat`` keys per category plus
+    ``prune_at``: the keys of detections that can no longer be in their category's top are
+    dropped whenever ``prune_at`` new ones have come in.
+
+    Args:
+        dets_per_cat: the budget per category (AP-fixed's K, 10,000 for LVIS).
+        prune_at: new keys held before a prune.
+    """
+
+    def __init__(self, dets_per_cat: int = 10000, prune_at: int = 1 << 21):
+        if dets_per_cat <= 0:
+            raise ValueError(f"dets_per_cat {dets_per_cat} must be > 0 (10,000 for LVIS).")
+        self.dets_per_cat = int(dets_per_cat)
+        self.prune_at = int(prune_at)
+        self._chunks = []
+        self._pending = 0
+        self.cutoffs = (np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def add(self, cat, score, order) -> bool:
+        """Add keys (those below their category's current cutoff are dropped at once).
+
+        Returns:
+            whether this add pruned (then :attr:`cutoffs` rose: drop what they exclude).
+        """
+        ok = within_budget(cat, score, order, self.cutoffs)
+        cat = np.asarray(cat, dtype=np.int32)[ok]
+        score = np.asarray(score, dtype=np.float32)[ok]
+        self._chunks.append((cat, score, np.asarray(order, dtype=np.int64)[ok]))
+        self._pending += int(ok.sum())
+        if self._pending < self.prune_at:
+            return False
+        self.prune()
+        return True
+
+    def keys(self):
+        """(category, score, order) of the keys held (all the categories' top ones among
+        them)."""
+        if not self._chunks:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if len(self._chunks) > 1:
+            self._chunks = [tuple(np.concatenate(x) for x in zip(*self._chunks))]
+        return self._chunks[0]
+
+    def prune(self):
+        """Recompute the cutoffs from the keys held and drop the keys below them."""
+        cat, score, order = self.keys()
+        self.cutoffs = budget_cutoffs(cat, score, order, self.dets_per_cat)
+        ok = within_budget(cat, score, order, self.cutoffs)
+        self._chunks = [(cat[ok], score[ok], order[ok])]
+        self._pending = 0

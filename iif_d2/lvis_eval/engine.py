@@ -18,7 +18,15 @@ import pycocotools.mask as mask_utils
 
 from .data import LVISDetections, LVISGroundTruth
 
-__all__ = ["AREA_RANGES", "compact", "evaluate", "match", "summarize"]
+__all__ = [
+    "AREA_RANGES",
+    "accumulate",
+    "compact",
+    "concat_matches",
+    "evaluate",
+    "match",
+    "summarize",
+]
 
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -326,7 +334,21 @@ def evaluate(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, max_dets: i
     Returns:
         dict with "precision" (T, R, K, A), "recall" (T, K, A), "cat_freq" (K,), "max_dets".
     """
-    m = match(gt, dt, iou_type, max_dets)
+    return accumulate(gt, match(gt, dt, iou_type, max_dets), max_dets)
+
+
+def accumulate(gt: LVISGroundTruth, m: dict, max_dets: int = 300):
+    """lvis-api's ``LVISEval.accumulate`` on :func:`match`'s output (or on
+    :func:`concat_matches` of the matches of disjoint sets of images).
+
+    Args:
+        gt: the ground truth the detections were matched to.
+        m: :func:`match`'s dict.
+        max_dets: the per-image limit the matching used (reported as ``AR@max_dets``).
+
+    Returns:
+        dict with "precision" (T, R, K, A), "recall" (T, K, A), "cat_freq" (K,), "max_dets".
+    """
     # lvis-api ranks a category's detections by score, then image, then input order
     order = np.lexsort((m["index"], m["img"], -m["score"], m["cat"]))
     num_cats = len(gt.cat_ids)
@@ -337,6 +359,64 @@ def evaluate(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, max_dets: i
         "cat_freq": gt.cat_freq,
         "max_dets": max_dets,
     }
+
+
+def pack_matches(m: dict) -> dict:
+    """:func:`match`'s dict in few bytes, for sending between processes: the outcomes as two
+    bit planes (true / false positive per area range and IoU threshold), categories and images
+    as int32, scores as float32 where that is exact (a model's float32 scores).
+
+    Returns:
+        dict, for :func:`unpack_matches`.
+    """
+    flat = m["codes"].reshape(len(m["codes"]), -1)
+    score32 = m["score"].astype(np.float32)
+    return {
+        "shape": m["codes"].shape[1:],
+        "tp": np.packbits(flat == _TP, axis=1),
+        "fp": np.packbits(flat == _FP, axis=1),
+        "cat": m["cat"].astype(np.int32),
+        "img": m["img"].astype(np.int32),
+        "index": m["index"].astype(np.int64),
+        "score": score32 if np.array_equal(score32, m["score"]) else m["score"],
+        "num_gt": m["num_gt"],
+    }
+
+
+def unpack_matches(p: dict) -> dict:
+    """:func:`pack_matches`'s inverse."""
+    lanes = int(np.prod(p["shape"]))
+    tp = np.unpackbits(p["tp"], axis=1, count=lanes).astype(bool)
+    fp = np.unpackbits(p["fp"], axis=1, count=lanes).astype(bool)
+    codes = np.where(tp, _TP, np.where(fp, _FP, 0)).astype(np.int8)
+    return {
+        "codes": codes.reshape((len(codes),) + tuple(p["shape"])),
+        "cat": p["cat"].astype(np.int64),
+        "img": p["img"].astype(np.int64),
+        "index": p["index"],
+        "score": p["score"].astype(np.float64),
+        "num_gt": p["num_gt"],
+    }
+
+
+MATCH_FIELDS = ("codes", "cat", "img", "index", "score")
+
+
+def concat_matches(matches) -> dict:
+    """One :func:`match` dict from the matches of disjoint sets of images (the same ground
+    truth), e.g. one per process: accumulation needs only each detection's outcome, category,
+    image, score and its order within its image (``index``), so the result accumulates exactly
+    as the match of all the detections at once.
+
+    Args:
+        matches: a non-empty list of :func:`match` dicts.
+
+    Returns:
+        dict
+    """
+    out = {k: np.concatenate([m[k] for m in matches]) for k in MATCH_FIELDS}
+    out["num_gt"] = matches[0]["num_gt"]
+    return out
 
 
 def _mean(s):
