@@ -2,6 +2,7 @@
 detectron2's LVISEvaluator (lvis-api) gives the same numbers; COCO evaluation runs too."""
 
 import json
+import os
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -262,3 +263,35 @@ def test_build_evaluator_ap_fixed_options(tiny_lvis, tmp_path):
     cfg.TEST.LVIS_EVAL_FIXED_POOLED = True  # the budget of AP-fixed on the standard cut
     ev = build_evaluator(cfg, name)
     assert ev._fixed_and_pooled and not ev._fixed_uncapped and ev._dets_per_class == 500
+
+
+def test_uncapped_rcnn_inference_holds_the_standard_detections():
+    """TEST.DETECTIONS_PER_IMAGE -1 (AP-fixed inference) on this project's Mask R-CNN: more
+    detections than the cap, and each image's best ones are exactly the capped model's, which
+    is what the evaluator's standard cut of the same pass relies on."""
+    from detectron2.modeling import build_model
+
+    from iif_d2 import add_iif_config, resolve_training_set
+
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    repo = os.path.join(os.path.dirname(__file__), "..")
+    cfg.merge_from_file(
+        os.path.join(repo, "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_iif.yaml")
+    )
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", 20])
+    resolve_training_set(cfg)
+    torch.manual_seed(0)
+    capped = build_model(cfg).eval()
+    cfg.TEST.DETECTIONS_PER_IMAGE = -1
+    uncapped = build_model(cfg).eval()
+    uncapped.load_state_dict(capped.state_dict())
+    image = {"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8)}
+    with torch.no_grad():
+        few = capped([image])[0]["instances"]
+        many = uncapped([image])[0]["instances"]
+    assert len(few) == 20 and len(many) > 20
+    for field in ("scores", "pred_classes"):
+        assert torch.equal(getattr(many, field)[:20], getattr(few, field))
+    assert torch.equal(many.pred_boxes.tensor[:20], few.pred_boxes.tensor)
+    assert torch.equal(many.pred_masks[:20], few.pred_masks)
