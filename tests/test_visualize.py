@@ -129,7 +129,7 @@ def _demo():
 def test_demo_progress_off_a_terminal_is_plain_lines():
     demo = _demo()
     stream = io.StringIO()  # not a terminal
-    follower = demo._LogFollower(40, "3/4 IIF")
+    follower = demo._LogFollower(40, "2/3 IIF")
     lines = [
         "[d2.engine.train_loop]: Starting training from iteration 0",
         "[d2.utils.events]:  eta: 0:00:10  iter: 19  total_loss: 2.5  loss_cls: 1.2",
@@ -146,11 +146,11 @@ def test_demo_progress_off_a_terminal_is_plain_lines():
     assert "\r" not in out
     printed = out.splitlines()
     # the first update of each phase, and each phase's end; the loss of the last update
-    assert printed[0].startswith("[demo] 3/4 IIF: training 20/40 (50%)")
+    assert printed[0].startswith("[demo] 2/3 IIF: training 20/40 (50%)")
     assert "training 40/40 (100%)" in printed[1] and "loss 1.25" in printed[1]
     assert "evaluation, inference 30/60 (50%)" in printed[2] and "ETA" in printed[2]
     assert "inference 60/60 (100%)" in printed[3]
-    assert printed[4] == "[demo] 3/4 IIF: evaluation, LVIS metrics ..."
+    assert printed[4] == "[demo] 2/3 IIF: evaluation, LVIS metrics ..."
 
 
 def test_demo_keeps_only_the_final_checkpoint(tmp_path):

@@ -2,14 +2,16 @@
 """`make demo`: train a small Mask R-CNN with IIF on SynthLT, print its LVIS metrics and save
 a few pictures of its predictions.
 
-Four phases: generate the synthetic long-tailed dataset (first use only); evaluate the untrained
-model; train configs/SynthLT-InstanceSegmentation/mask_rcnn_R_18_FPN_iif.yaml through
-train_net.py (on the GPU when there is one) and evaluate it with the LVIS evaluator; draw its
-predictions beside the ground truth of a few validation images (tools/visualize.py). Box and mask
-AP, AP50, APr, APc and APf are printed next to those of the untrained model. On a terminal each
-phase shows a progress bar with its rate and ETA; otherwise (a log file, CI) one plain line per
-update. An interrupted demo resumes where it stopped; the full log is in OUTPUT_DIR/log.txt.
-When training has finished, only model_final.pth is kept of the checkpoints.
+Three phases: generate the synthetic long-tailed dataset (first use only); train
+configs/SynthLT-InstanceSegmentation/mask_rcnn_R_18_FPN_iif.yaml through train_net.py (on the GPU
+when there is one) and evaluate it with the LVIS evaluator; draw its predictions beside the ground
+truth of a few validation images (tools/visualize.py). Box and mask AP, AP50, APr, APc, APf,
+AP-fixed and AP-pool are printed, and then next to the README's band (docs/demo_band.json: mean
+and std over seeds of tools/benchmark_synthlt.py's "IIF raw" row), each marked inside or outside
+mean ± 2 std. On a terminal each phase shows a progress bar with its rate and ETA; otherwise (a
+log file, CI) one plain line per update. An interrupted demo resumes where it stopped; the full
+log is in OUTPUT_DIR/log.txt. When training has finished, only model_final.pth is kept of the
+checkpoints.
 
     python tools/demo.py [--output-dir output/demo] [--num-vis 4] [train_net.py config overrides]
     python tools/demo.py SOLVER.MAX_ITER 200      # a shorter run
@@ -307,29 +309,24 @@ def main(argv=None):
     t0 = time.time()
     from detectron2.data import DatasetCatalog
 
-    print("[demo] 1/4 dataset: SynthLT (generated on first use) ...", flush=True)
+    print("[demo] 1/3 dataset: SynthLT (generated on first use) ...", flush=True)
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         DatasetCatalog.get(name)
-    print(f"[demo] 1/4 dataset ready ({time.time() - t0:.0f} s)", flush=True)
-    untrained = run_train_net(
-        os.path.join(out, "untrained"), ["MODEL.WEIGHTS", "", *opts], "2/4 untrained",
-        eval_only=True,
-    )  # fmt: skip
-    trained = run_train_net(out, opts, "3/4 IIF", max_iter=max_iter)
+    print(f"[demo] 1/3 dataset ready ({time.time() - t0:.0f} s)", flush=True)
+    trained = run_train_net(out, opts, "2/3 IIF", max_iter=max_iter)
     removed = remove_periodic_checkpoints(out)
     if removed:
         print(f"[demo] removed {removed} periodic checkpoint(s); kept {out}/model_final.pth")
     print(f"[demo] done in {(time.time() - t0) / 60:.1f} min. SynthLT val, LVIS evaluation:")
-    print(f"{'model':<12}{'task':<6}" + "".join(f"{k:>9}" for k in METRICS))
-    for name, res in (("untrained", untrained), ("IIF trained", trained)):
-        for task in ("bbox", "segm"):
-            row = "".join(f"{res[task].get(k, float('nan')):9.1f}" for k in METRICS)
-            print(f"{name:<12}{task:<6}{row}")
+    print(f"{'task':<6}" + "".join(f"{k:>9}" for k in METRICS))
+    for task in ("bbox", "segm"):
+        row = "".join(f"{trained[task].get(k, float('nan')):9.1f}" for k in METRICS)
+        print(f"{task:<6}{row}")
     print_band(trained, load_band(BAND_FILE))
     if args.num_vis > 0:
         from visualize import load_run_config, visualize
 
-        print("[demo] 4/4 drawing predictions ...", flush=True)
+        print("[demo] 3/3 drawing predictions ...", flush=True)
         vis_cfg = load_run_config(os.path.join(out, "model_final.pth"), device=_device())
         dataset = cfg.DATASETS.TEST[0]
         written = visualize(vis_cfg, os.path.join(out, "vis"), dataset=dataset, num=args.num_vis)
