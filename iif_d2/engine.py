@@ -24,7 +24,7 @@ from .data.heldout import build_heldout_loader
 from .data.training_set import needs_class_counts, resolve_training_set
 from .evaluation import build_evaluator
 from .fasa import FASA
-from .hooks import FASAHook, RunStateCheckpointer
+from .hooks import FASAHook, RngStateGatherer
 from .run_lock import acquire_output_dir
 from .samplers import build_train_sampler
 
@@ -173,7 +173,9 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         """detectron2's hooks, plus :class:`FASAHook` (before the checkpointer and evaluation,
-        so a checkpoint taken at an adaptation holds the adapted rates) when FASA is on."""
+        so a checkpoint taken at an adaptation holds the adapted rates) when FASA is on, then
+        :class:`RngStateGatherer` (every rank's generators for the checkpoint); evaluation
+        runs under :func:`iif_d2.checkpoint.rng_preserved`."""
         # DefaultTrainer built a DetectionCheckpointer, which build_hooks' PeriodicCheckpointer
         # captures: replace it first (loading runs no code, writes are atomic, resume skips a
         # corrupt newest checkpoint)
@@ -183,9 +185,9 @@ class Trainer(DefaultTrainer):
         if kept < 0:
             raise ValueError(f"SOLVER.CHECKPOINTS_KEPT {kept} must be >= 0 (0: keep all).")
         for i, h in enumerate(hooks):
-            if isinstance(h, d2_hooks.PeriodicCheckpointer):  # every rank's generators saved
-                hooks[i] = RunStateCheckpointer(
-                    self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=kept or None
+            if isinstance(h, d2_hooks.PeriodicCheckpointer) and kept:
+                hooks[i] = d2_hooks.PeriodicCheckpointer(
+                    self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, max_to_keep=kept
                 )
             elif isinstance(h, d2_hooks.EvalHook):  # evaluating leaves training's draws alone
                 h._func = _rng_kept(h._func)
@@ -196,10 +198,11 @@ class Trainer(DefaultTrainer):
             def loader():  # built at the first adaptation
                 return build_heldout_loader(cfg, heldout)
 
-            hook = FASAHook(fasa.ADAPT_PERIOD, loader)
-            late = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook)
-            at = next(i for i, h in enumerate(hooks) if isinstance(h, late))
-            hooks.insert(at, hook)
+            hooks.insert(_checkpoint_position(hooks), FASAHook(fasa.ADAPT_PERIOD, loader))
+        # every rank's generators, taken after FASA's adaptation, for the checkpoint after it
+        hooks.insert(
+            _checkpoint_position(hooks), RngStateGatherer(self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        )
         return hooks
 
     @classmethod
@@ -216,6 +219,12 @@ class Trainer(DefaultTrainer):
             with PathManager.open(os.path.join(folder, "results.json"), "w") as f:
                 json.dump(results, f, indent=1)
         return results
+
+
+def _checkpoint_position(hooks) -> int:
+    """Where the checkpointer is in detectron2's hooks (main rank), or would be (others)."""
+    late = (d2_hooks.PeriodicCheckpointer, d2_hooks.EvalHook, d2_hooks.PeriodicWriter)
+    return next((i for i, h in enumerate(hooks) if isinstance(h, late)), len(hooks))
 
 
 def _rng_kept(fn):

@@ -1,6 +1,5 @@
 """FASA's timetable: :class:`FASAHook` adapts the sampling rates every ``period`` iterations;
-:class:`RunStateCheckpointer`: detectron2's periodic checkpointer, every rank's random
-generators gathered into the checkpoint.
+:class:`RngStateGatherer` gathers every rank's random generators for the checkpoints.
 
 The held-out images and their loader are the data layer's (:mod:`iif_d2.data.heldout`); the
 measurement is the model's (:meth:`iif_d2.roi_heads.HeldoutLossMixin.heldout_loss_sums`) and the
@@ -13,11 +12,10 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
-from detectron2.engine import hooks as d2_hooks
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = ["FASAHook", "RunStateCheckpointer", "fasa_predictors", "heldout_class_losses"]
+__all__ = ["FASAHook", "RngStateGatherer", "fasa_predictors", "heldout_class_losses"]
 
 KEY = "MODEL.ROI_BOX_HEAD.FASA"
 
@@ -138,15 +136,22 @@ class FASAHook(HookBase):
                 )
 
 
-class RunStateCheckpointer(d2_hooks.PeriodicCheckpointer):
-    """detectron2's ``PeriodicCheckpointer`` that, on every iteration it saves at, first calls
-    ``trainer.gather_rng_states()`` on every rank (a collective with several ranks; see
-    :meth:`iif_d2.engine.Trainer.gather_rng_states`), so that the checkpoint, written by the
-    main rank, holds the generators of all ranks."""
+class RngStateGatherer(HookBase):
+    """On every rank, on the iterations detectron2's ``PeriodicCheckpointer`` saves at (every
+    ``period`` iterations, and the last one), calls ``trainer.gather_rng_states()`` (a
+    collective with several ranks; :meth:`iif_d2.engine.Trainer.gather_rng_states`), so that
+    the checkpoint the main rank writes next holds the random generators of all ranks.
+    detectron2 gives only the main rank a checkpointer: this hook goes on every rank, right
+    before where the checkpointer is (on the main rank) or would be."""
+
+    def __init__(self, period: int):
+        """
+        Args:
+            period: SOLVER.CHECKPOINT_PERIOD.
+        """
+        self.period = period
 
     def after_step(self):
         it = self.trainer.iter
-        final = self.max_iter is not None and it >= self.max_iter - 1
-        if (it + 1) % self.period == 0 or final:
+        if (it + 1) % self.period == 0 or it >= self.trainer.max_iter - 1:
             self.trainer.gather_rng_states()
-        super().after_step()

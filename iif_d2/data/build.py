@@ -23,10 +23,15 @@ releases it either way.
 """
 
 import contextlib
+import ctypes
+import functools
 import itertools
 import logging
 import math
+import os
 import random
+import signal
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -173,6 +178,18 @@ def seed_generators(seed: int, *position: int) -> None:
     torch.default_generator.manual_seed(words[3] << 32 | words[0])
 
 
+def _die_with(parent_pid: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ends as soon as the training process does,
+    however it ends (Linux: ``PR_SET_PDEATHSIG``). A worker forked from the training process
+    shares its open files, OUTPUT_DIR's lock included: a run killed with SIGKILL and resumed
+    at once would be refused while its workers lived on."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
+    if os.getppid() != parent_pid:  # the training process died before the signal was set
+        os._exit(1)
+
+
 class _Batches(torchdata.IterableDataset):
     """The mapped batches of :class:`ResumableTrainLoader`; a DataLoader worker ``w`` of ``n``
     maps batches ``start + w``, ``start + w + n``, ... (the DataLoader yields them in order).
@@ -292,6 +309,7 @@ class ResumableTrainLoader:
             num_workers=self.num_workers,
             collate_fn=trivial_batch_collator,
             generator=torch.Generator().manual_seed(self.seed),  # not the global generator
+            worker_init_fn=functools.partial(_die_with, os.getpid()),
         )
         yield from loader
 
