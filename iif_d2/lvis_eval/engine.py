@@ -369,7 +369,7 @@ def pack_matches(m: dict) -> dict:
     Returns:
         dict, for :func:`unpack_matches`.
     """
-    flat = m["codes"].reshape(len(m["codes"]), -1)
+    flat = m["codes"].reshape(len(m["codes"]), int(np.prod(m["codes"].shape[1:])))  # 0 rows too
     score32 = m["score"].astype(np.float32)
     return {
         "shape": m["codes"].shape[1:],
