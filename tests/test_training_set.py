@@ -12,6 +12,7 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
 
 from iif_d2 import add_iif_config, iif_weights, resolve_training_set
 from iif_d2.class_stats import count_dataset_dicts
@@ -176,7 +177,7 @@ def test_checkpoint_for_other_class_count_is_an_error(tmp_path):
     checkpointer_for(small, cfg_with(8)).save("eight")
     path = str(tmp_path / "eight.pth")
     other = cfg_with(5)
-    model = Trainer.build_model(other)
+    model = build_model(other)  # detectron2's: a model for another (5-class) training set
     with pytest.raises(ValueError, match="WEIGHTS_ALLOW_SHAPE_MISMATCH"):
         checkpointer_for(model, other).load(path)
     allowed = cfg_with(5, "MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH", True)

@@ -169,6 +169,15 @@ def num_classes_mismatch(tmp):
     return iif_weights_from_config(cfg, 8)
 
 
+def coco_counts_and_classes_on_synthlt(tmp):
+    from iif_d2.data.training_set import resolve_training_set
+    from iif_d2.engine import Trainer
+
+    cfg = _cfg(SOURCE="file", FILE="iif_d2://coco_train2017.csv")
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.DEVICE, cfg.OUTPUT_DIR = 80, "cpu", tmp
+    return Trainer.build_model(resolve_training_set(cfg))
+
+
 # protocol 0: os.system("true"), the classic payload (plain pickle.load would run it)
 PICKLE_PAYLOAD = b"cos\nsystem\n(S'true'\ntR."
 
@@ -296,6 +305,7 @@ ROWS = [
     Row("deprecated ROI_BOX_HEAD.IIF.COUNTS_SOURCE vs CLASS_COUNTS.SOURCE", deprecated_key_conflict, ValueError, "set only MODEL.CLASS_COUNTS.SOURCE"),  # noqa: E501
     Row("IIF.ENABLED with upstream StandardROIHeads", iif_on_upstream_roi_heads, ValueError, "MODEL.ROI_BOX_HEAD.IIF.ENABLED needs ROI_HEADS.NAME IIFStandardROIHeads"),  # noqa: E501
     Row("NUM_CLASSES 8, COCO's 80-class counts", num_classes_mismatch, ValueError, "cover 80 classes, but the model has NUM_CLASSES = 8"),  # noqa: E501
+    Row("NUM_CLASSES 80 and COCO's counts, 8-class training set", coco_counts_and_classes_on_synthlt, ValueError, "NUM_CLASSES is 80, but the training set 'iif_synthetic_tiny_train' has 8 classes"),  # noqa: E501
     Row("MODEL.WEIGHTS a pickle calling os.system", pickle_payload_as_weights, __import__("pickle").UnpicklingError, "references the Python global 'os.system'"),  # noqa: E501
     Row("a second writer of one OUTPUT_DIR", second_writer, RuntimeError, f"is in use by pid {os.getpid()}"),  # noqa: E501
     Row("IIF_D2_DIST_TIMEOUT `soon`", bad_collective_timeout, ValueError, "IIF_D2_DIST_TIMEOUT = 'soon'"),  # noqa: E501
