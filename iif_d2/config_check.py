@@ -38,6 +38,10 @@ def unused_settings(cfg, model: nn.Module) -> List[str]:
         "MODEL.ROI_BOX_HEAD.COSINE.ENABLED": box.COSINE.ENABLED,
         "MODEL.ROI_BOX_HEAD.FASA.ENABLED": box.FASA.ENABLED,
         "MODEL.ROI_BOX_HEAD.IIF.CLS_SCORE_INIT 'constant'": box.IIF.CLS_SCORE_INIT == "constant",
+        "MODEL.ROI_BOX_HEAD.CALIBRATION.MODE": box.CALIBRATION.MODE != "off",
+        "MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS": box.FASA.ADAPTATION_LOSS
+        != "gt_boxes_class_mean",
+        "MODEL.HEAD_INIT.SCHEME": cfg.MODEL.HEAD_INIT.SCHEME != "detectron2",
     }
     if not predictors:
         problems += [f"{key} needs {roi}." for key, on in settings.items() if on]

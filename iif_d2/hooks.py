@@ -33,12 +33,14 @@ def fasa_predictors(model: nn.Module) -> List[Tuple[int, nn.Module]]:
 def heldout_class_losses(
     model: nn.Module, data_loader, max_batches: Optional[int] = None
 ) -> List[torch.Tensor]:
-    """Mean held-out classification loss per class, for each FASA box predictor.
+    """Held-out classification loss per class, for each FASA box predictor.
 
     For each batch: ``model.preprocess_image``, ``model.backbone``, then the ROI heads'
-    ``heldout_loss_sums`` on the ground-truth boxes. Per class: the mean over its held-out
-    instances, NaN without any. Sums and counts are all-reduced over the ranks (the loader
-    gives each rank its share). Runs without gradients in eval mode, then restores the mode.
+    ``heldout_loss_sums``. Per class: its numerator / denominator, i.e. the mean over its
+    held-out ground-truth boxes (NaN without any), or with FASA.ADAPTATION_LOSS "authors" the
+    loss summed over its sampled RoIs / all sampled RoIs. Sums and counts are all-reduced over
+    the ranks (the loader gives each rank its share). Runs without gradients in eval mode, then
+    restores the mode.
 
     Args:
         model: an R-CNN with IIF ROI heads, possibly wrapped in (Distributed)DataParallel.
@@ -67,8 +69,12 @@ def heldout_class_losses(
                         "loader with build_heldout_loader (detectron2's DatasetMapper drops "
                         "them at test time)."
                     )
-                features = model.backbone(model.preprocess_image(batch).tensor)
-                sums = heads.heldout_loss_sums(features, [x["instances"].to(device) for x in batch])
+                images = model.preprocess_image(batch)
+                features = model.backbone(images.tensor)
+                targets = [x["instances"].to(device) for x in batch]
+                sums = heads.heldout_loss_sums(
+                    features, targets, images=images, proposal_generator=model.proposal_generator
+                )
                 totals = sums if totals is None else totals + sums
     finally:
         model.train(training)

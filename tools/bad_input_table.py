@@ -22,6 +22,7 @@ import re
 import socket
 import sys
 import tempfile
+from functools import partial
 from typing import Callable, Dict, Optional
 
 SYNTH = "iif_synthetic_tiny_train"
@@ -147,13 +148,14 @@ def deprecated_key_conflict(tmp):
     return apply_deprecated_keys(cfg)
 
 
-def iif_on_upstream_roi_heads(tmp):
+def iif_on_upstream_roi_heads(tmp, **keys):
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import build_roi_heads
 
     from iif_d2.config_check import check_settings_used
 
     cfg = _cfg()
+    cfg.merge_from_list([x for kv in keys.items() for x in kv])
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
     cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
     cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
@@ -304,6 +306,8 @@ ROWS = [
     Row("MODEL.CLASS_COUNTS.SOURCE `somewhere`", unknown_counts_source, ValueError, "'somewhere' is not one of 'dataset', 'json', 'file'"),  # noqa: E501
     Row("deprecated ROI_BOX_HEAD.IIF.COUNTS_SOURCE vs CLASS_COUNTS.SOURCE", deprecated_key_conflict, ValueError, "set only MODEL.CLASS_COUNTS.SOURCE"),  # noqa: E501
     Row("IIF.ENABLED with upstream StandardROIHeads", iif_on_upstream_roi_heads, ValueError, "MODEL.ROI_BOX_HEAD.IIF.ENABLED needs ROI_HEADS.NAME IIFStandardROIHeads"),  # noqa: E501
+    Row("NorCal with upstream StandardROIHeads", partial(iif_on_upstream_roi_heads, **{"MODEL.ROI_BOX_HEAD.IIF.ENABLED": False, "MODEL.ROI_BOX_HEAD.CALIBRATION.MODE": "norcal"}), ValueError, "MODEL.ROI_BOX_HEAD.CALIBRATION.MODE needs ROI_HEADS.NAME IIFStandardROIHeads"),  # noqa: E501
+    Row("HEAD_INIT 'authors' with upstream StandardROIHeads", partial(iif_on_upstream_roi_heads, **{"MODEL.ROI_BOX_HEAD.IIF.ENABLED": False, "MODEL.HEAD_INIT.SCHEME": "authors"}), ValueError, "MODEL.HEAD_INIT.SCHEME needs ROI_HEADS.NAME IIFStandardROIHeads"),  # noqa: E501
     Row("NUM_CLASSES 8, COCO's 80-class counts", num_classes_mismatch, ValueError, "cover 80 classes, but the model has NUM_CLASSES = 8"),  # noqa: E501
     Row("NUM_CLASSES 80 and COCO's counts, 8-class training set", coco_counts_and_classes_on_synthlt, ValueError, "NUM_CLASSES is 80, but the training set 'iif_synthetic_tiny_train' has 8 classes"),  # noqa: E501
     Row("MODEL.WEIGHTS a pickle calling os.system", pickle_payload_as_weights, __import__("pickle").UnpicklingError, "references the Python global 'os.system'"),  # noqa: E501
