@@ -12,6 +12,7 @@ json, as detectron2 hands it over. Times include loading the ground truth and re
     python tools/benchmark_lvis_eval.py             # fast at 500..19809, lvis-api at 500, 2000
     python tools/benchmark_lvis_eval.py --quick     # 300 images, both engines
     python tools/benchmark_lvis_eval.py --sizes 19809 --ref-sizes --ranks 2
+    python tools/benchmark_lvis_eval.py --sizes 19809 --ref-sizes --fixed-pooled
 
 ``--ranks R`` adds FastLVISEvaluator's distributed path, simulated in one process: the images
 split into R contiguous shards, each matched apart (as each rank matches its own images), the
@@ -190,7 +191,7 @@ def _worker(engine, folder):
 
     torch.set_num_threads(1)
     out = {"seconds": {}, "metrics": {}, "sent_mb": {}}
-    if engine == "fast" or engine.startswith("fast-"):
+    if engine in ("fast", "fast+devil") or engine.startswith("fast-"):
         from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, evaluate, summarize
 
         t0 = time.perf_counter()
@@ -207,6 +208,13 @@ def _worker(engine, folder):
                 )  # fmt: skip
             if engine == "fast":
                 out["metrics"][task] = summarize(evaluate(gt, d, task))
+                out["seconds"][task] = time.perf_counter() - t0 + load / 2
+                continue
+            if engine == "fast+devil":  # AP-fixed and AP-pool (10,000 per class), no standard AP
+                from iif_d2.lvis_eval.devil import ap_fixed, ap_pooled
+
+                fixed, pooled = ap_fixed(gt, d, task), ap_pooled(gt, d, task)
+                out["metrics"][task] = {"AP-fixed": fixed["AP"], **pooled}
                 out["seconds"][task] = time.perf_counter() - t0 + load / 2
                 continue
             seconds, out["metrics"][task], sent, compact = _sharded(gt, d, task, int(engine[5:]))
@@ -258,6 +266,10 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="300 images, both engines")
     p.add_argument("--ranks", type=int, default=1, help="also the R-rank path (R > 1)")
+    p.add_argument(
+        "--fixed-pooled", action="store_true",
+        help="also AP-fixed + AP-pool (fast engine, 10,000 detections per class), timed apart",
+    )  # fmt: skip
     p.add_argument("--worker", nargs=2, metavar=("ENGINE", "FOLDER"), help=argparse.SUPPRESS)
     p.add_argument("--generate", nargs=3, metavar=("N", "FOLDER", "FULL"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -284,7 +296,8 @@ def main():
             )
             print(f"  (generated {n} images in {time.perf_counter() - t0:.0f} s)", flush=True)
             engines = ["lvis-api", "faster-coco-eval", "fast"] if with_ref else ["fast"]
-            engines = (engines + ([f"fast-{args.ranks}"] if args.ranks > 1 else [])) * args.repeats
+            engines += [f"fast-{args.ranks}"] if args.ranks > 1 else []
+            engines = (engines + (["fast+devil"] if args.fixed_pooled else [])) * args.repeats
             runs = {}
             for engine in engines:  # alternating
                 runs.setdefault(engine, []).append(_run(["--worker", engine, folder], env))
@@ -296,7 +309,7 @@ def main():
                 )
                 line += f" {total:>8.1f} {r['maxrss_gb']:>8.2f}"
                 ref = best.get("lvis-api") if engine in REF_AGAINST_LVIS_API else best["fast"]
-                if engine != "lvis-api" and ref is not None:
+                if engine not in ("lvis-api", "fast+devil") and ref is not None:
                     ratio = sum(ref["seconds"].values()) / total
                     diff = max(
                         abs(r["metrics"][t][k] - ref["metrics"][t][k])
@@ -309,6 +322,8 @@ def main():
                     sent = " + ".join(f"{v[0]:.0f} ({t})" for t, v in r["sent_mb"].items())
                     compact = next(iter(r["sent_mb"].values()))[1]
                     line += f"  sent MB {sent}; compact predictions {compact:.0f}"
+                if engine == "fast+devil":
+                    line += "  " + json.dumps(r["metrics"])
                 print(line, flush=True)
 
 
