@@ -53,7 +53,7 @@ def test_every_claim_names_two_rows_and_a_reported_metric(bench):
         assert a in keys and b in keys and a != b, claim
         assert metric in bench.COLUMNS and sign in (+1, -1), claim
     quick_claims = [c for c in bench.CLAIMS if {c[1], c[2]} <= set(bench.QUICK_ROWS)]
-    assert len(quick_claims) >= 8  # --quick tests the loss-vs-margin claims and one detector
+    assert len(quick_claims) >= 8  # --quick: IIF against softmax and the post-hoc methods
 
 
 def test_report_from_runs(bench, tmp_path):
