@@ -316,8 +316,9 @@ def write_report(rows, claims, runs, out_root, header):
     lines = [header, "", "| method | " + " | ".join(COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]  # fmt: skip
     lines += [f"| {r['method']} | " + " | ".join(cell(r, c) for c in COLUMNS) + " |" for r in rows]
-    lines += ["", "| claim | metric | a − b (mean over seeds) | 95 % CI | verdict |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    if claims:
+        lines += ["", "| claim | metric | a − b (mean over seeds) | 95 % CI | verdict |",
+                  "|---|---|---|---|---|"]  # fmt: skip
     for c in claims:
         ci = "–" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
         lines.append(f"| {c['claim']} | {c['metric']} | {c['mean']:+.2f} | {ci} | {c['verdict']} |")
