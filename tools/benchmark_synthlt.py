@@ -260,9 +260,11 @@ def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs):
     return runs
 
 
-BAND_METRICS = {"segm": ["AP", "APr", "APc", "APf"], "bbox": ["AP", "APr"]}
-BAND_COLUMNS = {"segm": {k: k for k in BAND_METRICS["segm"]}, "bbox": {"AP": "APbox",
-                "APr": "APr box"}}  # fmt: skip
+# the band's metrics per task: {name in results.json: column of the benchmark's rows}
+BAND_COLUMNS = {
+    "segm": {"AP": "AP", "APr": "APr", "APc": "APc", "APf": "APf"},
+    "bbox": {"AP": "APbox", "APr": "APr box"},
+}
 
 
 def demo_band(runs, seeds, threads, machine):
