@@ -211,8 +211,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """detectron2's test; the results are also written to OUTPUT_DIR/inference/results.json."""
-        results = super().test(cfg, model, evaluators)
+        """detectron2's test, the evaluators' AP-fixed score floors attached to the model's ROI
+        heads meanwhile (:func:`iif_d2.evaluation.score_floors_attached`, with
+        ``TEST.AP_FIXED.ADAPTIVE_FLOOR``); the results are also written to
+        OUTPUT_DIR/inference/results.json."""
+        from .evaluation import score_floors_attached, uses_score_floor
+
+        if evaluators is None and uses_score_floor(cfg):  # built first, to attach their floors
+            evaluators = [cls.build_evaluator(cfg, name) for name in cfg.DATASETS.TEST]
+        with score_floors_attached(model, evaluators):
+            results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             folder = os.path.join(cfg.OUTPUT_DIR, "inference")
             PathManager.mkdirs(folder)

@@ -2,9 +2,12 @@
 
 :class:`FastLVISEvaluator` gives lvis-api's numbers (``TEST.LVIS_EVAL_ENGINE: "fast"``, the
 default) in bounded memory; :class:`LVISEvaluator` is detectron2's, running lvis-api itself
-(``"lvis-api"``).
+(``"lvis-api"``). For AP-fixed's uncapped inference, :func:`score_floors_attached` lends the
+fast evaluator's per-class score floors to the R-CNN's ROI heads (:class:`ScoreFloorFilter`),
+so that masks are computed only for the detections it can use.
 """
 
+import contextlib
 import itertools
 import json
 import logging
@@ -24,6 +27,7 @@ from .compat import HAS_COMPILED_OPS, numpy_float_alias
 from .lvis_eval import LVISDetections, LVISGroundTruth, summarize
 from .lvis_eval.devil import (
     CategoryBudget,
+    ScoreFloor,
     ap_fixed_from_matches,
     ap_pooled_from_matches,
     budget_cutoffs,
@@ -31,7 +35,15 @@ from .lvis_eval.devil import (
 )
 from .lvis_eval.engine import accumulate, concat_matches, match, pack_matches, unpack_matches
 
-__all__ = ["FastLVISEvaluator", "LVIS_EVAL_ENGINES", "LVISEvaluator", "build_evaluator"]
+__all__ = [
+    "FastLVISEvaluator",
+    "LVIS_EVAL_ENGINES",
+    "LVISEvaluator",
+    "ScoreFloorFilter",
+    "build_evaluator",
+    "score_floors_attached",
+    "uses_score_floor",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +79,11 @@ class FastLVISEvaluator(DatasetEvaluator):
     tops are merged into one cutoff per class, and each rank matches its detections within it.
     With ``fixed_uncapped`` (the model run without a per-image cap, ``TEST.AP_FIXED``) the
     budget sees every detection of the model, as the paper's; otherwise the standard
-    per-image cut.
+    per-image cut. With ``score_floor`` too, the evaluator keeps each class's running
+    ``dets_per_class``-th best score on this rank (:attr:`score_floor`,
+    :class:`~iif_d2.lvis_eval.devil.ScoreFloor`), which :class:`ScoreFloorFilter` lets the
+    R-CNN's ROI heads use to drop, before the mask head, the detections that can reach
+    neither the standard cut nor the budget.
     """
 
     budget_prune_at = 1 << 21  # new budget keys held before a prune (CategoryBudget)
@@ -85,6 +101,7 @@ class FastLVISEvaluator(DatasetEvaluator):
         dets_per_class=10000,
         fixed_uncapped=False,
         score_thresh=None,
+        score_floor=False,
     ):
         """
         Args:
@@ -102,9 +119,16 @@ class FastLVISEvaluator(DatasetEvaluator):
             score_thresh: the standard metrics keep only detections scoring above it (the
                 standard inference's threshold, when the model ran with a lower one for
                 AP-fixed); None: all.
+            score_floor: keep the per-class score floor (:attr:`score_floor`) for the
+                model's inference to use (``TEST.AP_FIXED.ADAPTIVE_FLOOR``).
         """
         if fixed_uncapped and not fixed_and_pooled:
             raise ValueError("fixed_uncapped needs fixed_and_pooled: it only feeds AP-fixed.")
+        if score_floor and not fixed_uncapped:
+            raise ValueError(
+                "score_floor needs fixed_uncapped: the floor only prunes an uncapped inference "
+                "for AP-fixed (TEST.AP_FIXED.ENABLED)."
+            )
         self._tasks = tasks
         self._distributed = distributed
         self._output_dir = output_dir
@@ -128,7 +152,23 @@ class FastLVISEvaluator(DatasetEvaluator):
         else:
             self._class_to_cat = None
         self._allowed = self._federated_classes()
+        self._floor = None
+        if score_floor and self._do_evaluation:
+            self._floor = ScoreFloor(self._dets_per_class)
         self.reset()
+
+    @property
+    def score_floor(self):
+        """The per-class score floor of the detections this rank offered to AP-fixed's budget
+        (:class:`~iif_d2.lvis_eval.devil.ScoreFloor`, indexed by the model's class), or None
+        without ``score_floor``. It serves one inference pass: :meth:`reset` and
+        :meth:`evaluate` clear it."""
+        return self._floor
+
+    @property
+    def standard_cut(self):
+        """(detections per image, score threshold or None) of the standard metrics."""
+        return self._max_dets, self._score_thresh
 
     def _federated_classes(self):
         """Per image id: (category ids evaluated there, category ids present there)."""
@@ -155,6 +195,8 @@ class FastLVISEvaluator(DatasetEvaluator):
         # rank, then as processed, as in the rank-ordered gather of detectron2's evaluators
         rank = comm.get_rank() if self._distributed else 0
         self._seen = rank << 40
+        if self._floor is not None:
+            self._floor.clear()
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
@@ -194,6 +236,8 @@ class FastLVISEvaluator(DatasetEvaluator):
             self._seen += len(scores)
             if self._budget.add(cats[cand], scores[cand], order):  # cutoffs rose
                 self._fixed_parts = [_within(p, self._budget.cutoffs) for p in self._fixed_parts]
+            if self._floor is not None:
+                self._floor.offer(classes[cand], scores[cand])
             ok = np.isin(cats[cand], allowed) if self._do_evaluation else np.ones(len(cand), bool)
             ok &= within_budget(cats[cand], scores[cand], order, self._budget.cutoffs)
             fixed, fixed_order = cand[ok], order[ok]
@@ -235,6 +279,8 @@ class FastLVISEvaluator(DatasetEvaluator):
         return comm.all_gather(data)
 
     def evaluate(self):
+        if self._floor is not None:
+            self._floor.clear()  # the pass is over; a floor left would prune another's
         if self._distributed:
             comm.synchronize()
         has_mask = all("rle_counts" in p for p in self._parts)
@@ -394,7 +440,150 @@ def _concat(parts, has_mask) -> LVISDetections:
     return dets
 
 
+class ScoreFloorFilter:
+    """The detections of one image (the R-CNN box head's, before the mask head) that a
+    :class:`FastLVISEvaluator` with a score floor can use; the others may be dropped without
+    changing any of its metrics.
+
+    Kept: the standard metrics' candidates, i.e. the image's ``max_dets`` best detections
+    scoring above ``score_thresh`` (ties: the earlier, as :meth:`FastLVISEvaluator._compact`
+    cuts them; a stable sort, so the box head's order is not relied on), and every detection
+    scoring at least its class's floor (:class:`~iif_d2.lvis_eval.devil.ScoreFloor`: one
+    below it is beaten by K detections this rank has already seen, so it is outside its
+    class's top K over the dataset). Boxes so thin that detectron2's ``detector_postprocess``
+    may drop them as empty once rescaled are kept and not counted among the best ones: the
+    standard cut the evaluator makes after postprocess is then still within the kept ones.
+    Filtering keeps the detections' order, and the evaluator's ties follow that order, so
+    standard metrics, AP-fixed and AP-pool are unchanged.
+
+    Args:
+        floor: the evaluator's :attr:`FastLVISEvaluator.score_floor`.
+        max_dets: the standard metrics' detections per image (-1: all).
+        score_thresh: the standard metrics' score threshold (None: none).
+    """
+
+    # a box narrower or lower than this fraction of its image may be empty after rescaling
+    # (float32 rounding moves a coordinate by ~1e-7 of the image size)
+    thin_fraction = 1e-4
+
+    def __init__(self, floor: ScoreFloor, max_dets: int, score_thresh=None):
+        self.floor = floor
+        self.max_dets = int(max_dets)
+        # numpy compares float32 scores with the threshold rounded to float32
+        self.score_thresh = None if score_thresh is None else float(np.float32(score_thresh))
+        self._cache = (None, None)
+
+    def _floors(self, device) -> torch.Tensor:
+        key = (self.floor.version, device)
+        if self._cache[0] != key:
+            self._cache = (key, torch.from_numpy(self.floor.values.copy()).to(device))
+        return self._cache[1]
+
+    def standard_candidates(self, instances) -> torch.Tensor:
+        """Bool mask: the detections the standard cut may keep (see the class)."""
+        scores = instances.scores.float()
+        above = torch.ones_like(scores, dtype=torch.bool)
+        if self.score_thresh is not None:
+            above = scores > self.score_thresh
+        if self.max_dets < 0:
+            return above
+        box = instances.pred_boxes.tensor
+        height, width = instances.image_size
+        sure = (box[:, 2] - box[:, 0] > self.thin_fraction * width) & (
+            box[:, 3] - box[:, 1] > self.thin_fraction * height
+        )
+        ranked = torch.where(above & sure, scores, torch.full_like(scores, -float("inf")))
+        best = torch.sort(ranked, descending=True, stable=True).indices[: self.max_dets]
+        out = above & ~sure
+        out[best] |= (above & sure)[best]
+        return out
+
+    def __call__(self, instances):
+        """Bool mask of the detections to keep, or None while the evaluator has seen no image
+        since it was reset (every floor is still -inf, or it is another dataset's turn)."""
+        if self.floor.offers == 0:
+            return None
+        scores, classes = instances.scores.float(), instances.pred_classes
+        floors = self._floors(scores.device)
+        standard = self.standard_candidates(instances)
+        if len(floors) == 0:
+            return torch.ones_like(standard)
+        # a class the floor has not seen yet has none (-inf); no host sync on a GPU
+        floor = floors[classes.clamp(max=len(floors) - 1)]
+        floor = torch.where(classes < len(floors), floor, torch.full_like(floor, -float("inf")))
+        return (scores >= floor) | standard
+
+
+def _unwrapped_evaluators(evaluators):
+    if evaluators is None:
+        return []
+    return [evaluators] if isinstance(evaluators, DatasetEvaluator) else list(evaluators)
+
+
+@contextlib.contextmanager
+def score_floors_attached(model, evaluators):
+    """Within the block, the model's ROI heads drop before the mask head the detections that
+    the evaluators' score floors exclude (:class:`ScoreFloorFilter`); detached afterwards,
+    also on error. Each evaluator's floor acts only while that evaluator runs (from its first
+    image to its :meth:`FastLVISEvaluator.evaluate`), so one model may serve several datasets'
+    evaluators in turn, as detectron2's ``DefaultTrainer.test`` runs them.
+
+    Only a :class:`FastLVISEvaluator` with a :attr:`~FastLVISEvaluator.score_floor` that is
+    itself one of ``evaluators`` counts (in a ``DatasetEvaluators`` its siblings would lose
+    detections). Models without :class:`iif_d2.roi_heads.DetectionFilterMixin` ROI heads
+    (dense detectors, upstream's ROI heads) run unchanged.
+
+    Args:
+        model: the model (or a DistributedDataParallel of it).
+        evaluators: a DatasetEvaluator, a list of them, or None (nothing is attached).
+    """
+    evaluators = [
+        e
+        for e in _unwrapped_evaluators(evaluators)
+        if isinstance(e, FastLVISEvaluator) and e.score_floor is not None
+    ]
+    heads = getattr(getattr(model, "module", model), "roi_heads", None)
+    if not evaluators or not hasattr(heads, "detection_filters"):
+        if evaluators:
+            logger.info(
+                "AP-fixed score floor unused: the model's ROI heads (%s) drop no detections "
+                "before the mask head (iif-d2's IIFStandardROIHeads and IIFCascadeROIHeads do).",
+                type(heads).__name__,
+            )
+        yield
+        return
+    for e in evaluators:
+        e.score_floor.clear()  # a floor left by an interrupted pass must not act
+    filters = [ScoreFloorFilter(e.score_floor, *e.standard_cut) for e in evaluators]
+    with heads.detection_filters(filters) as stats:
+        yield
+    n = max(stats["images"], 1)
+    logger.info(
+        "AP-fixed score floor: %d images, %.1f detections per image from the box head, %.1f "
+        "reached the mask head.",
+        stats["images"],
+        stats["box_detections"] / n,
+        stats["mask_detections"] / n,
+    )
+
+
 _DENSE_DETECTORS = ("RetinaNet", "IIFRetinaNet", "FCOS", "IIFFCOS")
+# ROI heads that take a score floor (iif_d2.roi_heads.DetectionFilterMixin)
+_FLOOR_ROI_HEADS = ("IIFStandardROIHeads", "IIFCascadeROIHeads")
+
+
+def uses_score_floor(cfg) -> bool:
+    """Whether ``cfg``'s AP-fixed inference prunes with a score floor
+    (``TEST.AP_FIXED.ENABLED`` and ``ADAPTIVE_FLOOR`` on an R-CNN with iif-d2's ROI heads):
+    its evaluators then carry one (see :func:`score_floors_attached`)."""
+    node = cfg.TEST.get("AP_FIXED")
+    return bool(
+        node is not None
+        and node.ENABLED
+        and node.ADAPTIVE_FLOOR
+        and cfg.MODEL.META_ARCHITECTURE not in _DENSE_DETECTORS
+        and cfg.MODEL.ROI_HEADS.NAME in _FLOOR_ROI_HEADS
+    )
 
 
 def _ap_fixed_options(cfg, evaluator_type) -> dict:
@@ -410,6 +599,7 @@ def _ap_fixed_options(cfg, evaluator_type) -> dict:
             for k, default in (
                 ("STANDARD_DETECTIONS_PER_IMAGE", 300),
                 ("STANDARD_SCORE_THRESH", 1e-4),
+                ("ADAPTIVE_FLOOR", True),
             )
             if node[k] != default
         ]
@@ -445,6 +635,7 @@ def _ap_fixed_options(cfg, evaluator_type) -> dict:
         "dets_per_class": node.DETS_PER_CLASS,
         "fixed_uncapped": True,
         "score_thresh": node.STANDARD_SCORE_THRESH,
+        "score_floor": uses_score_floor(cfg),
     }
 
 

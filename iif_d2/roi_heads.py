@@ -3,10 +3,13 @@
 Besides the predictors, the heads hold FASA's held-out measurement
 (:meth:`HeldoutLossMixin.heldout_loss_sums`) and apply MODEL.HEAD_INIT.SCHEME, the
 initialisation of the box-head FCs, the box regressor and the mask head
-(:func:`apply_head_init`), once every head is built.
+(:func:`apply_head_init`), once every head is built. At inference they can drop detections
+between the box head and the mask head (:class:`DetectionFilterMixin`): AP-fixed's uncapped
+inference then computes masks only for the detections its evaluator can use.
 """
 
 import contextlib
+import functools
 import math
 from typing import Dict, List, Tuple
 
@@ -22,7 +25,13 @@ from .fasa import ADAPTATION_LOSSES, heldout_loss_terms
 from .fast_rcnn import IIFFastRCNNOutputLayers
 from .mask_head import mmdet_mask_head_init
 
-__all__ = ["HEAD_INITS", "IIFStandardROIHeads", "IIFCascadeROIHeads", "apply_head_init"]
+__all__ = [
+    "HEAD_INITS",
+    "DetectionFilterMixin",
+    "IIFStandardROIHeads",
+    "IIFCascadeROIHeads",
+    "apply_head_init",
+]
 
 # MODEL.HEAD_INIT.SCHEME: detectron2's, the authors' plain-linear IIF configs', mmdet 2.x's
 HEAD_INITS = ("detectron2", "authors", "mmdet")
@@ -266,9 +275,66 @@ class HeldoutLossMixin:
         return totals
 
 
+class DetectionFilterMixin:
+    """ROI heads whose inference can drop detections after the box head (its NMS) and before
+    the mask and keypoint heads, while filters are attached (:meth:`detection_filters`).
+
+    AP-fixed's uncapped inference attaches its evaluator's
+    :class:`~iif_d2.evaluation.ScoreFloorFilter` (``TEST.AP_FIXED.ADAPTIVE_FLOOR``): the
+    detections that can enter neither the standard cut nor a class's top K over the dataset
+    get no mask, so the mask head and detectron2's full-image mask pasting run for a few per
+    image instead of every one above the score threshold. Nothing is assumed about the order
+    of the box head's detections. Without filters (the default) the heads are upstream's.
+    """
+
+    _detection_filters = ()
+
+    @contextlib.contextmanager
+    def detection_filters(self, filters):
+        """Attach ``filters`` for the block; detached after it, also on error.
+
+        Each filter maps one image's box-head :class:`Instances` to a bool mask of the
+        detections it needs, or to None when it needs nothing yet (its evaluator is not
+        running). A detection is kept if an active filter needs it; every detection is kept
+        while no filter is active.
+
+        Yields:
+            dict of counts over the block: "images", "box_detections" (out of the box head),
+            "mask_detections" (kept, passed on to the mask head).
+        """
+        if self._detection_filters:
+            raise RuntimeError(
+                "Detection filters are already attached to these ROI heads; leave the "
+                "enclosing detection_filters block first."
+            )
+        stats = {"images": 0, "box_detections": 0, "mask_detections": 0}
+        self._detection_filters, self._filter_stats = tuple(filters), stats
+        try:
+            yield stats
+        finally:
+            self._detection_filters = ()
+            del self._filter_stats
+
+    def _filtered(self, instances: Instances) -> Instances:
+        masks = [m for m in (f(instances) for f in self._detection_filters) if m is not None]
+        stats = self._filter_stats
+        stats["images"] += 1
+        stats["box_detections"] += len(instances)
+        if masks:
+            instances = instances[functools.reduce(torch.logical_or, masks)]
+        stats["mask_detections"] += len(instances)
+        return instances
+
+    def forward_with_given_boxes(self, features, instances):
+        if self._detection_filters:
+            instances = [self._filtered(x) for x in instances]
+        return super().forward_with_given_boxes(features, instances)
+
+
 @ROI_HEADS_REGISTRY.register()
-class IIFStandardROIHeads(HeldoutLossMixin, StandardROIHeads):
-    """:class:`StandardROIHeads` with an :class:`IIFFastRCNNOutputLayers` box predictor."""
+class IIFStandardROIHeads(DetectionFilterMixin, HeldoutLossMixin, StandardROIHeads):
+    """:class:`StandardROIHeads` with an :class:`IIFFastRCNNOutputLayers` box predictor (and
+    :class:`DetectionFilterMixin`'s filters at inference)."""
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -280,13 +346,14 @@ class IIFStandardROIHeads(HeldoutLossMixin, StandardROIHeads):
 
 
 @ROI_HEADS_REGISTRY.register()
-class IIFCascadeROIHeads(HeldoutLossMixin, CascadeROIHeads):
+class IIFCascadeROIHeads(DetectionFilterMixin, HeldoutLossMixin, CascadeROIHeads):
     """:class:`CascadeROIHeads` with IIF box predictors in every stage.
 
     Each stage's loss scales its own logits. At inference with IIF on, the stages' *logits* are
     averaged and the IIF softmax is applied once to the average (the authors' code,
     docs/method.md §2); upstream averages the stages' probabilities, which is what runs with
-    IIF off.
+    IIF off. Either way the last stage's detections then pass :class:`DetectionFilterMixin`'s
+    filters before the mask head.
     """
 
     @classmethod
