@@ -48,10 +48,13 @@ def test_bad_arguments_exit_with_a_message(rehearse):
 
 
 def test_mini_rehearsal_decoupled_from_its_stage1(tmp_path):
+    """Two runs at a time: the decoupled stage 2 starts with its stage 1 free to run beside it,
+    so it must wait for the stage-1 checkpoint."""
     out = tmp_path / "report"
     cmd = [
         sys.executable, TOOL, "--mini", "--only", "12e_iif_decoupled.yaml", "--iters", "1",
         "--val-images", "1", "--size", "32", "--threads", "1", "--output", str(out),
+        "--jobs", "2",  # stage 2 must wait for the stage-1 run it loads
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -451,8 +451,10 @@ def main(argv=None):
 
     from iif_d2.machine import describe_machine
 
+    with open(gt_file) as f:
+        val_images = len(json.load(f)["images"])
     header = (
-        f"SynthLT val (512 images), {'--quick ' if args.quick else ''}{seeds_n} seeds "
+        f"SynthLT val ({val_images} images), {'--quick ' if args.quick else ''}{seeds_n} seeds "
         f"({seeds[0]}-{seeds[-1]}), mean ± std; {describe_machine()}, {platform.machine()}, "
         f"torch {torch.__version__}, {args.threads} intra-op thread(s) per run, {jobs} run(s) at "
         f"a time; FP/img at score >= {args.score_thresh}; post-process rows and the recipe row "

@@ -36,6 +36,7 @@ One row per config, printed and written to ``--output`` (rehearsal.md, rehearsal
     python tools/rehearse.py --mini                  # all configs on the 2,000-image set
     python tools/rehearse.py --only recipe           # full size, the recipe configs
     python tools/rehearse.py --mini --only R_50_FPN_1x_iif.yaml --iters 1
+    python tools/rehearse.py --jobs 2 --threads 1    # full size, two configs at a time
 
 Torch threads are pinned (OMP_NUM_THREADS = ``--threads``). Checkpoints are deleted after each
 run (the stage-1 one after stage 2, the calibrated backbones at the end) unless
@@ -291,17 +292,21 @@ def _merged_yaml(path: str) -> dict:
     return merge(merged, data)
 
 
-def backbone_weights(config: str, out_root: str, env) -> str:
-    """The calibrated random backbone for ``config`` (one file per backbone: the config's
-    MODEL.RESNETS, BACKBONE and pixel statistics), made in a subprocess on first use."""
+def _backbone_key(config: str) -> str:
+    """What a calibrated backbone depends on: the config's MODEL.RESNETS, BACKBONE and pixel
+    statistics (a short hash)."""
     import hashlib
 
     model = _merged_yaml(os.path.join(ROOT, config)).get("MODEL", {})
     key = json.dumps([model.get(k) for k in ("RESNETS", "BACKBONE", "PIXEL_MEAN", "PIXEL_STD")],
                      sort_keys=True)  # fmt: skip
-    out = os.path.join(
-        out_root, "calibrated_backbones", hashlib.sha1(key.encode()).hexdigest()[:12] + ".pth"
-    )
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def backbone_weights(config: str, out_root: str, env) -> str:
+    """The calibrated random backbone for ``config`` (one file per backbone:
+    :func:`_backbone_key`), made in a subprocess on first use."""
+    out = os.path.join(out_root, "calibrated_backbones", _backbone_key(config) + ".pth")
     if not os.path.isfile(out):
         cmd = [sys.executable, os.path.abspath(__file__), "--calibrate",
                os.path.join(ROOT, config), out, "MODEL.DEVICE", "cpu"]  # fmt: skip
@@ -509,6 +514,55 @@ class _Progress:
             self.bar.close()
 
 
+def run_configs(args, configs, stage1, out_root, val, expected, env, heading) -> list:
+    """Every config's row (in ``configs``' order), ``args.jobs`` runs at a time: a decoupled
+    stage 2 starts once the stage-1 run it loads has finished, and each calibrated backbone
+    is made once. The report is rewritten after every run."""
+    import concurrent.futures
+    import threading
+
+    rows, progress, lock = {}, _Progress(len(configs)), threading.Lock()
+    backbone_locks = {}
+    done = {os.path.join(out_root, os.path.splitext(os.path.basename(c))[0]): threading.Event()
+            for c in configs}  # fmt: skip
+
+    def one(config):
+        name = os.path.splitext(os.path.basename(config))[0]
+        out_dir = os.path.join(out_root, name)
+        try:
+            if config in stage1:
+                if stage1[config] in done:
+                    done[stage1[config]].wait()
+                weights = os.path.join(stage1[config], "model_final.pth")
+            else:
+                with lock:
+                    key_lock = backbone_locks.setdefault(_backbone_key(config), threading.Lock())
+                with key_lock:
+                    weights = backbone_weights(config, out_root, env)
+            row = run_one(args, config, out_dir, val, expected, weights, env)
+            if not args.keep_checkpoints and out_dir not in stage1.values():
+                for ckpt in glob.glob(os.path.join(out_dir, "*.pth")):
+                    os.remove(ckpt)
+        finally:
+            done[out_dir].set()
+        with lock:
+            rows[config] = row
+            progress.step(row)
+            ordered = [rows[c] for c in configs if c in rows]
+            with open(os.path.join(out_root, "rehearsal.json"), "w") as f:
+                json.dump(ordered, f, indent=1)
+            with open(os.path.join(out_root, "rehearsal.md"), "w") as f:
+                f.write(markdown(ordered, heading))
+
+    # stage-1 configs come before their stage 2 in leaf_configs' order, so a waiting stage 2
+    # never holds the last free worker while its stage 1 is still queued behind it
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(one, c) for c in configs]:
+            future.result()
+    progress.close()
+    return [rows[c] for c in configs]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--mini", action="store_true", help="lvis_shaped_mini (2,000 train images)")
@@ -525,14 +579,17 @@ def parse_args(argv=None):
     p.add_argument(
         "--threads", type=int, default=os.cpu_count(), help="OMP_NUM_THREADS (all cores)"
     )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="configs run at once (1; each with --threads)"
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per config (1800)")
     p.add_argument("--output", default="output/rehearsal", help="report and run folders")
     p.add_argument(
         "--keep-checkpoints", action="store_true", help="keep each run's model_final.pth"
     )
     args = p.parse_args(argv)
-    if args.iters < 1 or args.val_images < 1 or args.size < 16:
-        p.error("--iters and --val-images must be >= 1 and --size >= 16")
+    if args.iters < 1 or args.val_images < 1 or args.size < 16 or args.jobs < 1:
+        p.error("--iters, --val-images and --jobs must be >= 1 and --size >= 16")
     return args
 
 
@@ -560,7 +617,7 @@ def main(argv=None):
         f"{'lvis_shaped_mini' if args.mini else 'lvis_shaped'} ({args.iters} iterations, "
         f"{args.size} px, batch {args.ims_per_batch}, eval on {args.val_images} val images, "
         f"{args.device})\n\n{describe_machine()}, torch {{torch}}, "
-        f"OMP_NUM_THREADS={args.threads}"
+        f"OMP_NUM_THREADS={args.threads}, {args.jobs} run(s) at a time"
     )
     t0 = time.perf_counter()
     prep = _prepare_in_subprocess(out_root, mode, args.val_images, env)
@@ -570,30 +627,12 @@ def main(argv=None):
     val = prep["val_json"], prep["image_root"]
     with open(prep["expected"]) as f:
         expected = json.load(f)
-    rows, progress = [], _Progress(len(configs))
     stage1 = {  # stage-2 config -> the stage-1 checkpoint this rehearsal makes
         c: os.path.join(out_root, os.path.splitext(stage1_of(os.path.basename(c)))[0])
         for c in configs
         if "decoupled" in os.path.basename(c)
     }
-    for config in configs:
-        name = os.path.splitext(os.path.basename(config))[0]
-        if config in stage1:
-            weights = os.path.join(stage1[config], "model_final.pth")
-        else:
-            weights = backbone_weights(config, out_root, env)
-        out_dir = os.path.join(out_root, name)
-        row = run_one(args, config, out_dir, val, expected, weights, env)
-        rows.append(row)
-        progress.step(row)
-        if not args.keep_checkpoints and out_dir not in stage1.values():
-            for ckpt in glob.glob(os.path.join(out_dir, "*.pth")):
-                os.remove(ckpt)
-        with open(os.path.join(out_root, "rehearsal.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-        with open(os.path.join(out_root, "rehearsal.md"), "w") as f:
-            f.write(markdown(rows, heading))
-    progress.close()
+    rows = run_configs(args, configs, stage1, out_root, val, expected, env, heading)
     if not args.keep_checkpoints:
         for folder in set(stage1.values()):
             for ckpt in glob.glob(os.path.join(folder, "*.pth")):

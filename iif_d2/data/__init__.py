@@ -3,7 +3,7 @@ LVIS-shaped (a synthetic set with LVIS v1's exact per-class counts), in LVIS v1 
 registered like detectron2's builtins under ``$DETECTRON2_DATASETS`` (default ``./datasets``)
 and generated on first use:
 
-* ``synthlt_train`` / ``synthlt_val``: 24 classes, imbalance 150, 497 train / 512 val
+* ``synthlt_train`` / ``synthlt_val``: 24 classes, imbalance 150, 497 train / 492 val
   images of 128 px (demo, benchmark);
 * ``iif_synthetic_tiny_train`` / ``_val``: 8 classes, 96 px (tests, quick schedules);
 * ``lvis_shaped_train`` / ``_val``: 100,170 / 19,809 images, the 1203 classes of LVIS v1 with

@@ -50,8 +50,9 @@ class SynthSpec:
     max_images: int = 300  # train images of the most frequent class
     imbalance: float = 150.0  # max_images / images of the rarest class
     classes_per_image: float = 3.0  # mean number of classes in a train image
-    # 64 images per class: 512 val images, >= 64 instances of every class (rare ones included),
-    # so each group's AP rests on hundreds of instances (SynthLT v2; v1 had 8: 64 images)
+    # 64 images per class: 492 val images (of 512 drawn, the empty ones dropped), >= 64
+    # instances of every class (rare ones included), so each group's AP rests on hundreds of
+    # instances (SynthLT v2; v1 had 8: 64 images)
     val_images_per_class: int = 64
     image_size: int = 128
     distractors: int = 3
