@@ -218,6 +218,21 @@ def test_ap_fixed_is_lvis_api_on_top_k_per_category(seed):
         assert abs(fast[key] - ref[key]) <= 1e-12, key
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fixed_and_pooled_in_one_matching_equal_the_two_functions(seed):
+    from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth
+    from iif_d2.lvis_eval.devil import ap_fixed, ap_pooled, fixed_and_pooled
+
+    gt, dets = _case(seed)
+    g = LVISGroundTruth.from_dict(gt)
+    d = LVISDetections.from_results(to_results(dets, with_segm=False), "bbox")
+    for k in (5, 10000):  # the budget binding, and not
+        fixed, pooled = fixed_and_pooled(g, d, "bbox", dets_per_cat=k)
+        assert fixed == ap_fixed(g, d, "bbox", dets_per_cat=k)
+        assert pooled == ap_pooled(g, d, "bbox", dets_per_cat=k)
+    assert fixed_and_pooled(g, d, "bbox", dets_per_cat=5) != (fixed, pooled)
+
+
 def _two_image_gt():
     img = {"height": 100, "width": 100, "neg_category_ids": [], "not_exhaustive_category_ids": []}
     box = [10.0, 10.0, 40.0, 40.0]

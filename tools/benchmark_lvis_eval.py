@@ -211,9 +211,9 @@ def _worker(engine, folder):
                 out["seconds"][task] = time.perf_counter() - t0 + load / 2
                 continue
             if engine == "fast+devil":  # AP-fixed and AP-pool (10,000 per class), no standard AP
-                from iif_d2.lvis_eval.devil import ap_fixed, ap_pooled
+                from iif_d2.lvis_eval.devil import fixed_and_pooled
 
-                fixed, pooled = ap_fixed(gt, d, task), ap_pooled(gt, d, task)
+                fixed, pooled = fixed_and_pooled(gt, d, task)
                 out["metrics"][task] = {"AP-fixed": fixed["AP"], **pooled}
                 out["seconds"][task] = time.perf_counter() - t0 + load / 2
                 continue
