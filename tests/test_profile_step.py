@@ -1,0 +1,33 @@
+"""tools/profile_step.py on the instant IIF Mask R-CNN: the step's split and the operator table."""
+
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, "tools", "profile_step.py")
+CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_iif.yaml")
+
+
+def test_profile_step_splits_a_step_and_lists_operators():
+    cmd = [sys.executable, TOOL, "--config-file", CONFIG, "--threads", "1", "--warmup", "1",
+           "--steps", "2", "--profile-steps", "1", "--top", "5"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = re.search(
+        r"threads 1, 2 steps: ([\d.]+) s/step wall \(forward ([\d.]+) = \d+%, backward ([\d.]+) "
+        r"= \d+%, optimizer ([\d.]+) = \d+%\), ([\d.]+) CPU s/step",
+        proc.stdout,
+    )
+    assert line, proc.stdout[-2000:]
+    total, fwd, bwd, opt, cpu = map(float, line.groups())
+    assert fwd > 0 and bwd > 0 and abs(fwd + bwd + opt - total) < 2e-3 + 0.01 * total
+    assert cpu > 0
+    assert "Self CPU" in proc.stdout and "aten::" in proc.stdout  # the profiler's table
+
+
+def test_profile_step_bad_arguments():
+    proc = subprocess.run([sys.executable, TOOL, "--config-file", CONFIG, "--steps", "0"],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 2 and "--steps" in proc.stderr
