@@ -37,7 +37,8 @@ bench: $(STAMP)
 	$(PY) tools/benchmark_class_stats.py
 
 # every LVIS v1 config started, trained a few steps and evaluated on the LVIS-shaped set
-# (ARGS=--mini: the 2,000-image variant; --only PATTERN limits the configs)
+# (ARGS=--mini: the 2,000-image variant; --only PATTERN limits the configs; --jobs 2
+# --threads 1: two configs at a time, 31 min for all at full size on 2 cores)
 rehearse: $(STAMP)
 	$(PY) tools/rehearse.py $(ARGS)
 
