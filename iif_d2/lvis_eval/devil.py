@@ -18,7 +18,7 @@ detection before its mask is computed: it cannot be in its class's top.
 import numpy as np
 
 from .data import LVISDetections, LVISGroundTruth
-from .engine import AREA_LABELS, _accumulate, _mean, accumulate, evaluate, match, summarize
+from .engine import AREA_LABELS, _accumulate, _mean, accumulate, match, summarize
 
 __all__ = [
     "POOLS",
@@ -56,6 +56,12 @@ def _subset(dt: LVISDetections, idx) -> LVISDetections:
     return out
 
 
+def _budget_matches(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, dets_per_cat: int):
+    """:func:`~iif_d2.lvis_eval.engine.match` (no cap per image) of each category's top
+    ``dets_per_cat`` detections: what AP-fixed and AP-pool accumulate."""
+    return match(gt, _subset(dt, top_per_category(dt, dets_per_cat)), iou_type, max_dets=-1)
+
+
 def ap_fixed(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, dets_per_cat=10000):
     """AP-fixed: lvis-api's metrics on each category's top ``dets_per_cat`` detections, with
     no limit per image.
@@ -63,8 +69,7 @@ def ap_fixed(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, dets_per_ca
     Returns:
         dict of lvis-api's metric names (``AR@-1`` for the unlimited recall) to fractions.
     """
-    sub = _subset(dt, top_per_category(dt, dets_per_cat))
-    return summarize(evaluate(gt, sub, iou_type, max_dets=-1))
+    return ap_fixed_from_matches(gt, _budget_matches(gt, dt, iou_type, dets_per_cat))
 
 
 def ap_fixed_from_matches(gt: LVISGroundTruth, m: dict) -> dict:
@@ -84,8 +89,7 @@ def ap_pooled(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, dets_per_c
         dict "AP-pool" (all categories), "AP-pool-r", "AP-pool-c", "AP-pool-f" (fractions,
         -1 for a pool without ground truth), over IoU 0.5:0.95, area "all".
     """
-    sub = _subset(dt, top_per_category(dt, dets_per_cat))
-    return ap_pooled_from_matches(gt, match(gt, sub, iou_type, max_dets=-1))
+    return ap_pooled_from_matches(gt, _budget_matches(gt, dt, iou_type, dets_per_cat))
 
 
 def ap_pooled_from_matches(gt: LVISGroundTruth, m: dict) -> dict:
@@ -117,7 +121,7 @@ def fixed_and_pooled(gt: LVISGroundTruth, dt: LVISDetections, iou_type: str, det
     Returns:
         (AP-fixed's dict of lvis-api's metric names, AP-pool's dict), fractions.
     """
-    m = match(gt, _subset(dt, top_per_category(dt, dets_per_cat)), iou_type, max_dets=-1)
+    m = _budget_matches(gt, dt, iou_type, dets_per_cat)
     return ap_fixed_from_matches(gt, m), ap_pooled_from_matches(gt, m)
 
 
