@@ -303,6 +303,21 @@ def add_iif_config(cfg):
     _C.NUM_THREADS = 0
 
     # ---------------------------------------------------------------------------------------
+    # How the model's maths runs: the same results up to float rounding, at another speed.
+    # CHANNELS_LAST: IIFGeneralizedRCNN keeps its conv weights and the image batch in the
+    # channels-last memory format, oneDNN's native one on CPU (the SynthLT ResNet-18 FPN
+    # backbone's forward + backward ~40 % faster on 2 cores). Needs META_ARCHITECTURE
+    # "IIFGeneralizedRCNN".
+    # ROI_ALIGN: "torchvision" (detectron2's ROIAlign) or "matmul" (iif_d2.roi_align: the same
+    # values as two matrix products per image, with a multi-threaded backward; faster on small
+    # feature maps such as SynthLT's, slower on LVIS-sized ones). Needs iif-d2's ROI heads and
+    # POOLER_TYPE "ROIAlign" or "ROIAlignV2".
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.KERNELS = CN()
+    _C.MODEL.KERNELS.CHANNELS_LAST = False
+    _C.MODEL.KERNELS.ROI_ALIGN = "torchvision"
+
+    # ---------------------------------------------------------------------------------------
     # Checkpoints (iif_d2.checkpoint.IIFCheckpointer: loading runs no code, atomic writes).
     # ---------------------------------------------------------------------------------------
     # False: a tensor of MODEL.WEIGHTS (or of a resumed checkpoint) whose shape differs from the

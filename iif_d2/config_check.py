@@ -62,6 +62,14 @@ def unused_settings(cfg, model: nn.Module) -> List[str]:
             "MODEL.ROI_MASK_HEAD.INFERENCE.MASK_THRESHOLD needs META_ARCHITECTURE "
             f"'IIFGeneralizedRCNN', not {cfg.MODEL.META_ARCHITECTURE!r}."
         )
+    if cfg.MODEL.KERNELS.CHANNELS_LAST and not _derives(model, "IIFGeneralizedRCNN"):
+        problems.append(
+            "MODEL.KERNELS.CHANNELS_LAST needs META_ARCHITECTURE 'IIFGeneralizedRCNN', not "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}."
+        )
+    matmul = any(_derives(m, "MatmulROIAlign") for m in model.modules())
+    if cfg.MODEL.KERNELS.ROI_ALIGN != "torchvision" and not matmul:
+        problems.append(f"MODEL.KERNELS.ROI_ALIGN needs {roi}.")
     normalized = any(_derives(m, "NormalizedMaskRCNNConvUpsampleHead") for m in model.modules())
     if mask.NORMALIZED.SCALE != 20.0 and not normalized:
         problems.append(

@@ -5,7 +5,9 @@ Besides the predictors, the heads hold FASA's held-out measurement
 initialisation of the box-head FCs, the box regressor and the mask head
 (:func:`apply_head_init`), once every head is built. At inference they can drop detections
 between the box head and the mask head (:class:`DetectionFilterMixin`): AP-fixed's uncapped
-inference then computes masks only for the detections its evaluator can use.
+inference then computes masks only for the detections its evaluator can use. With
+MODEL.KERNELS.ROI_ALIGN "matmul" their poolers use :class:`~iif_d2.roi_align.MatmulROIAlign`
+(:class:`RoIAlignKernelMixin`).
 """
 
 import contextlib
@@ -16,6 +18,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.layers import ROIAlign
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, StandardROIHeads
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
@@ -24,10 +27,13 @@ from torch import nn
 from .fasa import ADAPTATION_LOSSES, heldout_loss_terms
 from .fast_rcnn import IIFFastRCNNOutputLayers
 from .mask_head import mmdet_mask_head_init
+from .roi_align import MatmulROIAlign
 
 __all__ = [
     "HEAD_INITS",
     "DetectionFilterMixin",
+    "RoIAlignKernelMixin",
+    "ROI_ALIGN_KERNELS",
     "IIFStandardROIHeads",
     "IIFCascadeROIHeads",
     "apply_head_init",
@@ -36,6 +42,8 @@ __all__ = [
 # MODEL.HEAD_INIT.SCHEME: detectron2's, the authors' plain-linear IIF configs', mmdet 2.x's
 HEAD_INITS = ("detectron2", "authors", "mmdet")
 _FASA = "MODEL.ROI_BOX_HEAD.FASA"
+# MODEL.KERNELS.ROI_ALIGN: detectron2's (torchvision's kernel), or iif_d2.roi_align's products
+ROI_ALIGN_KERNELS = ("torchvision", "matmul")
 
 
 def _replace_predictor(cfg, upstream, input_shape, **kwargs) -> IIFFastRCNNOutputLayers:
@@ -121,6 +129,36 @@ def _training_flag(module: nn.Module):
         yield module
     finally:
         module.training = old
+
+
+class RoIAlignKernelMixin:
+    """MODEL.KERNELS.ROI_ALIGN: with "matmul", every RoIAlign of the heads' poolers (box, mask,
+    keypoint) becomes its :class:`MatmulROIAlign` twin (same arguments, same values)."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        kernel = cfg.MODEL.KERNELS.ROI_ALIGN
+        if kernel not in ROI_ALIGN_KERNELS:
+            raise ValueError(
+                f"MODEL.KERNELS.ROI_ALIGN {kernel!r} is not one of {ROI_ALIGN_KERNELS}."
+            )
+        if kernel == "matmul":
+            for key in ("box_pooler", "mask_pooler", "keypoint_pooler"):
+                if ret.get(key) is not None:
+                    _use_matmul_roi_align(ret[key], key)
+        return ret
+
+
+def _use_matmul_roi_align(pooler: nn.Module, key: str) -> None:
+    levels = list(pooler.level_poolers)
+    wrong = sorted({type(m).__name__ for m in levels if type(m) is not ROIAlign})
+    if wrong:
+        raise ValueError(
+            f"MODEL.KERNELS.ROI_ALIGN 'matmul' computes RoIAlign, but the {key} uses {wrong}: "
+            "set its POOLER_TYPE to 'ROIAlignV2' (or 'ROIAlign'), or ROI_ALIGN 'torchvision'."
+        )
+    pooler.level_poolers = nn.ModuleList(MatmulROIAlign.like(m) for m in levels)
 
 
 class HeldoutLossMixin:
@@ -332,7 +370,9 @@ class DetectionFilterMixin:
 
 
 @ROI_HEADS_REGISTRY.register()
-class IIFStandardROIHeads(DetectionFilterMixin, HeldoutLossMixin, StandardROIHeads):
+class IIFStandardROIHeads(
+    DetectionFilterMixin, HeldoutLossMixin, RoIAlignKernelMixin, StandardROIHeads
+):
     """:class:`StandardROIHeads` with an :class:`IIFFastRCNNOutputLayers` box predictor (and
     :class:`DetectionFilterMixin`'s filters at inference)."""
 
@@ -346,7 +386,9 @@ class IIFStandardROIHeads(DetectionFilterMixin, HeldoutLossMixin, StandardROIHea
 
 
 @ROI_HEADS_REGISTRY.register()
-class IIFCascadeROIHeads(DetectionFilterMixin, HeldoutLossMixin, CascadeROIHeads):
+class IIFCascadeROIHeads(
+    DetectionFilterMixin, HeldoutLossMixin, RoIAlignKernelMixin, CascadeROIHeads
+):
     """:class:`CascadeROIHeads` with IIF box predictors in every stage.
 
     Each stage's loss scales its own logits. At inference with IIF on, the stages' *logits* are

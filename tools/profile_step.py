@@ -9,6 +9,11 @@ apart (the batch is fetched before the clock starts).
 
     python tools/profile_step.py --config-file configs/SynthLT-InstanceSegmentation/mask_rcnn_R_18_FPN_iif.yaml
     python tools/profile_step.py --config-file ... --threads 1 MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 64
+    python tools/profile_step.py --config-file ... MODEL.WEIGHTS output/demo/model_final.pth
+
+A model's first steps are cheaper than a trained one's: its proposals rarely overlap the ground
+truth, so the mask head sees few positive RoIs. Pass MODEL.WEIGHTS (a trained checkpoint) to
+time the steps that dominate a run.
 
 CPU times depend on the thread count (``--threads``, pinned) and on what else runs on the
 machine: compare settings in the same quiet session.
@@ -55,6 +60,7 @@ def main(argv=None):
         cfg = setup(ns)
         logging.getLogger("detectron2").setLevel(logging.WARNING)
         trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)  # MODEL.WEIGHTS: a trained model's step
         model, optimizer = trainer.model, trainer.optimizer
         model.train()
         batches = iter(trainer.data_loader)
