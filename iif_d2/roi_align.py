@@ -44,8 +44,9 @@ def axis_weights(
         dtype: the arithmetic's floating type (torchvision computes in the features' one).
 
     Returns:
-        (R, out, size) of ``dtype``: row ``[r, i]`` maps the axis' feature values to cell ``i``'s mean
-        over its samples (1 / samples per sample, 0 for samples outside ``[-1, size]``).
+        (R, out, size) of ``dtype``: row ``[r, i]`` maps the axis' feature values to cell
+        ``i``'s mean over its samples (1 / samples per sample, 0 for samples outside
+        ``[-1, size]``).
     """
     start, end = start.to(dtype), end.to(dtype)
     num = start.shape[0]

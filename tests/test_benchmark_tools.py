@@ -137,3 +137,25 @@ def test_benchmark_fasa_reduced_run(tmp_path):
     names = ["head train step", "head, all rates 1", "tiny recipe Mask R-CNN train step"]
     report = _check_report(tmp_path, "speed_fasa", names)
     assert report["sections"] == ["head", "model"]
+
+
+def test_benchmark_kernels_reduced_run(tmp_path):
+    """The RoIAlign rows (the LVIS-sized one outside the headline) and the SynthLT model rows,
+    each with its control (speed itself is the script's output, not asserted here)."""
+    out = _run_tool("benchmark_kernels", tmp_path, "--threads", "1")
+    names = [
+        "SynthLT box RoIAlign (32 x 32, C 64, 512 RoIs, 7 x 7) fwd + bwd",
+        "SynthLT mask RoIAlign (32 x 32, C 64, 128 RoIs, 14 x 14) fwd + bwd",
+        "LVIS box RoIAlign (100 x 168, C 256, 256 RoIs, 7 x 7) fwd + bwd",
+        "SynthLT Mask R-CNN (fresh) train step, 4 images",
+        "SynthLT Mask R-CNN (fresh) inference, 4 images",
+    ]
+    report = _check_report(tmp_path, "speed_kernels", names)
+    assert [r["headline"] for r in report["rows"]] == [True, True, False, True, True]
+    assert report["weights"] == "fresh initialisation" and "max ratio" in out
+    r = subprocess.run(
+        [sys.executable, os.path.join(TOOLS, "benchmark_kernels.py"), "--weights", "nope.pth"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "--weights 'nope.pth' is not a file" in r.stderr

@@ -150,7 +150,7 @@ def test_training_losses_match_with_the_kernels():
 def test_bad_kernel_settings_are_errors():
     with pytest.raises(ValueError, match=r"ROI_ALIGN 'fast' is not one of"):
         build_model(_cfg("MODEL.KERNELS.ROI_ALIGN", "fast"))
-    with pytest.raises(ValueError, match=r"box_pooler uses \['ROIPool'\].*POOLER_TYPE"):
+    with pytest.raises(ValueError, match=r"box_pooler uses \['RoIPool'\].*POOLER_TYPE"):
         build_model(
             _cfg("MODEL.KERNELS.ROI_ALIGN", "matmul", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIPool")
         )
@@ -158,10 +158,10 @@ def test_bad_kernel_settings_are_errors():
     cfg = get_cfg()
     add_iif_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, "retinanet_R_18_FPN_instant_iif.yaml"))
-    cfg.merge_from_list(
-        ["MODEL.KERNELS.ROI_ALIGN", "matmul", "MODEL.KERNELS.CHANNELS_LAST", True]
-    )
+    cfg.merge_from_list(["MODEL.KERNELS.ROI_ALIGN", "matmul", "MODEL.KERNELS.CHANNELS_LAST", True])
     cfg = resolve_training_set(cfg)
     problems = unused_settings(cfg, build_model(cfg))
-    assert any(p.startswith("MODEL.KERNELS.CHANNELS_LAST needs META_ARCHITECTURE") for p in problems)
+    assert any(
+        p.startswith("MODEL.KERNELS.CHANNELS_LAST needs META_ARCHITECTURE") for p in problems
+    )
     assert any(p.startswith("MODEL.KERNELS.ROI_ALIGN needs ROI_HEADS.NAME") for p in problems)

@@ -232,10 +232,11 @@ def dense_benchmark(device, compare, title, config, node):
     ]
 
 
-def setup(doc, sections, report):
+def setup(doc, sections, report, add_arguments=None):
     """Parse the shared options (``doc``: the script's docstring, shown in full by --help;
     ``sections``: the choices of --only; ``report``: the file name of the outputs, without
-    extension), pin the thread count and print the machine line.
+    extension; ``add_arguments(parser)``: a script's own options), pin the thread count and
+    print the machine line.
 
     Returns:
         (args, device, compare, meta): ``compare`` as :func:`comparer`, ``meta`` the report's
@@ -257,6 +258,8 @@ def setup(doc, sections, report):
         "--images", type=int, default=2, help="images per batch, 512 RoIs each (default: 2)"
     )
     parser.add_argument("--only", nargs="+", choices=sections, help="run only these sections")
+    if add_arguments is not None:
+        add_arguments(parser)
     parser.add_argument(
         "--output-dir",
         default=os.path.normpath(os.path.join(REPO, "output", "benchmark")),
