@@ -305,8 +305,8 @@ def add_iif_config(cfg):
     # ---------------------------------------------------------------------------------------
     # How the model's maths runs: the same results up to float rounding, at another speed.
     # CHANNELS_LAST: IIFGeneralizedRCNN keeps its conv weights and the image batch in the
-    # channels-last memory format, oneDNN's native one on CPU (the SynthLT ResNet-18 FPN
-    # backbone's forward + backward ~40 % faster on 2 cores). Needs META_ARCHITECTURE
+    # channels-last memory format, oneDNN's native one on CPU (tools/benchmark_kernels.py
+    # times both kernels on the SynthLT model). Needs META_ARCHITECTURE
     # "IIFGeneralizedRCNN".
     # ROI_ALIGN: "torchvision" (detectron2's ROIAlign) or "matmul" (iif_d2.roi_align: the same
     # values as two matrix products per image, with a multi-threaded backward; faster on small

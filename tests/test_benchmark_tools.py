@@ -147,8 +147,8 @@ def test_benchmark_kernels_reduced_run(tmp_path):
         "SynthLT box RoIAlign (32 x 32, C 64, 512 RoIs, 7 x 7) fwd + bwd",
         "SynthLT mask RoIAlign (32 x 32, C 64, 128 RoIs, 14 x 14) fwd + bwd",
         "LVIS box RoIAlign (100 x 168, C 256, 256 RoIs, 7 x 7) fwd + bwd",
-        "SynthLT Mask R-CNN (fresh) train step, 4 images",
-        "SynthLT Mask R-CNN (fresh) inference, 4 images",
+        "SynthLT Mask R-CNN (fresh), 4 images: train step",
+        "SynthLT Mask R-CNN (fresh), 4 images: inference",
     ]
     report = _check_report(tmp_path, "speed_kernels", names)
     assert [r["headline"] for r in report["rows"]] == [True, True, False, True, True]

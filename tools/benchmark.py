@@ -153,13 +153,15 @@ def _pair(cfg_a, cfg_b):
     return a, b
 
 
-def _inputs():
-    """Two images of the tiny synthetic set, with their ground truth."""
+def _inputs(dataset="iif_synthetic_tiny_train", n=2):
+    """The first ``n`` images of ``dataset`` (default: two of the tiny synthetic set), with
+    their ground truth."""
     inputs = []
-    for d in DatasetCatalog.get("iif_synthetic_tiny_train")[:2]:
+    for d in DatasetCatalog.get(dataset)[:n]:
         img = torch.as_tensor(read_image(d["file_name"], "BGR").transpose(2, 0, 1).copy())
         inst = annotations_to_instances(d["annotations"], img.shape[1:])
-        inputs.append({"image": img, "instances": inst, "height": 96, "width": 96})
+        h, w = img.shape[1:]
+        inputs.append({"image": img, "instances": inst, "height": h, "width": w})
     return inputs
 
 
@@ -185,10 +187,13 @@ def _inference(model, inputs):
     return run
 
 
-def _train_and_infer(compare, title, models, inputs):
+def _train_and_infer(compare, title, models, inputs, test_inputs=None):
+    """A train-step row on ``inputs`` and an inference row on ``test_inputs`` (default: the
+    same images)."""
+    test_inputs = inputs if test_inputs is None else test_inputs
     return [
         compare(f"{title} train step", {k: _train_step(m, inputs) for k, m in models.items()}),
-        compare(f"{title} inference", {k: _inference(m, inputs) for k, m in models.items()}),
+        compare(f"{title} inference", {k: _inference(m, test_inputs) for k, m in models.items()}),
     ]
 
 

@@ -30,10 +30,8 @@ import os
 import sys
 
 import torch
-from benchmark import REPO, _inference, _train_step, finish, setup
+from benchmark import REPO, _inputs, _train_and_infer, finish, setup
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import annotations_to_instances, read_image
 from detectron2.modeling import build_model
 from torchvision.ops import roi_align
 
@@ -94,15 +92,6 @@ def _synthlt_cfg(device, *opts):
     return resolve_training_set(cfg, training=False)
 
 
-def _synthlt_inputs(dataset, n=4):
-    inputs = []
-    for d in DatasetCatalog.get(dataset)[:n]:
-        img = torch.as_tensor(read_image(d["file_name"], "BGR").transpose(2, 0, 1).copy())
-        inst = annotations_to_instances(d["annotations"], img.shape[1:])
-        inputs.append({"image": img, "instances": inst, "height": d["height"], "width": d["width"]})
-    return inputs
-
-
 def model_benchmark(device, compare, weights):
     fast_cfg = _synthlt_cfg(device)
     plain_cfg = _synthlt_cfg(device, *PLAIN)
@@ -112,18 +101,10 @@ def model_benchmark(device, compare, weights):
         IIFCheckpointer(fast).load(weights)
     plain.load_state_dict(fast.state_dict())
     state = "trained" if weights else "fresh"
-    train = _synthlt_inputs(fast_cfg.DATASETS.TRAIN[0])
-    val = _synthlt_inputs(fast_cfg.DATASETS.TEST[0])
-    return [
-        compare(
-            f"SynthLT Mask R-CNN ({state}) train step, 4 images",
-            {"detectron2": _train_step(plain, train), "iif-d2": _train_step(fast, train)},
-        ),
-        compare(
-            f"SynthLT Mask R-CNN ({state}) inference, 4 images",
-            {"detectron2": _inference(plain, val), "iif-d2": _inference(fast, val)},
-        ),
-    ]
+    train = _inputs(fast_cfg.DATASETS.TRAIN[0], 4)
+    val = _inputs(fast_cfg.DATASETS.TEST[0], 4)
+    models = {"detectron2": plain, "iif-d2": fast}
+    return _train_and_infer(compare, f"SynthLT Mask R-CNN ({state}), 4 images:", models, train, val)
 
 
 def _weights_option(parser):
