@@ -299,6 +299,8 @@ def add_iif_config(cfg):
     # Intra-op CPU threads of each process (torch.set_num_threads), set and logged by
     # iif_d2.engine.setup; 0 = torch's default (OMP_NUM_THREADS if set, else the cores). CPU
     # results depend on it (the reduction order changes): pin it wherever numbers are compared.
+    # They also depend on the CPU's kernel set (AVX2, AVX-512, AMX: logged beside the threads),
+    # so bits repeat across machines only where both match.
     # ---------------------------------------------------------------------------------------
     _C.NUM_THREADS = 0
 

@@ -25,6 +25,7 @@ from .data.training_set import needs_class_counts, resolve_training_set
 from .evaluation import build_evaluator
 from .fasa import FASA
 from .hooks import FASAHook, RngStateGatherer
+from .machine import cpu_capability, cpu_model
 from .run_lock import acquire_output_dir
 from .samplers import build_train_sampler
 
@@ -288,10 +289,14 @@ def setup(args):
     if cfg.NUM_THREADS:
         torch.set_num_threads(cfg.NUM_THREADS)
     logger.info(
-        "Intra-op CPU threads: %d (NUM_THREADS %d, OMP_NUM_THREADS %s).",
+        "Intra-op CPU threads: %d (NUM_THREADS %d, OMP_NUM_THREADS %s); CPU: %s, torch %s with "
+        "%s kernels (the same seed repeats bit for bit only with the same threads and kernels).",
         torch.get_num_threads(),
         cfg.NUM_THREADS,
         os.environ.get("OMP_NUM_THREADS", "unset"),
+        cpu_model(),
+        torch.__version__,
+        cpu_capability(),
     )
     if needs_class_counts(cfg) or cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
         resolve_training_set(

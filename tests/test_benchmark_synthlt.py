@@ -97,3 +97,20 @@ def test_demo_band_round_trip(bench, tmp_path):
     assert demo.in_band(21.0 + 1.99 * math.sqrt(2.0), *loaded["metrics"]["segm"]["APr"])
     assert not demo.in_band(21.0 + 2.1 * math.sqrt(2.0), *loaded["metrics"]["segm"]["APr"])
     assert demo.load_band(str(tmp_path / "missing.json")) is None
+
+
+def test_demo_says_when_the_band_comes_from_other_kernels(bench, capsys):
+    """Another CPU or kernel set trains another model from the same seed: the demo says so."""
+    from iif_d2.machine import describe_machine
+
+    demo = load_tool("demo")
+    cols = {"AP": 30.0, "APr": 20.0, "APc": 30.0, "APf": 40.0, "APbox": 25.0, "APr box": 15.0}
+    runs = {"iif_raw": {42: dict(cols), 43: {k: v + 2.0 for k, v in cols.items()}}}
+    results = {"segm": {"AP": 31.0, "APr": 21.0, "APc": 31.0, "APf": 41.0},
+               "bbox": {"AP": 26.0, "APr": 16.0}}  # fmt: skip
+    for machine, noted in (("Some Other CPU (AVX2 kernels), 2 cores", True),
+                           (describe_machine(), False)):  # fmt: skip
+        demo.print_band(results, bench.demo_band(runs, [42, 43], 1, machine))
+        out = capsys.readouterr().out
+        assert ("another CPU or kernel set" in out) is noted, out
+        assert "all inside the band" in out

@@ -22,11 +22,11 @@ OPTS = [
 TIMEOUT_S = 300
 
 
-def _start(out, *extra, resume=False, workers=0):
+def _start(out, *extra, resume=False, workers=0, env=None):
     args = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG]
     args += ["--resume"] if resume else []
     args += [*OPTS, "DATALOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     log = open(out.parent / f"{out.name}{'_resumed' if resume else ''}.log", "w")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log = log
@@ -100,3 +100,24 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     expected = _weights(full)
     _assert_equal(_weights(at4), expected)
     _assert_equal(_weights(at8), expected)  # also: 2 workers map what 0 workers map
+
+
+# the instruction sets below AVX2 that torch's ATen and oneDNN kernels can be held to
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+
+
+def test_same_seed_repeats_only_on_the_same_kernels(tmp_path):
+    """The same seed and thread count repeat bit for bit; another kernel set (as on another
+    CPU: AVX2 against AVX-512) rounds differently and trains other weights from that seed."""
+    short = ("SOLVER.MAX_ITER", "4", "MODEL.ROI_BOX_HEAD.FASA.ENABLED", "False")
+    first, again, portable = tmp_path / "first", tmp_path / "again", tmp_path / "portable"
+    a, b = _start(first, *short), _start(again, *short)
+    _finish(a)
+    c = _start(portable, *short, env=PORTABLE_KERNELS)
+    _finish(b)
+    _finish(c)
+    assert "DEFAULT kernels" in (tmp_path / "portable.log").read_text()  # logged beside threads
+    reference = _weights(first)
+    _assert_equal(_weights(again), reference)
+    other = _weights(portable)
+    assert any(not _same(other[k], reference[k]) for k in reference)

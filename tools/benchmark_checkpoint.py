@@ -14,7 +14,6 @@ temporary directory inside the system's temporary directory); its file system is
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from iif_d2.checkpoint import IIFCheckpointer
+from iif_d2.machine import describe_machine
 
 
 def build_model(size_mb: float) -> nn.Module:
@@ -54,17 +54,6 @@ def file_system(path: str) -> str:
         default=None,
     )
     return f"{best[1]} (mounted at {best[0]})" if best else "unknown"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():
@@ -113,7 +102,7 @@ def main():
 
         size = os.path.getsize(os.path.join(root, "model_final.pth")) / 2**20
         print(
-            f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{describe_machine()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch thread(s); file system: {file_system(root)}"
         )
         print(f"checkpoint {size:.1f} MiB, {args.repeats} alternating runs each (medians):")

@@ -240,6 +240,14 @@ def print_band(results, band):
         f"[demo] README band: mean ± std over {len(band['seeds'])} seeds ({band['machine']}, "
         f"{band['threads']} thread(s)); inside = within mean ± {BAND_K:g} std:"
     )
+    from iif_d2.machine import cpu_capability, cpu_model
+
+    here = f"{cpu_model()} ({cpu_capability()} kernels)"
+    if not band["machine"].startswith(here):
+        print(
+            f"[demo] this machine: {here}, another CPU or kernel set than the band's: the same "
+            "seed trains another model here, so only the band's spread is comparable"
+        )
     outside = 0
     for task, metrics in band["metrics"].items():
         for k, (mean, std) in metrics.items():
