@@ -114,3 +114,39 @@ def test_demo_says_when_the_band_comes_from_other_kernels(bench, capsys):
         out = capsys.readouterr().out
         assert ("another CPU or kernel set" in out) is noted, out
         assert "all inside the band" in out
+
+
+def test_welch_difference_matches_scipy(bench):
+    from scipy import stats
+
+    a, b = [14.8, 16.0, 13.9], [15.9, 14.9, 13.3, 15.0]
+    mean_std = [bench.mean_std(x) for x in (a, b)]
+    d, low, high = bench.welch_difference(*mean_std[0], len(a), *mean_std[1], len(b))
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert d == pytest.approx(sum(a) / 3 - sum(b) / 4)
+    assert bench.welch_difference(2.0, 0.0, 3, 1.0, 0.0, 3) == (1.0, 1.0, 1.0)
+
+
+def test_compare_tables_flags_cells_and_changed_verdicts(bench):
+    seeds = [42, 43, 44]
+    methods = bench.select_methods(["iif_raw", "softmax"], quick=False)
+
+    def runs_with(iif_apr):
+        def metrics(ap, apr):
+            return dict(dict.fromkeys(bench.COLUMNS, 1.0), AP=ap, APr=apr, **{"run (s)": 1.0})
+
+        return {
+            "softmax": {s: metrics(30.0 + i, 10.0 + i) for i, s in enumerate(seeds)},
+            "iif_raw": {s: metrics(30.5 + i, v) for (i, s), v in zip(enumerate(seeds), iif_apr)},
+        }
+
+    ref_rows, ref_claims = bench.summarise(methods, runs_with([10.0, 11.0, 12.0]), seeds)
+    rows, claims = bench.summarise(methods, runs_with([20.0, 21.5, 22.0]), seeds)
+    cells, verdicts = bench.compare_tables(rows, claims, {"rows": ref_rows, "claims": ref_claims})
+    bad = [(c["key"], c["metric"]) for c in cells if not c["consistent"]]
+    assert bad == [("iif_raw", "APr")]  # +10 points with stds near 1: outside
+    assert ("IIF raises APr over softmax", "not shown", "shown") in verdicts
+    text = bench.comparison_text(cells, verdicts, "ref.json")
+    assert f"{len(cells) - 1} of {len(cells)} cells consistent" in text
+    assert "| IIF raw | APr |" in text

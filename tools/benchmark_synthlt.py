@@ -154,6 +154,76 @@ def mean_std(values):
     return m, s
 
 
+def welch_difference(a_mean, a_std, a_n, b_mean, b_std, b_n, confidence=0.95):
+    """Mean difference a - b of two independent samples given as (mean, std, n), with its
+    two-sided Welch interval: (difference, low, high); the interval is the point itself when
+    both stds are 0."""
+    from scipy import stats
+
+    va, vb = a_std**2 / a_n, b_std**2 / b_n
+    d = a_mean - b_mean
+    if va + vb == 0:
+        return d, d, d
+    df = (va + vb) ** 2 / (va**2 / (a_n - 1) + vb**2 / (b_n - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, df) * math.sqrt(va + vb)
+    return d, d - half, d + half
+
+
+def compare_tables(rows, claims, reference):
+    """This run's table against a reference report (another run's benchmark.json, e.g. the
+    README's copy in docs/): per row and metric the difference of the means with its 95 %
+    Welch interval (consistent when it holds 0), and the claims whose verdict changed.
+
+    Returns:
+        (cells: list of dicts key, metric, mean, reference, low, high, consistent;
+         verdicts: list of (claim, reference verdict, this verdict) that differ)
+    """
+    ref_rows = {r["key"]: r for r in reference["rows"]}
+    cells = []
+    for row in rows:
+        ref = ref_rows.get(row["key"])
+        if ref is None:
+            continue
+        for c in COLUMNS:
+            if c == "train s/it" or row[c] is None or ref.get(c) is None:
+                continue
+            d, low, high = welch_difference(
+                row[c], row[c + " std"], len(row["seeds"]),
+                ref[c], ref[c + " std"], len(ref["seeds"]),
+            )  # fmt: skip
+            cells.append({"key": row["key"], "method": row["method"], "metric": c,
+                          "mean": row[c], "reference": ref[c], "difference": d, "low": low,
+                          "high": high, "consistent": low <= 0 <= high})  # fmt: skip
+    ref_verdicts = {c["claim"]: c["verdict"] for c in reference["claims"]}
+    verdicts = [
+        (c["claim"], ref_verdicts[c["claim"]], c["verdict"])
+        for c in claims
+        if ref_verdicts.get(c["claim"], c["verdict"]) != c["verdict"]
+    ]
+    return cells, verdicts
+
+
+def comparison_text(cells, verdicts, reference_path):
+    """The comparison as markdown: a summary line, the cells that are not consistent, the
+    changed verdicts."""
+    bad = [c for c in cells if not c["consistent"]]
+    lines = [
+        f"Against {reference_path}: {len(cells) - len(bad)} of {len(cells)} cells consistent "
+        "(the 95 % Welch interval of the difference of the means holds 0).",
+        "",
+    ]
+    if bad:
+        lines += ["| method | metric | this run | reference | difference | 95 % CI |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {c['method']} | {c['metric']} | {c['mean']:.2f} | {c['reference']:.2f} | "
+                  f"{c['difference']:+.2f} | [{c['low']:+.2f}, {c['high']:+.2f}] |"
+                  for c in bad]  # fmt: skip
+        lines.append("")
+    lines += [f"Verdict changed: {claim}: {ref} -> {now}" for claim, ref, now in verdicts]
+    lines += [] if verdicts else ["Every claim's verdict is the reference's."]
+    return "\n".join(lines) + "\n"
+
+
 def run_dir(out_root, key, seed):
     return os.path.join(out_root, key, f"seed{seed}")
 
@@ -378,7 +448,7 @@ def _parser():
     parser.add_argument(
         "--threads", type=int, default=1,
         help="intra-op threads of each run (NUM_THREADS; default 1: the numbers then repeat on "
-        "any machine, whatever its core count)",
+        "any machine with the same CPU kernel set, whatever its core count)",
     )  # fmt: skip
     parser.add_argument(
         "--output-dir", default=None,
@@ -388,6 +458,12 @@ def _parser():
     parser.add_argument(
         "--score-thresh", type=float, default=0.3,
         help="score threshold of the false positives per image (default: 0.3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare", metavar="JSON", default=None,
+        help="also compare the table with another run's benchmark.json (e.g. "
+        "docs/benchmark_synthlt_quick.json): each cell's difference with its 95 %% interval, "
+        "and the claims whose verdict changed; written to comparison.md",
     )  # fmt: skip
     parser.add_argument(
         "--write-band", action="store_true",
@@ -453,15 +529,27 @@ def main(argv=None):
 
     with open(gt_file) as f:
         val_images = len(json.load(f)["images"])
+    run_minutes = sum(
+        r.get("run (s)") or 0.0 for by_seed in runs.values() for r in by_seed.values()
+    )
+    run_minutes /= 60
     header = (
         f"SynthLT val ({val_images} images), {'--quick ' if args.quick else ''}{seeds_n} seeds "
         f"({seeds[0]}-{seeds[-1]}), mean ± std; {describe_machine()}, {platform.machine()}, "
         f"torch {torch.__version__}, {args.threads} intra-op thread(s) per run, {jobs} run(s) at "
         f"a time; FP/img at score >= {args.score_thresh}; post-process rows and the recipe row "
         f"evaluate another row's model of the same seed. Wall time {(time.time() - t0) / 60:.0f} "
-        "min (runs found finished are not repeated)."
+        f"min (runs found finished are not repeated); the runs' own times add up to "
+        f"{run_minutes:.0f} min."
     )
     print(write_report(rows, claims, runs, out_root, header))
+    if args.compare:
+        with open(args.compare) as f:
+            cells, verdicts = compare_tables(rows, claims, json.load(f))
+        text = comparison_text(cells, verdicts, args.compare)
+        with open(os.path.join(out_root, "comparison.md"), "w") as f:
+            f.write(text)
+        print(text)
     if "iif_raw" in runs and not args.quick:
         band = demo_band(runs, seeds, args.threads, describe_machine())
         paths = [os.path.join(out_root, "demo_band.json")]
