@@ -9,7 +9,7 @@ set torch dispatches to; every report carries it beside the CPU model.
 import os
 import platform
 
-__all__ = ["cpu_capability", "cpu_model", "describe_machine"]
+__all__ = ["cpu_capability", "cpu_kernels", "cpu_model", "describe_machine"]
 
 
 def cpu_model() -> str:
@@ -31,10 +31,15 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def cpu_kernels() -> str:
+    """The CPU model and torch's kernel set: what must match for a seed's bits to repeat."""
+    return f"{cpu_model()} ({cpu_capability()} kernels)"
+
+
 def describe_machine() -> str:
     """CPU model and torch's kernel set, cores, memory and Python, in one line."""
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
-        f"{cpu_model()} ({cpu_capability()} kernels), {os.cpu_count()} cores, {mem:.0f} GiB, "
+        f"{cpu_kernels()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
         f"Python {platform.python_version()}"
     )

@@ -240,9 +240,9 @@ def print_band(results, band):
         f"[demo] README band: mean ± std over {len(band['seeds'])} seeds ({band['machine']}, "
         f"{band['threads']} thread(s)); inside = within mean ± {BAND_K:g} std:"
     )
-    from iif_d2.machine import cpu_capability, cpu_model
+    from iif_d2.machine import cpu_kernels
 
-    here = f"{cpu_model()} ({cpu_capability()} kernels)"
+    here = cpu_kernels()
     if not band["machine"].startswith(here):
         print(
             f"[demo] this machine: {here}, another CPU or kernel set than the band's: the same "
