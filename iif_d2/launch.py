@@ -184,10 +184,16 @@ def _cpu_worker(
         _local_group(world_size, per_machine, machine_rank)
         comm.synchronize()
         main_func(*args)
+        # Every rank done before any closes its connections: a rank that exits while another
+        # still talks to it, or that leaves gloo's threads to the interpreter's teardown,
+        # can abort ("terminate called without an active exception").
+        comm.synchronize()
     except RuntimeError as e:
         if _is_timeout(e) and not isinstance(e, CollectiveTimeoutError):
             raise _timeout_error(rank, world_size, timeout, e, "in a collective call") from e
         raise
+    finally:
+        dist.destroy_process_group()  # joins gloo's threads now, not at interpreter exit
 
 
 def _local_group(world_size: int, per_machine: int, machine_rank: int):

@@ -94,8 +94,15 @@ def test_demo_band_round_trip(bench, tmp_path):
     path = tmp_path / "band.json"
     path.write_text(json.dumps(band))
     loaded = demo.load_band(str(path))
-    assert demo.in_band(21.0 + 1.99 * math.sqrt(2.0), *loaded["metrics"]["segm"]["APr"])
-    assert not demo.in_band(21.0 + 2.1 * math.sqrt(2.0), *loaded["metrics"]["segm"]["APr"])
+    # 2 seeds: t(0.975, 1) * sqrt(1 + 1/2) = 12.706 * 1.2247 = 15.56 std
+    apr = loaded["metrics"]["segm"]["APr"]
+    assert demo.band_half_width(1.0, 2) == pytest.approx(15.562, abs=1e-3)
+    assert demo.in_band(21.0 + 15.5 * math.sqrt(2.0), *apr, n=2)
+    assert not demo.in_band(21.0 + 15.7 * math.sqrt(2.0), *apr, n=2)
+    assert not demo.in_band(21.0 + 3.1 * math.sqrt(2.0), *apr, n=5)  # 5 seeds: 3.04 std
+    assert demo.in_band(21.0 + 3.0 * math.sqrt(2.0), *apr, n=5)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        demo.band_half_width(1.0, 1)
     assert demo.load_band(str(tmp_path / "missing.json")) is None
 
 

@@ -25,6 +25,17 @@ def test_profile_step_splits_a_step_and_lists_operators():
     assert fwd > 0 and bwd > 0 and abs(fwd + bwd + opt - total) < 2e-3 + 0.01 * total
     assert cpu > 0
     assert "Self CPU" in proc.stdout and "aten::" in proc.stdout  # the profiler's table
+    assert "Input Shapes" not in proc.stdout
+
+
+def test_profile_step_by_shape_names_each_convolution():
+    cmd = [sys.executable, TOOL, "--config-file", CONFIG, "--threads", "1", "--warmup", "0",
+           "--steps", "1", "--profile-steps", "1", "--top", "400", "--by-shape"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Input Shapes" in proc.stdout
+    # the ResNet stem's 7x7 kernel (64 x 3 x 7 x 7) appears as a row of its own
+    assert re.search(r"convolution\b.*\[64, 3, 7, 7\]", proc.stdout), proc.stdout[-3000:]
 
 
 def test_profile_step_bad_arguments():

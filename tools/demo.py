@@ -8,7 +8,8 @@ when there is one) and evaluate it with the LVIS evaluator; draw its predictions
 truth of a few validation images (tools/visualize.py). Box and mask AP, AP50, APr, APc, APf,
 AP-fixed and AP-pool are printed, and then next to the README's band (docs/demo_band.json: mean
 and std over seeds of tools/benchmark_synthlt.py's "IIF raw" row), each marked inside or outside
-mean ± 2 std. On a terminal each phase shows a progress bar with its rate and ETA; otherwise (a
+the band's 95 % prediction interval for one more seed (mean ± t · std · sqrt(1 + 1/n) over n
+seeds). On a terminal each phase shows a progress bar with its rate and ETA; otherwise (a
 log file, CI) one plain line per update. An interrupted demo resumes where it stopped; the full
 log is in OUTPUT_DIR/log.txt. When training has finished, only model_final.pth is kept of the
 checkpoints.
@@ -43,7 +44,7 @@ INFERENCE_DONE = re.compile(r"Inference done (\d+)/(\d+)")
 INFERENCE_END = re.compile(r"Total inference time")
 # the demo's expected numbers: mean and std over seeds of the benchmark's "IIF raw" row
 BAND_FILE = os.path.join(REPO, "docs", "demo_band.json")
-BAND_K = 2.0  # a run is inside the band within mean ± BAND_K std
+BAND_CONFIDENCE = 0.95  # a run is inside the band within its prediction interval for one seed
 PLAIN_INTERVAL_S = 30.0  # off a terminal: at most one progress line per this many seconds
 
 
@@ -226,19 +227,37 @@ def load_band(path):
         return None
 
 
-def in_band(value, mean, std, k=BAND_K):
-    """Whether ``value`` lies within ``mean`` ± ``k`` std."""
-    return abs(value - mean) <= k * std
+def band_half_width(std, n, confidence=BAND_CONFIDENCE):
+    """Half-width of the prediction interval for one more seed, from ``n`` seeds with sample
+    standard deviation ``std``: ``t(1 - (1 - confidence) / 2, n - 1) * std * sqrt(1 + 1/n)``.
+
+    With 3 seeds it is 4.97 std, with 5 seeds 3.04: a fixed "2 std" would call a new seed
+    outside about one time in four with 3 seeds (the spread itself is estimated), not one in 20.
+    """
+    from scipy import stats
+
+    if n < 2:
+        raise ValueError(f"a band needs at least 2 seeds for its spread, got {n}")
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std * math.sqrt(1 + 1 / n)
+
+
+def in_band(value, mean, std, n):
+    """Whether ``value`` lies within the band's prediction interval (``n`` seeds)."""
+    return abs(value - mean) <= band_half_width(std, n)
 
 
 def print_band(results, band):
-    """This run's numbers next to the band, and whether each falls inside mean ± 2 std."""
+    """This run's numbers next to the band, and whether each falls inside its 95 % prediction
+    interval for one more seed."""
     if band is None:
         print(f"[demo] no band file ({os.path.relpath(BAND_FILE, REPO)}): nothing to compare")
         return
+    n = len(band["seeds"])
+    k = band_half_width(1.0, n)
     print(
-        f"[demo] README band: mean ± std over {len(band['seeds'])} seeds ({band['machine']}, "
-        f"{band['threads']} thread(s)); inside = within mean ± {BAND_K:g} std:"
+        f"[demo] README band: mean ± std over {n} seeds ({band['machine']}, "
+        f"{band['threads']} thread(s)); inside = within the {BAND_CONFIDENCE:.0%} prediction "
+        f"interval for one more seed, mean ± {k:.2f} std:"
     )
     from iif_d2.machine import cpu_kernels
 
@@ -250,12 +269,13 @@ def print_band(results, band):
         )
     outside = 0
     for task, metrics in band["metrics"].items():
-        for k, (mean, std) in metrics.items():
-            value = results[task][k]
-            ok = in_band(value, mean, std)
+        for key, (mean, std) in metrics.items():
+            value = results[task][key]
+            ok = in_band(value, mean, std, n)
             outside += not ok
             print(
-                f"[demo]   {task:<5}{k:<5}{value:6.1f}   band {mean:5.1f} ± {std:.1f}   "
+                f"[demo]   {task:<5}{key:<5}{value:6.1f}   band {mean:5.1f} ± {std:.1f}"
+                f" [{mean - k * std:5.1f}, {mean + k * std:5.1f}]   "
                 f"{'inside' if ok else 'OUTSIDE'}"
             )
     print(f"[demo] {'all inside the band' if not outside else f'{outside} outside the band'}")

@@ -10,6 +10,7 @@ apart (the batch is fetched before the clock starts).
     python tools/profile_step.py --config-file configs/SynthLT-InstanceSegmentation/mask_rcnn_R_18_FPN_iif.yaml
     python tools/profile_step.py --config-file ... --threads 1 MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 64
     python tools/profile_step.py --config-file ... MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/profile_step.py --config-file ... --by-shape   # which convolution costs
 
 A model's first steps are cheaper than a trained one's: its proposals rarely overlap the ground
 truth, so the mask head sees few positive RoIs. Pass MODEL.WEIGHTS (a trained checkpoint) to
@@ -39,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed steps (20)")
     p.add_argument("--profile-steps", type=int, default=5, help="profiled steps (5; 0: none)")
     p.add_argument("--top", type=int, default=15, help="operators listed (15)")
+    p.add_argument(
+        "--by-shape", action="store_true", help="list operators per input shape (which conv costs)"
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.profile_steps < 0 or args.threads < 1:
@@ -94,10 +98,12 @@ def main(argv=None):
             if args.profile_steps:
                 from torch.profiler import ProfilerActivity, profile
 
-                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                cpu = [ProfilerActivity.CPU]
+                with profile(activities=cpu, record_shapes=args.by_shape) as prof:
                     for _ in range(args.profile_steps):
                         step()
-                table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top)
+                averages = prof.key_averages(group_by_input_shape=args.by_shape)
+                table = averages.table(sort_by="self_cpu_time_total", row_limit=args.top)
                 print(table, flush=True)
     return 0
 
