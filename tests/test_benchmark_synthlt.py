@@ -157,3 +157,72 @@ def test_compare_tables_flags_cells_and_changed_verdicts(bench):
     text = bench.comparison_text(cells, verdicts, "ref.json")
     assert f"{len(cells) - 1} of {len(cells)} cells consistent" in text
     assert "| IIF raw | APr |" in text
+
+
+def _record(bench, key, seed, out_root, machine="machine A", ap=30.0):
+    by_key = {m[0]: m for m in bench.METHODS}
+    _, _, config, weights_of = by_key[key]
+    _, _, stamp = bench.run_plan(key, seed, config, weights_of, str(out_root), ["NUM_THREADS", "1"])
+    metrics = dict.fromkeys(bench.COLUMNS, ap)
+    return {"key": key, "seed": seed, "stamp": stamp, "metrics": metrics, "machine": machine}
+
+
+def test_a_post_process_stamp_does_not_name_the_clone(bench, tmp_path):
+    by_key = {m[0]: m for m in bench.METHODS}
+    _, _, config, weights_of = by_key["iif_post"]
+    a = bench.run_plan("iif_post", 42, config, weights_of, str(tmp_path / "a"), [])
+    b = bench.run_plan("iif_post", 42, config, weights_of, str(tmp_path / "b"), [])
+    assert a[2] == b[2] and a[1] != b[1]  # same stamp, each run reads its own clone's model
+    assert a[1][:2] == [
+        "MODEL.WEIGHTS",
+        str(tmp_path / "a" / "softmax" / "seed42" / "model_final.pth"),
+    ]
+
+
+def test_records_answer_a_benchmark_without_running_it(bench, tmp_path):
+    methods = bench.select_methods(["iif_post"], quick=False)  # softmax + its post-process row
+    records = {(k, s): _record(bench, k, s, tmp_path, ap=float(s)) for k in ("softmax", "iif_post")
+               for s in (42, 43)}  # fmt: skip
+    path = str(tmp_path / "runs.json")
+    bench.save_records(path, records)
+    loaded = bench.load_records(path)
+    assert loaded == records
+    # every run is recorded: nothing trains, the metrics are the records'
+    runs = bench.run_all(
+        methods, [42, 43], str(tmp_path), ["NUM_THREADS", "1"], None, 0.3, 1, loaded
+    )
+    assert runs["iif_post"][43]["AP"] == 43.0 and runs["softmax"][42]["AP"] == 42.0
+    # another thread count is another run: its stamp differs, so the record does not answer it
+    assert bench.from_records(methods, [42], str(tmp_path), ["NUM_THREADS", "2"], loaded) == {}
+
+
+def test_an_unrecorded_post_process_run_retrains_its_source(bench, tmp_path):
+    methods = bench.select_methods(["iif_post"], quick=False)
+    opts = ["NUM_THREADS", "1"]
+    records = {("softmax", 42): _record(bench, "softmax", 42, tmp_path)}
+    # the softmax record has metrics but no model: the post-process row needs one, so softmax
+    # is trained again
+    assert bench.from_records(methods, [42], str(tmp_path), opts, records) == {}
+    model = tmp_path / "softmax" / "seed42" / "model_final.pth"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    assert set(bench.from_records(methods, [42], str(tmp_path), opts, records)) == {("softmax", 42)}
+
+
+def test_record_runs_keeps_where_each_run_ran(bench, tmp_path):
+    methods = bench.select_methods(["softmax"], quick=False)
+    opts = ["NUM_THREADS", "1"]
+    records = {("softmax", 42): _record(bench, "softmax", 42, tmp_path, machine="machine A")}
+    runs = {"softmax": {42: records[("softmax", 42)]["metrics"], 43: {"AP": 1.0}}}
+    machines = bench.record_runs(records, methods, runs, str(tmp_path), opts, "machine B")
+    assert machines == {"machine A", "machine B"}
+    assert records[("softmax", 42)]["machine"] == "machine A"
+    assert records[("softmax", 43)]["machine"] == "machine B"
+
+
+def test_a_file_that_is_not_records_is_an_error_naming_it(bench, tmp_path):
+    path = tmp_path / "runs.json"
+    path.write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="not a records file"):
+        bench.load_records(str(path))
+    assert bench.load_records(str(tmp_path / "absent.json")) == {}

@@ -249,27 +249,74 @@ def fp_stats(out, gt_file, score_thresh):
     return fp["fp_per_image"], delta_ap_fp(gt_file, results)["delta_ap_fp"]
 
 
+def run_plan(key, seed, config, weights_of, out_root, opts):
+    """Where one (row, seed) runs, its train_net.py overrides and its stamp (what makes two runs
+    the same run: config, overrides; the source model's path relative to ``out_root``)."""
+    out = run_dir(out_root, key, seed)
+    opts = ["SEED", str(seed), "TEST.LVIS_EVAL_SAVE_RESULTS", "True",
+            "TEST.LVIS_EVAL_FIXED_POOLED", "True", *opts]  # fmt: skip
+    stamp = {"config": os.path.relpath(config, REPO), "opts": list(opts)}
+    if weights_of:
+        weights = os.path.join(run_dir(out_root, weights_of, seed), "model_final.pth")
+        opts = ["MODEL.WEIGHTS", weights, *opts]
+        stamp["opts"] = ["MODEL.WEIGHTS", os.path.relpath(weights, out_root), *stamp["opts"]]
+    return out, opts, stamp
+
+
+def finished_metrics(out, stamp):
+    """The metrics of a finished run in ``out`` with this stamp, else None."""
+    try:
+        with open(os.path.join(out, "benchmark_run.json")) as f:
+            done = json.load(f)
+        return done["metrics"] if done["stamp"] == stamp else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_records(path):
+    """A records file (``--records``): {(key, seed): record}; {} if it does not exist yet.
+
+    Each record holds the run's stamp, metrics, machine and torch version. A records file lets a
+    benchmark be run in parts, on different days or clones: a run whose stamp is recorded is
+    read back, not repeated."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        try:
+            data = json.load(f)
+            return {(r["key"], int(r["seed"])): r for r in data["runs"]}
+        except (ValueError, KeyError, TypeError) as e:
+            sys.exit(
+                f"[benchmark] {path} is not a records file ({e!r}): it holds "
+                '{"runs": [{"key", "seed", "stamp", "metrics", ...}]}; pass another --records '
+                "path or move this file away"
+            )
+
+
+def save_records(path, records):
+    """Write the records sorted by row and seed, atomically (a killed run keeps the old file)."""
+    runs = [records[k] for k in sorted(records)]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"runs": runs}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def recorded_metrics(records, key, seed, stamp):
+    r = records.get((key, seed))
+    return r["metrics"] if r is not None and r["stamp"] == stamp else None
+
+
 def run_one(key, seed, config, weights_of, out_root, opts, gt_file, score_thresh, progress):
     """Train (or evaluate) one row at one seed; return its metrics.
 
     A run whose stamp (the same command) and results exist is read back, not repeated."""
     from demo import demo_config, run_train_net
 
-    out = run_dir(out_root, key, seed)
-    opts = ["SEED", str(seed), "TEST.LVIS_EVAL_SAVE_RESULTS", "True",
-            "TEST.LVIS_EVAL_FIXED_POOLED", "True", *opts]  # fmt: skip
-    if weights_of:
-        opts = ["MODEL.WEIGHTS", os.path.join(run_dir(out_root, weights_of, seed),
-                "model_final.pth"), *opts]  # fmt: skip
-    stamp_path = os.path.join(out, "benchmark_run.json")
-    stamp = {"config": os.path.relpath(config, REPO), "opts": opts}
-    try:
-        with open(stamp_path) as f:
-            done = json.load(f)
-        if done["stamp"] == stamp:
-            return done["metrics"]
-    except (OSError, ValueError, KeyError):
-        pass
+    out, opts, stamp = run_plan(key, seed, config, weights_of, out_root, opts)
+    done = finished_metrics(out, stamp)
+    if done is not None:
+        return done
     max_iter = None if weights_of else demo_config(opts, config).SOLVER.MAX_ITER
     t = time.time()
     res = run_train_net(
@@ -286,24 +333,68 @@ def run_one(key, seed, config, weights_of, out_root, opts, gt_file, score_thresh
         "APr box": bbox["APr"], "FP/img": fp, "dAP_FP": dap,
         "train s/it": None if weights_of else train_seconds_per_iter(out), "run (s)": wall,
     }  # fmt: skip
-    with open(stamp_path, "w") as f:
+    with open(os.path.join(out, "benchmark_run.json"), "w") as f:
         json.dump({"stamp": stamp, "metrics": metrics}, f, indent=1)
     return metrics
 
 
-def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs):
+def from_records(methods, seeds, out_root, opts, records):
+    """The (row, seed) runs the records answer: {(key, seed): metrics}.
+
+    A run that is neither recorded nor finished in ``out_root`` is run; if it evaluates another
+    row's model and that model is not in ``out_root``, the source row is trained again too (a
+    record keeps metrics, not models)."""
+    found = {}
+    for key, _, config, weights_of in methods:
+        for seed in seeds:
+            out, _, stamp = run_plan(key, seed, config, weights_of, out_root, opts)
+            if finished_metrics(out, stamp) is None:
+                metrics = recorded_metrics(records, key, seed, stamp)
+                if metrics is not None:
+                    found[(key, seed)] = metrics
+    for key, _, _, weights_of in methods:
+        for seed in seeds:
+            model = os.path.join(run_dir(out_root, weights_of or "", seed), "model_final.pth")
+            if weights_of and (key, seed) not in found and not os.path.exists(model):
+                found.pop((weights_of, seed), None)
+    return found
+
+
+def record_runs(records, methods, runs, out_root, opts, machine):
+    """Add ``runs`` not yet in ``records`` (or recorded with another stamp) to them, with this
+    machine and torch version; return the machines of the runs in ``runs``."""
+    import torch
+
+    machines = set()
+    for key, _, config, weights_of in methods:
+        for seed, metrics in runs.get(key, {}).items():
+            _, _, stamp = run_plan(key, seed, config, weights_of, out_root, opts)
+            if recorded_metrics(records, key, seed, stamp) is None:
+                records[(key, seed)] = {
+                    "key": key, "seed": seed, "stamp": stamp, "metrics": metrics,
+                    "machine": machine, "torch": torch.__version__,
+                }  # fmt: skip
+            machines.add(records[(key, seed)]["machine"])
+    return machines
+
+
+def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs, records=None):
     """Every (row, seed), trained rows first (a post-process row needs its source's model), at
-    most ``jobs`` at a time; prints one line per finished run with an ETA.
+    most ``jobs`` at a time; prints one line per finished run with an ETA. Runs the ``records``
+    answer are read from them.
 
     Returns:
         {key: {seed: metrics}}.
     """
+    known = from_records(methods, seeds, out_root, opts, records or {})
     phases = [[m for m in methods if not m[3]], [m for m in methods if m[3]]]
     total = sum(len(p) for p in phases) * len(seeds)
     runs, finished, t0 = {}, 0, time.time()
 
     def one(method, seed):
         key, _, config, weights_of = method
+        if (key, seed) in known:
+            return key, seed, known[(key, seed)]
         return (
             key,
             seed,
@@ -470,6 +561,13 @@ def _parser():
         help="also write the IIF raw row's band to docs/demo_band.json (make demo compares "
         "its numbers with it)",
     )  # fmt: skip
+    parser.add_argument(
+        "--records", metavar="JSON", default=None,
+        help="a records file: runs recorded there with the same stamp are read back, not "
+        "repeated, and this run's new runs are added (a benchmark in parts: on several days, "
+        "clones or machines; the report names every machine). The README's full table: "
+        "docs/benchmark_synthlt_runs.json",
+    )  # fmt: skip
     keys = [m[0] for m in METHODS]
     parser.add_argument(
         "--only", nargs="+", metavar="KEY", choices=keys,
@@ -521,11 +619,18 @@ def main(argv=None):
         flush=True,
     )
     t0 = time.time()
-    runs = run_all(methods, seeds, out_root, opts, gt_file, args.score_thresh, jobs)
+    records = load_records(args.records)
+    runs = run_all(methods, seeds, out_root, opts, gt_file, args.score_thresh, jobs, records)
     rows, claims = summarise(methods, runs, seeds)
     import torch
 
     from iif_d2.machine import describe_machine
+
+    machines = {describe_machine()}
+    if args.records:
+        machines = record_runs(records, methods, runs, out_root, opts, describe_machine())
+        save_records(args.records, records)
+        print(f"[benchmark] {len(records)} runs recorded in {args.records}")
 
     with open(gt_file) as f:
         val_images = len(json.load(f)["images"])
@@ -535,7 +640,8 @@ def main(argv=None):
     run_minutes /= 60
     header = (
         f"SynthLT val ({val_images} images), {'--quick ' if args.quick else ''}{seeds_n} seeds "
-        f"({seeds[0]}-{seeds[-1]}), mean ± std; {describe_machine()}, {platform.machine()}, "
+        f"({seeds[0]}-{seeds[-1]}), mean ± std; {' + '.join(sorted(machines))}, "
+        f"{platform.machine()}, "
         f"torch {torch.__version__}, {args.threads} intra-op thread(s) per run, {jobs} run(s) at "
         f"a time; FP/img at score >= {args.score_thresh}; post-process rows and the recipe row "
         f"evaluate another row's model of the same seed. Wall time {(time.time() - t0) / 60:.0f} "

@@ -1,0 +1,62 @@
+"""tools/count_positives.py: positives per box by each one-stage detector's own matcher."""
+
+import argparse
+import os
+
+import numpy as np
+import pytest
+import torch
+from helpers import load_tool
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_tool("count_positives")
+
+
+def _model_and_anchors(name, out):
+    from iif_d2.engine import Trainer, setup
+
+    config = os.path.join(REPO, "configs", "SynthLT-Detection", name)
+    ns = argparse.Namespace(config_file=config, opts=["OUTPUT_DIR", str(out)], resume=False)
+    model = Trainer.build_model(setup(ns)).eval()
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, 128, 128))
+        anchors = model.anchor_generator([features[f] for f in model.head_in_features])
+    return model, anchors
+
+
+def test_fcos_centre_sampling_gives_a_centred_box_nine_points(tool, tmp_path):
+    from detectron2.structures import Boxes
+
+    model, anchors = _model_and_anchors("fcos_R_18_FPN.yaml", tmp_path)
+    # a 32-px box centred on a P3 point (stride 8): points within 1.5 strides of its centre are
+    # the 3x3 around it, all inside the box and on P3's size range
+    centre = anchors[0].get_centers()[5 * 16 + 5]
+    box = torch.cat([centre - 16, centre + 16])[None]
+    counts = tool.positives_per_box(model, anchors, Boxes(box))
+    assert counts.tolist() == [9]
+
+
+def test_retinanet_iou_matcher_counts_every_foreground_anchor_once(tool, tmp_path):
+    from detectron2.structures import Boxes, pairwise_iou
+
+    model, anchors = _model_and_anchors("retinanet_R_18_FPN.yaml", tmp_path)
+    flat = Boxes.cat(anchors)
+    boxes = Boxes(flat.tensor[[100, 2000]].clone())  # two anchors as boxes: IoU 1 with themselves
+    counts = tool.positives_per_box(model, anchors, boxes)
+    iou = pairwise_iou(boxes, flat)
+    assert (counts >= 1).all()
+    # the foreground anchors are those with IoU >= 0.5 (plus low-quality best matches)
+    assert counts.sum().item() >= int((iou.max(dim=0).values >= 0.5).sum())
+
+
+def test_summary_bins_by_box_size(tool):
+    counts = np.array([0, 1, 9, 9, 8])
+    sizes = np.array([10.0, 12.0, 20.0, 40.0, 70.0])
+    rows = {r["size"]: r for r in tool.summarise(counts, sizes)}
+    assert rows["all"]["boxes"] == 5 and rows["all"]["none"] == pytest.approx(0.2)
+    assert rows["0-16 px"]["one"] == pytest.approx(0.5) and rows["0-16 px"]["mean"] == 0.5
+    assert rows["64-inf px"]["median"] == 8

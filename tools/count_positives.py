@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""How many positive anchors (or points) each ground-truth box gets from a one-stage detector's
+own matcher, on a config's training set.
+
+Builds each config's model (nothing is trained), takes the anchors its anchor generator makes
+for the training images' size, and labels them against every training image's boxes with the
+model's own rule: RetinaNet's IoU matcher (``MODEL.RETINANET.IOU_THRESHOLDS``, low-quality
+matches allowed) or FCOS's centre sampling and per-level size ranges. Prints, per config and
+per box size (sqrt of the area), the positives per box (mean, median, 10th percentile), the
+share of boxes with a single positive and with none.
+
+    python tools/count_positives.py \\
+        --config-file configs/SynthLT-Detection/retinanet_R_18_FPN.yaml \\
+        --config-file configs/SynthLT-Detection/fcos_R_18_FPN.yaml
+
+A dense detector learns each object from its positives: a box with one positive anchor gives
+the classifier one example per image where centre sampling gives it several.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from iif_d2.upstream_warnings import hide_upstream_deprecations
+
+hide_upstream_deprecations()  # before detectron2 is imported
+
+SIZE_BINS = [(0, 16), (16, 32), (32, 64), (64, float("inf"))]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--config-file", action="append", required=True, help="a RetinaNet or FCOS config (repeat)"
+    )
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config")
+    return p.parse_args(argv)
+
+
+def positives_per_box(model, anchors, boxes):
+    """Positive anchors per ground-truth box of one image, by ``model``'s own matching rule.
+
+    Args:
+        model: a built RetinaNet (has ``anchor_matcher``) or FCOS (has ``match_anchors``).
+        anchors: list of per-level ``Boxes``.
+        boxes: ``Boxes`` of the image's ground truth (N boxes).
+
+    Returns:
+        LongTensor (N,): how many anchors are labelled foreground for each box.
+    """
+    import torch
+    from detectron2.structures import Boxes, Instances, pairwise_iou
+
+    if hasattr(model, "match_anchors"):  # FCOS: centre sampling + size ranges
+        inst = Instances((0, 0), gt_boxes=boxes)
+        idx = model.match_anchors(anchors, [inst])[0]
+        fg = idx[idx >= 0]
+    else:  # RetinaNet: IoU matcher
+        idx, labels = model.anchor_matcher(pairwise_iou(boxes, Boxes.cat(anchors)))
+        fg = idx[labels == 1]
+    return torch.bincount(fg, minlength=len(boxes))
+
+
+def summarise(counts, sizes):
+    """Per size bin: boxes, mean / median / 10th-percentile positives, share with 1 and 0."""
+    import numpy as np
+
+    out = []
+    for lo, hi in [(0, float("inf"))] + SIZE_BINS:
+        sel = counts[(sizes >= lo) & (sizes < hi)]
+        if len(sel) == 0:
+            continue
+        out.append(
+            {
+                "size": "all" if hi == float("inf") and lo == 0 else f"{lo}-{hi:g} px",
+                "boxes": int(len(sel)),
+                "mean": float(sel.mean()),
+                "median": float(np.median(sel)),
+                "p10": float(np.percentile(sel, 10)),
+                "one": float((sel == 1).mean()),
+                "none": float((sel == 0).mean()),
+            }
+        )
+    return out
+
+
+def count_config(config_file, opts):
+    import numpy as np
+    import torch
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, BoxMode
+
+    from iif_d2.engine import Trainer, setup
+
+    cfg = setup(argparse.Namespace(config_file=config_file, opts=list(opts), resume=False))
+    model = Trainer.build_model(cfg).eval()
+    size = cfg.INPUT.MAX_SIZE_TRAIN
+    counts, sizes = [], []
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, size, size))
+        anchors = model.anchor_generator([features[f] for f in model.head_in_features])
+        for name in cfg.DATASETS.TRAIN:
+            for record in DatasetCatalog.get(name):
+                if (record["height"], record["width"]) != (size, size):
+                    sys.exit(
+                        f"[count_positives] {record['file_name']} is "
+                        f"{record['width']}x{record['height']}, not {size}x{size}: this tool "
+                        "counts anchors for square images of INPUT.MAX_SIZE_TRAIN"
+                    )
+                xyxy = [
+                    BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                    for a in record["annotations"]
+                ]
+                if not xyxy:
+                    continue
+                boxes = Boxes(torch.tensor(xyxy, dtype=torch.float32))
+                counts.append(positives_per_box(model, anchors, boxes).numpy())
+                sizes.append(boxes.area().sqrt().numpy())
+    return summarise(np.concatenate(counts), np.concatenate(sizes))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import iif_d2.data  # noqa: F401  (registers SynthLT)
+
+    report = {}
+    for config_file in args.config_file:
+        rows = count_config(config_file, args.opts)
+        report[os.path.basename(config_file)] = rows
+        print(f"\n{config_file}")
+        print("| box size | boxes | positives mean | median | 10th pct | one positive | none |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['size']} | {r['boxes']} | {r['mean']:.1f} | {r['median']:.0f} | "
+                f"{r['p10']:.0f} | {100 * r['one']:.0f} % | {100 * r['none']:.0f} % |"
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
