@@ -226,3 +226,16 @@ def test_a_file_that_is_not_records_is_an_error_naming_it(bench, tmp_path):
     with pytest.raises(SystemExit, match="not a records file"):
         bench.load_records(str(path))
     assert bench.load_records(str(tmp_path / "absent.json")) == {}
+
+
+def test_a_finished_post_process_run_needs_no_model(bench, tmp_path):
+    methods = bench.select_methods(["iif_post"], quick=False)
+    opts = ["NUM_THREADS", "1"]
+    records = {("softmax", 42): _record(bench, "softmax", 42, tmp_path)}
+    done = _record(bench, "iif_post", 42, tmp_path)
+    (tmp_path / "iif_post" / "seed42").mkdir(parents=True)
+    with open(tmp_path / "iif_post" / "seed42" / "benchmark_run.json", "w") as f:
+        json.dump({"stamp": done["stamp"], "metrics": done["metrics"]}, f)
+    # the post-process run is finished in the output folder: softmax's record answers, no model
+    found = bench.from_records(methods, [42], str(tmp_path), opts, records)
+    assert set(found) == {("softmax", 42)}

@@ -344,18 +344,23 @@ def from_records(methods, seeds, out_root, opts, records):
     A run that is neither recorded nor finished in ``out_root`` is run; if it evaluates another
     row's model and that model is not in ``out_root``, the source row is trained again too (a
     record keeps metrics, not models)."""
-    found = {}
+    found, finished = {}, set()
     for key, _, config, weights_of in methods:
         for seed in seeds:
             out, _, stamp = run_plan(key, seed, config, weights_of, out_root, opts)
-            if finished_metrics(out, stamp) is None:
-                metrics = recorded_metrics(records, key, seed, stamp)
-                if metrics is not None:
-                    found[(key, seed)] = metrics
+            if finished_metrics(out, stamp) is not None:
+                finished.add((key, seed))
+                continue
+            metrics = recorded_metrics(records, key, seed, stamp)
+            if metrics is not None:
+                found[(key, seed)] = metrics
     for key, _, _, weights_of in methods:
         for seed in seeds:
-            model = os.path.join(run_dir(out_root, weights_of or "", seed), "model_final.pth")
-            if weights_of and (key, seed) not in found and not os.path.exists(model):
+            if not weights_of or (key, seed) in found or (key, seed) in finished:
+                continue
+            if not os.path.exists(
+                os.path.join(run_dir(out_root, weights_of, seed), "model_final.pth")
+            ):
                 found.pop((weights_of, seed), None)
     return found
 
