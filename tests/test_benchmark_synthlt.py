@@ -3,6 +3,7 @@ report (the benchmark itself trains for hours: `make benchmark`)."""
 
 import json
 import math
+import os
 
 import pytest
 from helpers import load_tool
@@ -214,10 +215,24 @@ def test_record_runs_keeps_where_each_run_ran(bench, tmp_path):
     opts = ["NUM_THREADS", "1"]
     records = {("softmax", 42): _record(bench, "softmax", 42, tmp_path, machine="machine A")}
     runs = {"softmax": {42: records[("softmax", 42)]["metrics"], 43: {"AP": 1.0}}}
-    machines = bench.record_runs(records, methods, runs, str(tmp_path), opts, "machine B")
+    machines = bench.record_runs(records, methods, runs, str(tmp_path), opts, "machine B", "AVX512")
     assert machines == {"machine A", "machine B"}
     assert records[("softmax", 42)]["machine"] == "machine A"
     assert records[("softmax", 43)]["machine"] == "machine B"
+    assert records[("softmax", 43)]["kernels"] == "AVX512"
+
+
+def test_a_row_whose_seeds_ran_on_two_kernel_sets_is_named(bench, tmp_path):
+    # an older record names its kernel set only inside its machine line
+    records = {
+        ("softmax", 42): _record(bench, "softmax", 42, tmp_path, machine="EPYC (AVX2 kernels)"),
+        ("softmax", 43): {**_record(bench, "softmax", 43, tmp_path), "kernels": "AVX512"},
+        ("balanced", 42): _record(bench, "balanced", 42, tmp_path, machine="EPYC (AVX2 kernels)"),
+        ("balanced", 43): {**_record(bench, "balanced", 43, tmp_path), "kernels": "AVX2"},
+    }
+    runs = {"softmax": {42: {}, 43: {}}, "balanced": {42: {}, 43: {}}}
+    assert bench.mixed_kernel_rows(records, runs) == {"softmax": ["AVX2", "AVX512"]}
+    assert bench.record_kernels({"machine": "somewhere"}) == "unknown"
 
 
 def test_a_file_that_is_not_records_is_an_error_naming_it(bench, tmp_path):
@@ -239,3 +254,19 @@ def test_a_finished_post_process_run_needs_no_model(bench, tmp_path):
     # the post-process run is finished in the output folder: softmax's record answers, no model
     found = bench.from_records(methods, [42], str(tmp_path), opts, records)
     assert set(found) == {("softmax", 42)}
+
+
+def test_a_finished_run_stamped_with_an_absolute_model_path_is_found(bench, tmp_path):
+    # benchmark_run.json files written before stamps named the source model relatively
+    by_key = {m[0]: m for m in bench.METHODS}
+    _, _, config, weights_of = by_key["iif_post"]
+    out, opts, stamp = bench.run_plan("iif_post", 42, config, weights_of, str(tmp_path), [])
+    old = {**stamp, "opts": opts}  # MODEL.WEIGHTS absolute, as the run's own overrides
+    assert os.path.isabs(old["opts"][1])
+    os.makedirs(out)
+    with open(os.path.join(out, "benchmark_run.json"), "w") as f:
+        json.dump({"stamp": old, "metrics": {"AP": 1.0}}, f)
+    assert bench.finished_metrics(out, stamp) == {"AP": 1.0}
+    # another source model is another run
+    other = {**stamp, "opts": ["MODEL.WEIGHTS", "elsewhere.pth", *stamp["opts"][2:]]}
+    assert bench.finished_metrics(out, other) is None

@@ -263,13 +263,23 @@ def run_plan(key, seed, config, weights_of, out_root, opts):
     return out, opts, stamp
 
 
+def _relative_weights(stamp, out_root):
+    """``stamp`` with an absolute MODEL.WEIGHTS made relative to ``out_root`` (stamps written
+    before they named the source model relatively still match their run)."""
+    opts = list(stamp.get("opts", []))
+    if opts[:1] == ["MODEL.WEIGHTS"] and len(opts) > 1 and os.path.isabs(opts[1]):
+        opts[1] = os.path.relpath(opts[1], out_root)
+    return {**stamp, "opts": opts}
+
+
 def finished_metrics(out, stamp):
     """The metrics of a finished run in ``out`` with this stamp, else None."""
     try:
         with open(os.path.join(out, "benchmark_run.json")) as f:
             done = json.load(f)
-        return done["metrics"] if done["stamp"] == stamp else None
-    except (OSError, ValueError, KeyError, TypeError):
+        out_root = os.path.dirname(os.path.dirname(os.path.abspath(out)))
+        return done["metrics"] if _relative_weights(done["stamp"], out_root) == stamp else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -365,9 +375,9 @@ def from_records(methods, seeds, out_root, opts, records):
     return found
 
 
-def record_runs(records, methods, runs, out_root, opts, machine):
+def record_runs(records, methods, runs, out_root, opts, machine, kernels):
     """Add ``runs`` not yet in ``records`` (or recorded with another stamp) to them, with this
-    machine and torch version; return the machines of the runs in ``runs``."""
+    machine, CPU kernel set and torch version; return the machines of the runs in ``runs``."""
     import torch
 
     machines = set()
@@ -377,10 +387,29 @@ def record_runs(records, methods, runs, out_root, opts, machine):
             if recorded_metrics(records, key, seed, stamp) is None:
                 records[(key, seed)] = {
                     "key": key, "seed": seed, "stamp": stamp, "metrics": metrics,
-                    "machine": machine, "torch": torch.__version__,
+                    "machine": machine, "kernels": kernels, "torch": torch.__version__,
                 }  # fmt: skip
             machines.add(records[(key, seed)]["machine"])
     return machines
+
+
+def record_kernels(record):
+    """The CPU kernel set a record's run used (older records name it only in their machine)."""
+    if record.get("kernels"):
+        return record["kernels"]
+    found = re.search(r"\((\w+) kernels\)", record.get("machine", ""))
+    return found.group(1) if found else "unknown"
+
+
+def mixed_kernel_rows(records, runs):
+    """{row: kernel sets} of the rows whose recorded seeds ran on more than one CPU kernel set:
+    such a row's runs repeat bit for bit only each on its own kernel set."""
+    mixed = {}
+    for key, by_seed in runs.items():
+        kernels = {record_kernels(records[(key, s)]) for s in by_seed if (key, s) in records}
+        if len(kernels) > 1:
+            mixed[key] = sorted(kernels)
+    return mixed
 
 
 def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs, records=None):
@@ -629,13 +658,21 @@ def main(argv=None):
     rows, claims = summarise(methods, runs, seeds)
     import torch
 
-    from iif_d2.machine import describe_machine
+    from iif_d2.machine import cpu_capability, describe_machine
 
-    machines = {describe_machine()}
+    machines, mixed = {describe_machine()}, {}
     if args.records:
-        machines = record_runs(records, methods, runs, out_root, opts, describe_machine())
+        machines = record_runs(
+            records, methods, runs, out_root, opts, describe_machine(), cpu_capability()
+        )
         save_records(args.records, records)
         print(f"[benchmark] {len(records)} runs recorded in {args.records}")
+        mixed = mixed_kernel_rows(records, runs)
+        for key, kernels in mixed.items():
+            print(
+                f"[benchmark] warning: row {key}'s seeds ran on CPU kernel sets "
+                f"{' and '.join(kernels)}; each run repeats only on its own kernel set"
+            )
 
     with open(gt_file) as f:
         val_images = len(json.load(f)["images"])
@@ -653,6 +690,10 @@ def main(argv=None):
         f"min (runs found finished are not repeated); the runs' own times add up to "
         f"{run_minutes:.0f} min."
     )
+    if mixed:
+        header += " Rows whose seeds ran on more than one CPU kernel set (each run repeats only "
+        header += "on its own): " + "; ".join(f"{k} ({', '.join(v)})" for k, v in mixed.items())
+        header += "."
     print(write_report(rows, claims, runs, out_root, header))
     if args.compare:
         with open(args.compare) as f:
