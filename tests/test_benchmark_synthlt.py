@@ -243,6 +243,19 @@ def test_a_file_that_is_not_records_is_an_error_naming_it(bench, tmp_path):
     assert bench.load_records(str(tmp_path / "absent.json")) == {}
 
 
+def test_saving_records_keeps_the_runs_another_command_added(bench, tmp_path):
+    path = str(tmp_path / "runs.json")
+    a = {("softmax", 42): _record(bench, "softmax", 42, tmp_path, ap=1.0)}
+    b = {("softmax", 43): _record(bench, "softmax", 43, tmp_path, ap=2.0)}
+    bench.save_records(path, a)  # two commands that both started from an empty file
+    bench.save_records(path, b)
+    assert bench.load_records(path) == {**a, **b}
+    again = {("softmax", 42): _record(bench, "softmax", 42, tmp_path, ap=3.0)}
+    bench.save_records(path, again)  # a run recorded anew replaces its old record
+    assert bench.load_records(path)[("softmax", 42)]["metrics"]["AP"] == 3.0
+    assert sorted(os.listdir(tmp_path)) == ["runs.json"]  # no lock or temporary file left
+
+
 def test_a_finished_post_process_run_needs_no_model(bench, tmp_path):
     methods = bench.select_methods(["iif_post"], quick=False)
     opts = ["NUM_THREADS", "1"]

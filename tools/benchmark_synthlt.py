@@ -303,13 +303,22 @@ def load_records(path):
             )
 
 
-def save_records(path, records):
-    """Write the records sorted by row and seed, atomically (a killed run keeps the old file)."""
-    runs = [records[k] for k in sorted(records)]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"runs": runs}, f, indent=1)
-    os.replace(tmp, path)
+def save_records(path, new):
+    """Add the ``new`` records to the file at ``path``, keeping every run already there (also
+    those another benchmark command added while this one ran); sorted by row and seed, written
+    atomically (a killed command leaves the old file) under a lock (two commands at once)."""
+    import fcntl
+
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # the folder: the file itself is replaced
+        records = {**load_records(path), **new}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"runs": [records[k] for k in sorted(records)]}, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def recorded_metrics(records, key, seed, stamp):
@@ -599,7 +608,7 @@ def _parser():
         "--records", metavar="JSON", default=None,
         help="a records file: runs recorded there with the same stamp are read back, not "
         "repeated, and this run's new runs are added (a benchmark in parts: on several days, "
-        "clones or machines; the report names every machine). The README's full table: "
+        "clones or machines, or several commands at once; the report names every machine). The README's full table: "
         "docs/benchmark_synthlt_runs.json",
     )  # fmt: skip
     keys = [m[0] for m in METHODS]
@@ -654,6 +663,7 @@ def main(argv=None):
     )
     t0 = time.time()
     records = load_records(args.records)
+    loaded = dict(records)
     runs = run_all(methods, seeds, out_root, opts, gt_file, args.score_thresh, jobs, records)
     rows, claims = summarise(methods, runs, seeds)
     import torch
@@ -665,8 +675,8 @@ def main(argv=None):
         machines = record_runs(
             records, methods, runs, out_root, opts, describe_machine(), cpu_capability()
         )
-        save_records(args.records, records)
-        print(f"[benchmark] {len(records)} runs recorded in {args.records}")
+        save_records(args.records, {k: r for k, r in records.items() if loaded.get(k) is not r})
+        print(f"[benchmark] {len(load_records(args.records))} runs recorded in {args.records}")
         mixed = mixed_kernel_rows(records, runs)
         for key, kernels in mixed.items():
             print(
