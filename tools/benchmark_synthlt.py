@@ -608,8 +608,8 @@ def _parser():
         "--records", metavar="JSON", default=None,
         help="a records file: runs recorded there with the same stamp are read back, not "
         "repeated, and this run's new runs are added (a benchmark in parts: on several days, "
-        "clones or machines, or several commands at once; the report names every machine). The README's full table: "
-        "docs/benchmark_synthlt_runs.json",
+        "clones or machines, or several commands at once; the report names every machine). "
+        "The README's full table: docs/benchmark_synthlt_runs.json",
     )  # fmt: skip
     keys = [m[0] for m in METHODS]
     parser.add_argument(
