@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from iif_d2.machine import KERNEL_PINS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_iif.yaml")
 OPTS = [
@@ -102,8 +104,8 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     _assert_equal(_weights(at8), expected)  # also: 2 workers map what 0 workers map
 
 
-# the instruction sets below AVX2 that torch's ATen and oneDNN kernels can be held to
-PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+# torch's portable kernels: ATen, oneDNN and MKL held below AVX2
+PORTABLE_KERNELS = KERNEL_PINS["default"]
 
 
 def test_same_seed_repeats_only_on_the_same_kernels(tmp_path):

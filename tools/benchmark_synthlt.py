@@ -37,6 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from iif_d2.machine import KERNEL_PINS, kernel_pin_env
 from iif_d2.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
@@ -585,6 +586,12 @@ def _parser():
         "any machine with the same CPU kernel set, whatever its core count)",
     )  # fmt: skip
     parser.add_argument(
+        "--kernels", default="native", choices=["native", *KERNEL_PINS],
+        help="CPU kernel set of the runs: native (the widest this CPU has) or held to avx2 "
+        "(ATen, oneDNN and MKL; a CPU with AVX-512 or AMX then repeats an AVX2 machine's runs "
+        "bit for bit, as the README's records were) or default (torch's portable kernels)",
+    )  # fmt: skip
+    parser.add_argument(
         "--output-dir", default=None,
         help="where runs and reports go (default: output/benchmark, --quick: "
         "output/benchmark_quick)",
@@ -641,6 +648,10 @@ def main(argv=None):
     for name in ("seeds", "jobs", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             sys.exit(f"[benchmark] --{name} must be >= 1")
+    try:  # before torch first dispatches here, and inherited by every run
+        os.environ.update(kernel_pin_env(args.kernels))
+    except ValueError as e:
+        sys.exit(f"[benchmark] --kernels: {e}")
     device = _device()
     seeds_n = args.seeds or (5 if device == "cuda" else 3)
     jobs = args.jobs or (1 if device == "cuda" else max(1, (os.cpu_count() or 1) // args.threads))
