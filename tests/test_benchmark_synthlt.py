@@ -124,6 +124,25 @@ def test_demo_says_when_the_band_comes_from_other_kernels(bench, capsys):
         assert "all inside the band" in out
 
 
+def test_demo_holds_cpu_runs_to_the_readme_threads_and_kernels():
+    """On CPU the demo runs 2 threads on AVX2 kernels (the README's numbers repeat bit for bit
+    there); what the user sets wins; a GPU run is left alone."""
+    from iif_d2.machine import KERNEL_PINS, native_capability
+
+    demo = load_tool("demo")
+    env, opts, label = demo.pinned_run(None, ["SOLVER.MAX_ITER", "10"], "cpu")
+    assert opts == ["NUM_THREADS", "2"]
+    if native_capability() in ("AVX2", "AVX512", "AMX"):
+        assert env == KERNEL_PINS["avx2"] and label == "2 thread(s), avx2 kernels"
+    env, opts, label = demo.pinned_run("native", ["NUM_THREADS", "1"], "cpu")
+    assert (env, opts) == (
+        {},
+        [],
+    ) and label == f"1 thread(s), {native_capability()} kernels (native)"
+    assert demo.pinned_run("default", [], "cpu")[0] == KERNEL_PINS["default"]
+    assert demo.pinned_run(None, [], "cuda") == ({}, [], "")
+
+
 def test_welch_difference_matches_scipy(bench):
     from scipy import stats
 

@@ -12,7 +12,8 @@ the band's 95 % prediction interval for one more seed (mean ± t · std · sqrt(
 seeds). On a terminal each phase shows a progress bar with its rate and ETA; otherwise (a
 log file, CI) one plain line per update. An interrupted demo resumes where it stopped; the full
 log is in OUTPUT_DIR/log.txt. When training has finished, only model_final.pth is kept of the
-checkpoints.
+checkpoints. On CPU the run is held to 2 intra-op threads and AVX2 kernels (``--kernels``), so
+on any x86 CPU with AVX2 it prints the README's demo numbers bit for bit.
 
     python tools/demo.py [--output-dir output/demo] [--num-vis 4] [train_net.py config overrides]
     python tools/demo.py SOLVER.MAX_ITER 200      # a shorter run
@@ -45,6 +46,10 @@ INFERENCE_END = re.compile(r"Total inference time")
 # the demo's expected numbers: mean and std over seeds of the benchmark's "IIF raw" row
 BAND_FILE = os.path.join(REPO, "docs", "demo_band.json")
 BAND_CONFIDENCE = 0.95  # a run is inside the band within its prediction interval for one seed
+# On CPU the demo holds its run to 2 intra-op threads and AVX2 kernels (ATen, oneDNN, MKL): the
+# README's demo numbers then repeat bit for bit on any x86 CPU with AVX2, whatever its cores
+DEMO_THREADS = 2
+DEMO_KERNELS = "avx2"
 PLAIN_INTERVAL_S = 30.0  # off a terminal: at most one progress line per this many seconds
 
 
@@ -215,6 +220,38 @@ def checkpoint_opts(cfg, user_opts):
     return opts
 
 
+def pinned_run(kernels, user_opts, device):
+    """How the demo's run is held to the README's numbers on ``device``.
+
+    Returns:
+        (environment to add, overrides to add, a description for the first line). On CPU:
+        ``kernels``' pin (None: AVX2 where the CPU has it, else its own kernels) and
+        NUM_THREADS 2 unless the user set NUM_THREADS; on a GPU nothing.
+
+    Raises:
+        ValueError: ``kernels`` named a pin this CPU cannot run.
+    """
+    from iif_d2.machine import kernel_pin_env, native_capability
+
+    if device != "cpu":
+        return {}, [], ""
+    opts, threads = [], None
+    keys = list(user_opts[::2])
+    if "NUM_THREADS" in keys:
+        threads = user_opts[2 * keys.index("NUM_THREADS") + 1]
+    else:
+        opts, threads = ["NUM_THREADS", str(DEMO_THREADS)], DEMO_THREADS
+    name = kernels or DEMO_KERNELS
+    try:
+        env = kernel_pin_env(name)
+    except ValueError:
+        if kernels:
+            raise
+        name, env = "native", {}
+    label = f"{native_capability()} kernels (native)" if name == "native" else f"{name} kernels"
+    return env, opts, f"{threads} thread(s), {label}"
+
+
 def load_band(path):
     """The README's band for the demo (written by ``tools/benchmark_synthlt.py --only iif_raw``):
     per task and metric the mean and std over seeds; None if the file is missing."""
@@ -317,6 +354,12 @@ def _parser():
         "--num-vis", type=int, default=4, help="validation images drawn at the end (default: 4)"
     )
     p.add_argument(
+        "--kernels", default=None, choices=["native", "avx2", "default"],
+        help="CPU kernel set (ATen, oneDNN, MKL) of the run: avx2 (default where the CPU has "
+        "it: the README's numbers then repeat bit for bit with NUM_THREADS 2, the default), "
+        "native (this CPU's widest: another draw from the band) or default (portable)",
+    )  # fmt: skip
+    p.add_argument(
         "opts", nargs=argparse.REMAINDER, help="train_net.py config overrides: KEY VALUE ..."
     )
     return p
@@ -332,8 +375,16 @@ def main(argv=None):
     except (AssertionError, KeyError, ValueError) as e:  # yacs asserts that a key exists
         sys.exit(f"[demo] bad config override in {' '.join(args.opts)}: {e}")
     max_iter = cfg.SOLVER.MAX_ITER
-    opts = checkpoint_opts(cfg, args.opts) + list(args.opts)
-    print(f"[demo] IIF Mask R-CNN on SynthLT, {max_iter} iterations on {_device()}; output: {out}")
+    try:
+        env, pin_opts, pin = pinned_run(args.kernels, args.opts, _device())
+    except ValueError as e:
+        sys.exit(f"[demo] --kernels: {e}")
+    os.environ.update(env)  # before torch first runs a CPU kernel here; train_net.py inherits it
+    opts = checkpoint_opts(cfg, args.opts) + pin_opts + list(args.opts)
+    print(
+        f"[demo] IIF Mask R-CNN on SynthLT, {max_iter} iterations on {_device()}"
+        f"{f' ({pin})' if pin else ''}; output: {out}"
+    )
     t0 = time.time()
     from detectron2.data import DatasetCatalog
 
