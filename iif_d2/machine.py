@@ -23,6 +23,7 @@ __all__ = [
     "describe_machine",
     "kernel_pin_env",
     "native_capability",
+    "resolve_kernel_pin",
 ]
 
 # name -> the environment that holds ATen, oneDNN and MKL to that instruction set
@@ -133,3 +134,18 @@ def describe_machine() -> str:
         f"{cpu_kernels()}{_pin_note()}, {os.cpu_count()} cores, {mem:.0f} GiB, "
         f"Python {platform.python_version()}"
     )
+
+
+def resolve_kernel_pin(name=None):
+    """(pin, its environment) for ``name``; None: the AVX2 pin where this CPU can run it (the
+    README's CPU numbers were measured on AVX2 kernels), else native.
+
+    Raises:
+        ValueError: ``name`` is unknown or this CPU cannot run it.
+    """
+    if name is None:
+        try:
+            return "avx2", kernel_pin_env("avx2")
+        except ValueError:
+            return "native", {}
+    return name, kernel_pin_env(name)

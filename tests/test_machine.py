@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from iif_d2.machine import KERNEL_PINS, kernel_pin_env, native_capability
+from iif_d2.machine import KERNEL_PINS, kernel_pin_env, native_capability, resolve_kernel_pin
 
 
 def _describe(env):
@@ -29,6 +29,12 @@ def test_pins_hold_every_library():
     assert kernel_pin_env("native") == {}
     with pytest.raises(ValueError, match="unknown CPU kernel pin 'avx3'.*native, avx2, default"):
         kernel_pin_env("avx3")
+    # by default the tools hold a CPU to AVX2, the kernels the README's numbers were measured on
+    if native_capability() in ("AVX2", "AVX512", "AMX"):
+        assert resolve_kernel_pin() == ("avx2", KERNEL_PINS["avx2"])
+    else:
+        assert resolve_kernel_pin() == ("native", {})
+    assert resolve_kernel_pin("native") == ("native", {})
 
 
 def test_a_full_pin_is_reported_and_a_partial_one_named():

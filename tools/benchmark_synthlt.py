@@ -37,7 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from iif_d2.machine import KERNEL_PINS, kernel_pin_env
+from iif_d2.machine import KERNEL_PINS, resolve_kernel_pin
 from iif_d2.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
@@ -586,10 +586,11 @@ def _parser():
         "any machine with the same CPU kernel set, whatever its core count)",
     )  # fmt: skip
     parser.add_argument(
-        "--kernels", default="native", choices=["native", *KERNEL_PINS],
-        help="CPU kernel set of the runs: native (the widest this CPU has) or held to avx2 "
-        "(ATen, oneDNN and MKL; a CPU with AVX-512 or AMX then repeats an AVX2 machine's runs "
-        "bit for bit, as the README's records were) or default (torch's portable kernels)",
+        "--kernels", default=None, choices=["native", *KERNEL_PINS],
+        help="CPU kernel set of the runs: avx2 (the default where the CPU has it: ATen, oneDNN "
+        "and MKL held to AVX2, the README's tables' kernels, so a CPU with AVX-512 or AMX "
+        "repeats their runs bit for bit), native (the widest this CPU has: another draw) or "
+        "default (torch's portable kernels)",
     )  # fmt: skip
     parser.add_argument(
         "--output-dir", default=None,
@@ -649,9 +650,10 @@ def main(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             sys.exit(f"[benchmark] --{name} must be >= 1")
     try:  # before torch first dispatches here, and inherited by every run
-        os.environ.update(kernel_pin_env(args.kernels))
+        kernels, env = resolve_kernel_pin(args.kernels)
     except ValueError as e:
         sys.exit(f"[benchmark] --kernels: {e}")
+    os.environ.update(env)
     device = _device()
     seeds_n = args.seeds or (5 if device == "cuda" else 3)
     jobs = args.jobs or (1 if device == "cuda" else max(1, (os.cpu_count() or 1) // args.threads))
@@ -669,7 +671,7 @@ def main(argv=None):
     methods = select_methods(args.only, args.quick)
     print(
         f"[benchmark] {len(methods)} rows x {seeds_n} seeds on {device}, {jobs} at a time, "
-        f"{args.threads} thread(s) each; output: {out_root}",
+        f"{args.threads} thread(s) each, {kernels} CPU kernels; output: {out_root}",
         flush=True,
     )
     t0 = time.time()

@@ -46,10 +46,9 @@ INFERENCE_END = re.compile(r"Total inference time")
 # the demo's expected numbers: mean and std over seeds of the benchmark's "IIF raw" row
 BAND_FILE = os.path.join(REPO, "docs", "demo_band.json")
 BAND_CONFIDENCE = 0.95  # a run is inside the band within its prediction interval for one seed
-# On CPU the demo holds its run to 2 intra-op threads and AVX2 kernels (ATen, oneDNN, MKL): the
-# README's demo numbers then repeat bit for bit on any x86 CPU with AVX2, whatever its cores
+# On CPU the demo holds its run to 2 intra-op threads and (iif_d2.machine.resolve_kernel_pin)
+# AVX2 kernels: the README's demo numbers then repeat bit for bit on any x86 CPU with AVX2
 DEMO_THREADS = 2
-DEMO_KERNELS = "avx2"
 PLAIN_INTERVAL_S = 30.0  # off a terminal: at most one progress line per this many seconds
 
 
@@ -231,7 +230,7 @@ def pinned_run(kernels, user_opts, device):
     Raises:
         ValueError: ``kernels`` named a pin this CPU cannot run.
     """
-    from iif_d2.machine import kernel_pin_env, native_capability
+    from iif_d2.machine import native_capability, resolve_kernel_pin
 
     if device != "cpu":
         return {}, [], ""
@@ -241,13 +240,7 @@ def pinned_run(kernels, user_opts, device):
         threads = user_opts[2 * keys.index("NUM_THREADS") + 1]
     else:
         opts, threads = ["NUM_THREADS", str(DEMO_THREADS)], DEMO_THREADS
-    name = kernels or DEMO_KERNELS
-    try:
-        env = kernel_pin_env(name)
-    except ValueError:
-        if kernels:
-            raise
-        name, env = "native", {}
+    name, env = resolve_kernel_pin(kernels)
     label = f"{native_capability()} kernels (native)" if name == "native" else f"{name} kernels"
     return env, opts, f"{threads} thread(s), {label}"
 
