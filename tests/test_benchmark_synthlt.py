@@ -135,10 +135,8 @@ def test_demo_holds_cpu_runs_to_the_readme_threads_and_kernels():
     if native_capability() in ("AVX2", "AVX512", "AMX"):
         assert env == KERNEL_PINS["avx2"] and label == "2 thread(s), avx2 kernels"
     env, opts, label = demo.pinned_run("native", ["NUM_THREADS", "1"], "cpu")
-    assert (env, opts) == (
-        {},
-        [],
-    ) and label == f"1 thread(s), {native_capability()} kernels (native)"
+    assert env == {} and opts == []
+    assert label == f"1 thread(s), {native_capability()} kernels (native)"
     assert demo.pinned_run("default", [], "cpu")[0] == KERNEL_PINS["default"]
     assert demo.pinned_run(None, [], "cuda") == ({}, [], "")
 

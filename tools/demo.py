@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 
+from iif_d2.machine import KERNEL_PINS
 from iif_d2.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
@@ -347,7 +348,7 @@ def _parser():
         "--num-vis", type=int, default=4, help="validation images drawn at the end (default: 4)"
     )
     p.add_argument(
-        "--kernels", default=None, choices=["native", "avx2", "default"],
+        "--kernels", default=None, choices=["native", *KERNEL_PINS],
         help="CPU kernel set (ATen, oneDNN, MKL) of the run: avx2 (default where the CPU has "
         "it: the README's numbers then repeat bit for bit with NUM_THREADS 2, the default), "
         "native (this CPU's widest: another draw from the band) or default (portable)",
