@@ -141,6 +141,16 @@ def test_demo_holds_cpu_runs_to_the_readme_threads_and_kernels():
     assert demo.pinned_run(None, [], "cuda") == ({}, [], "")
 
 
+def test_identical_runs_repeat_the_reference_bit_for_bit(bench):
+    ref = {"runs": {"softmax": {"42": {"AP": 1.5, "train s/it": 0.3}, "43": {"AP": 2.0}}}}
+    runs = {"softmax": {42: {"AP": 1.5, "train s/it": 0.9}, 43: {"AP": 2.0 + 1e-12},
+                        44: {"AP": 3.0}}}  # fmt: skip
+    same, other = bench.identical_runs(runs, ref)
+    assert same == [("softmax", 42)] and other == [("softmax", 43)]  # seed 44: not in both
+    text = bench.comparison_text([], [], "ref.json", (same, other))
+    assert "1 of 2 runs in both repeat" in text and "differ: softmax seed 43" in text
+
+
 def test_welch_difference_matches_scipy(bench):
     from scipy import stats
 

@@ -204,15 +204,46 @@ def compare_tables(rows, claims, reference):
     return cells, verdicts
 
 
-def comparison_text(cells, verdicts, reference_path):
+TIMINGS = ("train s/it", "run (s)")  # differ between any two runs; every other metric repeats
+
+
+def identical_runs(runs, reference):
+    """Which runs (row, seed) of this run and a reference report give every metric but the
+    timings to the last bit: the same seed, thread count and kernels repeat a run exactly.
+
+    Returns:
+        (identical: list of (key, seed), different: list of (key, seed)), over the runs in both.
+    """
+    same, other = [], []
+    for key, by_seed in runs.items():
+        for seed, metrics in by_seed.items():
+            ref = reference.get("runs", {}).get(key, {}).get(str(seed))
+            if ref is None:
+                continue
+            equal = all(metrics.get(m) == v for m, v in ref.items() if m not in TIMINGS)
+            (same if equal else other).append((key, seed))
+    return same, other
+
+
+def comparison_text(cells, verdicts, reference_path, identical=None):
     """The comparison as markdown: a summary line, the cells that are not consistent, the
-    changed verdicts."""
+    changed verdicts; with ``identical`` (from ``identical_runs``), how many runs repeat the
+    reference's bit for bit."""
     bad = [c for c in cells if not c["consistent"]]
     lines = [
         f"Against {reference_path}: {len(cells) - len(bad)} of {len(cells)} cells consistent "
         "(the 95 % Welch interval of the difference of the means holds 0).",
         "",
     ]
+    if identical is not None:
+        same, other = identical
+        lines += [
+            f"{len(same)} of {len(same) + len(other)} runs in both repeat the reference's "
+            "metrics bit for bit (all but the timings)"
+            + (f"; differ: {', '.join(f'{k} seed {s}' for k, s in other)}" if other else "")
+            + ".",
+            "",
+        ]
     if bad:
         lines += ["| method | metric | this run | reference | difference | 95 % CI |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
@@ -720,8 +751,9 @@ def main(argv=None):
     print(write_report(rows, claims, runs, out_root, header))
     if args.compare:
         with open(args.compare) as f:
-            cells, verdicts = compare_tables(rows, claims, json.load(f))
-        text = comparison_text(cells, verdicts, args.compare)
+            reference = json.load(f)
+        cells, verdicts = compare_tables(rows, claims, reference)
+        text = comparison_text(cells, verdicts, args.compare, identical_runs(runs, reference))
         with open(os.path.join(out_root, "comparison.md"), "w") as f:
             f.write(text)
         print(text)
