@@ -13,7 +13,8 @@ seeds). On a terminal each phase shows a progress bar with its rate and ETA; oth
 log file, CI) one plain line per update. An interrupted demo resumes where it stopped; the full
 log is in OUTPUT_DIR/log.txt. When training has finished, only model_final.pth is kept of the
 checkpoints. On CPU the run is held to 2 intra-op threads and AVX2 kernels (``--kernels``), so
-on any x86 CPU with AVX2 it prints the README's demo numbers bit for bit.
+on an x86 CPU with AVX2 it prints the README's demo numbers bit for bit (measured on AMD EPYC
+hosts with and without AVX-512).
 
     python tools/demo.py [--output-dir output/demo] [--num-vis 4] [train_net.py config overrides]
     python tools/demo.py SOLVER.MAX_ITER 200      # a shorter run
@@ -48,7 +49,7 @@ INFERENCE_END = re.compile(r"Total inference time")
 BAND_FILE = os.path.join(REPO, "docs", "demo_band.json")
 BAND_CONFIDENCE = 0.95  # a run is inside the band within its prediction interval for one seed
 # On CPU the demo holds its run to 2 intra-op threads and (iif_d2.machine.resolve_kernel_pin)
-# AVX2 kernels: the README's demo numbers then repeat bit for bit on any x86 CPU with AVX2
+# AVX2 kernels: the README's demo numbers then repeat bit for bit on an x86 CPU with AVX2
 DEMO_THREADS = 2
 PLAIN_INTERVAL_S = 30.0  # off a terminal: at most one progress line per this many seconds
 
