@@ -44,22 +44,26 @@ KERNEL_PINS = {
 _PIN_NEEDS = {"avx2": "avx2", "default": "sse4_2"}
 
 
-def _cpu_flags() -> set:
+def _cpuinfo(field: str):
+    """The first ``field`` line's value in ``/proc/cpuinfo``; None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def _cpu_flags() -> set:
+    return set((_cpuinfo("flags") or "").split())
 
 
 def native_capability() -> str:
-    """The widest kernel set torch would pick on this CPU unpinned, from its flags."""
+    """The widest kernel set torch would pick on this CPU unpinned, from its flags, in torch's
+    names (an AMX CPU runs torch's AVX512 kernels)."""
     flags = _cpu_flags()
-    if "amx_tile" in flags:
-        return "AMX"
     if "avx512f" in flags:
         return "AVX512"
     if "avx2" in flags:
@@ -90,14 +94,7 @@ def kernel_pin_env(name: str) -> dict:
 
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_capability() -> str:
