@@ -310,3 +310,39 @@ def test_a_finished_run_stamped_with_an_absolute_model_path_is_found(bench, tmp_
     # another source model is another run
     other = {**stamp, "opts": ["MODEL.WEIGHTS", "elsewhere.pth", *stamp["opts"][2:]]}
     assert bench.finished_metrics(out, other) is None
+
+
+def test_a_record_made_before_its_config_changed_is_not_read_back(bench, tmp_path):
+    # a copy of a row's config chain: the stamp names the text of every file in it
+    base = tmp_path / "Base.yaml"
+    child = tmp_path / "child.yaml"
+    base.write_text("SOLVER:\n  MAX_ITER: 10\n")
+    child.write_text('_BASE_: "Base.yaml"\nSEED: 1\n')
+    assert bench.config_chain(str(child)) == [str(child), str(base)]
+    before = bench.config_digest(str(child))
+    base.write_text("SOLVER:\n  MAX_ITER: 11\n")  # the base edited, the child untouched
+    assert bench.config_digest(str(child)) != before
+    # the shipped rows: a record with another digest is another run
+    methods = bench.select_methods(["softmax"], quick=False)
+    record = _record(bench, "softmax", 42, tmp_path)
+    records = {("softmax", 42): record}
+    assert bench.from_records(methods, [42], str(tmp_path), ["NUM_THREADS", "1"], records)
+    stale = {**record, "stamp": {**record["stamp"], "config_sha256": before}}
+    assert bench.from_records(
+        methods, [42], str(tmp_path), ["NUM_THREADS", "1"], {("softmax", 42): stale}
+    ) == {}
+
+
+def test_a_post_process_stamp_names_its_source_rows_config(bench, tmp_path):
+    by_key = {m[0]: m for m in bench.METHODS}
+    _, _, config, weights_of = by_key["norcal"]
+    stamp = bench.run_plan("norcal", 42, config, weights_of, str(tmp_path), [])[2]
+    assert stamp["config_sha256"] == bench.config_digest(config, by_key["softmax"][2])
+    assert stamp["config_sha256"] != bench.config_digest(config)
+
+
+def test_a_base_chain_that_loops_is_an_error(bench, tmp_path):
+    (tmp_path / "a.yaml").write_text('_BASE_: "b.yaml"\n')
+    (tmp_path / "b.yaml").write_text('_BASE_: "a.yaml"\n')
+    with pytest.raises(SystemExit, match="twice"):
+        bench.config_chain(str(tmp_path / "a.yaml"))

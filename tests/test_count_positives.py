@@ -38,6 +38,8 @@ def test_fcos_centre_sampling_gives_a_centred_box_nine_points(tool, tmp_path):
     box = torch.cat([centre - 16, centre + 16])[None]
     counts = tool.positives_per_box(model, anchors, Boxes(box))
     assert counts.tolist() == [9]
+    box_index, level = tool.foreground(model, anchors, Boxes(box))
+    assert level.tolist() == [0] * 9  # P3: its largest point-to-side distance is under 64 px
 
 
 def test_retinanet_iou_matcher_counts_every_foreground_anchor_once(tool, tmp_path):
@@ -51,6 +53,21 @@ def test_retinanet_iou_matcher_counts_every_foreground_anchor_once(tool, tmp_pat
     assert (counts >= 1).all()
     # the foreground anchors are those with IoU >= 0.5 (plus low-quality best matches)
     assert counts.sum().item() >= int((iou.max(dim=0).values >= 0.5).sum())
+
+
+def test_foreground_anchors_know_their_level(tool, tmp_path):
+    from detectron2.structures import Boxes
+
+    model, anchors = _model_and_anchors("retinanet_R_18_FPN.yaml", tmp_path)
+    p3, p4 = len(anchors[0]), len(anchors[1])
+    flat = Boxes.cat(anchors)
+    box = Boxes(flat.tensor[[p3 + p4 // 2]].clone())  # a P4 anchor as the box
+    box_index, level = tool.foreground(model, anchors, box)
+    assert (box_index == 0).all() and 1 in level.tolist()
+    assert ((level >= 0) & (level < len(anchors))).all()
+    shares = tool.level_shares(level.numpy(), model.head_in_features)
+    assert list(shares) == ["p3", "p4", "p5", "p6", "p7"] and sum(shares.values()) == pytest.approx(1)
+    assert shares["p4"] > 0
 
 
 def test_summary_bins_by_box_size(tool):

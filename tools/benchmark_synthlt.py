@@ -74,6 +74,7 @@ METHODS = [
     ("fcos", "FCOS", f"{DET}/fcos_R_18_FPN.yaml", None),
     ("fcos_iif", "FCOS IIF", f"{DET}/fcos_R_18_FPN_iif.yaml", None),
 ]  # fmt: skip
+METHOD_CONFIGS = {m[0]: m[2] for m in METHODS}
 # The paper's claims as paired differences: (claim, row a, row b, metric, +1 if a > b is the
 # claim, -1 if a < b is). FP/img and dAP_FP: fewer is better.
 CLAIMS = [
@@ -281,13 +282,45 @@ def fp_stats(out, gt_file, score_thresh):
     return fp["fp_per_image"], delta_ap_fp(gt_file, results)["delta_ap_fp"]
 
 
+def config_chain(config):
+    """``config`` and every file its ``_BASE_`` chain includes, the config first."""
+    import yaml
+
+    chain = [os.path.abspath(config)]
+    while True:
+        with open(chain[-1]) as f:
+            base = (yaml.safe_load(f) or {}).get("_BASE_")
+        if not base:
+            return chain
+        path = os.path.abspath(os.path.join(os.path.dirname(chain[-1]), os.path.expanduser(base)))
+        if path in chain:
+            sys.exit(f"[benchmark] {config}: its _BASE_ chain includes {path} twice")
+        chain.append(path)
+
+
+def config_digest(*configs):
+    """SHA-256 (first 16 hex digits) of the text of ``configs`` and of their ``_BASE_`` chains:
+    a run recorded before one of those files changed is another run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for config in configs:
+        for path in config_chain(config):
+            with open(path, "rb") as f:
+                h.update(os.path.relpath(path, REPO).encode() + b"\0" + f.read() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def run_plan(key, seed, config, weights_of, out_root, opts):
     """Where one (row, seed) runs, its train_net.py overrides and its stamp (what makes two runs
-    the same run: config, overrides; the source model's path relative to ``out_root``)."""
+    the same run: config, the text of its files (and of the source row's, for a row evaluating
+    another row's model), overrides; the source model's path relative to ``out_root``)."""
     out = run_dir(out_root, key, seed)
     opts = ["SEED", str(seed), "TEST.LVIS_EVAL_SAVE_RESULTS", "True",
             "TEST.LVIS_EVAL_FIXED_POOLED", "True", *opts]  # fmt: skip
-    stamp = {"config": os.path.relpath(config, REPO), "opts": list(opts)}
+    sources = [config] + ([METHOD_CONFIGS[weights_of]] if weights_of else [])
+    stamp = {"config": os.path.relpath(config, REPO), "config_sha256": config_digest(*sources),
+             "opts": list(opts)}  # fmt: skip
     if weights_of:
         weights = os.path.join(run_dir(out_root, weights_of, seed), "model_final.pth")
         opts = ["MODEL.WEIGHTS", weights, *opts]

@@ -7,7 +7,8 @@ for the training images' size, and labels them against every training image's bo
 model's own rule: RetinaNet's IoU matcher (``MODEL.RETINANET.IOU_THRESHOLDS``, low-quality
 matches allowed) or FCOS's centre sampling and per-level size ranges. Prints, per config and
 per box size (sqrt of the area), the positives per box (mean, median, 10th percentile), the
-share of boxes with a single positive and with none.
+share of boxes with a single positive and with none, and the share of all positives on each
+pyramid level (which level learns the objects).
 
     python tools/count_positives.py \\
         --config-file configs/SynthLT-Detection/retinanet_R_18_FPN.yaml \\
@@ -39,8 +40,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def positives_per_box(model, anchors, boxes):
-    """Positive anchors per ground-truth box of one image, by ``model``'s own matching rule.
+def foreground(model, anchors, boxes):
+    """The foreground anchors of one image by ``model``'s own matching rule.
 
     Args:
         model: a built RetinaNet (has ``anchor_matcher``) or FCOS (has ``match_anchors``).
@@ -48,7 +49,8 @@ def positives_per_box(model, anchors, boxes):
         boxes: ``Boxes`` of the image's ground truth (N boxes).
 
     Returns:
-        LongTensor (N,): how many anchors are labelled foreground for each box.
+        (box, level): LongTensors with one entry per foreground anchor: the ground-truth box it
+        is matched to and the pyramid level (index into ``anchors``) it lies on.
     """
     import torch
     from detectron2.structures import Boxes, Instances, pairwise_iou
@@ -56,11 +58,20 @@ def positives_per_box(model, anchors, boxes):
     if hasattr(model, "match_anchors"):  # FCOS: centre sampling + size ranges
         inst = Instances((0, 0), gt_boxes=boxes)
         idx = model.match_anchors(anchors, [inst])[0]
-        fg = idx[idx >= 0]
+        is_fg = idx >= 0
     else:  # RetinaNet: IoU matcher
         idx, labels = model.anchor_matcher(pairwise_iou(boxes, Boxes.cat(anchors)))
-        fg = idx[labels == 1]
-    return torch.bincount(fg, minlength=len(boxes))
+        is_fg = labels == 1
+    level_ends = torch.tensor([len(a) for a in anchors]).cumsum(0)
+    level = torch.searchsorted(level_ends, torch.nonzero(is_fg)[:, 0], right=True)
+    return idx[is_fg], level
+
+
+def positives_per_box(model, anchors, boxes):
+    """LongTensor (N,): how many anchors ``model`` labels foreground for each of ``boxes``."""
+    import torch
+
+    return torch.bincount(foreground(model, anchors, boxes)[0], minlength=len(boxes))
 
 
 def summarise(counts, sizes):
@@ -86,6 +97,14 @@ def summarise(counts, sizes):
     return out
 
 
+def level_shares(levels, names):
+    """Share of all foreground anchors on each pyramid level, keyed by the level's name."""
+    import numpy as np
+
+    counts = np.bincount(levels, minlength=len(names))
+    return {name: float(c / max(counts.sum(), 1)) for name, c in zip(names, counts)}
+
+
 def count_config(config_file, opts):
     import numpy as np
     import torch
@@ -97,7 +116,7 @@ def count_config(config_file, opts):
     cfg = setup(argparse.Namespace(config_file=config_file, opts=list(opts), resume=False))
     model = Trainer.build_model(cfg).eval()
     size = cfg.INPUT.MAX_SIZE_TRAIN
-    counts, sizes = [], []
+    counts, sizes, levels = [], [], []
     with torch.no_grad():
         features = model.backbone(torch.zeros(1, 3, size, size))
         anchors = model.anchor_generator([features[f] for f in model.head_in_features])
@@ -116,9 +135,12 @@ def count_config(config_file, opts):
                 if not xyxy:
                     continue
                 boxes = Boxes(torch.tensor(xyxy, dtype=torch.float32))
-                counts.append(positives_per_box(model, anchors, boxes).numpy())
+                box, level = foreground(model, anchors, boxes)
+                counts.append(torch.bincount(box, minlength=len(boxes)).numpy())
+                levels.append(level.numpy())
                 sizes.append(boxes.area().sqrt().numpy())
-    return summarise(np.concatenate(counts), np.concatenate(sizes))
+    rows = summarise(np.concatenate(counts), np.concatenate(sizes))
+    return rows, level_shares(np.concatenate(levels), model.head_in_features)
 
 
 def main(argv=None):
@@ -127,8 +149,8 @@ def main(argv=None):
 
     report = {}
     for config_file in args.config_file:
-        rows = count_config(config_file, args.opts)
-        report[os.path.basename(config_file)] = rows
+        rows, shares = count_config(config_file, args.opts)
+        report[os.path.basename(config_file)] = {"sizes": rows, "levels": shares}
         print(f"\n{config_file}")
         print("| box size | boxes | positives mean | median | 10th pct | one positive | none |")
         print("|---|---|---|---|---|---|---|")
@@ -137,6 +159,7 @@ def main(argv=None):
                 f"| {r['size']} | {r['boxes']} | {r['mean']:.1f} | {r['median']:.0f} | "
                 f"{r['p10']:.0f} | {100 * r['one']:.0f} % | {100 * r['none']:.0f} % |"
             )
+        print("positives per level: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
