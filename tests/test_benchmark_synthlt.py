@@ -328,9 +328,12 @@ def test_a_record_made_before_its_config_changed_is_not_read_back(bench, tmp_pat
     records = {("softmax", 42): record}
     assert bench.from_records(methods, [42], str(tmp_path), ["NUM_THREADS", "1"], records)
     stale = {**record, "stamp": {**record["stamp"], "config_sha256": before}}
-    assert bench.from_records(
-        methods, [42], str(tmp_path), ["NUM_THREADS", "1"], {("softmax", 42): stale}
-    ) == {}
+    assert (
+        bench.from_records(
+            methods, [42], str(tmp_path), ["NUM_THREADS", "1"], {("softmax", 42): stale}
+        )
+        == {}
+    )
 
 
 def test_a_post_process_stamp_names_its_source_rows_config(bench, tmp_path):

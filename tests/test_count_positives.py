@@ -66,7 +66,9 @@ def test_foreground_anchors_know_their_level(tool, tmp_path):
     assert (box_index == 0).all() and 1 in level.tolist()
     assert ((level >= 0) & (level < len(anchors))).all()
     shares = tool.level_shares(level.numpy(), model.head_in_features)
-    assert list(shares) == ["p3", "p4", "p5", "p6", "p7"] and sum(shares.values()) == pytest.approx(1)
+    assert list(shares) == ["p3", "p4", "p5", "p6", "p7"] and sum(shares.values()) == pytest.approx(
+        1
+    )
     assert shares["p4"] > 0
 
 

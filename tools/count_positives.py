@@ -159,7 +159,9 @@ def main(argv=None):
                 f"| {r['size']} | {r['boxes']} | {r['mean']:.1f} | {r['median']:.0f} | "
                 f"{r['p10']:.0f} | {100 * r['one']:.0f} % | {100 * r['none']:.0f} % |"
             )
-        print("positives per level: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items()))
+        print(
+            "positives per level: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items())
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
