@@ -15,6 +15,7 @@ The CPU workers
 """
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -29,7 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.utils import comm
 
-__all__ = ["CollectiveTimeoutError", "collective_timeout", "launch"]
+__all__ = ["CollectiveTimeoutError", "close_process_groups", "collective_timeout", "launch"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
@@ -193,7 +194,23 @@ def _cpu_worker(
             raise _timeout_error(rank, world_size, timeout, e, "in a collective call") from e
         raise
     finally:
-        dist.destroy_process_group()  # joins gloo's threads now, not at interpreter exit
+        close_process_groups()
+
+
+def close_process_groups():
+    """Destroy this process's groups now, and with them gloo's threads.
+
+    ``dist.destroy_process_group`` alone leaves a group alive while Python still refers to it:
+    detectron2's cached ``comm._get_global_gloo_group()`` (the default group under gloo) and
+    ``comm._LOCAL_PROCESS_GROUP`` do, so its threads would run on into the interpreter's
+    teardown, where a rank can abort ("terminate called without an active exception")."""
+    cached = getattr(comm, "_get_global_gloo_group", None)
+    if hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+    comm._LOCAL_PROCESS_GROUP = None
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()  # frees the groups (and joins their threads) here, on this thread
 
 
 def _local_group(world_size: int, per_machine: int, machine_rank: int):

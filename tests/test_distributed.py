@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.utils import comm
@@ -126,3 +127,31 @@ def test_lvis_evaluation_two_processes_equals_one(tmp_path):
     assert sorted(two) == ["bbox", "segm"]
     assert two == json.loads(json.dumps(one))
     assert {"AP", "AP-fixed", "AP-pool-f"} <= set(two["segm"]) and two["segm"]["AP"] > 0
+
+
+def _task_count():
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_closing_the_groups_ends_gloos_threads():
+    """destroy_process_group alone leaves the default group alive under detectron2's cached
+    gloo group, and its threads running into the interpreter's teardown."""
+    import torch.distributed as dist
+
+    from iif_d2.launch import _free_port, close_process_groups
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", world_size=1, rank=0
+    )
+    try:
+        # what comm.all_gather uses with more than one rank: the default group, cached
+        assert comm._get_global_gloo_group() is dist.group.WORLD
+        assert comm._get_global_gloo_group.cache_info().currsize == 1
+        running = _task_count()
+    finally:
+        close_process_groups()
+    assert not dist.is_initialized()
+    assert comm._get_global_gloo_group.cache_info().currsize == 0
+    assert comm._LOCAL_PROCESS_GROUP is None
+    assert _task_count() < running  # gloo's threads joined, not left to the interpreter

@@ -30,6 +30,7 @@ from iif_d2.fasa import (
     moments_to_mean_var,
 )
 from iif_d2.hooks import FASAHook, heldout_class_losses
+from iif_d2.launch import close_process_groups
 
 NAN = float("nan")
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
@@ -283,7 +284,7 @@ def _dist_worker(rank, world, port, out):
         fasa.adapt(torch.tensor([2.0, 0.5, 1.0, NAN, 1.0]))
         torch.save(fasa.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        close_process_groups()
 
 
 def _free_port():
