@@ -594,6 +594,7 @@ def write_report(rows, claims, runs, out_root, header):
         ci = "–" if c["low"] is None else f"[{c['low']:+.2f}, {c['high']:+.2f}]"
         lines.append(f"| {c['claim']} | {c['metric']} | {c['mean']:+.2f} | {ci} | {c['verdict']} |")
     text = "\n".join(lines) + "\n"
+    os.makedirs(out_root, exist_ok=True)  # a table read back from records trains nothing here
     with open(os.path.join(out_root, "benchmark.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out_root, "benchmark.json"), "w") as f:
