@@ -8,15 +8,15 @@
 Multi-process training also runs on CPU (gloo): ``--num-gpus 2`` with ``MODEL.DEVICE cpu``.
 """  # noqa: E501
 
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 
-from iif_d2.engine import Trainer, checkpointer_for, load_config, setup
-from iif_d2.launch import launch
+from iif_d2.engine.launch import launch
+from iif_d2.engine.trainer import Trainer, checkpointer_for, load_config, setup
 
 
 def main(args):

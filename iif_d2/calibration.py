@@ -11,7 +11,7 @@ Both act on the C+1 class logits t of a trained model at test time only (backgro
   centres on the training images and D_bg = 1; q renormalised over the C+1 entries.
 
 :func:`box_counting_dimensions` computes D_c from normalised box centres; where the centres
-come from is :func:`iif_d2.class_stats.box_centres` (a training-set fact, docs/method.md).
+come from is :func:`iif_d2.data.class_stats.box_centres` (a training-set fact, docs/method.md).
 """
 
 from typing import Optional, Sequence
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .weights import canonical_variant, iif_weights
+from iif_d2.weights import canonical_variant, iif_weights
 
 __all__ = [
     "CALIBRATION_MODES",
@@ -49,6 +49,14 @@ FRACAL_MAX_GRID = 64
 FRACAL_VARIANTS = ("raw", "base2", "base10")
 # A class with fewer box centres gets D = 1 (the authors' convention).
 MIN_FRACTAL_POINTS = 4
+
+# how to get the fractal dimensions FRACAL needs, for error messages
+FRACAL_FIX = (
+    "FRACAL needs each class's fractal dimension, computed from the training boxes: set "
+    "MODEL.CLASS_COUNTS.SOURCE 'dataset' or 'json' with the training set registered (a counts "
+    "CSV such as iif_d2://lvis_v1_train.csv cannot hold them), or FILE a run's "
+    "iif_class_stats.json written for a FRACAL config."
+)
 
 
 def _occupied_cells(centres: np.ndarray, labels: np.ndarray, num_classes: int, d: int):

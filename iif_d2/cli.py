@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 if __name__ == "__main__":  # the command (not an import): before detectron2 is imported
     hide_upstream_deprecations()
@@ -22,11 +22,11 @@ import yaml  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
-from .class_stats import FREQUENCIES, NORMALIZERS, load_counts_file  # noqa: E402
-from .config import add_iif_config, apply_deprecated_keys  # noqa: E402
-from .data.heldout import write_json_atomic  # noqa: E402
-from .data.training_set import compute_class_stats  # noqa: E402
-from .weights import VARIANTS, canonical_variant, iif_weights  # noqa: E402
+from iif_d2.config import add_iif_config, apply_deprecated_keys  # noqa: E402
+from iif_d2.data.class_stats import FREQUENCIES, NORMALIZERS, load_counts_file  # noqa: E402
+from iif_d2.data.training_set import compute_class_stats  # noqa: E402
+from iif_d2.utils.io import write_json_atomic  # noqa: E402
+from iif_d2.weights import VARIANTS, canonical_variant, iif_weights  # noqa: E402
 
 # the settings a config gives with --config-file (flag -> its value without one)
 _SETTINGS = {"variant": "raw", "frequency": "image", "normalizer": "total"}

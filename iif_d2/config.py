@@ -8,7 +8,7 @@ import logging
 
 from detectron2.config import CfgNode as CN
 
-from .calibration import FRACAL_LAMBDA, FRACAL_MAX_GRID, FRACAL_VARIANT, NORCAL_GAMMA
+from iif_d2.calibration import FRACAL_LAMBDA, FRACAL_MAX_GRID, FRACAL_VARIANT, NORCAL_GAMMA
 
 __all__ = ["add_iif_config", "apply_deprecated_keys", "DEPRECATED_KEYS"]
 
@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 def add_iif_config(cfg):
     """Add iif-d2's keys to a detectron2 config (in place).
 
-    Also registers iif-d2's components (ROI heads, meta-architectures, mask head, FCOS backbone,
-    datasets) with detectron2's registries, so that a config naming them builds.
+    Registration is separate: ``import iif_d2.modeling`` registers iif-d2's components with
+    detectron2's registries (as ``import point_rend`` does), so that a config naming them
+    builds.
 
     Args:
         cfg (CfgNode): a config from ``detectron2.config.get_cfg()``.
@@ -27,8 +28,6 @@ def add_iif_config(cfg):
     Returns:
         cfg
     """
-    from . import register  # noqa: F401
-
     _C = cfg
     # ---------------------------------------------------------------------------------------
     # Per-class image and instance counts of the training set, read by every component built
@@ -297,7 +296,7 @@ def add_iif_config(cfg):
 
     # ---------------------------------------------------------------------------------------
     # Intra-op CPU threads of each process (torch.set_num_threads), set and logged by
-    # iif_d2.engine.setup; 0 = torch's default (OMP_NUM_THREADS if set, else the cores). CPU
+    # iif_d2.engine.trainer.setup; 0 = torch's default (OMP_NUM_THREADS if set, else the cores). CPU
     # results depend on it (the reduction order changes): pin it wherever numbers are compared.
     # They also depend on the CPU's kernel set (AVX2, AVX-512, AMX: logged beside the threads),
     # so bits repeat across machines only where both match.
@@ -310,7 +309,7 @@ def add_iif_config(cfg):
     # channels-last memory format, oneDNN's native one on CPU (tools/benchmark_kernels.py
     # times both kernels on the SynthLT model). Needs META_ARCHITECTURE
     # "IIFGeneralizedRCNN".
-    # ROI_ALIGN: "torchvision" (detectron2's ROIAlign) or "matmul" (iif_d2.roi_align: the same
+    # ROI_ALIGN: "torchvision" (detectron2's ROIAlign) or "matmul" (iif_d2.modeling.roi_align: the same
     # values as two matrix products per image, with a multi-threaded backward; faster on small
     # feature maps such as SynthLT's, slower on LVIS-sized ones). Needs iif-d2's ROI heads and
     # POOLER_TYPE "ROIAlign" or "ROIAlignV2".
@@ -320,7 +319,7 @@ def add_iif_config(cfg):
     _C.MODEL.KERNELS.ROI_ALIGN = "torchvision"
 
     # ---------------------------------------------------------------------------------------
-    # Checkpoints (iif_d2.checkpoint.IIFCheckpointer: loading runs no code, atomic writes).
+    # Checkpoints (iif_d2.engine.checkpoint.IIFCheckpointer: loading runs no code, atomic writes).
     # ---------------------------------------------------------------------------------------
     # False: a tensor of MODEL.WEIGHTS (or of a resumed checkpoint) whose shape differs from the
     # model's, e.g. a checkpoint for another number of classes, is an error. True: such tensors

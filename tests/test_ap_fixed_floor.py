@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from iif_d2 import add_iif_config, resolve_training_set
-from iif_d2.engine import Trainer
+from iif_d2.engine.trainer import Trainer
 from iif_d2.evaluation import ScoreFloorFilter, build_evaluator, uses_score_floor
 from iif_d2.lvis_eval.devil import ScoreFloor
 

@@ -94,7 +94,7 @@ def _quick_cfg(name, tmp_path, *opts):
     ],
 )  # fmt: skip
 def test_num_classes_other_than_the_training_sets(name, key, opts, error, tmp_path):
-    from iif_d2.engine import Trainer
+    from iif_d2.engine.trainer import Trainer
 
     cfg = _quick_cfg(name, tmp_path, *opts)
     with pytest.raises(ValueError, match=error):
@@ -108,7 +108,7 @@ def test_category_ids_beyond_num_classes_without_class_names(tmp_path):
     loaded its dicts."""
     from detectron2.data import DatasetCatalog
 
-    from iif_d2.engine import Trainer
+    from iif_d2.engine.trainer import Trainer
 
     train = DatasetCatalog.get("iif_synthetic_tiny_train")
     name = "iif_test_no_class_names"

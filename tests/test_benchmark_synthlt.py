@@ -110,7 +110,7 @@ def test_demo_band_round_trip(bench, tmp_path):
 
 def test_demo_says_when_the_band_comes_from_other_kernels(bench, capsys):
     """Another CPU or kernel set trains another model from the same seed: the demo says so."""
-    from iif_d2.machine import describe_machine
+    from iif_d2.utils.machine import describe_machine
 
     demo = load_tool("demo")
     cols = {"AP": 30.0, "APr": 20.0, "APc": 30.0, "APf": 40.0, "APbox": 25.0, "APr box": 15.0}
@@ -128,7 +128,7 @@ def test_demo_says_when_the_band_comes_from_other_kernels(bench, capsys):
 def test_demo_holds_cpu_runs_to_the_readme_threads_and_kernels():
     """On CPU the demo runs 2 threads on AVX2 kernels (the README's numbers repeat bit for bit
     there); what the user sets wins; a GPU run is left alone."""
-    from iif_d2.machine import KERNEL_PINS, native_capability
+    from iif_d2.utils.machine import KERNEL_PINS, native_capability
 
     demo = load_tool("demo")
     env, opts, label = demo.pinned_run(None, ["SOLVER.MAX_ITER", "10"], "cpu")

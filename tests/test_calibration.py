@@ -22,7 +22,7 @@ from iif_d2.calibration import (
     fracal_prior,
     norcal_divisors,
 )
-from iif_d2.class_stats import STATS_FILENAME, ClassStats, box_centres, load_counts_file
+from iif_d2.data.class_stats import STATS_FILENAME, ClassStats, box_centres, load_counts_file
 
 C = 4
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "SynthLT-InstanceSegmentation")

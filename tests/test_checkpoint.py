@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from iif_d2.checkpoint import (
+from iif_d2.engine.checkpoint import (
     CheckpointLocationError,
     CheckpointShapeMismatchError,
     IIFCheckpointer,
@@ -285,7 +285,7 @@ def test_resume_skips_truncated_newest(tmp_path, caplog):
     _truncate(tmp_path / "model_0000003.pth")
     model = TinyDetector()
     checkpointer = IIFCheckpointer(model, str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="iif_d2.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="iif_d2.engine.checkpoint"):
         extra = checkpointer.resume_or_load("", resume=True)
     assert any("model_0000003.pth" in r.getMessage() for r in caplog.records)
     assert extra == {"iteration": 0}
@@ -312,7 +312,7 @@ def test_all_corrupt_starts_from_weights(tmp_path, caplog):
     torch.save(weights.state_dict(), weights_file)
     model = TinyDetector()
     checkpointer = IIFCheckpointer(model, str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="iif_d2.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="iif_d2.engine.checkpoint"):
         assert checkpointer.resume_or_load(str(weights_file), resume=True) == {}
     assert any("starting from" in r.getMessage() for r in caplog.records)
     assert _same(model, weights)

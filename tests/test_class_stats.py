@@ -8,9 +8,14 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from iif_d2 import add_iif_config
-from iif_d2.class_stats import STATS_FILENAME, ClassStats, count_dataset_dicts, load_counts_file
-from iif_d2.class_weights import class_stats_from_config, iif_weights_from_config
+from iif_d2.data.class_stats import (
+    STATS_FILENAME,
+    ClassStats,
+    count_dataset_dicts,
+    load_counts_file,
+)
 from iif_d2.data.training_set import compute_class_stats, resolve_training_set
+from iif_d2.modeling.class_weights import class_stats_from_config, iif_weights_from_config
 
 DICTS = [
     {"annotations": [{"category_id": 0}, {"category_id": 0}, {"category_id": 2}]},
@@ -195,7 +200,7 @@ def test_coco_annotations_of_unknown_images_are_dropped_and_counted(tmp_path, ca
         ],
     }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
-    with caplog.at_level("WARNING", logger="iif_d2.class_stats"):
+    with caplog.at_level("WARNING", logger="iif_d2.data.class_stats"):
         s = load_counts_file(str(tmp_path / "coco.json"))
     assert s.image_counts == [1] and s.instance_counts == [1] and s.num_images == 2
     assert "2 of 3 annotations refer to image ids missing" in caplog.text

@@ -74,6 +74,6 @@ def test_save_is_atomic_and_round_trips(tmp_path, capsys):
     out = tmp_path / "w.json"
     assert main(["--counts-file", "iif_d2://coco_train2017.csv", "--save", str(out)]) == 0
     assert os.listdir(tmp_path) == ["w.json"]  # no temporary file left
-    from iif_d2.class_stats import load_counts_file
+    from iif_d2.data.class_stats import load_counts_file
 
     assert load_counts_file(str(out)).num_images == 118287

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iif_d2 import compat
+from iif_d2.utils import compat
 
 
 def test_no_pillow_alias_left_behind():
@@ -72,7 +72,7 @@ IMPORT_CASES = {
     "patches_nothing": (
         "import sys",
         "from PIL import Image",
-        "import iif_d2, iif_d2.compat",
+        "import iif_d2, iif_d2.utils.compat",
         "assert not hasattr(Image, 'LINEAR') or int(Image.__version__.split('.')[0]) < 10",
         "assert 'detectron2._C' not in sys.modules, 'iif_d2 imported detectron2._C'",
         "assert 'detectron2.modeling' not in sys.modules",
@@ -80,8 +80,8 @@ IMPORT_CASES = {
     # the pure modules load no model code
     "pure_modules": (
         "import sys",
-        "import iif_d2.weights, iif_d2.fp_analysis",
-        "model = ('detectron2.modeling', 'iif_d2.fast_rcnn', 'iif_d2.roi_heads')",
+        "import iif_d2.weights, iif_d2.lvis_eval.fp_analysis",
+        "model = ('detectron2.modeling', 'iif_d2.modeling.fast_rcnn', 'iif_d2.modeling.roi_heads')",
         "loaded = [m for m in model if m in sys.modules]",
         "assert not loaded, loaded",
     ),

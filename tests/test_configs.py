@@ -11,8 +11,8 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config, resolve_training_set
-from iif_d2.config_check import check_settings_used
-from iif_d2.layers import CosineConv2d, CosineLinear
+from iif_d2.modeling.config_check import check_settings_used
+from iif_d2.modeling.layers import CosineConv2d, CosineLinear
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
 CONFIGS = sorted(

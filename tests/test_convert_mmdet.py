@@ -19,7 +19,7 @@ from detectron2.modeling import build_model
 from helpers import load_tool
 
 from iif_d2 import add_iif_config
-from iif_d2.checkpoint import IIFCheckpointer
+from iif_d2.engine.checkpoint import IIFCheckpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "LVISv1-InstanceSegmentation", "mask_rcnn_R_50_FPN_12e.yaml")

@@ -19,8 +19,8 @@ from helpers import box_features, tiny_proposals
 from torch import nn
 
 from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config, resolve_training_set
-from iif_d2.layers import CosineConv2d, CosineLinear
-from iif_d2.mask_head import NormalizedMaskRCNNConvUpsampleHead
+from iif_d2.modeling.layers import CosineConv2d, CosineLinear
+from iif_d2.modeling.mask_head import NormalizedMaskRCNNConvUpsampleHead
 
 C = 4
 WEIGHTS = torch.tensor([7.5, 3.25, 1.5, 0.75, 1.0])

@@ -17,7 +17,7 @@ def tool():
 
 
 def _model_and_anchors(name, out):
-    from iif_d2.engine import Trainer, setup
+    from iif_d2.engine.trainer import Trainer, setup
 
     config = os.path.join(REPO, "configs", "SynthLT-Detection", name)
     ns = argparse.Namespace(config_file=config, opts=["OUTPUT_DIR", str(out)], resume=False)

@@ -11,8 +11,8 @@ from detectron2.config import get_cfg
 from detectron2.utils import comm
 
 from iif_d2 import add_iif_config, resolve_training_set
-from iif_d2.engine import Trainer
-from iif_d2.launch import launch
+from iif_d2.engine.launch import launch
+from iif_d2.engine.trainer import Trainer
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 CONFIG = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_iif.yaml")
@@ -79,7 +79,7 @@ def _lvis_eval_worker(json_file, out_file):
 
 
 def _lvis_detections():
-    from iif_d2.lvis_eval.synthetic import make_dataset
+    from iif_d2.bench.synthetic_lvis import make_dataset
 
     freqs = ["f", "c", "r", "f", "c", "f", "r", "c", "f", "f"]
     return make_dataset(
@@ -139,7 +139,7 @@ def test_closing_the_groups_ends_gloos_threads():
     gloo group, and its threads running into the interpreter's teardown."""
     import torch.distributed as dist
 
-    from iif_d2.launch import _free_port, close_process_groups
+    from iif_d2.engine.launch import _free_port, close_process_groups
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", world_size=1, rank=0

@@ -12,9 +12,9 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from iif_d2.bench.synthetic_lvis import make_dataset
 from iif_d2.evaluation import FastLVISEvaluator, LVISEvaluator, build_evaluator
 from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, lvis_api_evaluate
-from iif_d2.lvis_eval.synthetic import make_dataset
 
 FREQS = ["f", "c", "r", "f", "c", "f", "r", "c", "f", "f"]
 

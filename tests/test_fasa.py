@@ -19,9 +19,11 @@ from detectron2.utils.events import EventStorage
 from torch.testing import assert_close
 
 from iif_d2 import add_iif_config, resolve_training_set
-from iif_d2.clustering import affinity_propagation, negative_squared_distances
 from iif_d2.data.heldout import HeldoutDatasetMapper, build_heldout_loader, split_heldout
-from iif_d2.fasa import (
+from iif_d2.engine.hooks import FASAHook, heldout_class_losses
+from iif_d2.engine.launch import close_process_groups
+from iif_d2.modeling.clustering import affinity_propagation, negative_squared_distances
+from iif_d2.modeling.fasa import (
     FASA,
     adapt_rates,
     class_moments,
@@ -29,8 +31,6 @@ from iif_d2.fasa import (
     initial_rates,
     moments_to_mean_var,
 )
-from iif_d2.hooks import FASAHook, heldout_class_losses
-from iif_d2.launch import close_process_groups
 
 NAN = float("nan")
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 from helpers import box_features, tiny_proposals
 
 from iif_d2 import IIFFastRCNNOutputLayers
-from iif_d2.compat import fast_rcnn_supports
+from iif_d2.utils.compat import fast_rcnn_supports
 
 C = 4
 WEIGHTS = torch.tensor([7.5, 3.25, 1.5, 0.75, 1.0])  # C foreground weights, background 1

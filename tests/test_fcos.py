@@ -17,7 +17,7 @@ from detectron2.utils.events import EventStorage
 from helpers import focal_loss_by_hand
 
 from iif_d2 import add_iif_config, resolve_training_set
-from iif_d2.fcos import IIFFCOS
+from iif_d2.modeling.fcos import IIFFCOS
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
 QUICK = "quick_schedules/fcos_R_18_FPN_instant_iif.yaml"
@@ -238,7 +238,7 @@ def test_config_trains_one_step_and_infers(tmp_path, name):
 
 
 def test_quick_schedule_trains_and_evaluates(tmp_path):
-    from iif_d2.engine import Trainer
+    from iif_d2.engine.trainer import Trainer
 
     cfg = _cfg(tmp_path, QUICK, "SOLVER.MAX_ITER", 2)
     trainer = Trainer(cfg)

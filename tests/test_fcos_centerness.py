@@ -16,7 +16,7 @@ def tool():
 
 
 def _fcos(out):
-    from iif_d2.engine import Trainer, setup
+    from iif_d2.engine.trainer import Trainer, setup
 
     config = os.path.join(REPO, "configs", "SynthLT-Detection", "fcos_R_18_FPN.yaml")
     ns = argparse.Namespace(config_file=config, opts=["OUTPUT_DIR", str(out)], resume=False)

@@ -1,4 +1,4 @@
-"""``iif_d2.fp_analysis``: one-to-one false positives per image and TIDE's dAP_FP, by hand."""
+"""``iif_d2.lvis_eval.fp_analysis``: one-to-one false positives per image and TIDE's dAP_FP, by hand."""
 
 import copy
 import json
@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import lvis_gt_dict
 
-from iif_d2.fp_analysis import (
+from iif_d2.lvis_eval.fp_analysis import (
     DEFAULT_SCORE_THRESH,
     box_ap50,
     delta_ap_fp,
@@ -277,7 +277,15 @@ def test_boundary_scores_and_boxes_are_accepted():
 def test_cli_as_a_command_exits_2_with_one_line(tmp_path):
     gt_path, results_path = _write(tmp_path, lvis_gt(), [det(1, 1, [0, 0, 1, 1], 2.0)])
     r = subprocess.run(
-        [sys.executable, "-m", "iif_d2.fp_analysis", "--gt", gt_path, "--results", results_path],
+        [
+            sys.executable,
+            "-m",
+            "iif_d2.lvis_eval.fp_analysis",
+            "--gt",
+            gt_path,
+            "--results",
+            results_path,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -345,8 +353,8 @@ def test_group_without_ground_truth_is_undefined():
 def test_ap50_equals_lvis_api(seed):
     import numpy as np
 
+    from iif_d2.bench.synthetic_lvis import make_dataset, to_results
     from iif_d2.lvis_eval import lvis_api_evaluate
-    from iif_d2.lvis_eval.synthetic import make_dataset, to_results
 
     freqs = np.array(["r", "c", "f"])[np.random.default_rng(1).integers(0, 3, 20)]
     gt, dets = make_dataset(

@@ -1,5 +1,5 @@
 """Real processes: CPU workers die with their launcher, a stalled rank's collective timeout
-names the rank, and one OUTPUT_DIR admits one writer (``iif_d2.run_lock``)."""
+names the rank, and one OUTPUT_DIR admits one writer (``iif_d2.engine.run_lock``)."""
 
 import os
 import socket
@@ -12,8 +12,13 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from iif_d2.launch import CollectiveTimeoutError, collective_timeout, launch
-from iif_d2.run_lock import LOCK_FILENAME, OutputDirInUseError, OutputDirLock, acquire_output_dir
+from iif_d2.engine.launch import CollectiveTimeoutError, collective_timeout, launch
+from iif_d2.engine.run_lock import (
+    LOCK_FILENAME,
+    OutputDirInUseError,
+    OutputDirLock,
+    acquire_output_dir,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_LOCK = os.path.join(REPO, "iif_d2", "run_lock.py")
@@ -43,7 +48,7 @@ LAUNCHER = textwrap.dedent(
     """
     import os, sys, time
     import torch.distributed as dist
-    from iif_d2.launch import launch
+    from iif_d2.engine.launch import launch
 
     def work(folder):
         with open(os.path.join(folder, f"{os.getpid()}.pid"), "w") as f:

@@ -8,9 +8,9 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
+from iif_d2.bench.synthetic_lvis import make_dataset, to_results
 from iif_d2.lvis_eval import evaluate_results, lvis_api_evaluate
 from iif_d2.lvis_eval.__main__ import main
-from iif_d2.lvis_eval.synthetic import make_dataset, to_results
 
 FREQS = np.array(["r", "c", "f"])[np.random.default_rng(0).integers(0, 3, 30)]
 

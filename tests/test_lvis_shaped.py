@@ -270,7 +270,7 @@ def test_tool_reports_ok_mismatch_and_errors(mini, tmp_path, capsys):
 def test_lvis_evaluation_scores_ground_truth_100_and_uses_negatives(mini):
     from lvis import LVISEval, LVISResults
 
-    from iif_d2.compat import numpy_float_alias
+    from iif_d2.utils.compat import numpy_float_alias
 
     _, folder, data = mini
     val = data["val"]

@@ -1,4 +1,4 @@
-"""The CPU kernel pins (iif_d2.machine): what a report says about the kernels its runs used."""
+"""The CPU kernel pins (iif_d2.utils.machine): what a report says about the kernels its runs used."""
 
 import json
 import os
@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from iif_d2.machine import KERNEL_PINS, kernel_pin_env, native_capability, resolve_kernel_pin
+from iif_d2.utils.machine import KERNEL_PINS, kernel_pin_env, native_capability, resolve_kernel_pin
 
 
 def _describe(env):
     code = (
-        "import json; from iif_d2.machine import cpu_capability, describe_machine; "
+        "import json; from iif_d2.utils.machine import cpu_capability, describe_machine; "
         "print(json.dumps([cpu_capability(), describe_machine()]))"
     )
     clean = {k: v for k, v in os.environ.items() if k not in KERNEL_PINS["default"]}

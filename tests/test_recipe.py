@@ -11,9 +11,9 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from iif_d2 import add_iif_config, resolve_training_set
-from iif_d2.engine import Trainer
-from iif_d2.fasa import FASA, initial_rates
-from iif_d2.launch import launch
+from iif_d2.engine.launch import launch
+from iif_d2.engine.trainer import Trainer
+from iif_d2.modeling.fasa import FASA, initial_rates
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
 RECIPE = os.path.join(ROOT, "quick_schedules", "mask_rcnn_R_18_FPN_instant_recipe.yaml")

@@ -89,7 +89,7 @@ def test_trainer_dicts_are_the_resolutions_load(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from iif_d2 import add_iif_config, resolve_training_set
-    from iif_d2.data.build import training_dicts
+    from iif_d2.data.loader import training_dicts
 
     calls = []
     name = "iif_test_counted_tiny_train"

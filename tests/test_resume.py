@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from iif_d2.machine import KERNEL_PINS
+from iif_d2.utils.machine import KERNEL_PINS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_iif.yaml")

@@ -98,7 +98,7 @@ def test_bad_weights_shape(tmp_path):
 
 
 def test_train_step_and_inference(tmp_path):
-    from iif_d2.engine import Trainer
+    from iif_d2.engine.trainer import Trainer
 
     cfg = _cfg(tmp_path, "SOLVER.MAX_ITER", 2)
     trainer = Trainer(cfg)

@@ -1,4 +1,4 @@
-"""MODEL.KERNELS: RoIAlign as matrix products (iif_d2.roi_align) and the channels-last R-CNN give
+"""MODEL.KERNELS: RoIAlign as matrix products (iif_d2.modeling.roi_align) and the channels-last R-CNN give
 the same values as detectron2's kernels, and are refused where the built model would ignore
 them."""
 
@@ -11,8 +11,8 @@ from detectron2.modeling import build_model
 from torchvision.ops import roi_align
 
 from iif_d2 import add_iif_config, resolve_training_set
-from iif_d2.config_check import unused_settings
-from iif_d2.roi_align import MatmulROIAlign, axis_weights, separable_roi_align
+from iif_d2.modeling.config_check import unused_settings
+from iif_d2.modeling.roi_align import MatmulROIAlign, axis_weights, separable_roi_align
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
 

@@ -17,8 +17,8 @@ from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSample
 from detectron2.utils import comm
 
 from iif_d2 import add_iif_config
-from iif_d2.data.build import ResumableTrainLoader
-from iif_d2.samplers import (
+from iif_d2.data.loader import ResumableTrainLoader
+from iif_d2.data.samplers import (
     CeilRepeatFactorTrainingSampler,
     build_train_sampler,
     position_batches,
@@ -248,12 +248,12 @@ def test_summary_empty_groups():
 
 
 def test_build_from_config_ceil_logs_summary_once(caplog):
-    with caplog.at_level(logging.INFO, logger="iif_d2.samplers"):
+    with caplog.at_level(logging.INFO, logger="iif_d2.data.samplers"):
         sampler = build_train_sampler(_cfg(ROUNDING="ceil"), DICTS)
     assert type(sampler) is CeilRepeatFactorTrainingSampler
     assert sampler._seed == 7
     assert np.bincount(_take(sampler, 19)).tolist() == CEIL_COUNTS
-    logs = [r.getMessage() for r in caplog.records if r.name == "iif_d2.samplers"]
+    logs = [r.getMessage() for r in caplog.records if r.name == "iif_d2.data.samplers"]
     assert len(logs) == 1 and "rounding 'ceil'" in logs[0] and "-> 19.0 images" in logs[0]
 
 

@@ -11,9 +11,9 @@ import sys
 import pytest
 from lvis import LVIS, LVISEval, LVISResults
 
-from iif_d2.compat import numpy_float_alias
 from iif_d2.data import SYNTHLT, SYNTHLT_TINY
-from iif_d2.data.synthetic import class_names, ensure_generated, train_image_counts
+from iif_d2.data.synthlt import class_names, ensure_generated, train_image_counts
+from iif_d2.utils.compat import numpy_float_alias
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from helpers import lvis_gt_dict
 
-from iif_d2.fp_analysis import tide_breakdown
+from iif_d2.bench.synthetic_lvis import make_dataset, to_results
 from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, lvis_api_evaluate
-from iif_d2.lvis_eval.synthetic import make_dataset, to_results
+from iif_d2.lvis_eval.fp_analysis import tide_breakdown
 from iif_d2.lvis_eval.tide import ERROR_TYPES, tide_errors
 
 # (image_id, category_id, [x, y, w, h]); categories 1 "f", 2 "c", 3 "r"

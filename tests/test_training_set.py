@@ -15,9 +15,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from iif_d2 import add_iif_config, iif_weights, resolve_training_set
-from iif_d2.class_stats import count_dataset_dicts
+from iif_d2.data.class_stats import count_dataset_dicts
 from iif_d2.data.heldout import split_heldout
-from iif_d2.engine import Trainer
+from iif_d2.engine.trainer import Trainer
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 RECIPE = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_recipe.yaml")
@@ -162,7 +162,7 @@ def test_settings_the_model_would_ignore_are_errors(tmp_path, opts, needs):
 
 
 def test_checkpoint_for_other_class_count_is_an_error(tmp_path):
-    from iif_d2.engine import checkpointer_for
+    from iif_d2.engine.trainer import checkpointer_for
 
     quick = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant.yaml")
 

@@ -23,8 +23,8 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from iif_d2 import add_iif_config, resolve_training_set
-from iif_d2.class_stats import load_counts_file
-from iif_d2.engine import Trainer
+from iif_d2.data.class_stats import load_counts_file
+from iif_d2.engine.trainer import Trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
 LEAVES = sorted(

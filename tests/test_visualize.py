@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
     """A run folder as train_net.py leaves it: config.yaml, iif_class_stats.json, a checkpoint."""
     from detectron2.config import get_cfg
 
-    from iif_d2.engine import Trainer
+    from iif_d2.engine.trainer import Trainer
 
     out = tmp_path_factory.mktemp("run")
     cfg = get_cfg()

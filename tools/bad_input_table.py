@@ -2,7 +2,7 @@
 """Run every bad input of iif-d2's table and print what each one is told.
 
 Each row is a bad input (a counts file, a command line of ``python -m iif_d2.cli`` or
-``python -m iif_d2.fp_analysis``, a config, a checkpoint, a second writer of an OUTPUT_DIR),
+``python -m iif_d2.lvis_eval.fp_analysis``, a config, a checkpoint, a second writer of an OUTPUT_DIR),
 the error type it must raise and a fragment its message must hold. tests/test_bad_inputs.py
 asserts every row; this script runs the same rows in a temporary folder and prints a markdown
 table "bad input | error (first line)" for the README (exit status 1 if a row does not fail as
@@ -76,10 +76,10 @@ def _write(tmp: str, files: Optional[Dict[str, object]]):
 
 
 def counts(name: str, content) -> Callable[[str], object]:
-    """Load ``content`` written as ``name`` with :func:`iif_d2.class_stats.load_counts_file`."""
+    """Load ``content`` written as ``name`` with :func:`iif_d2.data.class_stats.load_counts_file`."""
 
     def run(tmp):
-        from iif_d2.class_stats import load_counts_file
+        from iif_d2.data.class_stats import load_counts_file
 
         _write(tmp, {name: content})
         return load_counts_file(os.path.join(tmp, name))
@@ -88,10 +88,10 @@ def counts(name: str, content) -> Callable[[str], object]:
 
 
 def counts_file(path: str) -> Callable[[str], object]:
-    """Load ``path`` ("{tmp}" replaced) with :func:`iif_d2.class_stats.load_counts_file`."""
+    """Load ``path`` ("{tmp}" replaced) with :func:`iif_d2.data.class_stats.load_counts_file`."""
 
     def run(tmp):
-        from iif_d2.class_stats import load_counts_file
+        from iif_d2.data.class_stats import load_counts_file
 
         return load_counts_file(path.format(tmp=tmp))
 
@@ -152,7 +152,7 @@ def iif_on_upstream_roi_heads(tmp, **keys):
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import build_roi_heads
 
-    from iif_d2.config_check import check_settings_used
+    from iif_d2.modeling.config_check import check_settings_used
 
     cfg = _cfg()
     cfg.merge_from_list([x for kv in keys.items() for x in kv])
@@ -165,7 +165,7 @@ def iif_on_upstream_roi_heads(tmp, **keys):
 
 
 def num_classes_mismatch(tmp):
-    from iif_d2.class_weights import iif_weights_from_config
+    from iif_d2.modeling.class_weights import iif_weights_from_config
 
     cfg = _cfg(SOURCE="file", FILE="iif_d2://coco_train2017.csv")
     return iif_weights_from_config(cfg, 8)
@@ -173,7 +173,7 @@ def num_classes_mismatch(tmp):
 
 def coco_counts_and_classes_on_synthlt(tmp):
     from iif_d2.data.training_set import resolve_training_set
-    from iif_d2.engine import Trainer
+    from iif_d2.engine.trainer import Trainer
 
     cfg = _cfg(SOURCE="file", FILE="iif_d2://coco_train2017.csv")
     cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.DEVICE, cfg.OUTPUT_DIR = 80, "cpu", tmp
@@ -187,7 +187,7 @@ PICKLE_PAYLOAD = b"cos\nsystem\n(S'true'\ntR."
 def pickle_payload_as_weights(tmp):
     from torch import nn
 
-    from iif_d2.checkpoint import IIFCheckpointer
+    from iif_d2.engine.checkpoint import IIFCheckpointer
 
     path = os.path.join(tmp, "model_final.pkl")
     _write(tmp, {"model_final.pkl": PICKLE_PAYLOAD})
@@ -199,20 +199,20 @@ def pickle_payload_as_weights(tmp):
 
 
 def dataset_dict_with_string_id(tmp):
-    from iif_d2.class_stats import count_dataset_dicts
+    from iif_d2.data.class_stats import count_dataset_dicts
 
     return count_dataset_dicts([{"annotations": [{"category_id": "1"}]}], 2, source="my_train")
 
 
 def second_writer(tmp):
-    from iif_d2.run_lock import OutputDirLock
+    from iif_d2.engine.run_lock import OutputDirLock
 
     with OutputDirLock(tmp):
         return OutputDirLock(tmp).acquire()
 
 
 def bad_collective_timeout(tmp):
-    from iif_d2.launch import TIMEOUT_ENV, collective_timeout
+    from iif_d2.engine.launch import TIMEOUT_ENV, collective_timeout
 
     before = os.environ.get(TIMEOUT_ENV)
     os.environ[TIMEOUT_ENV] = "soon"
@@ -237,7 +237,7 @@ GT = {
 CSV = "category_id,image_count,instance_count\n"
 IIF_JSON = {"image_counts": [1, 2], "instance_counts": [3, 4], "num_images": 5}
 LVIS_CATS = [{"id": 1, "name": "a", "image_count": 1, "instance_count": 2}]
-FP = "iif_d2.fp_analysis"
+FP = "iif_d2.lvis_eval.fp_analysis"
 FP_FILES = {"gt.json": GT, "r.json": _det()}
 FP_ARGS = ("--gt", "{tmp}/gt.json", "--results", "{tmp}/r.json")
 C = "iif_d2.cli"
@@ -291,7 +291,7 @@ ROWS = [
     Row("cli opts without `--config-file`", cli(C, "--counts-file", LVIS_CSV, "MODEL.FOO", "1"), CLIFailed, "need --config-file"),  # noqa: E501
     Row("cli `--variant` with `--config-file`", cli(C, "--config-file", CONFIG, "--variant", "base10"), CLIFailed, "--variant would be ignored"),  # noqa: E501
     Row("cli `--frequency pixel`", cli(C, "--counts-file", LVIS_CSV, "--frequency", "pixel"), CLIFailed, "invalid choice: 'pixel'"),  # noqa: E501
-    # python -m iif_d2.fp_analysis
+    # python -m iif_d2.lvis_eval.fp_analysis
     Row("fp_analysis `--gt` missing", cli(FP, "--gt", "{tmp}/no.json", "--results", "{tmp}/r.json"), CLIFailed, "ground-truth file not found"),  # noqa: E501
     Row("fp_analysis `--results` a folder", cli(FP, "--gt", "{tmp}/gt.json", "--results", "{tmp}", files=FP_FILES), CLIFailed, "is a directory"),  # noqa: E501
     Row("fp_analysis results not json", cli(FP, *FP_ARGS, files={**FP_FILES, "r.json": "[{"}), CLIFailed, "not valid json"),  # noqa: E501
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     ).parse_args(argv)
-    from iif_d2.upstream_warnings import hide_upstream_deprecations
+    from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
     hide_upstream_deprecations()
     import logging

@@ -27,7 +27,7 @@ row. The thread count is pinned (torch.set_num_threads, default 1): on a CPU sha
 jobs, more threads than free cores made steps 10-100 times slower at random here.
 """
 
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
@@ -49,7 +49,7 @@ from detectron2.utils.events import EventStorage
 from timing import compare_pairs, format_row, max_headline, write_report
 
 from iif_d2 import IIFFastRCNNOutputLayers, add_iif_config, resolve_training_set
-from iif_d2.machine import describe_machine
+from iif_d2.utils.machine import describe_machine
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time a plain ``torch.save`` of a checkpoint against :class:`iif_d2.checkpoint.IIFCheckpointer`'s
+"""Time a plain ``torch.save`` of a checkpoint against :class:`iif_d2.engine.checkpoint.IIFCheckpointer`'s
 atomic save (temporary file, flush, fsync, rename, directory fsync, then ``last_checkpoint``
 the same way), on a state dict of about 90 MB (a Mask R-CNN R-50-FPN's is ~170 MB).
 
@@ -22,8 +22,8 @@ import time
 import torch
 from torch import nn
 
-from iif_d2.checkpoint import IIFCheckpointer
-from iif_d2.machine import describe_machine
+from iif_d2.engine.checkpoint import IIFCheckpointer
+from iif_d2.utils.machine import describe_machine
 
 
 def build_model(size_mb: float) -> nn.Module:

@@ -13,13 +13,13 @@ import os
 import platform
 import time
 
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
 import numpy as np
 
-from iif_d2.class_stats import count_dataset_dicts, load_counts_file
+from iif_d2.data.class_stats import count_dataset_dicts, load_counts_file
 
 
 def lvis_sized_dicts(seed=0):

@@ -18,7 +18,7 @@ Inference is not timed: FASA does nothing at inference.
 Writes output/benchmark/speed_fasa.{md,json} (--output-dir).
 """
 
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
@@ -31,7 +31,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils.events import EventStorage
 
 from iif_d2 import IIFFastRCNNOutputLayers, load_counts_file
-from iif_d2.fasa import FASA
+from iif_d2.modeling.fasa import FASA
 
 
 def head_benchmark(device, compare, images):

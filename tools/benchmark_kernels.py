@@ -5,7 +5,7 @@ Timing, options and report as tools/benchmark.py (paired rounds of alternating o
 same-vs-same control beside each ratio, tools/timing.py).
 
   roi_align: one RoIAlign level, forward + backward, torchvision's kernel vs
-         iif_d2.roi_align.separable_roi_align on random RoIs: SynthLT's sizes (128-px images,
+         iif_d2.modeling.roi_align.separable_roi_align on random RoIs: SynthLT's sizes (128-px images,
          stride-4 map 32 x 32, 64 channels, 4 images x 128 RoIs, 7 x 7 box and 14 x 14 mask
          cells) and LVIS's (an 800 x 1333 image's stride-8 map, 100 x 168, 256 channels, 256
          RoIs, 7 x 7), where the products cost more than the kernel saves (printed for
@@ -22,7 +22,7 @@ same-vs-same control beside each ratio, tools/timing.py).
 Writes output/benchmark/speed_kernels.{md,json} (--output-dir).
 """
 
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
@@ -37,8 +37,8 @@ from torchvision.ops import roi_align
 
 import iif_d2.data  # noqa: F401  (registers SynthLT)
 from iif_d2 import add_iif_config, resolve_training_set
-from iif_d2.checkpoint import IIFCheckpointer
-from iif_d2.roi_align import separable_roi_align
+from iif_d2.engine.checkpoint import IIFCheckpointer
+from iif_d2.modeling.roi_align import separable_roi_align
 
 CONFIG = os.path.join(
     REPO, "configs", "SynthLT-InstanceSegmentation", "mask_rcnn_R_18_FPN_iif.yaml"

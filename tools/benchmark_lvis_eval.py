@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from iif_d2.machine import describe_machine
+from iif_d2.utils.machine import describe_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV = os.path.join(ROOT, "iif_d2", "data", "lvis_v1_train.csv")
@@ -51,9 +51,9 @@ def _frequencies():
 def _generate(num_images, folder, full_results, seed):
     """Write gt.json, compact.npz (the fast engine's input) and, if asked, lvis-api's results
     jsons, chunk by chunk (bounded memory)."""
+    from iif_d2.bench.synthetic_lvis import make_dataset, to_results
     from iif_d2.lvis_eval import LVISGroundTruth
     from iif_d2.lvis_eval.engine import compact
-    from iif_d2.lvis_eval.synthetic import make_dataset, to_results
 
     freqs = _frequencies()
     gt = {"images": [], "annotations": [], "categories": None}
@@ -228,7 +228,7 @@ def _worker(engine, folder):
     else:
         from lvis import LVIS, LVISEval, LVISResults
 
-        from iif_d2.compat import numpy_float_alias
+        from iif_d2.utils.compat import numpy_float_alias
 
         for task in ("bbox", "segm"):
             t0 = time.perf_counter()

@@ -7,9 +7,9 @@ each measured in a fresh subprocess, at fractions of the training images (a seed
 subset of the images, with their annotations, written once as an LVIS json and registered as
 ``lvis_shaped_train_<pct>pct`` inside the subprocess; 100% is ``lvis_shaped_train`` itself):
 
-* load: ``iif_d2.data.build.loader_dataset_dicts`` (detectron2's dicts, the loader's filter);
-* count: ``iif_d2.class_stats.count_dataset_dicts`` (per-class image and instance counts);
-* repeat: ``iif_d2.samplers.repeat_factors`` and ``repeat_factor_summary`` (the sampler's);
+* load: ``iif_d2.data.loader.loader_dataset_dicts`` (detectron2's dicts, the loader's filter);
+* count: ``iif_d2.data.class_stats.count_dataset_dicts`` (per-class image and instance counts);
+* repeat: ``iif_d2.data.samplers.repeat_factors`` and ``repeat_factor_summary`` (the sampler's);
 * heldout: ``iif_d2.data.heldout.split_heldout`` (FASA's hold-out);
 * facts: the whole ``iif_d2.data.training_set.compute_training_set_facts`` (load included),
   in its own subprocess, so its peak RSS is its own;
@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 
-from iif_d2.machine import describe_machine
+from iif_d2.utils.machine import describe_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_2x_recipe.yaml"
@@ -112,11 +112,11 @@ def _register(subset_json, folder):
 def worker(mode: str, config_file: str, subset_json: str, folder: str) -> dict:
     """One measurement in this process: mode "parts" (each step) or "facts" (the whole)."""
     import iif_d2.data  # noqa: F401  (registers lvis_shaped_train)
-    from iif_d2.class_stats import count_dataset_dicts
-    from iif_d2.data.build import loader_dataset_dicts
+    from iif_d2.data.class_stats import count_dataset_dicts
     from iif_d2.data.heldout import split_heldout
+    from iif_d2.data.loader import loader_dataset_dicts
+    from iif_d2.data.samplers import repeat_factor_summary, repeat_factors
     from iif_d2.data.training_set import compute_training_set_facts
-    from iif_d2.samplers import repeat_factor_summary, repeat_factors
 
     cfg = _config(config_file, _register(subset_json, folder))
     out = {"base_rss_mb": _rss_mb()}
@@ -130,7 +130,7 @@ def worker(mode: str, config_file: str, subset_json: str, folder: str) -> dict:
     if mode == "start":
         import tempfile
 
-        from iif_d2.data.build import training_dicts
+        from iif_d2.data.loader import training_dicts
         from iif_d2.data.training_set import resolve_training_set
 
         with tempfile.TemporaryDirectory(prefix="iif_startup_run_") as out_dir:

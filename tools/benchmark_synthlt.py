@@ -37,8 +37,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from iif_d2.machine import KERNEL_PINS, resolve_kernel_pin
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.machine import KERNEL_PINS, resolve_kernel_pin
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
@@ -275,7 +275,7 @@ def train_seconds_per_iter(out):
 
 
 def fp_stats(out, gt_file, score_thresh):
-    from iif_d2.fp_analysis import delta_ap_fp, false_positives_per_image
+    from iif_d2.lvis_eval.fp_analysis import delta_ap_fp, false_positives_per_image
 
     results = os.path.join(out, "inference", "lvis_instances_results.json")
     fp = false_positives_per_image(gt_file, results, score_thresh=score_thresh)
@@ -746,7 +746,7 @@ def main(argv=None):
     rows, claims = summarise(methods, runs, seeds)
     import torch
 
-    from iif_d2.machine import cpu_capability, describe_machine
+    from iif_d2.utils.machine import cpu_capability, describe_machine
 
     machines, mixed = {describe_machine()}, {}
     if args.records:

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
@@ -111,7 +111,7 @@ def count_config(config_file, opts):
     from detectron2.data import DatasetCatalog
     from detectron2.structures import Boxes, BoxMode
 
-    from iif_d2.engine import Trainer, setup
+    from iif_d2.engine.trainer import Trainer, setup
 
     cfg = setup(argparse.Namespace(config_file=config_file, opts=list(opts), resume=False))
     model = Trainer.build_model(cfg).eval()

@@ -29,8 +29,8 @@ import subprocess
 import sys
 import time
 
-from iif_d2.machine import KERNEL_PINS
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.machine import KERNEL_PINS
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
@@ -48,7 +48,7 @@ INFERENCE_END = re.compile(r"Total inference time")
 # the demo's expected numbers: mean and std over seeds of the benchmark's "IIF raw" row
 BAND_FILE = os.path.join(REPO, "docs", "demo_band.json")
 BAND_CONFIDENCE = 0.95  # a run is inside the band within its prediction interval for one seed
-# On CPU the demo holds its run to 2 intra-op threads and (iif_d2.machine.resolve_kernel_pin)
+# On CPU the demo holds its run to 2 intra-op threads and (iif_d2.utils.machine.resolve_kernel_pin)
 # AVX2 kernels: the README's demo numbers then repeat bit for bit on an x86 CPU with AVX2
 DEMO_THREADS = 2
 PLAIN_INTERVAL_S = 30.0  # off a terminal: at most one progress line per this many seconds
@@ -232,7 +232,7 @@ def pinned_run(kernels, user_opts, device):
     Raises:
         ValueError: ``kernels`` named a pin this CPU cannot run.
     """
-    from iif_d2.machine import native_capability, resolve_kernel_pin
+    from iif_d2.utils.machine import native_capability, resolve_kernel_pin
 
     if device != "cpu":
         return {}, [], ""
@@ -291,7 +291,7 @@ def print_band(results, band):
         f"{band['threads']} thread(s)); inside = within the {BAND_CONFIDENCE:.0%} prediction "
         f"interval for one more seed, mean ± {k:.2f} std:"
     )
-    from iif_d2.machine import cpu_kernels
+    from iif_d2.utils.machine import cpu_kernels
 
     here = cpu_kernels()
     if not band["machine"].startswith(here):

@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
@@ -54,7 +54,7 @@ def without_centerness(model):
 def main(argv=None):
     args = parse_args(argv)
     import iif_d2.data  # noqa: F401  (registers SynthLT)
-    from iif_d2.engine import Trainer, checkpointer_for, setup
+    from iif_d2.engine.trainer import Trainer, checkpointer_for, setup
 
     opts = [*args.opts, "OUTPUT_DIR", args.output_dir]
     cfg = setup(argparse.Namespace(config_file=args.config_file, opts=opts, resume=False))

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from iif_d2.upstream_warnings import hide_upstream_deprecations
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
@@ -56,7 +56,7 @@ def main(argv=None):
     import torch
     from detectron2.utils.events import EventStorage
 
-    from iif_d2.engine import Trainer, setup
+    from iif_d2.engine.trainer import Trainer, setup
 
     with tempfile.TemporaryDirectory() as out:
         opts = [*args.opts, "NUM_THREADS", str(args.threads), "OUTPUT_DIR", out]

@@ -55,12 +55,12 @@ import subprocess
 import sys
 import time
 
-from iif_d2.machine import describe_machine
+from iif_d2.utils.machine import describe_machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join("configs", "LVISv1-InstanceSegmentation")
 STAGE1 = "mask_rcnn_R_50_FPN_12e.yaml"  # when a decoupled config's MODEL.WEIGHTS names none
-STATS_FILENAME = "iif_class_stats.json"  # iif_d2.class_stats.STATS_FILENAME
+STATS_FILENAME = "iif_class_stats.json"  # iif_d2.data.class_stats.STATS_FILENAME
 VAL_NAME = "rehearsal_val"
 START_LINE = "Starting training from iteration"
 EPOCH_RE = re.compile(r"epoch of (\d+) images -> ([\d.]+) images")
@@ -369,7 +369,7 @@ def _counts_match(out_dir: str, expected: dict):
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        stats = json.load(f)  # iif_d2.class_stats.ClassStats.to_dict()
+        stats = json.load(f)  # iif_d2.data.class_stats.ClassStats.to_dict()
     keys = ("num_images", "image_counts", "instance_counts")
     return all(stats.get(k) == expected[k] for k in keys)
 

@@ -14,8 +14,13 @@ and generated on first use:
 
 import os
 
-from .lvis_shaped import LVIS_SHAPED, LVIS_SHAPED_MINI, LVISShapedSpec, register_lvis_shaped
-from .synthetic import SynthSpec, class_names, register_synthetic_lvis
+from iif_d2.data.lvis_shaped import (
+    LVIS_SHAPED,
+    LVIS_SHAPED_MINI,
+    LVISShapedSpec,
+    register_lvis_shaped,
+)
+from iif_d2.data.synthlt import SynthSpec, class_names, register_synthetic_lvis
 
 __all__ = [
     "SynthSpec",

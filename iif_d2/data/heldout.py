@@ -11,13 +11,13 @@
 
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from typing import Dict, Hashable, List, NamedTuple, Sequence
 
 import numpy as np
 from detectron2.data import DatasetMapper, build_detection_test_loader
+
+from iif_d2.utils.io import write_json_atomic
 
 __all__ = [
     "HeldoutSplit",
@@ -125,23 +125,6 @@ def load_heldout_ids(path: str) -> set:
     if not isinstance(ids, list) or not all(isinstance(i, (int, str)) for i in ids):
         raise ValueError(f"{path}: 'image_ids' must be a list of image ids (int or str).")
     return set(ids)
-
-
-def write_json_atomic(path: str, payload):
-    """Write json to ``path`` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class HeldoutDatasetMapper(DatasetMapper):

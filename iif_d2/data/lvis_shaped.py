@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import background
+from iif_d2.data.synthlt import background
 
 __all__ = [
     "LVISShapedSpec",
@@ -91,7 +91,7 @@ def lvis_classes() -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray, int]:
     Returns:
         (names, image_counts, instance_counts, num_images), in category-id order.
     """
-    from ..class_stats import load_counts_file
+    from iif_d2.data.class_stats import load_counts_file
 
     stats = load_counts_file(COUNTS_FILE)
     images, instances = (

@@ -1,6 +1,6 @@
 """The training-set facts iif-d2's models need, resolved once per run before the model is built.
 
-:func:`resolve_training_set` runs in :func:`iif_d2.engine.setup` (hence in ``train_net.py``,
+:func:`resolve_training_set` runs in :func:`iif_d2.engine.trainer.setup` (hence in ``train_net.py``,
 ``--eval-only`` included) and in the tools, on an unfrozen config:
 
 1. on the main rank only, load the training dicts once (:func:`compute_training_set_facts`);
@@ -23,23 +23,23 @@ import logging
 import os
 from typing import List, Optional
 
-from ..calibration import box_counting_dimensions
-from ..class_stats import (
+from iif_d2.calibration import box_counting_dimensions
+from iif_d2.data.class_stats import (
     STATS_FILENAME,
     ClassStats,
     box_centres,
     count_dataset_dicts,
     load_counts_file,
 )
-from .build import hand_over, holds_out, iterations_per_epoch, loader_dataset_dicts
-from .heldout import (
+from iif_d2.data.heldout import (
     HeldoutSplit,
     image_key,
     load_heldout_ids,
     save_heldout_ids,
     split_heldout,
-    write_json_atomic,
 )
+from iif_d2.data.loader import hand_over, holds_out, iterations_per_epoch, loader_dataset_dicts
+from iif_d2.utils.io import write_json_atomic
 
 __all__ = [
     "HELDOUT_FILENAME",
@@ -139,7 +139,7 @@ def compute_class_stats(cfg, dicts=None) -> ClassStats:
     if not needs_fractal_dimensions(cfg) or _has_fractal(stats, cfg):
         return stats
     if cfg.MODEL.CLASS_COUNTS.SOURCE == "file":
-        from ..class_weights import FRACAL_FIX
+        from iif_d2.calibration import FRACAL_FIX
 
         raise ValueError(
             f"{stats.source} holds no fractal_dimensions for "
@@ -324,7 +324,7 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
     """
     from detectron2.utils import comm
 
-    from ..config import apply_deprecated_keys
+    from iif_d2.config import apply_deprecated_keys
 
     if cfg.is_frozen():
         raise ValueError("resolve_training_set needs an unfrozen config (call it before freeze).")

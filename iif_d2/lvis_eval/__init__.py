@@ -13,9 +13,9 @@ detections whose segmentation mask is empty (area 0) are dropped, after the per-
 the 300 highest scores. Command line: ``python -m iif_d2.lvis_eval --help``.
 """
 
-from .data import LVISDetections, LVISGroundTruth
-from .engine import evaluate, summarize
-from .reference import lvis_api_evaluate
+from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth
+from iif_d2.lvis_eval.engine import evaluate, summarize
+from iif_d2.lvis_eval.reference import lvis_api_evaluate
 
 __all__ = [
     "ENGINES",

@@ -6,9 +6,9 @@ import json
 import sys
 import time
 
-from . import ENGINES
-from .data import LVISDetections, LVISGroundTruth, load_json
-from .reference import lvis_api_evaluate
+from iif_d2.lvis_eval import ENGINES
+from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth, load_json
+from iif_d2.lvis_eval.reference import lvis_api_evaluate
 
 
 def _parser():
@@ -51,8 +51,8 @@ def _parser():
 
 def _fast(args, gt_path, results_path):
     """The fast engine, holding the parsed json only until it is converted to arrays."""
-    from .devil import ap_fixed, ap_pooled
-    from .engine import evaluate, summarize
+    from iif_d2.lvis_eval.devil import ap_fixed, ap_pooled
+    from iif_d2.lvis_eval.engine import evaluate, summarize
 
     results = load_json(results_path, "results")
     dets = LVISDetections.from_results(results, args.iou_type)

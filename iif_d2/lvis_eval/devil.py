@@ -17,8 +17,8 @@ detection before its mask is computed: it cannot be in its class's top.
 
 import numpy as np
 
-from .data import LVISDetections, LVISGroundTruth
-from .engine import AREA_LABELS, _accumulate, _mean, accumulate, match, summarize
+from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth
+from iif_d2.lvis_eval.engine import AREA_LABELS, _accumulate, _mean, accumulate, match, summarize
 
 __all__ = [
     "POOLS",

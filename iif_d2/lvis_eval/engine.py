@@ -16,7 +16,7 @@ Every rule of ``lvis==0.5.3`` is kept, quirks included:
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from .data import LVISDetections, LVISGroundTruth
+from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth
 
 __all__ = [
     "AREA_RANGES",

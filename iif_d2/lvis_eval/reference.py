@@ -2,7 +2,7 @@
 
 import copy
 
-from ..compat import numpy_float_alias
+from iif_d2.utils.compat import numpy_float_alias
 
 __all__ = ["lvis_api_evaluate"]
 

@@ -51,8 +51,8 @@ and ``loc``, so a ``loc`` error can block a ``cls`` fix).
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from .data import FREQUENCIES, LVISDetections, LVISGroundTruth
-from .engine import AREA_LABELS, AREA_RANGES, IOU_THRS, _accumulate, compact, match
+from iif_d2.lvis_eval.data import FREQUENCIES, LVISDetections, LVISGroundTruth
+from iif_d2.lvis_eval.engine import AREA_LABELS, AREA_RANGES, IOU_THRS, _accumulate, compact, match
 
 __all__ = ["BG_THRESH", "ERROR_TYPES", "POS_THRESH", "gt_counts", "tide_errors"]
 

@@ -11,7 +11,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
-from .calibration import (
+from iif_d2.calibration import (
     CALIBRATION_MODES,
     FRACAL_LAMBDA,
     FRACAL_MAX_GRID,
@@ -19,15 +19,15 @@ from .calibration import (
     NORCAL_GAMMA,
     calibrated_probs,
 )
-from .class_weights import (
+from iif_d2.modeling.class_weights import (
     additive_margins_from_config,
     calibration_from_config,
     class_stats_from_config,
     iif_weights_from_config,
 )
-from .fasa import FASA
-from .layers import CosineLinear
-from .weights import MARGIN_TYPES
+from iif_d2.modeling.fasa import FASA
+from iif_d2.modeling.layers import CosineLinear
+from iif_d2.weights import MARGIN_TYPES
 
 __all__ = ["IIFFastRCNNOutputLayers", "IIF_MODES", "MARGIN_MODES"]
 
@@ -58,12 +58,12 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     a margin m instead: CE(z + m) in the loss (balanced softmax, logit adjustment) or
     softmax(z - m) at test (post-hoc logit adjustment). IIF and margins are exclusive.
 
-    With ``cosine_scale`` s, ``cls_score`` is a :class:`~iif_d2.layers.CosineLinear`:
+    With ``cosine_scale`` s, ``cls_score`` is a :class:`~iif_d2.modeling.layers.CosineLinear`:
     z_c = s * cos(x, W_c) + b_c over all C+1 rows, background included (docs/method.md §3), on which
     IIF, the margins and the cascade act as on the linear logits. It holds detectron2's freshly
     initialised ``cls_score`` parameters (N(0, 0.01^2), bias 0), under the same names.
 
-    With ``fasa`` (:class:`~iif_d2.fasa.FASA`), every training step updates the per-class
+    With ``fasa`` (:class:`~iif_d2.modeling.fasa.FASA`), every training step updates the per-class
     statistics with the box-head features of the sampled RoIs (synchronised across ranks) and,
     from ``fasa.start_iter`` on, draws virtual features that go through ``cls_score`` with the
     same loss logits (IIF when enabled): ``loss_cls_fasa`` = LOSS_WEIGHT x their mean cross

@@ -9,7 +9,7 @@ epoch length of the training images.
 :class:`ResumableTrainLoader` is detectron2's training loader (``build_detection_train_loader``:
 the sampler's stream, aspect-ratio grouping, the mapper's augmentations) with every random
 choice a function of (seed, position in the stream): the batches are computed from the
-sampler's stream alone (:func:`iif_d2.samplers.position_batches`), and each sample is mapped
+sampler's stream alone (:func:`iif_d2.data.samplers.position_batches`), and each sample is mapped
 with the generators seeded from (seed, its position) (:func:`seed_generators`). A resumed run
 (:meth:`ResumableTrainLoader.resume`) continues with exactly the batches, images and
 augmentations of an uninterrupted one, for any NUM_WORKERS, without reading a skipped image.
@@ -41,10 +41,10 @@ from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 from torch.utils import data as torchdata
 
-from ..checkpoint import rng_preserved
-from ..samplers import position_batches
-from .heldout import KEY as HELDOUT_KEY
-from .heldout import image_key, load_heldout_ids
+from iif_d2.data.heldout import KEY as HELDOUT_KEY
+from iif_d2.data.heldout import image_key, load_heldout_ids
+from iif_d2.data.samplers import position_batches
+from iif_d2.utils.rng import rng_preserved
 
 __all__ = [
     "ResumableTrainLoader",
@@ -128,7 +128,7 @@ def training_dicts(cfg) -> Tuple[List[Dict], List[Dict]]:
     if not path:
         raise ValueError(
             f"FASA holds out training images, but {HELDOUT_KEY}.IMAGE_IDS_FILE is not resolved: "
-            "build the config with iif_d2.engine.setup (train_net.py does) or call "
+            "build the config with iif_d2.engine.trainer.setup (train_net.py does) or call "
             "iif_d2.resolve_training_set(cfg) before training."
         )
     ids = load_heldout_ids(path)
@@ -155,7 +155,7 @@ def iterations_per_epoch(cfg, train_dicts: Sequence[Dict]) -> int:
     images = float(len(train_dicts))
     loader = cfg.DATALOADER
     if loader.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
-        from ..samplers import repeat_factors
+        from iif_d2.data.samplers import repeat_factors
 
         factors = repeat_factors(train_dicts, loader.REPEAT_THRESHOLD, loader.REPEAT_SQRT)
         ceil = loader.REPEAT_FACTOR.ROUNDING == "ceil"

@@ -8,7 +8,7 @@ time only scoped context managers remain:
 * ``lvis==0.5.3`` uses ``np.float`` (removed in numpy 1.24) in ``LVISEval.accumulate``:
   :func:`numpy_float_alias` provides it only for the duration of an evaluation.
 * both versions' ``create_ddp_model`` pass ``device_ids`` that DDP rejects for CPU models:
-  :func:`cpu_safe_ddp`; v0.6's ``launch`` hard-codes NCCL and CUDA: see :mod:`iif_d2.launch`.
+  :func:`cpu_safe_ddp`; v0.6's ``launch`` hard-codes NCCL and CUDA: see :mod:`iif_d2.engine.launch`.
 """
 
 import contextlib

@@ -16,8 +16,8 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from torch import nn
 
-from .class_weights import iif_weights_from_config
-from .dense_detector import IIFDenseDetectorMixin
+from iif_d2.modeling.class_weights import iif_weights_from_config
+from iif_d2.modeling.dense_detector import IIFDenseDetectorMixin
 
 __all__ = ["IIFFCOS", "build_fcos_resnet_fpn_backbone"]
 

@@ -1,7 +1,7 @@
 """The per-class weights and margins a model's config asks for, from the run's class counts.
 
 The model reads the counts file that ``MODEL.CLASS_COUNTS`` names once the training-set facts
-are resolved (:func:`iif_d2.resolve_training_set`, run by ``iif_d2.engine.setup``): building a
+are resolved (:func:`iif_d2.resolve_training_set`, run by ``iif_d2.engine.trainer.setup``): building a
 model loads no dataset, makes no collective call and writes nothing.
 """
 
@@ -9,24 +9,16 @@ from typing import Optional, Tuple
 
 import torch
 
-from .calibration import fracal_divisors, fracal_prior, norcal_divisors
-from .class_stats import ClassStats, load_counts_file
-from .weights import additive_margins, iif_weights
+from iif_d2.calibration import FRACAL_FIX, fracal_divisors, fracal_prior, norcal_divisors
+from iif_d2.data.class_stats import ClassStats, load_counts_file
+from iif_d2.weights import additive_margins, iif_weights
 
 __all__ = [
     "class_stats_from_config",
     "iif_weights_from_config",
     "additive_margins_from_config",
     "calibration_from_config",
-    "FRACAL_FIX",
 ]
-# how to get the fractal dimensions FRACAL needs, for error messages
-FRACAL_FIX = (
-    "FRACAL needs each class's fractal dimension, computed from the training boxes: set "
-    "MODEL.CLASS_COUNTS.SOURCE 'dataset' or 'json' with the training set registered (a counts "
-    "CSV such as iif_d2://lvis_v1_train.csv cannot hold them), or FILE a run's "
-    "iif_class_stats.json written for a FRACAL config."
-)
 
 
 def class_stats_from_config(cfg) -> ClassStats:
@@ -39,7 +31,7 @@ def class_stats_from_config(cfg) -> ClassStats:
     if node.SOURCE != "file":
         raise ValueError(
             f"MODEL.CLASS_COUNTS.SOURCE {node.SOURCE!r} is not resolved into a counts file: "
-            "build the config with iif_d2.engine.setup (train_net.py does) or call "
+            "build the config with iif_d2.engine.trainer.setup (train_net.py does) or call "
             "iif_d2.resolve_training_set(cfg) before building the model; or set SOURCE 'file' "
             "with MODEL.CLASS_COUNTS.FILE (e.g. a run's iif_class_stats.json)."
         )

@@ -15,19 +15,20 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from .checkpoint import IIFCheckpointer, rng_preserved, rng_state, set_rng_state
-from .compat import cpu_safe_ddp
-from .config import add_iif_config, apply_deprecated_keys
-from .config_check import check_settings_used, num_classes_problem
-from .data.build import ResumableTrainLoader, build_resumable_train_loader, training_dicts
-from .data.heldout import build_heldout_loader
-from .data.training_set import needs_class_counts, resolve_training_set
-from .evaluation import build_evaluator
-from .fasa import FASA
-from .hooks import FASAHook, RngStateGatherer
-from .machine import cpu_capability, cpu_model
-from .run_lock import acquire_output_dir
-from .samplers import build_train_sampler
+from iif_d2.config import add_iif_config, apply_deprecated_keys
+from iif_d2.data.heldout import build_heldout_loader
+from iif_d2.data.loader import ResumableTrainLoader, build_resumable_train_loader, training_dicts
+from iif_d2.data.samplers import build_train_sampler
+from iif_d2.data.training_set import needs_class_counts, resolve_training_set
+from iif_d2.engine.checkpoint import IIFCheckpointer
+from iif_d2.engine.hooks import FASAHook, RngStateGatherer
+from iif_d2.engine.run_lock import acquire_output_dir
+from iif_d2.evaluation import build_evaluator
+from iif_d2.modeling.config_check import check_settings_used, num_classes_problem
+from iif_d2.modeling.fasa import FASA
+from iif_d2.utils.compat import cpu_safe_ddp
+from iif_d2.utils.machine import cpu_capability, cpu_model
+from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
 
 __all__ = ["Trainer", "checkpointer_for", "load_config", "setup", "freeze_all_but_box_classifier"]
 
@@ -66,7 +67,7 @@ def _check_resolved(cfg, model):
     if fasa.ENABLED and (fasa.START_ITER < 0 or fasa.ADAPT_PERIOD < 0):
         raise ValueError(
             "FASA START_ITER / ADAPT_PERIOD -1 (one epoch) are not resolved into iterations: "
-            "build the config with iif_d2.engine.setup (train_net.py does) or call "
+            "build the config with iif_d2.engine.trainer.setup (train_net.py does) or call "
             "iif_d2.resolve_training_set(cfg) before creating the Trainer."
         )
 
@@ -113,9 +114,9 @@ class Trainer(DefaultTrainer):
         self._loaded_run_state = state_dict.get("run_state", {})
 
     def gather_rng_states(self):
-        """Keep every rank's generators (:func:`iif_d2.checkpoint.rng_state`) for this
+        """Keep every rank's generators (:func:`iif_d2.utils.rng.rng_state`) for this
         iteration's checkpoint; a collective with several ranks (every rank calls it:
-        :class:`iif_d2.hooks.RunStateCheckpointer` does)."""
+        :class:`iif_d2.engine.hooks.RunStateCheckpointer` does)."""
         state = rng_state()
         states = comm.all_gather(state) if comm.get_world_size() > 1 else [state]
         self._rng_states = (self.iter, states)
@@ -153,7 +154,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_model(cls, cfg):
         """detectron2's model; an error if it would ignore an iif-d2 setting of ``cfg``
-        (:func:`iif_d2.config_check.check_settings_used`)."""
+        (:func:`iif_d2.modeling.config_check.check_settings_used`)."""
         model = super().build_model(cfg)
         check_settings_used(cfg, model)
         if cfg.MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER:
@@ -164,7 +165,7 @@ class Trainer(DefaultTrainer):
     def build_train_loader(self, cfg):
         """The training loader on the training dicts (FASA's held-out images removed), with
         the sampler of :func:`build_train_sampler` (repeat factors on those same dicts):
-        :class:`iif_d2.data.build.ResumableTrainLoader` (detectron2's batches and mapper,
+        :class:`iif_d2.data.loader.ResumableTrainLoader` (detectron2's batches and mapper,
         resumable exactly); for samplers iif-d2 does not build, detectron2's loader."""
         dicts = self._train_dicts
         sampler = build_train_sampler(cfg, dicts)
@@ -176,7 +177,7 @@ class Trainer(DefaultTrainer):
         """detectron2's hooks, plus :class:`FASAHook` (before the checkpointer and evaluation,
         so a checkpoint taken at an adaptation holds the adapted rates) when FASA is on, then
         :class:`RngStateGatherer` (every rank's generators for the checkpoint); evaluation
-        runs under :func:`iif_d2.checkpoint.rng_preserved`."""
+        runs under :func:`iif_d2.utils.rng.rng_preserved`."""
         # DefaultTrainer built a DetectionCheckpointer, which build_hooks' PeriodicCheckpointer
         # captures: replace it first (loading runs no code, writes are atomic, resume skips a
         # corrupt newest checkpoint)
@@ -213,10 +214,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """detectron2's test, the evaluators' AP-fixed score floors attached to the model's ROI
-        heads meanwhile (:func:`iif_d2.evaluation.score_floors_attached`, with
+        heads meanwhile (:func:`iif_d2.evaluation.score_floor.score_floors_attached`, with
         ``TEST.AP_FIXED.ADAPTIVE_FLOOR``); the results are also written to
         OUTPUT_DIR/inference/results.json."""
-        from .evaluation import score_floors_attached, uses_score_floor
+        from iif_d2.evaluation import score_floors_attached, uses_score_floor
 
         if evaluators is None and uses_score_floor(cfg):  # built first, to attach their floors
             evaluators = [cls.build_evaluator(cfg, name) for name in cfg.DATASETS.TEST]
@@ -237,7 +238,7 @@ def _checkpoint_position(hooks) -> int:
 
 
 def _rng_kept(fn):
-    """``fn`` run under :func:`iif_d2.checkpoint.rng_preserved`."""
+    """``fn`` run under :func:`iif_d2.utils.rng.rng_preserved`."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):

@@ -22,7 +22,7 @@ def _derives(module, type_name: str) -> bool:
 
 def unused_settings(cfg, model: nn.Module) -> List[str]:
     """One message per setting of ``cfg`` that ``model`` does not implement."""
-    from .fast_rcnn import IIFFastRCNNOutputLayers
+    from iif_d2.modeling.fast_rcnn import IIFFastRCNNOutputLayers
 
     model = getattr(model, "module", model)
     problems = []

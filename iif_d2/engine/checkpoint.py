@@ -28,11 +28,9 @@ import logging
 import math
 import os
 import pickle
-import random
 import re
-import secrets
 from collections import Counter, OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -43,17 +41,15 @@ from detectron2.checkpoint.c2_model_loading import (
 )
 from detectron2.utils.file_io import PathManager
 
+from iif_d2.utils.io import atomic_write
+
 __all__ = [
     "CheckpointLocationError",
     "CheckpointShapeMismatchError",
     "IIFCheckpointer",
     "UnsafeCheckpointError",
-    "atomic_write",
-    "rng_preserved",
-    "rng_state",
     "safe_load_pkl",
     "safe_torch_load",
-    "set_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,52 +207,6 @@ def safe_torch_load(filename: str) -> Any:
             "'converted.pth'); or, if the global is a harmless data type, allow it with "
             "torch.serialization.add_safe_globals([...])."
         ) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def _fsync_directory(directory: str) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:  # some file systems do not fsync directories; the data is safe
-        logger.debug("fsync of directory %s failed: %s", directory, e)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write: Callable[[Any], None]) -> None:
-    """Write ``path`` all at once: ``write(f)`` fills a temporary file in the same directory,
-    which is flushed, fsynced and renamed onto ``path``; then the directory is fsynced.
-
-    Args:
-        path: the final file name.
-        write: called with the temporary file, opened for binary writing.
-
-    If ``write`` (or anything after it) fails, ``path`` is as it was and the temporary file is
-    removed.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(
-        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    )
-    # 0o666 minus the umask: the same mode as a plain open(path, "wb")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_directory(directory)
 
 
 def _signature(path: str) -> Tuple[int, int, int, int]:
@@ -591,57 +541,3 @@ class IIFCheckpointer(DetectionCheckpointer):
                 "allow_class_mismatch=True))."
             )
         return super()._load_model(checkpoint)
-
-
-# ---------------------------------------------------------------------------------------------
-# the random generators' state, as plain data (loads under weights_only)
-
-
-def rng_state() -> Dict[str, Any]:
-    """This process's global random generators (torch CPU and CUDA, numpy, Python) as tensors
-    and plain values, so that a checkpoint holding it loads without running code.
-
-    Returns:
-        a dict for :func:`set_rng_state`.
-    """
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, words, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": str(name),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-        "python": {"version": int(version), "words": torch.tensor(words), "gauss": gauss_next},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    """Restore the generators :func:`rng_state` captured (CUDA only where it was captured)."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["words"].tolist()), p["gauss"]))
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def rng_preserved():
-    """Run a block without changing the global generators' state (torch CPU, numpy, Python;
-    CUDA's are left alone): whatever it draws, the state after it is the state before it."""
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])

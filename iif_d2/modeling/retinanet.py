@@ -7,8 +7,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
-from .class_weights import iif_weights_from_config
-from .dense_detector import IIFDenseDetectorMixin
+from iif_d2.modeling.class_weights import iif_weights_from_config
+from iif_d2.modeling.dense_detector import IIFDenseDetectorMixin
 
 __all__ = ["IIFRetinaNet"]
 

@@ -1,6 +1,6 @@
 """False-positive analysis of box detections against an LVIS- or COCO-format ground truth.
 
-python -m iif_d2.fp_analysis --gt datasets/lvis/lvis_v1_val.json \\
+python -m iif_d2.lvis_eval.fp_analysis --gt datasets/lvis/lvis_v1_val.json \\
     --results output/inference/lvis_instances_results.json [--score-thresh 0.3] [--json-out f.json]
 
 The results file is a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``, as
@@ -40,12 +40,10 @@ undefined).
 import argparse
 import contextlib
 import io
-import json
 import logging
 import math
 import os
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from numbers import Real
 
@@ -54,10 +52,11 @@ import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .lvis_eval import LVISDetections, LVISGroundTruth, evaluate
-from .lvis_eval.data import FREQUENCIES, load_json
-from .lvis_eval.engine import compact
-from .lvis_eval.tide import ERROR_TYPES, gt_counts, tide_errors
+from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, evaluate
+from iif_d2.lvis_eval.data import FREQUENCIES, load_json
+from iif_d2.lvis_eval.engine import compact
+from iif_d2.lvis_eval.tide import ERROR_TYPES, gt_counts, tide_errors
+from iif_d2.utils.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -522,7 +521,7 @@ def tide_breakdown(gt, results) -> dict:
 
 def _parser():
     p = argparse.ArgumentParser(
-        prog="python -m iif_d2.fp_analysis", description=__doc__.split("\n")[0]
+        prog="python -m iif_d2.lvis_eval.fp_analysis", description=__doc__.split("\n")[0]
     )
     p.add_argument("--gt", required=True, help="ground-truth json (LVIS or COCO format)")
     p.add_argument("--results", required=True, help="detections json, e.g. lvis_instances_results")
@@ -588,19 +587,6 @@ def _check_json_out(path, inputs):
             raise ValueError(f"--json-out {path} is an input file; it would be overwritten")
 
 
-def _write_json_atomic(path: str, payload):
-    """Write json through a temporary file beside ``path`` and a rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _one_line(error) -> str:
     """An error message on one line (a multi-line message's lines joined with "; ")."""
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
@@ -623,7 +609,7 @@ def main(argv=None) -> int:
         lvis = is_lvis_format(gt)
         if args.json_out:
             payload = {"false_positives": fp, "delta_ap_fp": dap, "tide_errors": tide}
-            _write_json_atomic(args.json_out, payload)
+            write_json_atomic(args.json_out, payload)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ initialisation of the box-head FCs, the box regressor and the mask head
 (:func:`apply_head_init`), once every head is built. At inference they can drop detections
 between the box head and the mask head (:class:`DetectionFilterMixin`): AP-fixed's uncapped
 inference then computes masks only for the detections its evaluator can use. With
-MODEL.KERNELS.ROI_ALIGN "matmul" their poolers use :class:`~iif_d2.roi_align.MatmulROIAlign`
+MODEL.KERNELS.ROI_ALIGN "matmul" their poolers use :class:`~iif_d2.modeling.roi_align.MatmulROIAlign`
 (:class:`RoIAlignKernelMixin`).
 """
 
@@ -24,10 +24,10 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from .fasa import ADAPTATION_LOSSES, heldout_loss_terms
-from .fast_rcnn import IIFFastRCNNOutputLayers
-from .mask_head import mmdet_mask_head_init
-from .roi_align import MatmulROIAlign
+from iif_d2.modeling.fasa import ADAPTATION_LOSSES, heldout_loss_terms
+from iif_d2.modeling.fast_rcnn import IIFFastRCNNOutputLayers
+from iif_d2.modeling.mask_head import mmdet_mask_head_init
+from iif_d2.modeling.roi_align import MatmulROIAlign
 
 __all__ = [
     "HEAD_INITS",
@@ -42,7 +42,7 @@ __all__ = [
 # MODEL.HEAD_INIT.SCHEME: detectron2's, the authors' plain-linear IIF configs', mmdet 2.x's
 HEAD_INITS = ("detectron2", "authors", "mmdet")
 _FASA = "MODEL.ROI_BOX_HEAD.FASA"
-# MODEL.KERNELS.ROI_ALIGN: detectron2's (torchvision's kernel), or iif_d2.roi_align's products
+# MODEL.KERNELS.ROI_ALIGN: detectron2's (torchvision's kernel), or iif_d2.modeling.roi_align's products
 ROI_ALIGN_KERNELS = ("torchvision", "matmul")
 
 
@@ -97,7 +97,7 @@ def apply_head_init(scheme: str, box_heads, box_predictors, mask_head=None):
 
     "detectron2" changes nothing. "authors" and "mmdet" draw, from the global RNG, in mmdet's
     order: each box stage (its FCs and box regressor), then the mask head
-    (:func:`iif_d2.mask_head.mmdet_mask_head_init`). "authors": FCs and regressor get
+    (:func:`iif_d2.modeling.mask_head.mmdet_mask_head_init`). "authors": FCs and regressor get
     nn.Linear's default (the authors' plain-linear IIF configs set a box-head ``init_cfg`` for
     the classifier only, which turns mmdet's defaults off); "mmdet": regressor N(0, 0.001^2)
     and bias 0, then FCs Xavier normal (gain 1) and bias 0 (mmdet 2.x's defaults, which the
@@ -169,7 +169,7 @@ class HeldoutLossMixin:
     def __init__(self, *, fasa_adaptation_loss: str = "gt_boxes_class_mean", **kwargs):
         """
         Args:
-            fasa_adaptation_loss: one of :data:`iif_d2.fasa.ADAPTATION_LOSSES`
+            fasa_adaptation_loss: one of :data:`iif_d2.modeling.fasa.ADAPTATION_LOSSES`
                 (MODEL.ROI_BOX_HEAD.FASA.ADAPTATION_LOSS): the RoIs and the per-class
                 aggregation of :meth:`heldout_loss_sums`.
             kwargs: as the ROI heads' own.
@@ -230,7 +230,7 @@ class HeldoutLossMixin:
         proposal_generator=None,
     ) -> torch.Tensor:
         """Per FASA stage and class, the numerator and denominator of the held-out
-        classification loss (:func:`iif_d2.fasa.heldout_loss_terms`): the caller sums them
+        classification loss (:func:`iif_d2.modeling.fasa.heldout_loss_terms`): the caller sums them
         over batches and ranks, then divides.
 
         The loss of a RoI is the cross entropy of ``loss_logits`` (the fp32 logits the training
@@ -318,7 +318,7 @@ class DetectionFilterMixin:
     the mask and keypoint heads, while filters are attached (:meth:`detection_filters`).
 
     AP-fixed's uncapped inference attaches its evaluator's
-    :class:`~iif_d2.evaluation.ScoreFloorFilter` (``TEST.AP_FIXED.ADAPTIVE_FLOOR``): the
+    :class:`~iif_d2.evaluation.score_floor.ScoreFloorFilter` (``TEST.AP_FIXED.ADAPTIVE_FLOOR``): the
     detections that can enter neither the standard cut nor a class's top K over the dataset
     get no mask, so the mask head and detectron2's full-image mask pasting run for a few per
     image instead of every one above the score threshold. Nothing is assumed about the order

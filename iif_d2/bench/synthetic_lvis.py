@@ -3,7 +3,7 @@
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from .data import LVISDetections, mask_areas
+from iif_d2.lvis_eval.data import LVISDetections, mask_areas
 
 __all__ = ["make_dataset", "to_results"]
 

@@ -9,12 +9,12 @@ the per-class sampling rates s_c adapted from a held-out per-class loss.
 * :func:`initial_rates`: s_c proportional to 1 / n_c, normalised to sum 1.
 * :func:`adapt_rates`: per cluster, s * (1 - step) when its loss went up, s * (1 + step) when down.
 
-The classes are grouped for the adaptation by :mod:`iif_d2.clustering`.
+The classes are grouped for the adaptation by :mod:`iif_d2.modeling.clustering`.
 
 The box predictor owns a :class:`FASA`: it calls :meth:`FASA.update` with the features and labels
 of its sampled RoIs, and from ``start_iter`` on, :meth:`FASA.sample` for the virtual features it
 puts through its classifier (loss weighted ``loss_weight``, averaged over the virtual features).
-:class:`iif_d2.hooks.FASAHook` calls :meth:`FASA.adapt` with the held-out per-class losses.
+:class:`iif_d2.engine.hooks.FASAHook` calls :meth:`FASA.adapt` with the held-out per-class losses.
 """
 
 import logging
@@ -24,7 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .clustering import AUTHORS_AP_SEED, affinity_propagation, negative_squared_distances
+from iif_d2.modeling.clustering import (
+    AUTHORS_AP_SEED,
+    affinity_propagation,
+    negative_squared_distances,
+)
 
 __all__ = [
     "ADAPTATION_LOSSES",
@@ -292,7 +296,7 @@ class FASA(nn.Module):
         if self.start_iter < 0:
             raise RuntimeError(
                 f"{KEY}.START_ITER is -1 (one epoch), not resolved into iterations: build the "
-                "config with iif_d2.engine.setup (train_net.py does) or call "
+                "config with iif_d2.engine.trainer.setup (train_net.py does) or call "
                 "iif_d2.resolve_training_set(cfg), or set START_ITER explicitly."
             )
         return iteration >= self.start_iter

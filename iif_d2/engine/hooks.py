@@ -2,8 +2,8 @@
 :class:`RngStateGatherer` gathers every rank's random generators for the checkpoints.
 
 The held-out images and their loader are the data layer's (:mod:`iif_d2.data.heldout`); the
-measurement is the model's (:meth:`iif_d2.roi_heads.HeldoutLossMixin.heldout_loss_sums`) and the
-adaptation the FASA modules' (:meth:`iif_d2.fasa.FASA.adapt`). :func:`heldout_class_losses`
+measurement is the model's (:meth:`iif_d2.modeling.roi_heads.HeldoutLossMixin.heldout_loss_sums`) and the
+adaptation the FASA modules' (:meth:`iif_d2.modeling.fasa.FASA.adapt`). :func:`heldout_class_losses`
 runs the model over the held-out loader and reduces the sums over the ranks.
 """
 
@@ -145,7 +145,7 @@ class FASAHook(HookBase):
 class RngStateGatherer(HookBase):
     """On every rank, on the iterations detectron2's ``PeriodicCheckpointer`` saves at (every
     ``period`` iterations, and the last one), calls ``trainer.gather_rng_states()`` (a
-    collective with several ranks; :meth:`iif_d2.engine.Trainer.gather_rng_states`), so that
+    collective with several ranks; :meth:`iif_d2.engine.trainer.Trainer.gather_rng_states`), so that
     the checkpoint the main rank writes next holds the random generators of all ranks.
     detectron2 gives only the main rank a checkpointer: this hook goes on every rank, right
     before where the checkpointer is (on the main rank) or would be."""

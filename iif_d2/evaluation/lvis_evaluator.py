@@ -4,10 +4,9 @@
 default) in bounded memory; :class:`LVISEvaluator` is detectron2's, running lvis-api itself
 (``"lvis-api"``). For AP-fixed's uncapped inference, :func:`score_floors_attached` lends the
 fast evaluator's per-class score floors to the R-CNN's ROI heads (:class:`ScoreFloorFilter`),
-so that masks are computed only for the detections it can use.
+so that masks are computed only for the detections it can use (:mod:`iif_d2.evaluation.score_floor`).
 """
 
-import contextlib
 import itertools
 import json
 import logging
@@ -18,14 +17,13 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation import LVISEvaluator as _D2LVISEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from .compat import HAS_COMPILED_OPS, numpy_float_alias
-from .lvis_eval import LVISDetections, LVISGroundTruth, summarize
-from .lvis_eval.devil import (
+from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, summarize
+from iif_d2.lvis_eval.devil import (
     CategoryBudget,
     ScoreFloor,
     ap_fixed_from_matches,
@@ -33,16 +31,13 @@ from .lvis_eval.devil import (
     budget_cutoffs,
     within_budget,
 )
-from .lvis_eval.engine import accumulate, concat_matches, match, pack_matches, unpack_matches
+from iif_d2.lvis_eval.engine import accumulate, concat_matches, match, pack_matches, unpack_matches
+from iif_d2.utils.compat import numpy_float_alias
 
 __all__ = [
     "FastLVISEvaluator",
     "LVIS_EVAL_ENGINES",
     "LVISEvaluator",
-    "ScoreFloorFilter",
-    "build_evaluator",
-    "score_floors_attached",
-    "uses_score_floor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -438,266 +433,3 @@ def _concat(parts, has_mask) -> LVISDetections:
         dets.rle_counts = [c for p in parts for c in p["rle_counts"]]
         dets.rle_sizes = np.repeat([p["rle_size"] for p in parts], lengths, axis=0).reshape(-1, 2)
     return dets
-
-
-class ScoreFloorFilter:
-    """The detections of one image (the R-CNN box head's, before the mask head) that a
-    :class:`FastLVISEvaluator` with a score floor can use; the others may be dropped without
-    changing any of its metrics.
-
-    Kept: the standard metrics' candidates, i.e. the image's ``max_dets`` best detections
-    scoring above ``score_thresh`` (ties: the earlier, as :meth:`FastLVISEvaluator._compact`
-    cuts them; a stable sort, so the box head's order is not relied on), and every detection
-    scoring at least its class's floor (:class:`~iif_d2.lvis_eval.devil.ScoreFloor`: one
-    below it is beaten by K detections this rank has already seen, so it is outside its
-    class's top K over the dataset). Boxes so thin that detectron2's ``detector_postprocess``
-    may drop them as empty once rescaled are kept and not counted among the best ones: the
-    standard cut the evaluator makes after postprocess is then still within the kept ones.
-    Filtering keeps the detections' order, and the evaluator's ties follow that order, so
-    standard metrics, AP-fixed and AP-pool are unchanged.
-
-    Args:
-        floor: the evaluator's :attr:`FastLVISEvaluator.score_floor`.
-        max_dets: the standard metrics' detections per image (-1: all).
-        score_thresh: the standard metrics' score threshold (None: none).
-    """
-
-    # a box narrower or lower than this fraction of its image may be empty after rescaling
-    # (float32 rounding moves a coordinate by ~1e-7 of the image size)
-    thin_fraction = 1e-4
-
-    def __init__(self, floor: ScoreFloor, max_dets: int, score_thresh=None):
-        self.floor = floor
-        self.max_dets = int(max_dets)
-        # numpy compares float32 scores with the threshold rounded to float32
-        self.score_thresh = None if score_thresh is None else float(np.float32(score_thresh))
-        self._cache = (None, None)
-
-    def _floors(self, device) -> torch.Tensor:
-        key = (self.floor.version, device)
-        if self._cache[0] != key:
-            self._cache = (key, torch.from_numpy(self.floor.values.copy()).to(device))
-        return self._cache[1]
-
-    def standard_candidates(self, instances) -> torch.Tensor:
-        """Bool mask: the detections the standard cut may keep (see the class)."""
-        scores = instances.scores.float()
-        above = torch.ones_like(scores, dtype=torch.bool)
-        if self.score_thresh is not None:
-            above = scores > self.score_thresh
-        if self.max_dets < 0:
-            return above
-        box = instances.pred_boxes.tensor
-        height, width = instances.image_size
-        sure = (box[:, 2] - box[:, 0] > self.thin_fraction * width) & (
-            box[:, 3] - box[:, 1] > self.thin_fraction * height
-        )
-        ranked = torch.where(above & sure, scores, torch.full_like(scores, -float("inf")))
-        best = torch.sort(ranked, descending=True, stable=True).indices[: self.max_dets]
-        out = above & ~sure
-        out[best] |= (above & sure)[best]
-        return out
-
-    def __call__(self, instances):
-        """Bool mask of the detections to keep, or None while the evaluator has seen no image
-        since it was reset (every floor is still -inf, or it is another dataset's turn)."""
-        if self.floor.offers == 0:
-            return None
-        scores, classes = instances.scores.float(), instances.pred_classes
-        floors = self._floors(scores.device)
-        standard = self.standard_candidates(instances)
-        if len(floors) == 0:
-            return torch.ones_like(standard)
-        # a class the floor has not seen yet has none (-inf); no host sync on a GPU
-        floor = floors[classes.clamp(max=len(floors) - 1)]
-        floor = torch.where(classes < len(floors), floor, torch.full_like(floor, -float("inf")))
-        return (scores >= floor) | standard
-
-
-def _unwrapped_evaluators(evaluators):
-    if evaluators is None:
-        return []
-    return [evaluators] if isinstance(evaluators, DatasetEvaluator) else list(evaluators)
-
-
-@contextlib.contextmanager
-def score_floors_attached(model, evaluators):
-    """Within the block, the model's ROI heads drop before the mask head the detections that
-    the evaluators' score floors exclude (:class:`ScoreFloorFilter`); detached afterwards,
-    also on error. Each evaluator's floor acts only while that evaluator runs (from its first
-    image to its :meth:`FastLVISEvaluator.evaluate`), so one model may serve several datasets'
-    evaluators in turn, as detectron2's ``DefaultTrainer.test`` runs them.
-
-    Only a :class:`FastLVISEvaluator` with a :attr:`~FastLVISEvaluator.score_floor` that is
-    itself one of ``evaluators`` counts (in a ``DatasetEvaluators`` its siblings would lose
-    detections). Models without :class:`iif_d2.roi_heads.DetectionFilterMixin` ROI heads
-    (dense detectors, upstream's ROI heads) run unchanged.
-
-    Args:
-        model: the model (or a DistributedDataParallel of it).
-        evaluators: a DatasetEvaluator, a list of them, or None (nothing is attached).
-    """
-    evaluators = [
-        e
-        for e in _unwrapped_evaluators(evaluators)
-        if isinstance(e, FastLVISEvaluator) and e.score_floor is not None
-    ]
-    heads = getattr(getattr(model, "module", model), "roi_heads", None)
-    if not evaluators or not hasattr(heads, "detection_filters"):
-        if evaluators:
-            logger.info(
-                "AP-fixed score floor unused: the model's ROI heads (%s) drop no detections "
-                "before the mask head (iif-d2's IIFStandardROIHeads and IIFCascadeROIHeads do).",
-                type(heads).__name__,
-            )
-        yield
-        return
-    for e in evaluators:
-        e.score_floor.clear()  # a floor left by an interrupted pass must not act
-    filters = [ScoreFloorFilter(e.score_floor, *e.standard_cut) for e in evaluators]
-    with heads.detection_filters(filters) as stats:
-        yield
-    n = max(stats["images"], 1)
-    logger.info(
-        "AP-fixed score floor: %d images, %.1f detections per image from the box head, %.1f "
-        "reached the mask head.",
-        stats["images"],
-        stats["box_detections"] / n,
-        stats["mask_detections"] / n,
-    )
-
-
-_DENSE_DETECTORS = ("RetinaNet", "IIFRetinaNet", "FCOS", "IIFFCOS")
-# ROI heads that take a score floor (iif_d2.roi_heads.DetectionFilterMixin)
-_FLOOR_ROI_HEADS = ("IIFStandardROIHeads", "IIFCascadeROIHeads")
-
-
-def uses_score_floor(cfg) -> bool:
-    """Whether ``cfg``'s AP-fixed inference prunes with a score floor
-    (``TEST.AP_FIXED.ENABLED`` and ``ADAPTIVE_FLOOR`` on an R-CNN with iif-d2's ROI heads):
-    its evaluators then carry one (see :func:`score_floors_attached`)."""
-    node = cfg.TEST.get("AP_FIXED")
-    return bool(
-        node is not None
-        and node.ENABLED
-        and node.ADAPTIVE_FLOOR
-        and cfg.MODEL.META_ARCHITECTURE not in _DENSE_DETECTORS
-        and cfg.MODEL.ROI_HEADS.NAME in _FLOOR_ROI_HEADS
-    )
-
-
-def _ap_fixed_options(cfg, evaluator_type) -> dict:
-    """FastLVISEvaluator's AP-fixed arguments from ``TEST.AP_FIXED`` (checked against the
-    model's per-image cap); {} where the node is absent (a config without iif-d2's keys)."""
-    node = cfg.TEST.get("AP_FIXED")
-    if node is None:
-        return {}
-    fixed_pooled = cfg.TEST.get("LVIS_EVAL_FIXED_POOLED", False)
-    if not node.ENABLED:
-        unused = [
-            f"TEST.AP_FIXED.{k}"
-            for k, default in (
-                ("STANDARD_DETECTIONS_PER_IMAGE", 300),
-                ("STANDARD_SCORE_THRESH", 1e-4),
-                ("ADAPTIVE_FLOOR", True),
-            )
-            if node[k] != default
-        ]
-        if node.DETS_PER_CLASS != 10000 and not fixed_pooled:
-            unused.append("TEST.AP_FIXED.DETS_PER_CLASS")
-        if unused:
-            raise ValueError(
-                f"{', '.join(unused)} set, but TEST.AP_FIXED.ENABLED is off (and "
-                "TEST.LVIS_EVAL_FIXED_POOLED for DETS_PER_CLASS): they would be ignored; enable "
-                "it or drop them."
-            )
-        return {"dets_per_class": node.DETS_PER_CLASS}
-    if evaluator_type != "lvis":
-        raise ValueError(
-            f"TEST.AP_FIXED.ENABLED evaluates LVIS datasets; this one's evaluator_type is "
-            f"{evaluator_type!r}: turn it off."
-        )
-    cap, dense = cfg.TEST.DETECTIONS_PER_IMAGE, cfg.MODEL.META_ARCHITECTURE in _DENSE_DETECTORS
-    standard = node.STANDARD_DETECTIONS_PER_IMAGE
-    if (cap == -1 and dense) or (cap != -1 and cap <= max(standard, 0)):
-        fix = "a large number, e.g. 100000 (-1 drops one detection)" if dense else "-1"
-        raise ValueError(
-            f"TEST.AP_FIXED.ENABLED needs the model uncapped, not TEST.DETECTIONS_PER_IMAGE "
-            f"{cap} ({cfg.MODEL.META_ARCHITECTURE}): set it to {fix}; the standard metrics "
-            f"keep TEST.AP_FIXED.STANDARD_DETECTIONS_PER_IMAGE ({standard}) per image."
-        )
-    if node.DETS_PER_CLASS <= 0:
-        raise ValueError(
-            f"TEST.AP_FIXED.DETS_PER_CLASS {node.DETS_PER_CLASS} must be > 0 (10000 for LVIS)."
-        )
-    return {
-        "max_dets_per_image": standard,
-        "dets_per_class": node.DETS_PER_CLASS,
-        "fixed_uncapped": True,
-        "score_thresh": node.STANDARD_SCORE_THRESH,
-        "score_floor": uses_score_floor(cfg),
-    }
-
-
-def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
-    """The LVIS or COCO evaluator for a registered dataset, by its ``evaluator_type``.
-
-    LVIS: :class:`FastLVISEvaluator` unless ``TEST.LVIS_EVAL_ENGINE`` is "lvis-api"
-    (detectron2's evaluator running lvis-api); ``TEST.LVIS_EVAL_SAVE_RESULTS`` (default off)
-    makes the fast one write the results json too; ``TEST.LVIS_EVAL_FIXED_POOLED`` adds AP-fixed
-    and AP-pool on the standard per-image cut, ``TEST.AP_FIXED.ENABLED`` on the uncapped
-    model's detections (the paper's), with the standard metrics from the same pass.
-
-    Args:
-        cfg: the config (OUTPUT_DIR, TEST.DETECTIONS_PER_IMAGE, TEST.LVIS_EVAL_*,
-            TEST.AP_FIXED).
-        dataset_name: a registered dataset with ``evaluator_type`` "lvis" or "coco".
-        output_folder: where predictions are written (default ``OUTPUT_DIR/inference``).
-
-    Returns:
-        DatasetEvaluator
-    """
-    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-    evaluator_type = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
-    max_dets = cfg.TEST.DETECTIONS_PER_IMAGE
-    ap_fixed = _ap_fixed_options(cfg, evaluator_type)
-    if evaluator_type == "lvis":
-        engine = cfg.TEST.get("LVIS_EVAL_ENGINE", "fast")
-        if engine not in LVIS_EVAL_ENGINES:
-            raise ValueError(
-                f"TEST.LVIS_EVAL_ENGINE {engine!r} is not one of {LVIS_EVAL_ENGINES}: 'fast' "
-                "(lvis-api's metrics in bounded memory) or 'lvis-api' (lvis-api itself)."
-            )
-        fixed_pooled = cfg.TEST.get("LVIS_EVAL_FIXED_POOLED", False)
-        if engine == "lvis-api":
-            if ap_fixed.get("fixed_uncapped") or fixed_pooled:
-                raise ValueError(
-                    "TEST.AP_FIXED.ENABLED and TEST.LVIS_EVAL_FIXED_POOLED need "
-                    'TEST.LVIS_EVAL_ENGINE "fast"; lvis-api reports only the standard metrics.'
-                )
-            return LVISEvaluator(
-                dataset_name, output_dir=output_folder, max_dets_per_image=max_dets
-            )
-        if ap_fixed.get("fixed_uncapped"):
-            fixed_pooled = True
-        else:
-            ap_fixed["max_dets_per_image"] = max_dets
-        return FastLVISEvaluator(
-            dataset_name,
-            output_dir=output_folder,
-            save_results_json=cfg.TEST.get("LVIS_EVAL_SAVE_RESULTS", False),
-            fixed_and_pooled=fixed_pooled,
-            **ap_fixed,
-        )
-    if evaluator_type == "coco":
-        # the C++ COCO evaluation is a compiled op; pycocotools' Python one otherwise
-        return COCOEvaluator(
-            dataset_name,
-            output_dir=output_folder,
-            max_dets_per_image=max_dets,
-            use_fast_impl=HAS_COMPILED_OPS,
-        )
-    raise ValueError(
-        f"No evaluator for dataset {dataset_name!r} (evaluator_type {evaluator_type!r}); "
-        "iif-d2 evaluates datasets registered with evaluator_type 'lvis' or 'coco'."
-    )

@@ -1,0 +1,68 @@
+"""Files written all at once: a temporary file beside the target, flushed, fsynced and renamed,
+so a reader (or a kill) never sees half a file. The mode is a plain ``open``'s (0o666 minus the
+umask), so teammates can read a run's files as they read detectron2's."""
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+from typing import Any, Callable
+
+__all__ = ["atomic_write", "write_json_atomic"]
+
+logger = logging.getLogger(__name__)
+
+
+def _fsync_directory(directory: str) -> None:
+    if os.name == "nt":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems do not fsync directories; the data is safe
+        logger.debug("fsync of directory %s failed: %s", directory, e)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[Any], None]) -> None:
+    """Write ``path`` all at once: ``write(f)`` fills a temporary file in the same directory,
+    which is flushed, fsynced and renamed onto ``path``; then the directory is fsynced.
+
+    Args:
+        path: the final file name.
+        write: called with the temporary file, opened for binary writing.
+
+    If ``write`` (or anything after it) fails, ``path`` is as it was and the temporary file is
+    removed.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
+    # 0o666 minus the umask: the same mode as a plain open(path, "wb")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+    """Write ``payload`` as json to ``path`` at once (see :func:`atomic_write`), creating the
+    folder where missing.
+
+    Args:
+        path: the json file to write.
+        payload: anything :func:`json.dump` takes.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
