@@ -16,11 +16,9 @@ from iif_d2.engine.checkpoint import (
     CheckpointShapeMismatchError,
     IIFCheckpointer,
     UnsafeCheckpointError,
-    rng_preserved,
-    rng_state,
     safe_torch_load,
-    set_rng_state,
 )
+from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
 
 
 class TinyDetector(nn.Module):
