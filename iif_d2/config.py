@@ -10,7 +10,7 @@ from detectron2.config import CfgNode as CN
 
 from iif_d2.calibration import FRACAL_LAMBDA, FRACAL_MAX_GRID, FRACAL_VARIANT, NORCAL_GAMMA
 
-__all__ = ["add_iif_config", "apply_deprecated_keys", "DEPRECATED_KEYS"]
+__all__ = ["add_iif_config", "apply_deprecated_keys", "refuse_deprecated_keys", "DEPRECATED_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,28 @@ def add_iif_config(cfg):
     Returns:
         cfg
     """
-    _C = cfg
+    _add_class_counts(cfg)
+    _add_box_iif(cfg)
+    _add_additive_margin(cfg)
+    _add_calibration(cfg)
+    _add_retinanet_iif(cfg)
+    _add_fcos(cfg)
+    _add_cosine_classifier(cfg)
+    _add_normalized_mask_head(cfg)
+    _add_head_init(cfg)
+    _add_fasa(cfg)
+    _add_heldout(cfg)
+    _add_repeat_factor_sampling(cfg)
+    _add_lvis_eval(cfg)
+    _add_threads(cfg)
+    _add_kernels(cfg)
+    _add_checkpoints(cfg)
+    _add_mask_inference(cfg)
+    _add_epoch_schedule(cfg)
+    return cfg
+
+
+def _add_class_counts(_C):
     # ---------------------------------------------------------------------------------------
     # Per-class image and instance counts of the training set, read by every component built
     # on class frequencies: IIF (ROI, RetinaNet, FCOS), the additive margins and FASA.
@@ -49,6 +70,8 @@ def add_iif_config(cfg):
     # COCO train counts shipped here.
     _C.MODEL.CLASS_COUNTS.FILE = ""
 
+
+def _add_box_iif(_C):
     # ---------------------------------------------------------------------------------------
     # Inverse Image Frequency on the box classifier (IIFFastRCNNOutputLayers).
     # ---------------------------------------------------------------------------------------
@@ -69,6 +92,8 @@ def add_iif_config(cfg):
     # classifier(s) cls_score; pair it with MODEL.WEIGHTS = a softmax stage-1 checkpoint.
     _C.MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER = False
 
+
+def _add_additive_margin(_C):
     # ---------------------------------------------------------------------------------------
     # Additive-margin baselines on the same box predictor (paper Fig. 1 comparison). They use
     # MODEL.CLASS_COUNTS with the FREQUENCY and NORMALIZER of MODEL.ROI_BOX_HEAD.IIF, and
@@ -83,6 +108,8 @@ def add_iif_config(cfg):
     # tau of logit adjustment (Menon et al. 2021); unused by balanced_softmax.
     _C.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN.TAU = 1.0
 
+
+def _add_calibration(_C):
     # ---------------------------------------------------------------------------------------
     # Post-hoc calibration of the box classifier's scores at inference (iif_d2.calibration,
     # docs/method.md "NorCal and FRACAL"); training and its losses are unchanged. Needs the
@@ -109,6 +136,8 @@ def add_iif_config(cfg):
     # the dimensions are a training-set fact saved in OUTPUT_DIR/iif_class_stats.json.
     _C.MODEL.ROI_BOX_HEAD.CALIBRATION.FRACAL.MAX_GRID = FRACAL_MAX_GRID
 
+
+def _add_retinanet_iif(_C):
     # ---------------------------------------------------------------------------------------
     # IIF on RetinaNet's sigmoid classifier (IIFRetinaNet). No background column: C weights.
     # ---------------------------------------------------------------------------------------
@@ -121,6 +150,8 @@ def add_iif_config(cfg):
     # scores sigmoid(w * z).
     _C.MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS = False
 
+
+def _add_fcos(_C):
     # ---------------------------------------------------------------------------------------
     # IIF on FCOS (IIFFCOS, META_ARCHITECTURE "IIFFCOS"). detectron2 ships FCOS as a LazyConfig
     # only; these keys are its arguments (defaults = detectron2's configs/common/models/fcos.py).
@@ -149,6 +180,8 @@ def add_iif_config(cfg):
     # As MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS.
     _C.MODEL.FCOS.IIF.SCALE_ALL_ANCHORS = False
 
+
+def _add_cosine_classifier(_C):
     # ---------------------------------------------------------------------------------------
     # Cosine box classifier (paper Table XV, docs/method.md §3): z_c = SCALE * cos(x, W_c) + b_c
     # over all C+1 rows, background included, bias kept. Works with and without IIF.
@@ -158,6 +191,8 @@ def add_iif_config(cfg):
     # The scale s: 8 in the IIF recipe, 20 for softmax baselines.
     _C.MODEL.ROI_BOX_HEAD.COSINE.SCALE = 20.0
 
+
+def _add_normalized_mask_head(_C):
     # ---------------------------------------------------------------------------------------
     # Normalised mask predictor, used by MODEL.ROI_MASK_HEAD.NAME
     # "NormalizedMaskRCNNConvUpsampleHead": a 1x1 cosine convolution (per-pixel features
@@ -166,6 +201,8 @@ def add_iif_config(cfg):
     _C.MODEL.ROI_MASK_HEAD.NORMALIZED = CN()
     _C.MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE = 20.0
 
+
+def _add_head_init(_C):
     # ---------------------------------------------------------------------------------------
     # Initialisation of the ROI heads' layers, applied when iif-d2's ROI heads are built (box
     # head FCs, box regressor, mask head; the box classifier is ROI_BOX_HEAD.IIF.CLS_SCORE_INIT).
@@ -179,6 +216,8 @@ def add_iif_config(cfg):
     _C.MODEL.HEAD_INIT = CN()
     _C.MODEL.HEAD_INIT.SCHEME = "detectron2"
 
+
+def _add_fasa(_C):
     # ---------------------------------------------------------------------------------------
     # FASA: feature augmentation and sampling adaptation (Zang et al., ICCV 2021;
     # docs/method.md §3) on the box classifier. Per-class statistics of the box-head features
@@ -226,6 +265,8 @@ def add_iif_config(cfg):
     # The initial sampling rates s_c are proportional to 1 / instance count (MODEL.CLASS_COUNTS,
     # also when IIF itself is off), normalised to sum 1.
 
+
+def _add_heldout(_C):
     # ---------------------------------------------------------------------------------------
     # Held-out images on which FASA measures its per-class loss (used when FASA is on and
     # ADAPT_PERIOD != 0). Without NAMES: FRACTION of the training images with annotations (at
@@ -246,6 +287,8 @@ def add_iif_config(cfg):
 
     _add_deprecated_keys(_C)
 
+
+def _add_repeat_factor_sampling(_C):
     # ---------------------------------------------------------------------------------------
     # Repeat-factor sampling (DATALOADER.SAMPLER_TRAIN "RepeatFactorTrainingSampler", with
     # DATALOADER.REPEAT_THRESHOLD t): r(c) = max(1, sqrt(t / f(c))), r(I) = max over I's classes.
@@ -258,6 +301,8 @@ def add_iif_config(cfg):
     # r - floor(r) (detectron2's); "ceil": ceil(r(I)) times every epoch (the authors').
     _C.DATALOADER.REPEAT_FACTOR.ROUNDING = "stochastic"
 
+
+def _add_lvis_eval(_C):
     # ---------------------------------------------------------------------------------------
     # LVIS evaluation engine: "fast" (iif_d2.lvis_eval: lvis-api's exact metrics in bounded
     # memory) or "lvis-api" (detectron2's LVISEvaluator running lvis==0.5.3, the reference).
@@ -294,6 +339,8 @@ def add_iif_config(cfg):
     # heads ignore it.
     _C.TEST.AP_FIXED.ADAPTIVE_FLOOR = True
 
+
+def _add_threads(_C):
     # ---------------------------------------------------------------------------------------
     # Intra-op CPU threads of each process (torch.set_num_threads), set and logged by
     # iif_d2.engine.trainer.setup; 0 = torch's default (OMP_NUM_THREADS if set, else the cores). CPU
@@ -303,21 +350,25 @@ def add_iif_config(cfg):
     # ---------------------------------------------------------------------------------------
     _C.NUM_THREADS = 0
 
+
+def _add_kernels(_C):
     # ---------------------------------------------------------------------------------------
     # How the model's maths runs: the same results up to float rounding, at another speed.
     # CHANNELS_LAST: IIFGeneralizedRCNN keeps its conv weights and the image batch in the
     # channels-last memory format, oneDNN's native one on CPU (tools/benchmark_kernels.py
     # times both kernels on the SynthLT model). Needs META_ARCHITECTURE
     # "IIFGeneralizedRCNN".
-    # ROI_ALIGN: "torchvision" (detectron2's ROIAlign) or "matmul" (iif_d2.modeling.roi_align: the same
-    # values as two matrix products per image, with a multi-threaded backward; faster on small
-    # feature maps such as SynthLT's, slower on LVIS-sized ones). Needs iif-d2's ROI heads and
-    # POOLER_TYPE "ROIAlign" or "ROIAlignV2".
+    # ROI_ALIGN: "torchvision" (detectron2's ROIAlign) or "matmul" (iif_d2.modeling.roi_align:
+    # the same values as two matrix products per image, with a multi-threaded backward; faster
+    # on small feature maps such as SynthLT's, slower on LVIS-sized ones). Needs iif-d2's ROI
+    # heads and POOLER_TYPE "ROIAlign" or "ROIAlignV2".
     # ---------------------------------------------------------------------------------------
     _C.MODEL.KERNELS = CN()
     _C.MODEL.KERNELS.CHANNELS_LAST = False
     _C.MODEL.KERNELS.ROI_ALIGN = "torchvision"
 
+
+def _add_checkpoints(_C):
     # ---------------------------------------------------------------------------------------
     # Checkpoints (iif_d2.engine.checkpoint.IIFCheckpointer: loading runs no code, atomic writes).
     # ---------------------------------------------------------------------------------------
@@ -330,6 +381,8 @@ def add_iif_config(cfg):
     # (detectron2's behaviour). model_final.pth is always kept.
     _C.SOLVER.CHECKPOINTS_KEPT = 0
 
+
+def _add_mask_inference(_C):
     # ---------------------------------------------------------------------------------------
     # Mask post-processing at test time (IIFGeneralizedRCNN).
     # ---------------------------------------------------------------------------------------
@@ -337,7 +390,25 @@ def add_iif_config(cfg):
     # Binarisation threshold of the pasted soft masks. detectron2 hard-codes 0.5; the paper's
     # LVIS recipe uses 0.4.
     _C.MODEL.ROI_MASK_HEAD.INFERENCE.MASK_THRESHOLD = 0.5
-    return cfg
+
+
+def _add_epoch_schedule(_C):
+    # ---------------------------------------------------------------------------------------
+    # The schedule in epochs, counted as the paper's code counts them: one epoch is one pass
+    # over the images the loader draws from, after FASA's hold-out, each image counted as often
+    # as repeat-factor sampling repeats it (ceil(r) with DATALOADER.REPEAT_FACTOR.ROUNDING
+    # "ceil", as mmdetection's ClassBalancedDataset). With EPOCHS > 0, the run's training-set
+    # facts (iif_d2.data.training_set, once per run, before the model is built) set
+    # SOLVER.MAX_ITER = EPOCHS x the iterations of one epoch at SOLVER.IMS_PER_BATCH, and
+    # SOLVER.STEPS = each of STEPS x the same; both are logged and saved in
+    # OUTPUT_DIR/config.yaml. SOLVER.WARMUP_ITERS stays in iterations; FASA's START_ITER /
+    # ADAPT_PERIOD -1 are one epoch of the same length. 0 = off: SOLVER.MAX_ITER / STEPS as
+    # given.
+    # ---------------------------------------------------------------------------------------
+    _C.SOLVER.EPOCH_SCHEDULE = CN()
+    _C.SOLVER.EPOCH_SCHEDULE.EPOCHS = 0
+    # epochs after which the learning rate is multiplied by SOLVER.GAMMA, e.g. (16, 22) of 24
+    _C.SOLVER.EPOCH_SCHEDULE.STEPS = ()
 
 
 def _add_weight_keys(node):
@@ -438,3 +509,27 @@ def _defaults():
     from detectron2.config import get_cfg
 
     return add_iif_config(get_cfg())
+
+
+def refuse_deprecated_keys(cfg) -> None:
+    """Raise where ``cfg`` still holds a value under a deprecated key: it was merged without
+    :func:`apply_deprecated_keys` (``train_net.py`` applies them), so a model built from it
+    would silently ignore the value. Called by the models' ``from_config``.
+
+    Raises:
+        ValueError: naming the old key, its value and the new key.
+    """
+    for old, new in DEPRECATED_KEYS.items():
+        try:
+            node, leaf = _node_and_leaf(cfg, old)
+        except KeyError:  # a config without iif-d2's keys
+            return
+        value = node.get(leaf) if hasattr(node, "get") else None
+        unset = _UNSET[_OLD_TYPES[leaf]]
+        if value is None or value == unset or (isinstance(unset, tuple) and not value):
+            continue
+        raise ValueError(
+            f"{old} = {value!r} is a deprecated key and was not moved to {new}, so the model "
+            f"would ignore it: set {new} instead, or call "
+            "iif_d2.config.apply_deprecated_keys(cfg) after merging the config."
+        )

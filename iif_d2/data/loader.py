@@ -51,6 +51,7 @@ __all__ = [
     "build_resumable_train_loader",
     "hand_over",
     "holds_out",
+    "epoch_images",
     "iterations_per_epoch",
     "loader_dataset_dicts",
     "seed_generators",
@@ -143,24 +144,29 @@ def training_dicts(cfg) -> Tuple[List[Dict], List[Dict]]:
     return train, heldout
 
 
+def epoch_images(cfg, train_dicts: Sequence[Dict]) -> float:
+    """Images in one epoch: one pass over ``train_dicts`` (the loader's), each image counted as
+    often as the sampler repeats it (with repeat-factor sampling: ceil(r) times, or r on average
+    with stochastic rounding), as the authors' epochs count.
+    """
+    loader = cfg.DATALOADER
+    if loader.SAMPLER_TRAIN != "RepeatFactorTrainingSampler":
+        return float(len(train_dicts))
+    from iif_d2.data.samplers import repeat_factors
+
+    factors = repeat_factors(train_dicts, loader.REPEAT_THRESHOLD, loader.REPEAT_SQRT)
+    ceil = loader.REPEAT_FACTOR.ROUNDING == "ceil"
+    return float((factors.ceil() if ceil else factors).sum())
+
+
 def iterations_per_epoch(cfg, train_dicts: Sequence[Dict]) -> int:
-    """Iterations of one epoch at SOLVER.IMS_PER_BATCH: one pass over ``train_dicts`` (the
-    loader's), each image counted as often as the sampler repeats it (with repeat-factor
-    sampling: ceil(r) times, or r on average with stochastic rounding), as the authors' epochs
-    count; the unit of FASA's START_ITER / ADAPT_PERIOD = -1.
+    """Iterations of one epoch (:func:`epoch_images`) at SOLVER.IMS_PER_BATCH; the unit of
+    SOLVER.EPOCH_SCHEDULE and of FASA's START_ITER / ADAPT_PERIOD = -1.
 
     Returns:
         int: at least 1.
     """
-    images = float(len(train_dicts))
-    loader = cfg.DATALOADER
-    if loader.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
-        from iif_d2.data.samplers import repeat_factors
-
-        factors = repeat_factors(train_dicts, loader.REPEAT_THRESHOLD, loader.REPEAT_SQRT)
-        ceil = loader.REPEAT_FACTOR.ROUNDING == "ceil"
-        images = float((factors.ceil() if ceil else factors).sum())
-    return max(1, math.ceil(images / cfg.SOLVER.IMS_PER_BATCH))
+    return max(1, math.ceil(epoch_images(cfg, train_dicts) / cfg.SOLVER.IMS_PER_BATCH))
 
 
 def seed_generators(seed: int, *position: int) -> None:

@@ -38,14 +38,22 @@ from iif_d2.data.heldout import (
     save_heldout_ids,
     split_heldout,
 )
-from iif_d2.data.loader import hand_over, holds_out, iterations_per_epoch, loader_dataset_dicts
+from iif_d2.data.loader import (
+    epoch_images,
+    hand_over,
+    holds_out,
+    iterations_per_epoch,
+    loader_dataset_dicts,
+)
 from iif_d2.utils.io import write_json_atomic
 
 __all__ = [
     "HELDOUT_FILENAME",
     "TrainingSetFacts",
     "compute_class_stats",
+    "check_epoch_schedule",
     "compute_training_set_facts",
+    "epoch_schedule",
     "needs_class_counts",
     "needs_fractal_dimensions",
     "resolve_training_set",
@@ -64,11 +72,13 @@ class TrainingSetFacts:
         stats: class counts of the full training set, or None when no component needs them.
         heldout: FASA's held-out split, or None when nothing is held out.
         iterations_per_epoch: epoch length of the training images, or None when not needed.
+        epoch_images: the images of one epoch (repeats counted), or None when not needed.
     """
 
     stats: Optional[ClassStats] = None
     heldout: Optional[HeldoutSplit] = None
     iterations_per_epoch: Optional[int] = None
+    epoch_images: Optional[float] = None
 
 
 def needs_class_counts(cfg) -> bool:
@@ -97,7 +107,40 @@ def _has_fractal(stats: ClassStats, cfg) -> bool:
 
 def _needs_epoch(cfg) -> bool:
     fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
-    return bool(fasa.ENABLED and (fasa.START_ITER < 0 or fasa.ADAPT_PERIOD < 0))
+    fasa_epochs = fasa.ENABLED and (fasa.START_ITER < 0 or fasa.ADAPT_PERIOD < 0)
+    return bool(fasa_epochs or check_epoch_schedule(cfg))
+
+
+def check_epoch_schedule(cfg) -> bool:
+    """Whether ``cfg`` states its schedule in epochs (SOLVER.EPOCH_SCHEDULE.EPOCHS > 0).
+
+    Raises:
+        ValueError: STEPS set without EPOCHS (they would be ignored), or not increasing within
+            (0, EPOCHS).
+    """
+    node = cfg.SOLVER.EPOCH_SCHEDULE
+    epochs, steps = node.EPOCHS, tuple(node.STEPS)
+    if epochs < 0:
+        raise ValueError(f"SOLVER.EPOCH_SCHEDULE.EPOCHS {epochs} must be >= 0 (0: off).")
+    if epochs == 0:
+        if steps:
+            raise ValueError(
+                f"SOLVER.EPOCH_SCHEDULE.STEPS {steps} set, but EPOCHS is 0 (off): they would be "
+                "ignored; set EPOCHS (e.g. 24) or use SOLVER.STEPS."
+            )
+        return False
+    if any(not 0 < s < epochs for s in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError(
+            f"SOLVER.EPOCH_SCHEDULE.STEPS {steps} must increase strictly within (0, EPOCHS "
+            f"{epochs}), e.g. (16, 22) of 24."
+        )
+    return True
+
+
+def epoch_schedule(epochs: int, steps, iterations: int):
+    """SOLVER.MAX_ITER and SOLVER.STEPS for ``epochs`` (decay after ``steps``) of ``iterations``
+    each."""
+    return epochs * iterations, tuple(s * iterations for s in steps)
 
 
 def _dataset_names(cfg) -> List[str]:
@@ -228,6 +271,7 @@ def _compute(cfg, training: bool):
         ids = load_heldout_ids(cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE)
         train = [d for d in dicts if image_key(d) not in ids]
     if epoch:
+        facts.epoch_images = epoch_images(cfg, train)
         facts.iterations_per_epoch = iterations_per_epoch(cfg, train)
     return facts, dicts
 
@@ -283,7 +327,7 @@ def _check_resume(path: str, stats: ClassStats):
         )
 
 
-def _log(facts: TrainingSetFacts):
+def _log(facts: TrainingSetFacts, cfg):
     if facts.stats is not None:
         s = facts.stats
         logger.info(
@@ -305,7 +349,12 @@ def _log(facts: TrainingSetFacts):
             )
         logger.info(msg + ".")
     if facts.iterations_per_epoch is not None:
-        logger.info("One epoch is %d iterations.", facts.iterations_per_epoch)
+        logger.info(
+            "One epoch is %d iterations (%.0f images, repeats counted, at %d per batch).",
+            facts.iterations_per_epoch,
+            facts.epoch_images,
+            cfg.SOLVER.IMS_PER_BATCH,
+        )
 
 
 def resolve_training_set(cfg, training: bool = True, resume: bool = False):
@@ -344,7 +393,7 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
             counts.SOURCE, counts.FILE = "file", found
     facts = _on_main_rank(lambda: _compute_and_hand_over(cfg, training))
     if comm.is_main_process():
-        _log(facts)
+        _log(facts, cfg)
     out = cfg.OUTPUT_DIR
     if (facts.stats is not None or facts.heldout is not None) and not out:
         raise ValueError("OUTPUT_DIR is empty: set it; the class statistics are saved there.")
@@ -370,6 +419,7 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
             )
         cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE = path
     if facts.iterations_per_epoch is not None:
+        _resolve_epoch_schedule(cfg, facts.iterations_per_epoch, log=comm.is_main_process())
         fasa = cfg.MODEL.ROI_BOX_HEAD.FASA
         if fasa.START_ITER < 0:
             fasa.START_ITER = facts.iterations_per_epoch
@@ -377,6 +427,27 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
             fasa.ADAPT_PERIOD = facts.iterations_per_epoch
     comm.synchronize()
     return cfg
+
+
+def _resolve_epoch_schedule(cfg, iterations: int, log: bool) -> None:
+    """SOLVER.MAX_ITER / STEPS from SOLVER.EPOCH_SCHEDULE, where the config states one."""
+    if not check_epoch_schedule(cfg):
+        return
+    node = cfg.SOLVER.EPOCH_SCHEDULE
+    max_iter, steps = epoch_schedule(node.EPOCHS, node.STEPS, iterations)
+    if log:
+        logger.info(
+            "SOLVER.EPOCH_SCHEDULE: %d epochs of %d iterations, decay after epochs %s: "
+            "SOLVER.MAX_ITER %d, SOLVER.STEPS %s (were %d, %s).",
+            node.EPOCHS,
+            iterations,
+            tuple(node.STEPS),
+            max_iter,
+            steps,
+            cfg.SOLVER.MAX_ITER,
+            tuple(cfg.SOLVER.STEPS),
+        )
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = max_iter, steps
 
 
 def _same_file(a: str, b: str) -> bool:

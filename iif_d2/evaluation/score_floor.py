@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import torch
+from detectron2.evaluation import DatasetEvaluator
 
 from iif_d2.evaluation.lvis_evaluator import FastLVISEvaluator
 from iif_d2.lvis_eval.devil import ScoreFloor

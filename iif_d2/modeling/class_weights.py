@@ -1,8 +1,8 @@
 """The per-class weights and margins a model's config asks for, from the run's class counts.
 
 The model reads the counts file that ``MODEL.CLASS_COUNTS`` names once the training-set facts
-are resolved (:func:`iif_d2.resolve_training_set`, run by ``iif_d2.engine.trainer.setup``): building a
-model loads no dataset, makes no collective call and writes nothing.
+are resolved (:func:`iif_d2.resolve_training_set`, run by ``iif_d2.engine.trainer.setup``):
+building a model loads no dataset, makes no collective call and writes nothing.
 """
 
 from typing import Optional, Tuple

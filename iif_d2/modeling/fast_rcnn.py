@@ -19,6 +19,7 @@ from iif_d2.calibration import (
     NORCAL_GAMMA,
     calibrated_probs,
 )
+from iif_d2.config import refuse_deprecated_keys
 from iif_d2.modeling.class_weights import (
     additive_margins_from_config,
     calibration_from_config,
@@ -203,6 +204,7 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        refuse_deprecated_keys(cfg)
         ret = super().from_config(cfg, input_shape)
         iif = cfg.MODEL.ROI_BOX_HEAD.IIF
         ret["cls_score_init"] = iif.CLS_SCORE_INIT

@@ -16,6 +16,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from torch import nn
 
+from iif_d2.config import refuse_deprecated_keys
 from iif_d2.modeling.class_weights import iif_weights_from_config
 from iif_d2.modeling.dense_detector import IIFDenseDetectorMixin
 
@@ -84,6 +85,7 @@ class IIFFCOS(IIFDenseDetectorMixin, FCOS):
 
     @classmethod
     def from_config(cls, cfg):
+        refuse_deprecated_keys(cfg)
         fcos = cfg.MODEL.FCOS
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()

@@ -45,8 +45,8 @@ def mmdet_mask_head_init(head: nn.Module):
 @ROI_MASK_HEAD_REGISTRY.register()
 class NormalizedMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     """:class:`MaskRCNNConvUpsampleHead` whose ``predictor`` is a
-    :class:`~iif_d2.modeling.layers.CosineConv2d`: mask logits ``scale * cos(x_ij, W_c) + b_c`` with the
-    per-pixel features L2-normalised over the channels (the LVIS recipe's normalised mask
+    :class:`~iif_d2.modeling.layers.CosineConv2d`: mask logits ``scale * cos(x_ij, W_c) + b_c``
+    with the per-pixel features L2-normalised over the channels (the LVIS recipe's normalised mask
     predictor, docs/method.md §3). Select it with MODEL.ROI_MASK_HEAD.NAME; the scale is
     MODEL.ROI_MASK_HEAD.NORMALIZED.SCALE.
 

@@ -7,6 +7,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
+from iif_d2.config import refuse_deprecated_keys
 from iif_d2.modeling.class_weights import iif_weights_from_config
 from iif_d2.modeling.dense_detector import IIFDenseDetectorMixin
 
@@ -36,6 +37,7 @@ class IIFRetinaNet(IIFDenseDetectorMixin, RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
+        refuse_deprecated_keys(cfg)
         gn_head = cfg.MODEL.RETINANET.NORM == "GN"
         if gn_head:  # built below: detectron2 v0.6 cannot build a GN RetinaNetHead from "GN"
             cfg = cfg.clone()

@@ -6,8 +6,8 @@ initialisation of the box-head FCs, the box regressor and the mask head
 (:func:`apply_head_init`), once every head is built. At inference they can drop detections
 between the box head and the mask head (:class:`DetectionFilterMixin`): AP-fixed's uncapped
 inference then computes masks only for the detections its evaluator can use. With
-MODEL.KERNELS.ROI_ALIGN "matmul" their poolers use :class:`~iif_d2.modeling.roi_align.MatmulROIAlign`
-(:class:`RoIAlignKernelMixin`).
+MODEL.KERNELS.ROI_ALIGN "matmul" their poolers use
+:class:`~iif_d2.modeling.roi_align.MatmulROIAlign` (:class:`RoIAlignKernelMixin`).
 """
 
 import contextlib
@@ -42,7 +42,8 @@ __all__ = [
 # MODEL.HEAD_INIT.SCHEME: detectron2's, the authors' plain-linear IIF configs', mmdet 2.x's
 HEAD_INITS = ("detectron2", "authors", "mmdet")
 _FASA = "MODEL.ROI_BOX_HEAD.FASA"
-# MODEL.KERNELS.ROI_ALIGN: detectron2's (torchvision's kernel), or iif_d2.modeling.roi_align's products
+# MODEL.KERNELS.ROI_ALIGN: detectron2's (torchvision's kernel), or iif_d2.modeling.roi_align's
+# products
 ROI_ALIGN_KERNELS = ("torchvision", "matmul")
 
 
