@@ -1,15 +1,27 @@
-"""Every row of tools/bad_input_table.py: the bad input raises the error type it names, with
-its message fragment; the command lines exit 2 with one line on stderr and no traceback."""
+"""Every row of dev/bad_input_table.py: the bad input raises the error type it names, with
+its message fragment; the command lines exit 2 with one line on stderr and no traceback; and
+docs/bad_inputs.md is the page those rows generate."""
 
+import importlib.util
 import os
 
 import pytest
-from helpers import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGE = os.path.join(ROOT, "docs", "bad_inputs.md")
 
 
-TABLE = load_tool("bad_input_table")
+def _load_table():
+    """dev/bad_input_table.py as a module (dev/ holds scripts, not a package)."""
+    path = os.path.join(ROOT, "dev", "bad_input_table.py")
+    spec = importlib.util.spec_from_file_location("bad_input_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TABLE = _load_table()
+LINES = {}  # row -> its line of the table, filled by test_bad_input, read by the drift test
 
 
 @pytest.mark.parametrize("row", TABLE.ROWS, ids=[row.what for row in TABLE.ROWS])
@@ -22,6 +34,44 @@ def test_bad_input(row, tmp_path):
         if lines[0].startswith("usage:"):  # argparse's own errors: usage, then the error
             lines = lines[-1:]
         assert len(lines) == 1 and lines[0].startswith(("error: ", "python -m iif_d2.cli: error"))
+    LINES[row.what] = TABLE.table_line(row, str(tmp_path), error)
+
+
+def test_page_is_what_the_rows_generate(tmp_path):
+    """docs/bad_inputs.md equals the page the rows generate now (rows not run above in this
+    session are run here). Regenerate it with the command in its header."""
+    lines = []
+    for i, row in enumerate(TABLE.ROWS):
+        if row.what not in LINES:
+            (tmp_path / str(i)).mkdir()
+            LINES[row.what] = TABLE.table_line(row, str(tmp_path / str(i)))
+        lines.append(LINES[row.what])
+    with open(PAGE, encoding="utf-8") as f:
+        committed = f.read()
+    expected = TABLE.render(lines)
+    assert committed == expected, (
+        f"{PAGE} differs from what the rows of dev/bad_input_table.py generate; run "
+        f"`{TABLE.COMMAND}`"
+    )
+    assert TABLE.COMMAND in committed
+
+
+def test_write_makes_the_page(tmp_path, monkeypatch):
+    """--write writes the page of the rows; a folder or a missing folder as PATH is refused."""
+    for bad in (tmp_path, tmp_path / "no" / "x.md"):
+        with pytest.raises(SystemExit) as e:
+            TABLE.main(["--write", str(bad)])
+        assert e.value.code == 2
+    rows = TABLE.ROWS[:2]
+    monkeypatch.setattr(TABLE, "ROWS", rows)
+    out = tmp_path / "bad_inputs.md"
+    assert TABLE.main(["--write", str(out)]) == 0
+    lines = []
+    for i, row in enumerate(rows):
+        (tmp_path / str(i)).mkdir()
+        lines.append(TABLE.table_line(row, str(tmp_path / str(i))))
+    assert out.read_text(encoding="utf-8") == TABLE.render(lines)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_rows_are_distinct():
