@@ -10,10 +10,12 @@ Two engines:
 
 Both apply lvis-api's rules and quirks (listed in :mod:`iif_d2.lvis_eval.engine`), notably:
 detections whose segmentation mask is empty (area 0) are dropped, after the per-image cut to
-the 300 highest scores. Command line: ``python -m iif_d2.lvis_eval --help``.
+the 300 highest scores. The functions return lvis-api's fractions (-1 where undefined); the
+command line, ``python -m iif_d2.lvis_eval --help``, and the training evaluator report percent
+(:mod:`iif_d2.lvis_eval.report`).
 """
 
-from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth
+from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth, read_results
 from iif_d2.lvis_eval.engine import evaluate, summarize
 from iif_d2.lvis_eval.reference import lvis_api_evaluate
 
@@ -24,6 +26,7 @@ __all__ = [
     "evaluate",
     "evaluate_results",
     "lvis_api_evaluate",
+    "read_results",
     "summarize",
 ]
 
@@ -52,5 +55,5 @@ def evaluate_results(gt, results: list, iou_type: str, engine: str = "fast", max
         return lvis_api_evaluate(gt, results, iou_type, max_dets)
     load = LVISGroundTruth.from_json if isinstance(gt, str) else LVISGroundTruth.from_dict
     gt = load(gt, with_masks=iou_type == "segm")
-    dets = LVISDetections.from_results(results, iou_type)
+    dets = LVISDetections.from_results(results, iou_type, gt)
     return summarize(evaluate(gt, dets, iou_type, max_dets))

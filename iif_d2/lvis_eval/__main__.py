@@ -1,25 +1,45 @@
 """Command line: ``python -m iif_d2.lvis_eval --gt GT.json --results RESULTS.json --iou-type
-{bbox,segm} [--engine {fast,lvis-api}] [--json-out OUT.json]``."""
+{bbox,segm} [--engine {fast,lvis-api}] [--json-out OUT.json]``. Metrics in percent."""
 
 import argparse
-import json
+import os
 import sys
 import time
 
 from iif_d2.lvis_eval import ENGINES
-from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth, load_json
+from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth, load_json, read_results
 from iif_d2.lvis_eval.reference import lvis_api_evaluate
+from iif_d2.lvis_eval.report import in_percent, metrics_tables
+from iif_d2.utils.io import write_json_atomic
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, as argparse, without the usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m iif_d2.lvis_eval",
         description=(
             "Evaluate LVIS detection/segmentation results with exactly lvis-api's metrics "
-            "(AP, AP50, AP75, APs, APm, APl, APr, APc, APf, AR@300 and ARs/ARm/ARl@300): "
-            "federated rules, at most --max-dets detections per image (the best scores), "
-            "detections with empty masks dropped (lvis-api's rule). For segm, areas are the box "
-            "areas when the results carry a 'bbox' (lvis-api's rule), mask areas otherwise."
+            "(AP, AP50, AP75, APs, APm, APl, APr, APc, APf, AR@300 and ARs/ARm/ARl@300), "
+            "printed and saved in percent (undefined: nan): federated rules, at most --max-dets "
+            "detections per image (the best scores), detections with empty masks dropped "
+            "(lvis-api's rule). For segm, areas are the box areas when the results carry a "
+            "'bbox' (lvis-api's rule), mask areas otherwise. The results file is read "
+            "incrementally and checked entry by entry."
         ),
     )
     p.add_argument("--gt", required=True, help="LVIS annotation json (e.g. lvis_v1_val.json)")
@@ -36,7 +56,9 @@ def _parser():
         choices=ENGINES,
         help="fast (default): numpy + pycocotools, bounded memory; lvis-api: lvis==0.5.3 itself",
     )
-    p.add_argument("--max-dets", type=int, default=300, help="detections per image (default 300)")
+    p.add_argument(
+        "--max-dets", type=positive_int, default=300, help="detections per image (default 300)"
+    )
     p.add_argument(
         "--metric",
         default="standard",
@@ -44,20 +66,44 @@ def _parser():
         help="standard (default): LVIS AP; fixed: AP-fixed, pooled: AP-pool (Dave et al. 2021: "
         "each class's --dets-per-cat best detections, no cap per image; fast engine only)",
     )
-    p.add_argument("--dets-per-cat", type=int, default=10000, help="for fixed/pooled")
-    p.add_argument("--json-out", help="also write the metrics here (lvis-api's key names)")
+    p.add_argument("--dets-per-cat", type=positive_int, default=10000, help="for fixed/pooled")
+    p.add_argument(
+        "--json-out",
+        help="also write the metrics here (percent, lvis-api's key names, null where undefined)",
+    )
     return p
 
 
-def _fast(args, gt_path, results_path):
-    """The fast engine, holding the parsed json only until it is converted to arrays."""
+def check_output_path(path: str, inputs, option: str = "--json-out"):
+    """Refuse, before anything is computed or written, an output path that is a directory, in a
+    missing or unwritable folder, or the same file as one of ``inputs``."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a directory; give a file name, e.g. metrics.json.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: folder {folder} does not exist; create it first.")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: folder {folder} is not writable; choose another.")
+    for name in inputs:
+        same = os.path.realpath(path) == os.path.realpath(name)
+        if not same and os.path.exists(path) and os.path.exists(name):
+            same = os.path.samefile(path, name)
+        if same:
+            raise ValueError(
+                f"{option} {path} is the input file {name}; it would be overwritten: give "
+                "another file name."
+            )
+
+
+def _fast(args):
+    """The fast engine: ground truth first, then the results read incrementally into arrays
+    (checked against it), keeping masks only where they can meet an IoU."""
     from iif_d2.lvis_eval.devil import ap_fixed, ap_pooled
     from iif_d2.lvis_eval.engine import evaluate, summarize
 
-    results = load_json(results_path, "results")
-    dets = LVISDetections.from_results(results, args.iou_type)
-    del results
-    gt = LVISGroundTruth.from_json(gt_path, with_masks=args.iou_type == "segm")
+    gt = LVISGroundTruth.from_json(args.gt, with_masks=args.iou_type == "segm")
+    standard = args.metric == "standard"
+    dets = read_results(args.results, args.iou_type, gt, masks_where_present=standard)
     if args.metric == "fixed":
         return ap_fixed(gt, dets, args.iou_type, args.dets_per_cat)
     if args.metric == "pooled":
@@ -71,8 +117,7 @@ def _lvis_api(args):
     gt = load_json(args.gt, "ground truth")
     results = load_json(args.results, "results")
     # lvis-api's own errors are bare asserts and KeyErrors: check the fields first
-    LVISGroundTruth.from_dict(gt, with_masks=False)
-    LVISDetections.from_results(results, args.iou_type)
+    LVISDetections.from_results(results, args.iou_type, LVISGroundTruth.from_dict(gt, False))
     return lvis_api_evaluate(gt, results, args.iou_type, args.max_dets)
 
 
@@ -81,21 +126,21 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        if args.engine == "fast":
-            metrics = _fast(args, args.gt, args.results)
-        else:
-            metrics = _lvis_api(args)
+        if args.json_out:
+            check_output_path(args.json_out, (args.gt, args.results))
+        metrics = _fast(args) if args.engine == "fast" else _lvis_api(args)
+        metrics = in_percent(metrics)
+        if args.json_out:
+            # undefined metrics as null: strict json readers refuse NaN
+            write_json_atomic(
+                args.json_out, {k: (None if v != v else v) for k, v in metrics.items()}
+            )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
-    width = max(len(k) for k in metrics)
-    print(f"LVIS {args.iou_type} ({args.engine} engine, {args.metric}, {seconds:.1f} s)")
-    for key, value in metrics.items():
-        print(f"  {key:<{width}}  {value:.4f}")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(metrics, f, indent=1)
+    print(f"LVIS {args.iou_type} ({args.engine} engine, {args.metric}, {seconds:.1f} s), percent:")
+    print(metrics_tables(metrics))
     return 0
 
 

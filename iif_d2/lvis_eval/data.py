@@ -2,13 +2,21 @@
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
 import pycocotools.mask as mask_utils
 
-__all__ = ["LVISDetections", "LVISGroundTruth", "load_json", "mask_areas"]
+__all__ = [
+    "LVISDetections",
+    "LVISGroundTruth",
+    "load_json",
+    "mask_areas",
+    "read_results",
+    "rle_runs",
+]
 
 FREQUENCIES = ("r", "c", "f")
 
@@ -86,6 +94,7 @@ class LVISGroundTruth:
     ann_ignore: np.ndarray  # (A,) bool, the optional "ignore" field
     ann_bbox: np.ndarray  # (A, 4) float64 XYWH
     rles: Optional[List[dict]] = None
+    img_sizes: Optional[np.ndarray] = None  # (I, 2) int64 (height, width), where given
 
     @classmethod
     def from_dict(cls, data: dict, with_masks: bool = True) -> "LVISGroundTruth":
@@ -133,6 +142,10 @@ class LVISGroundTruth:
             )
         except KeyError as e:
             raise ValueError(f"LVIS ground truth annotation lacks field {e}.") from None
+        if all("height" in im and "width" in im for im in images):
+            gt.img_sizes = np.array(
+                [(im["height"], im["width"]) for im in images], dtype=np.int64
+            ).reshape(-1, 2)
         if with_masks:
             heights = {im["id"]: im["height"] for im in images}
             widths = {im["id"]: im["width"] for im in images}
@@ -154,7 +167,8 @@ class LVISDetections:
     lvis-api).
 
     ``area`` is what lvis-api uses for area ranges: box ``w * h`` for bbox evaluation, the mask
-    area for segm. ``rle_counts`` / ``rle_sizes`` hold compressed RLE masks (segm only).
+    area for segm. ``rle_counts`` / ``rle_sizes`` hold compressed RLE masks (segm only; a count
+    may be None where the mask can match nothing, see :func:`read_results`).
     """
 
     image_id: np.ndarray  # (N,) int64
@@ -177,44 +191,496 @@ class LVISDetections:
         ]
 
     @classmethod
-    def from_results(cls, results: list, iou_type: str) -> "LVISDetections":
+    def from_results(
+        cls, results: list, iou_type: str, gt: Optional[LVISGroundTruth] = None
+    ) -> "LVISDetections":
         """Build from lvis-api's results format (a list of dicts with image_id, category_id,
-        score, and bbox (XYWH) and/or segmentation (compressed RLE)).
-
-        As lvis-api's ``LVISResults``: when the first result has a "bbox", areas are box
-        ``w * h`` (for segm too); otherwise mask areas, and boxes come from the masks.
+        score, and bbox (XYWH) and/or segmentation (compressed RLE)); see
+        :func:`read_results`, which also reads a results file incrementally.
 
         Args:
             results: the list of result dicts.
             iou_type: "bbox" or "segm" (which fields are needed).
+            gt: the ground truth, to check image and category ids and mask sizes against.
 
         Returns:
             LVISDetections
         """
         if not isinstance(results, list):
             raise ValueError("LVIS results must be a json list of detection objects.")
-        field = "'bbox' (or 'segmentation')" if iou_type == "bbox" else "'segmentation'"
-        try:
-            dets = cls(
-                image_id=np.array([r["image_id"] for r in results], dtype=np.int64),
-                category_id=np.array([r["category_id"] for r in results], dtype=np.int64),
-                score=np.array([r["score"] for r in results], dtype=np.float64),
-                area=np.zeros(len(results)),
-            )
-            if results and "bbox" in results[0]:
-                dets.bbox = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
-                dets.area = dets.bbox[:, 2] * dets.bbox[:, 3]
-            if iou_type == "segm" or dets.bbox is None:
-                segs = [r["segmentation"] for r in results]
-                dets.rle_counts = [s["counts"] for s in segs]
-                dets.rle_sizes = np.array([s["size"] for s in segs], dtype=np.int64).reshape(-1, 2)
-                if dets.bbox is None:  # lvis-api: boxes from the masks, mask areas
-                    dets.area = mask_areas(segs)
-                    if iou_type == "bbox" and segs:
-                        dets.bbox = mask_utils.toBbox(segs).astype(np.float64).reshape(-1, 4)
-        except (KeyError, TypeError) as e:
+        return read_results(results, iou_type, gt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results files: read incrementally, checked entry by entry, into the arrays above.
+
+CHUNK = 32768  # detections converted to arrays at a time
+_READ_BYTES = 1 << 24  # bytes of the results file read at a time
+_BOX_FIX = "boxes are [x, y, w, h] in pixels (detectron2's BoxMode.XYWH_ABS)"
+_RLE_FIX = (
+    "masks must be compressed RLE of the image's size, as pycocotools.mask.encode writes them "
+    "(detectron2's LVIS evaluator does)"
+)
+
+
+def _json_objects(path: str, what: str = "results"):
+    """The elements of the json array in file ``path``, one at a time, parsed by the standard
+    library's C scanner (``json.JSONDecoder.raw_decode``) from a buffer of ``_READ_BYTES``:
+    memory holds one buffer, never the whole document."""
+    decoder = json.JSONDecoder()
+    space = re.compile(r"\s*")
+    sep = re.compile(r"\s*(,|\])")
+    with _open_text(path, what) as f:
+        buf, pos, done, base = "", 0, False, 0
+
+        def refill():
+            nonlocal buf, pos, done, base
+            more = _read(f, path, what)
+            done = not more
+            base += pos
+            buf, pos = buf[pos:] + more, 0
+
+        while not done and len(buf) < 1:
+            refill()
+        pos = space.match(buf).end()
+        while pos == len(buf) and not done:
+            refill()
+            pos = space.match(buf, pos).end()
+        if pos == len(buf):
+            raise ValueError(f"{what} file {path} is empty; it should be a json list.")
+        if buf[pos] != "[":
+            raise ValueError(f"LVIS {what} must be a json list of detection objects ({path}).")
+        pos += 1
+        expect_value = None  # None: a value or "]" may follow; True: a value must follow
+        while True:
+            pos = space.match(buf, pos).end()
+            if pos + 1 >= len(buf) and not done:
+                refill()
+                continue
+            if pos >= len(buf):
+                raise ValueError(f"{what} file {path} is not valid json (it ends early).")
+            if buf[pos] == "]" and expect_value is None:
+                rest = buf[pos + 1 :].strip() or (_read(f, path, what) or "").strip()
+                if rest:
+                    raise ValueError(
+                        f"{what} file {path} is not valid json (extra data after the list)."
+                    )
+                return
+            try:
+                obj, end = decoder.raw_decode(buf, pos)
+                if end == len(buf) and not done:
+                    raise json.JSONDecodeError("may continue", buf, end)  # a number cut short
+            except json.JSONDecodeError as e:
+                if not done:
+                    refill()
+                    continue
+                raise ValueError(
+                    f"{what} file {path} is not valid json ({e.msg} at character {base + e.pos})."
+                ) from None
+            yield obj
+            pos = end
+            m = sep.match(buf, pos)
+            while m is None and len(buf) - pos < 64 and not done:
+                refill()
+                m = sep.match(buf, pos)
+            if m is None:
+                if pos >= len(buf) and done:
+                    raise ValueError(f"{what} file {path} is not valid json (it ends early).")
+                raise ValueError(
+                    f"{what} file {path} is not valid json (expecting ',' or ']' at character "
+                    f"{base + pos})."
+                )
+            if m.group(1) == "]":
+                pos = m.start(1)
+                expect_value = None
+            else:
+                pos = m.end()
+                expect_value = True
+                pos = space.match(buf, pos).end()
+                if pos < len(buf) and buf[pos] == "]":
+                    raise ValueError(
+                        f"{what} file {path} is not valid json (a ',' before ']' at character "
+                        f"{base + pos})."
+                    )
+
+
+def _open_text(path, what):
+    if os.path.isdir(path):
+        raise ValueError(f"{what} file {path} is a directory; give the json file in it.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{what} file not found: {path} does not exist; pass an existing json file."
+        )
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"{what} file {path} cannot be read: {e.strerror or e}") from None
+
+
+def _read(f, path, what) -> str:
+    try:
+        return f.read(_READ_BYTES)
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {path} is not a text (json) file.") from None
+    except OSError as e:
+        raise ValueError(f"{what} file {path} cannot be read: {e.strerror or e}") from None
+
+
+def _first_bad(*masks) -> Optional[int]:
+    """The smallest index flagged in any of the boolean arrays, or None."""
+    first = None
+    for m in masks:
+        hit = np.flatnonzero(m)
+        if len(hit) and (first is None or hit[0] < first):
+            first = int(hit[0])
+    return first
+
+
+def rle_runs(counts: List[bytes]):
+    """Decode compressed RLE count strings (pycocotools' format) to their run totals, all at
+    once with numpy, checking them on the way.
+
+    Args:
+        counts: compressed RLE strings (bytes).
+
+    Returns:
+        (total (N,) int64: pixels the runs cover, area (N,) int64: pixels of the mask (the odd
+        runs, as pycocotools' ``area``), bad (N,) bool: not a well-formed string (a character
+        outside '0'..'o', a value cut short or too long, a negative or over-long run)).
+    """
+    n = len(counts)
+    lengths = np.fromiter(map(len, counts), dtype=np.int64, count=n)
+    total = np.zeros(n, dtype=np.int64)
+    area = np.zeros(n, dtype=np.int64)
+    bad = np.zeros(n, dtype=bool)
+    if lengths.sum() == 0:
+        return total, area, bad
+    c = np.frombuffer(b"".join(counts), dtype=np.uint8).astype(np.int16) - 48
+    rle = np.repeat(np.arange(n, dtype=np.int32), lengths)
+    bad_char = (c < 0) | (c > 63)
+    if bad_char.any():
+        bad[rle[bad_char]] = True
+        c[bad_char] = 0
+    end = (c & 0x20) == 0
+    last = np.cumsum(lengths)[lengths > 0] - 1
+    bad[rle[last[~end[last]]]] = True  # a value cut short at the string's end
+    end[last] = True
+    ends = np.flatnonzero(end)
+    low = (c & 0x1F).astype(np.int64)
+    if len(ends) == len(c):  # every value one character: no shifts
+        x = low
+        k_end = np.zeros(len(c), dtype=np.int64)
+    else:
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        k = np.arange(len(c)) - np.repeat(starts, ends - starts + 1)
+        too_long = k > 6  # 7 characters hold 35 bits; a run holds at most 32
+        if too_long.any():
+            bad[rle[too_long]] = True
+        k = np.minimum(k, 6)
+        x = np.add.reduceat(low << (5 * k), starts)
+        k_end = k[ends]
+    x = x - np.where((c[ends] & 0x10) != 0, np.int64(1) << (5 * (k_end + 1)), 0)
+    g_rle = rle[ends]
+    per_rle = np.bincount(g_rle, minlength=n)
+    m = np.arange(len(x)) - np.repeat(np.cumsum(per_rle) - per_rle, per_rle)
+    # run m > 2 is stored as the difference to run m - 2: a cumulative sum along each parity
+    for parity in (1, 0):
+        sel = np.flatnonzero((m >= 1) & ((m & 1) == parity))
+        vals = x[sel]
+        cs = np.cumsum(vals)
+        head = np.concatenate([[True], g_rle[sel][1:] != g_rle[sel][:-1]])
+        first = np.maximum.accumulate(np.where(head, np.arange(len(sel)), 0))
+        x[sel] = cs - (cs[first] - vals[first])
+    bad_run = (x < 0) | (x >= 1 << 32)
+    if bad_run.any():
+        bad[g_rle[bad_run]] = True
+    total = np.bincount(g_rle, weights=x, minlength=n).astype(np.int64)
+    odd = (m & 1) == 1
+    area = np.bincount(g_rle[odd], weights=x[odd], minlength=n).astype(np.int64)
+    return total, area, bad
+
+
+class _Reader:
+    """Converts result dicts to arrays a chunk at a time, checking each field."""
+
+    def __init__(self, iou_type: str, gt: Optional[LVISGroundTruth], masks_where_present: bool):
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"iou_type {iou_type!r} is not one of 'bbox', 'segm'.")
+        self.iou_type = iou_type
+        self.gt = gt
+        self.has_bbox = None  # decided by the first result, as lvis-api
+        self.sizes = None
+        self.present = None
+        if gt is not None:
+            self.sizes = getattr(gt, "img_sizes", None)
+            if masks_where_present:
+                num_cats = len(gt.cat_ids)
+                cat = np.searchsorted(gt.cat_ids, gt.ann_cat_id)
+                self.present = np.unique(gt.ann_img * num_cats + cat)
+        self.parts = []
+
+    def need_masks(self) -> bool:
+        return self.iou_type == "segm" or not self.has_bbox
+
+    def add(self, chunk: list, start: int):
+        """Convert and check ``chunk`` (results ``start``... of the file)."""
+        if self.has_bbox is None and chunk:
+            self.has_bbox = isinstance(chunk[0], dict) and "bbox" in chunk[0]
+        masks = self.need_masks()
+        need = ["image_id", "category_id", "score"] + (["bbox"] if self.has_bbox else [])
+        need += ["segmentation"] if masks else []
+        for i, r in enumerate(chunk):
+            if not isinstance(r, dict) or any(k not in r for k in need):
+                what = (
+                    "not a json object"
+                    if not isinstance(r, dict)
+                    else "lacks " + ", ".join(repr(k) for k in need if k not in r)
+                )
+                raise ValueError(
+                    f"results[{start + i}] {what}: LVIS results need image_id, category_id, "
+                    f"score and {_fields_text(self.iou_type, self.has_bbox)} per detection."
+                )
+        image_id = self._ints(chunk, "image_id", start)
+        category_id = self._ints(chunk, "category_id", start)
+        score = self._floats(chunk, "score", start)
+        bad = ~np.isfinite(score) | (score < 0)
+        if bad.any():
+            i = _first_bad(bad)
             raise ValueError(
-                f"LVIS results need image_id, category_id, score and {field} per detection "
-                f"(segmentation as compressed RLE); missing or malformed: {e}."
-            ) from None
+                f"results[{start + i}]: score {chunk[i]['score']!r} is not a finite number >= 0; "
+                "drop that detection or give its confidence."
+            )
+        part = {"image_id": image_id, "category_id": category_id, "score": score}
+        img_idx = None
+        if self.gt is not None:
+            img_idx = self._check_ids(chunk, image_id, category_id, start)
+        if self.has_bbox:
+            bbox = self._boxes(chunk, start)
+            part["bbox"] = bbox
+            part["area"] = bbox[:, 2] * bbox[:, 3]
+        if masks:
+            self._masks(chunk, start, part, img_idx)
+        self.parts.append(part)
+
+    def _ints(self, chunk, key, start):
+        values = [r[key] for r in chunk]
+        arr = np.array(values)
+        if arr.dtype.kind not in "iu" or arr.ndim != 1:
+            i = next(i for i, v in enumerate(values) if not _is_int(v))
+            raise ValueError(
+                f"results[{start + i}]: {key} {values[i]!r} is not an integer; give the "
+                f"ground truth's {key.split('_')[0]} id."
+            )
+        return arr.astype(np.int64)
+
+    def _floats(self, chunk, key, start):
+        values = [r[key] for r in chunk]
+        arr = np.array(values)
+        if arr.dtype.kind not in "iuf" or arr.ndim != 1:
+            i = next(i for i, v in enumerate(values) if not _is_number(v))
+            raise ValueError(
+                f"results[{start + i}]: {key} {values[i]!r} is not a number; give a finite "
+                "number >= 0."
+            )
+        return arr.astype(np.float64)
+
+    def _boxes(self, chunk, start):
+        values = [r["bbox"] for r in chunk]
+        try:
+            bbox = np.array(values)
+            ok = bbox.dtype.kind in "iuf" and bbox.ndim == 2 and bbox.shape[1] == 4
+        except ValueError:  # ragged
+            ok = False
+        if not ok:
+            i = next((i for i, b in enumerate(values) if not _is_box(b)), 0)
+            raise ValueError(
+                f"results[{start + i}]: bbox {_short(values[i])} is not 4 numbers; {_BOX_FIX}."
+            )
+        bbox = bbox.astype(np.float64)
+        bad = ~np.isfinite(bbox).all(axis=1) | (bbox[:, 2] < 0) | (bbox[:, 3] < 0)
+        if bad.any():
+            i = _first_bad(bad)
+            raise ValueError(
+                f"results[{start + i}]: bbox {values[i]!r} is not finite with width and height "
+                f">= 0; {_BOX_FIX}."
+            )
+        return bbox
+
+    def _check_ids(self, chunk, image_id, category_id, start):
+        gt = self.gt
+        idx = np.minimum(np.searchsorted(gt.img_ids, image_id), max(len(gt.img_ids) - 1, 0))
+        bad_img = (gt.img_ids[idx] != image_id) if len(gt.img_ids) else np.ones(len(idx), bool)
+        cat = np.minimum(np.searchsorted(gt.cat_ids, category_id), max(len(gt.cat_ids) - 1, 0))
+        bad_cat = (gt.cat_ids[cat] != category_id) if len(gt.cat_ids) else bad_img | True
+        i = _first_bad(bad_img, bad_cat)
+        if i is None:
+            return idx
+        if bad_img[i]:
+            raise ValueError(
+                f"results[{start + i}]: image_id {int(image_id[i])} is not an image of the "
+                "ground truth; evaluate with the annotation file the results were made for."
+            )
+        raise ValueError(
+            f"results[{start + i}]: category_id {int(category_id[i])} is not a category of the "
+            f"ground truth (ids {int(gt.cat_ids[0])}..{int(gt.cat_ids[-1])}); map the model's "
+            "classes to the dataset's category ids (detectron2: "
+            "thing_dataset_id_to_contiguous_id)."
+        )
+
+    def _masks(self, chunk, start, part, img_idx):
+        segs = [r["segmentation"] for r in chunk]
+        counts, sizes = [], []
+        for i, s in enumerate(segs):
+            try:
+                c, size = s["counts"], s["size"]
+                if isinstance(c, str):
+                    c = c.encode("ascii")
+                ok = isinstance(c, bytes) and _is_size(size)
+            except (TypeError, KeyError, UnicodeEncodeError):
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"results[{start + i}]: segmentation {_short(s)} is not a compressed RLE "
+                    f"({{'size': [height, width], 'counts': str}}); {_RLE_FIX}."
+                )
+            counts.append(c)
+            sizes.append(size)
+        sizes = np.array(sizes, dtype=np.int64).reshape(-1, 2)
+        if self.sizes is not None and img_idx is not None:
+            wrong = np.any(sizes != self.sizes[img_idx], axis=1)
+            if wrong.any():
+                i = _first_bad(wrong)
+                h, w = self.sizes[img_idx[i]]
+                raise ValueError(
+                    f"results[{start + i}]: segmentation size {sizes[i].tolist()} is not image "
+                    f"{int(part['image_id'][i])}'s size [{h}, {w}] (height, width); {_RLE_FIX}."
+                )
+        used = np.ones(len(counts), dtype=bool)
+        if self.present is not None and img_idx is not None and self.has_bbox:
+            # only the masks of classes present in their image meet an IoU; the others' areas
+            # are their boxes' (lvis-api's rule): they are neither decoded nor kept
+            num_cats = len(self.gt.cat_ids)
+            key = img_idx * num_cats + np.searchsorted(self.gt.cat_ids, part["category_id"])
+            pos = np.minimum(np.searchsorted(self.present, key), max(len(self.present) - 1, 0))
+            used = (self.present[pos] == key) if len(self.present) else ~used
+        idx = np.flatnonzero(used)
+        total, area, bad = rle_runs([counts[i] for i in idx] if len(idx) < len(used) else counts)
+        bad |= total != sizes[idx, 0] * sizes[idx, 1]
+        if bad.any():
+            i = int(idx[_first_bad(bad)])
+            raise ValueError(
+                f"results[{start + i}]: segmentation counts of size {sizes[i].tolist()} is not a "
+                f"valid RLE (corrupt or of another size); {_RLE_FIX}."
+            )
+        mask_area = np.full(len(counts), np.nan)
+        mask_area[idx] = area
+        part["mask_area"] = mask_area
+        if not self.has_bbox:
+            part["area"] = mask_area
+            if self.iou_type == "bbox":
+                rles = [{"size": s.tolist(), "counts": c} for s, c in zip(sizes, counts)]
+                part["bbox"] = _boxes_of(rles)
+        if not used.all():
+            counts = [c if k else None for c, k in zip(counts, used.tolist())]
+        if self.iou_type == "segm":
+            part["rle_counts"] = counts
+            part["rle_sizes"] = sizes
+
+    def result(self) -> LVISDetections:
+        parts = self.parts
+        if not parts:
+            empty = np.zeros(0)
+            dets = LVISDetections(empty.astype(np.int64), empty.astype(np.int64), empty, empty)
+            dets.bbox = np.zeros((0, 4))
+            if self.iou_type == "segm":
+                dets.rle_counts, dets.rle_sizes = [], np.zeros((0, 2), np.int64)
+            return dets
+
+        def cat(key):
+            return np.concatenate([p[key] for p in parts]) if key in parts[0] else None
+
+        dets = LVISDetections(cat("image_id"), cat("category_id"), cat("score"), cat("area"))
+        dets.bbox = cat("bbox")
+        dets.mask_area = cat("mask_area")
+        if self.iou_type == "segm":
+            dets.rle_counts = [c for p in parts for c in p["rle_counts"]]
+            dets.rle_sizes = cat("rle_sizes")
         return dets
+
+
+def _boxes_of(rles) -> np.ndarray:
+    out = [mask_utils.toBbox(rles[i : i + 255]) for i in range(0, len(rles), 255)]
+    return np.concatenate(out).astype(np.float64).reshape(-1, 4) if out else np.zeros((0, 4))
+
+
+def _fields_text(iou_type, has_bbox):
+    if iou_type == "segm" or has_bbox is False:
+        return "'segmentation' (compressed RLE)" + (" and 'bbox'" if has_bbox else "")
+    return "'bbox' (or 'segmentation')"
+
+
+def _short(value, limit=60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _is_box(b) -> bool:
+    return isinstance(b, list) and len(b) == 4 and all(_is_number(v) for v in b)
+
+
+def _is_size(size) -> bool:
+    return isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)
+
+
+def read_results(
+    source, iou_type: str, gt: Optional[LVISGroundTruth] = None, masks_where_present=False
+) -> LVISDetections:
+    """Read lvis-api-format results into :class:`LVISDetections`, checking every entry.
+
+    A path is read incrementally (one buffer of the file and one chunk of parsed results at a
+    time, converted to arrays as it goes), so memory holds the arrays, not the json's objects.
+    As lvis-api's ``LVISResults``: when the first result has a "bbox", areas are box ``w * h``
+    (for segm too); otherwise mask areas, and boxes come from the masks. Segmentations are
+    read only where the evaluation uses them (segm, or bbox without boxes).
+
+    Refused, with the index of the first offending entry: a missing or non-numeric field, a
+    score that is NaN, infinite or negative, a box that is not finite or has a negative width
+    or height, and, with ``gt``, an image or category id the ground truth does not have, a
+    mask whose size is not its image's, and an RLE whose counts do not decode to exactly
+    ``height * width`` pixels.
+
+    Args:
+        source: a results json path, or the parsed list.
+        iou_type: "bbox" or "segm".
+        gt: the ground truth to check ids and mask sizes against (None: not checked).
+        masks_where_present: keep an RLE only where its class has ground truth in its image
+            (the only masks an IoU is computed for; elsewhere only the area counts).
+
+    Returns:
+        LVISDetections
+    """
+    reader = _Reader(iou_type, gt, masks_where_present)
+    if isinstance(source, (str, os.PathLike)):
+        items = _json_objects(os.fspath(source))
+    elif isinstance(source, list):
+        items = iter(source)
+    else:
+        raise ValueError("LVIS results must be a json list of detection objects.")
+    start, chunk = 0, []
+    for obj in items:
+        chunk.append(obj)
+        if len(chunk) == CHUNK:
+            reader.add(chunk, start)
+            start += len(chunk)
+            chunk = []
+    if chunk:
+        reader.add(chunk, start)
+    return reader.result()
