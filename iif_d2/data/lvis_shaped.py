@@ -432,6 +432,7 @@ def register_lvis_shaped(name_prefix: str, root: str, spec: LVISShapedSpec = LVI
         DatasetCatalog.register(name, functools.partial(_load_split, root, spec, split))
         MetadataCatalog.get(name).set(
             json_file=os.path.join(folder, f"{split}.json"),
+            generated_on_first_use=True,  # no files to check before the run
             image_root=folder,
             evaluator_type="lvis",
             thing_classes=list(lvis_classes()[0]),

@@ -294,6 +294,7 @@ def register_synthetic_lvis(prefix: str, root: str, spec: SynthSpec = SynthSpec(
         DatasetCatalog.register(name, load)
         MetadataCatalog.get(name).set(
             json_file=json_file,
+            generated_on_first_use=True,  # no files to check before the run
             image_root=root,
             evaluator_type="lvis",
             thing_classes=class_names(spec.num_classes),

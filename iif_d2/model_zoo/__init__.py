@@ -2,7 +2,8 @@
 ``model_zoo.get_config_file`` shape).
 
     from iif_d2 import model_zoo
-    path = model_zoo.get_config_file("LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_24e_recipe.yaml")
+    recipe = "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_24e_recipe.yaml"
+    path = model_zoo.get_config_file(recipe)
 
 ``train_net.py`` and ``iif-train`` take the same config as
 ``--config-file iif_d2://LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_24e_recipe.yaml``.
@@ -59,7 +60,9 @@ def get_config_file(config_path: str) -> str:
         FileNotFoundError: no such config; the message names the closest ones.
     """
     root = _config_root()
-    rel = config_path[len(CONFIG_PREFIX) :] if config_path.startswith(CONFIG_PREFIX) else config_path
+    rel = config_path
+    if rel.startswith(CONFIG_PREFIX):
+        rel = rel[len(CONFIG_PREFIX) :]
     path = os.path.normpath(os.path.join(root, rel))
     if os.path.commonpath([path, root]) != root or not os.path.isfile(path):
         import difflib

@@ -28,7 +28,9 @@ def _cfg(tmp_path, *opts):
 def _hand_count(dicts, threshold):
     """Images of one epoch with ceil repeat factors, written out: f(c) is the share of images
     holding class c, r(c) = max(1, sqrt(t / f(c))), r(I) = max over I's classes, ceil(r(I))."""
-    classes = [{a["category_id"] for a in d["annotations"] if not a.get("iscrowd", 0)} for d in dicts]
+    classes = [
+        {a["category_id"] for a in d["annotations"] if not a.get("iscrowd", 0)} for d in dicts
+    ]
     images_of = {}
     for cs in classes:
         for c in cs:
