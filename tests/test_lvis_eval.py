@@ -1,6 +1,7 @@
 """The fast LVIS evaluation against lvis-api (identical metrics), hand-computed cases, the CLI."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pycocotools.mask as mask_utils
 import pytest
 
 from iif_d2.bench.synthetic_lvis import make_dataset, to_results
-from iif_d2.lvis_eval import evaluate_results, lvis_api_evaluate
+from iif_d2.lvis_eval import LVISDetections, evaluate_results, lvis_api_evaluate
 from iif_d2.lvis_eval.__main__ import main
 
 FREQS = np.array(["r", "c", "f"])[np.random.default_rng(0).integers(0, 3, 30)]
@@ -376,3 +377,133 @@ def test_matches_of_image_subsets_accumulate_as_one():
         assert np.array_equal(engine.unpack_matches(engine.pack_matches(m))["score"], m["score"])
         assert np.array_equal(split["precision"], whole["precision"])
         assert np.array_equal(split["recall"], whole["recall"])
+
+
+def _bad_case(tmp_path, results):
+    gt_file, res_file = tmp_path / "gt.json", tmp_path / "res.json"
+    gt_file.write_text(json.dumps(_hand_gt()))
+    res_file.write_text(json.dumps(results).replace('"NaN"', "NaN").replace('"Inf"', "Infinity"))
+    return str(gt_file), str(res_file)
+
+
+def _corrupt(det, counts):
+    det = dict(det, segmentation=dict(det["segmentation"], counts=counts))
+    return det
+
+
+_GOOD = [10.0, 10.0, 40.0, 40.0]
+_BAD_RESULTS = {
+    "nan score": ([_det(1, 0.9, _GOOD), _det(1, "NaN", _GOOD)], "bbox", "results[1]: score nan"),
+    "inf score": ([_det(1, "Inf", _GOOD)], "bbox", "results[0]: score inf"),
+    "negative score": ([_det(1, 0.9, _GOOD), _det(1, -0.1, _GOOD)], "bbox", "score -0.1"),
+    "unknown category": ([_det(1, 0.9, _GOOD), _det(42, 0.5, _GOOD)], "bbox", "category_id 42"),
+    "unknown image": ([dict(_det(1, 0.9, _GOOD), image_id=8)], "bbox", "image_id 8"),
+    "corrupt rle": ([_det(1, 0.9, _GOOD), _corrupt(_det(1, 0.8, _GOOD), "zz~")], "segm", "[1]"),
+    "rle too short": ([_corrupt(_det(1, 0.8, _GOOD), "0d0")], "segm", "not a valid RLE"),
+    "rle of another size": (
+        [dict(_det(1, 0.9, _GOOD), segmentation={"size": [50, 200], "counts": "0d0"})],
+        "segm",
+        "size [50, 200] is not image 7's size [100, 100]",
+    ),
+    "nan box": ([dict(_det(1, 0.9, _GOOD), bbox=[1.0, "NaN", 3.0, 4.0])], "bbox", "bbox"),
+    "xyxy box": ([dict(_det(1, 0.9, _GOOD), bbox=[50.0, 50.0, 10.0, -10.0])], "bbox", "XYWH"),
+    "string score": ([_det(1, "0.9", _GOOD)], "bbox", "score '0.9' is not a number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_RESULTS))
+@pytest.mark.parametrize("engine", ["fast", "lvis-api"])
+def test_cli_refuses_bad_results(tmp_path, capsys, case, engine):
+    results, iou_type, message = _BAD_RESULTS[case]
+    gt_file, res_file = _bad_case(tmp_path, results)
+    args = ["--gt", gt_file, "--results", res_file, "--iou-type", iou_type, "--engine", engine]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and len(err.splitlines()) == 1, err
+    assert message in err and "Traceback" not in err, err
+    # the same check for a parsed list
+    with pytest.raises(ValueError, match="results\\["):
+        evaluate_results(_hand_gt(), json.loads(open(res_file).read()), iou_type)
+
+
+@pytest.mark.parametrize(
+    "option", [["--max-dets", "0"], ["--max-dets", "-5"], ["--dets-per-cat", "0"]]
+)
+def test_cli_refuses_non_positive_counts(tmp_path, option):
+    _, _, gt_file, res_file = _write_case(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "iif_d2.lvis_eval", "--gt", gt_file, "--results", res_file]
+        + ["--iou-type", "bbox", *option],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and "must be >= 1" in r.stderr, r.stderr
+
+
+def test_cli_json_out_never_overwrites_an_input(tmp_path, capsys):
+    _, _, gt_file, res_file = _write_case(tmp_path)
+    link = tmp_path / "link.json"
+    link.symlink_to(res_file)
+    before = {f: open(f).read() for f in (gt_file, res_file)}
+    for out in (res_file, gt_file, str(link), os.path.join(tmp_path, ".", "res.json")):
+        args = ["--gt", gt_file, "--results", res_file, "--iou-type", "bbox", "--json-out", out]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert "is the input file" in err and len(err.splitlines()) == 1, err
+    hard = tmp_path / "hard.json"
+    os.link(res_file, hard)
+    args = ["--gt", gt_file, "--results", str(hard), "--iou-type", "bbox", "--json-out", res_file]
+    assert main(args) == 2
+    assert {f: open(f).read() for f in (gt_file, res_file)} == before
+    args[-1] = str(tmp_path)
+    assert main(args) == 2 and "is a directory" in capsys.readouterr().err
+
+
+def test_streamed_results_equal_the_parsed_list(tmp_path, monkeypatch):
+    """The incremental reader, forced to refill its buffer mid-object, mid-number and between
+    elements, gives the arrays of the whole-file parse."""
+    from iif_d2.lvis_eval import data
+
+    gt, dets = _case(0)
+    results = to_results(dets)
+    path = tmp_path / "res.json"
+    # pretty-printed, so that whitespace and separators straddle the buffer's edges too
+    path.write_text(" \n" + json.dumps(results, indent=1) + "\n ")
+    want = LVISDetections.from_results(results, "segm")
+    for size in (7, 64, 1000):
+        monkeypatch.setattr(data, "_READ_BYTES", size)
+        monkeypatch.setattr(data, "CHUNK", 13)
+        got = data.read_results(str(path), "segm")
+        for key in ("image_id", "category_id", "score", "area", "bbox", "rle_sizes"):
+            np.testing.assert_array_equal(getattr(got, key), getattr(want, key))
+        assert got.rle_counts == want.rle_counts
+    for text, message in (
+        ("[", "ends early"),
+        ("[{}, ]", "before ']'"),
+        ("[1 2]", "expecting ','"),
+        ("[] x", "extra data"),
+        ("", "empty"),
+        ("{}", "json list"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            data.read_results(str(path), "bbox")
+
+
+def test_rle_runs_match_pycocotools():
+    from iif_d2.lvis_eval.data import rle_runs
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((37, 41, 60)) < rng.random(60)).astype(np.uint8)
+    masks[:, :, 0] = 0
+    masks[:, :, 1] = 1
+    big = mask_utils.encode(np.asfortranarray(np.ones((3000, 2000, 1), np.uint8)))
+    rles = mask_utils.encode(np.asfortranarray(masks)) + big
+    total, area, bad = rle_runs([r["counts"] for r in rles])
+    assert not bad.any()
+    np.testing.assert_array_equal(area, mask_utils.area(rles))
+    np.testing.assert_array_equal(total, [37 * 41] * 60 + [3000 * 2000])
+    _, _, bad = rle_runs([b"zz", b"0d", b"0o", b"a", b"\x80", b"", b"0d0"])
+    assert bad.tolist() == [True, True, True, True, True, False, False]
