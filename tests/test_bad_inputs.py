@@ -7,7 +7,18 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def _repository_root() -> str:
+    """The folder holding pyproject.toml, above this file (wherever tests/ puts it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    while not os.path.isfile(os.path.join(here, "pyproject.toml")):
+        if os.path.dirname(here) == here:
+            raise RuntimeError(f"no pyproject.toml above {__file__}")
+        here = os.path.dirname(here)
+    return here
+
+
+ROOT = _repository_root()
 PAGE = os.path.join(ROOT, "docs", "bad_inputs.md")
 
 
