@@ -1,9 +1,12 @@
 """Every YAML merges and builds its model; each header names its paper row; no config takes a
-detectron2 model-zoo path with another meaning; deprecated aliases resolve; the torchvision and
-COCO-counts settings are consistent."""
+detectron2 model-zoo path with another meaning; no alias files, no ``_BASE_`` chain longer than
+4 files; configs/README.md lists every config and agrees with the paper numbers in the headers;
+the torchvision and COCO-counts settings are consistent."""
 
+import fnmatch
 import glob
 import os
+import re
 
 import pytest
 import yaml
@@ -22,16 +25,33 @@ CONFIGS = sorted(
 
 def _read_yaml(name):
     with open(os.path.join(ROOT, name)) as f:
-        return yaml.safe_load(f)
+        return yaml.safe_load(f) or {}
 
 
-ALIAS_HEADER = "# Deprecated alias of "
+def base_of(name):
+    """The config ``name``'s ``_BASE_`` (relative to configs/), or None."""
+    base = _read_yaml(name).get("_BASE_")
+    return os.path.normpath(os.path.join(os.path.dirname(name), base)) if base else None
+
+
+def chain(name):
+    """``name`` and the files its ``_BASE_`` chain merges, leaf first."""
+    files = [name]
+    while base_of(files[-1]) is not None:
+        files.append(base_of(files[-1]))
+        assert len(files) <= len(CONFIGS), f"{name}: _BASE_ cycle {files}"
+    return files
 
 
 def is_alias(name):
-    """A deprecated alias: its header says so (and it holds only ``_BASE_``: tested)."""
+    """An alias: a file that holds nothing but a ``_BASE_`` naming another leaf config (a
+    deprecated name, say), or whose header calls it one. (A leaf holding only a ``_BASE_`` on its
+    ``Base-`` file is its family's baseline, not an alias.)"""
     with open(os.path.join(ROOT, name)) as f:
-        return f.readline().startswith(ALIAS_HEADER)
+        if "alias" in f.readline().lower():
+            return True
+    data = _read_yaml(name) or {}
+    return set(data) == {"_BASE_"} and not os.path.basename(data["_BASE_"]).startswith("Base-")
 
 
 ALIASES = [c for c in CONFIGS if is_alias(c)]
@@ -59,7 +79,86 @@ def load(name, output_dir=None):
 
 def test_configs_found():
     assert len(LEAVES) >= 33
-    assert len(ALIASES) >= 40
+    assert len(BASES) >= 8
+
+
+def test_no_alias_files():
+    """Every config trains something of its own: no file only renames another (the deprecated
+    ``_1x`` / ``_2x`` LVIS names are gone: configs/README.md names their ``_12e`` / ``_24e``
+    successors)."""
+    assert not ALIASES
+    assert not [c for c in CONFIGS if os.path.basename(c).startswith(("mask_rcnn", "cascade"))
+                and c.startswith("LVISv1") and "_2x" in c]  # fmt: skip
+
+
+def test_no_two_leaves_merge_alike():
+    """No leaf duplicates another (a paper row has one config; configs/README.md says which
+    duplicates went). A leaf may equal its own ``Base-`` file: that is the family's baseline."""
+    seen = {}
+    for name in LEAVES:
+        dump = _raw_cfg(name).dump()
+        assert dump not in seen, f"{name} merges to the same config as {seen.get(dump)}"
+        seen[dump] = name
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_base_chain_at_most_four_files(name):
+    files = chain(name)
+    assert all(f in CONFIGS for f in files[1:]), files
+    assert len(files) <= 4, " <- ".join(files)
+
+
+def test_lvis_one_stage_configs_in_detection_folder():
+    """LVIS RetinaNet / FCOS configs live in LVISv1-Detection/, the Mask R-CNN ones beside it."""
+    lvis = [c for c in LEAVES if c.startswith("LVISv1")]
+    for name in lvis:
+        arch = load(name).MODEL.META_ARCHITECTURE
+        one_stage = arch in ("IIFRetinaNet", "IIFFCOS")
+        assert name.startswith("LVISv1-Detection/") == one_stage, (name, arch)
+    assert any(c.startswith("LVISv1-Detection/") for c in lvis)
+
+
+README = os.path.join(ROOT, "README.md")
+
+
+def _readme():
+    with open(README) as f:
+        return f.read()
+
+
+def test_readme_lists_every_config():
+    """configs/README.md links every config (its tables) or names its whole folder in a family
+    line (`quick_schedules/*.yaml`); every link resolves."""
+    text = _readme()
+    links = set(re.findall(r"\]\(([^)#\s]+\.yaml)\)", text))
+    families = re.findall(r"`([^`\s/*]+/\*\.yaml)`", text)  # a whole folder: `folder/*.yaml`
+    assert links and families
+    assert not sorted(links - set(CONFIGS)), "configs/README.md links a missing file"
+    missing = [
+        c for c in CONFIGS if c not in links and not any(fnmatch.fnmatch(c, g) for g in families)
+    ]
+    assert not missing, f"add to configs/README.md: {missing}"
+    for glob_ in families:
+        assert any(fnmatch.fnmatch(c, glob_) for c in CONFIGS), glob_
+
+
+def test_header_paper_numbers_agree_with_readme():
+    """A number a config header gives as the paper's (``20.1 AP``, ``13.3 APr``, ...) is in a
+    configs/README.md table row that links that config."""
+    rows = [line for line in _readme().splitlines() if line.startswith("|")]
+    checked = 0
+    for name in LEAVES:
+        with open(os.path.join(ROOT, name)) as f:
+            header = f.read().split("_BASE_")[0]
+        claims = re.findall(r"(\d+\.\d) AP(r|c|f|b)?\b", header)
+        if not claims:
+            continue
+        mine = [r for r in rows if f"]({name})" in r]
+        assert mine, f"{name}: its header gives paper numbers; no configs/README.md row links it"
+        for number, _ in claims:
+            assert any(number in r for r in mine), (name, number, mine)
+            checked += 1
+    assert checked >= 20
 
 
 @pytest.mark.parametrize("name", LEAVES + BASES)
@@ -109,7 +208,10 @@ def test_variant_leaves_cover_table_xiv():
 
     for variant in VARIANTS:
         for freq, tag in (("image", "iif"), ("instance", "iof")):
-            cfg = load(f"LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_12e_{tag}_{variant}.yaml")
+            name = f"mask_rcnn_R_50_FPN_12e_{tag}_{variant}.yaml"
+            if (tag, variant) == ("iif", "raw"):  # the default variant: the plain _12e_iif leaf
+                name = "mask_rcnn_R_50_FPN_12e_iif.yaml"
+            cfg = load(f"LVISv1-InstanceSegmentation/{name}")
             assert cfg.MODEL.ROI_BOX_HEAD.IIF.VARIANT == variant
             assert cfg.MODEL.ROI_BOX_HEAD.IIF.FREQUENCY == freq
 
@@ -192,19 +294,6 @@ def test_lvis_leaves_named_by_epochs():
         assert abs(cfg.SOLVER.MAX_ITER - epochs[0] * per_epoch) < 1, name
         rfs = cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
         assert rfs == ("_rfs" in base or "_recipe" in base), name
-
-
-@pytest.mark.parametrize("name", ALIASES)
-def test_alias_resolves_to_a_config(name):
-    assert set(_read_yaml(name)) == {"_BASE_"}, "an alias holds nothing but _BASE_"
-    target = os.path.join(os.path.dirname(name), _read_yaml(name)["_BASE_"])
-    target = os.path.normpath(target)
-    assert target in CONFIGS and target not in ALIASES, (name, target)
-    with open(os.path.join(ROOT, name)) as f:
-        header = f.readline()
-    base = os.path.basename(target)
-    assert header == f"{ALIAS_HEADER}{base}; removed in the next release.\n", header
-    assert load(name).dump() == load(target).dump()
 
 
 TORCHVISION = {
