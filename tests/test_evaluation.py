@@ -295,3 +295,22 @@ def test_uncapped_rcnn_inference_holds_the_standard_detections():
         assert torch.equal(getattr(many, field)[:20], getattr(few, field))
     assert torch.equal(many.pred_boxes.tensor[:20], few.pred_boxes.tensor)
     assert torch.equal(many.pred_masks[:20], few.pred_masks)
+
+
+def test_fast_lvis_evaluator_logs_percent_tables(tiny_lvis, caplog):
+    """The metrics block of the log is detectron2's table (create_small_table), in percent,
+    holding the very numbers returned (and so written to metrics.json)."""
+    import logging
+
+    from detectron2.utils.logger import create_small_table
+
+    name, _, outputs = tiny_lvis
+    with caplog.at_level(logging.INFO, logger="iif_d2.evaluation.lvis_evaluator"):
+        res = _run(FastLVISEvaluator(name, fixed_and_pooled=True), outputs)
+    text = caplog.text
+    for task in ("bbox", "segm"):
+        assert f"Evaluation results for {task} (percent):" in text
+        standard = {k: v for k, v in res[task].items() if not k.startswith("AP-")}
+        fixed = {k: v for k, v in res[task].items() if k.startswith("AP-")}
+        assert create_small_table(standard) in text and create_small_table(fixed) in text
+    assert 1 < res["segm"]["AP"] <= 100  # percent, not a fraction

@@ -4,7 +4,8 @@
 default) in bounded memory; :class:`LVISEvaluator` is detectron2's, running lvis-api itself
 (``"lvis-api"``). For AP-fixed's uncapped inference, :func:`score_floors_attached` lends the
 fast evaluator's per-class score floors to the R-CNN's ROI heads (:class:`ScoreFloorFilter`),
-so that masks are computed only for the detections it can use (:mod:`iif_d2.evaluation.score_floor`).
+so that masks are computed only for the detections it can use
+(:mod:`iif_d2.evaluation.score_floor`).
 """
 
 import itertools
@@ -32,6 +33,7 @@ from iif_d2.lvis_eval.devil import (
     within_budget,
 )
 from iif_d2.lvis_eval.engine import accumulate, concat_matches, match, pack_matches, unpack_matches
+from iif_d2.lvis_eval.report import metrics_tables
 from iif_d2.utils.compat import numpy_float_alias
 
 __all__ = [
@@ -64,7 +66,10 @@ class FastLVISEvaluator(DatasetEvaluator):
     (elsewhere only their area counts). Each rank matches its own images to the ground truth
     (matching is per image and category) and sends only what accumulation needs: each
     detection's outcome per IoU threshold and area range (bit-packed), category, image, score
-    and order within its image; the main rank accumulates. The results json (detectron2's
+    and order within its image; the main rank accumulates. Metrics are returned in percent,
+    as detectron2's :class:`LVISEvaluator` returns them (-100 where lvis-api's value is
+    undefined, -1: no ground truth in that frequency group or area range), and logged as
+    detectron2's tables. The results json (detectron2's
     ``lvis_instances_results.json``, ~0.5 GB per 5,000 images) is written only with
     ``save_results_json``; then every prediction is kept and gathered.
 
@@ -321,7 +326,10 @@ class FastLVISEvaluator(DatasetEvaluator):
                     pooled = ap_pooled_from_matches(self._gt, m)
                     results[task].update({k: float(v * 100) for k, v in pooled.items()})
             if main:
-                logger.info(f"Evaluation results for {task}: {results[task]}")
+                logger.info(
+                    f"Evaluation results for {task} (percent): \n"
+                    + metrics_tables(results[task], per_table=len(_METRICS))
+                )
         return results if main else None
 
     def _fixed_detections(self, has_mask):
