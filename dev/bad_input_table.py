@@ -304,7 +304,7 @@ ROWS = [
     Row("fp_analysis bbox width -3", cli(FP, *FP_ARGS, files={**FP_FILES, "r.json": _det(bbox=[9, 0, -3, 5])}), CLIFailed, "negative width or height"),  # noqa: E501
     Row("fp_analysis `--json-out` a folder", cli(FP, *FP_ARGS, "--json-out", "{tmp}", files=FP_FILES), CLIFailed, "is a directory"),  # noqa: E501
     Row("fp_analysis `--json-out` in a missing folder", cli(FP, *FP_ARGS, "--json-out", "{tmp}/no/o.json", files=FP_FILES), CLIFailed, "does not exist; create it"),  # noqa: E501
-    Row("fp_analysis `--json-out` = `--results`", cli(FP, *FP_ARGS, "--json-out", "{tmp}/r.json", files=FP_FILES), CLIFailed, "is an input file"),  # noqa: E501
+    Row("fp_analysis `--json-out` = `--results`", cli(FP, *FP_ARGS, "--json-out", "{tmp}/r.json", files=FP_FILES), CLIFailed, "it would be overwritten"),  # noqa: E501
     # configs, checkpoints, runs
     Row("MODEL.CLASS_COUNTS.SOURCE `somewhere`", unknown_counts_source, ValueError, "'somewhere' is not one of 'dataset', 'json', 'file'"),  # noqa: E501
     Row("deprecated ROI_BOX_HEAD.IIF.COUNTS_SOURCE vs CLASS_COUNTS.SOURCE", deprecated_key_conflict, ValueError, "set only MODEL.CLASS_COUNTS.SOURCE"),  # noqa: E501
