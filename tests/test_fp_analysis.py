@@ -1,7 +1,9 @@
-"""``iif_d2.lvis_eval.fp_analysis``: one-to-one false positives per image and TIDE's dAP_FP, by hand."""
+"""``iif_d2.lvis_eval.fp_analysis``: one-to-one false positives per image and TIDE's dAP_FP,
+by hand."""
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -229,6 +231,22 @@ def test_mixed_gt_format_rejected():
         delta_ap_fp(gt, perfect())
 
 
+def _tables(text: str) -> list:
+    """The pipe tables (detectron2's create_small_table format) printed in ``text``, each as
+    a list of rows (dicts of header to cell text)."""
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|:"):
+            headers = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(headers, (c.strip() for c in row.strip("|").split("|")))))
+            tables.append(rows)
+    return tables
+
+
 def _write(tmp_path, gt, results):
     gt_path, results_path = tmp_path / "gt.json", tmp_path / "results.json"
     gt_path.write_text(json.dumps(gt))
@@ -241,10 +259,14 @@ def test_cli_prints_and_saves(tmp_path, capsys):
     gt_path, results_path = _write(tmp_path, lvis_gt(), results)
     out = tmp_path / "fp.json"
     assert main(["--gt", gt_path, "--results", results_path, "--json-out", str(out)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "LVIS format, 3 images" in lines[0]
-    assert "fp_per_image\t0.3333" in lines and "fp\t1" in lines
-    assert "ap50\t83.33" in lines and "delta_ap_fp\t16.67" in lines and "removed\t1" in lines
+    out_text = capsys.readouterr().out
+    assert "LVIS format, 3 images" in out_text.splitlines()[0]
+    fp, dap = _tables(out_text)[:2]
+    counts = {"fp": "1", "tp": "4", "ignored": "0", "not_evaluable": "0", "detections": "5"}
+    assert fp == [{"fp_per_image": "0.333", **counts}]
+    assert dap[0] == {"ap50": "83.333", "ap50_without_fp": "100.000", "delta_ap_fp": "16.667"} | {
+        "removed": "1"
+    }
     saved = json.loads(out.read_text())
     assert saved["false_positives"]["fp"] == 1 and saved["delta_ap_fp"]["removed"] == 1
 
@@ -252,8 +274,10 @@ def test_cli_prints_and_saves(tmp_path, capsys):
 def test_cli_score_thresh(tmp_path, capsys):
     gt_path, results_path = _write(tmp_path, coco_gt(), [det(1, 1, [70, 0, 20, 20], 0.2)])
     assert main(["--gt", gt_path, "--results", results_path, "--score-thresh", "0.5"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "COCO format" in lines[0] and "fp\t0" in lines and "removed\t1" in lines
+    out_text = capsys.readouterr().out
+    fp, dap = _tables(out_text)[:2]
+    assert "COCO format" in out_text.splitlines()[0]
+    assert fp[0]["fp"] == "0" and dap[0]["removed"] == "1"
 
 
 def test_cli_missing_file_and_malformed_results(tmp_path, capsys):
@@ -373,10 +397,30 @@ def test_cli_prints_frequency_groups_and_tide_breakdown(tmp_path, capsys):
     gt_path, results_path = _write(tmp_path, lvis_gt(), results)
     out = tmp_path / "fp.json"
     assert main(["--gt", gt_path, "--results", results_path, "--json-out", str(out)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "r\t1\t0.3333\t1\t50.00\t100.00\t50.00" in lines
-    assert "c\t1\t0.0000\t0\t100.00\t100.00\t0.00" in lines
-    assert "bkg\t1\t16.67\t50.00\t0.00\t0.00" in lines and "cls\t0\t0.00\t0.00\t0.00\t0.00" in lines
+    groups, tide = _tables(capsys.readouterr().out)[2:]
+    keys = ["group", "categories", "fp_per_image", "fp", "ap50", "ap50_without_fp", "delta_ap_fp"]
+    assert groups[0] == dict(zip(keys, ["r", "1", "0.333", "1", "50.000", "100.000", "50.000"]))
+    assert groups[1] == dict(zip(keys, ["c", "1", "0.000", "0", "100.000", "100.000", "0.000"]))
+    keys = ["type", "count", "delta_ap50", "delta_ap50_r", "delta_ap50_c", "delta_ap50_f"]
+    bkg = next(row for row in tide if row["type"] == "bkg")
+    cls = next(row for row in tide if row["type"] == "cls")
+    assert bkg == dict(zip(keys, ["bkg", "1", "16.667", "50.000", "0.000", "0.000"]))
+    assert cls == dict(zip(keys, ["cls", "0", "0.000", "0.000", "0.000", "0.000"]))
     saved = json.loads(out.read_text())
     assert saved["tide_errors"]["counts"]["bkg"] == 1
     assert saved["false_positives"]["by_frequency"]["r"]["fp"] == 1
+
+
+def test_cli_json_out_never_overwrites_an_input(tmp_path, capsys):
+    gt_path, results_path = _write(tmp_path, lvis_gt(), perfect())
+    link = tmp_path / "link.json"
+    link.symlink_to(gt_path)
+    hard = tmp_path / "hard.json"
+    os.link(results_path, hard)
+    before = {p: open(p).read() for p in (gt_path, results_path)}
+    for out in (gt_path, results_path, str(link), str(hard), f"{tmp_path}/./gt.json"):
+        assert main(["--gt", gt_path, "--results", results_path, "--json-out", out]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and "is the input file" in captured.err
+        assert len(captured.err.strip().splitlines()) == 1
+    assert {p: open(p).read() for p in (gt_path, results_path)} == before

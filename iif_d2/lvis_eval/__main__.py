@@ -1,36 +1,19 @@
 """Command line: ``python -m iif_d2.lvis_eval --gt GT.json --results RESULTS.json --iou-type
 {bbox,segm} [--engine {fast,lvis-api}] [--json-out OUT.json]``. Metrics in percent."""
 
-import argparse
-import os
 import sys
 import time
 
 from iif_d2.lvis_eval import ENGINES
+from iif_d2.lvis_eval.args import OneLineParser, check_output_path, positive_int
 from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth, load_json, read_results
 from iif_d2.lvis_eval.reference import lvis_api_evaluate
 from iif_d2.lvis_eval.report import in_percent, metrics_tables
 from iif_d2.utils.io import write_json_atomic
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, as argparse, without the usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _parser():
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m iif_d2.lvis_eval",
         description=(
             "Evaluate LVIS detection/segmentation results with exactly lvis-api's metrics "
@@ -72,27 +55,6 @@ def _parser():
         help="also write the metrics here (percent, lvis-api's key names, null where undefined)",
     )
     return p
-
-
-def check_output_path(path: str, inputs, option: str = "--json-out"):
-    """Refuse, before anything is computed or written, an output path that is a directory, in a
-    missing or unwritable folder, or the same file as one of ``inputs``."""
-    if os.path.isdir(path):
-        raise ValueError(f"{option} {path} is a directory; give a file name, e.g. metrics.json.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{option} {path}: folder {folder} does not exist; create it first.")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{option} {path}: folder {folder} is not writable; choose another.")
-    for name in inputs:
-        same = os.path.realpath(path) == os.path.realpath(name)
-        if not same and os.path.exists(path) and os.path.exists(name):
-            same = os.path.samefile(path, name)
-        if same:
-            raise ValueError(
-                f"{option} {path} is the input file {name}; it would be overwritten: give "
-                "another file name."
-            )
 
 
 def _fast(args):

@@ -37,12 +37,10 @@ the set is counted as a false positive here, while the evaluators skip such clas
 undefined).
 """
 
-import argparse
 import contextlib
 import io
 import logging
 import math
-import os
 import sys
 from collections import Counter, defaultdict
 from numbers import Real
@@ -53,8 +51,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, evaluate
+from iif_d2.lvis_eval.args import OneLineParser, check_output_path
 from iif_d2.lvis_eval.data import FREQUENCIES, load_json
 from iif_d2.lvis_eval.engine import compact
+from iif_d2.lvis_eval.report import rows_table, small_table
 from iif_d2.lvis_eval.tide import ERROR_TYPES, gt_counts, tide_errors
 from iif_d2.utils.io import write_json_atomic
 
@@ -520,7 +520,7 @@ def tide_breakdown(gt, results) -> dict:
 
 
 def _parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m iif_d2.lvis_eval.fp_analysis", description=__doc__.split("\n")[0]
     )
     p.add_argument("--gt", required=True, help="ground-truth json (LVIS or COCO format)")
@@ -536,55 +536,36 @@ def _parser():
     return p
 
 
-def _fmt(value, digits=2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _print_table(gt_path: str, lvis: bool, fp: dict, dap: dict, tide: dict):
-    print(f"# {gt_path}: {'LVIS' if lvis else 'COCO'} format, {fp['images']} images")
+    """The three analyses as detectron2's tables; AP50 and its gains in percent."""
+    print(f"{gt_path}: {'LVIS' if lvis else 'COCO'} format, {fp['images']} images")
     print(
-        f"# false positives, one-to-one (score >= {fp['score_thresh']}, IoU >= {fp['iou_thresh']})"
+        f"False positives, one-to-one (score >= {fp['score_thresh']}, IoU >= {fp['iou_thresh']}):"
     )
-    for key in ("fp_per_image", "fp", "tp", "ignored", "not_evaluable", "detections"):
-        value = fp[key]
-        print(f"{key}\t{value:.4f}" if isinstance(value, float) else f"{key}\t{value}")
-    print(f"# TIDE dAP_FP, box AP50 (IoU >= {fp['iou_thresh']}, all scores)")
-    for key in ("ap50", "ap50_without_fp", "delta_ap_fp"):
-        print(f"{key}\t{dap[key]:.2f}")
-    print(f"removed\t{dap['removed']}")
+    keys = ("fp_per_image", "fp", "tp", "ignored", "not_evaluable", "detections")
+    print(small_table({k: fp[k] for k in keys}))
+    print(f"TIDE dAP_FP, box AP50 in percent (IoU >= {fp['iou_thresh']}, all scores):")
+    print(small_table({k: dap[k] for k in ("ap50", "ap50_without_fp", "delta_ap_fp", "removed")}))
     if "by_frequency" in fp:
-        print("# by LVIS frequency group (FP/image: the group's false positives / all images)")
-        print("group\tcategories\tfp_per_image\tfp\tap50\tap50_without_fp\tdelta_ap_fp")
+        print("By LVIS frequency group (FP/image: the group's false positives / all images):")
+        keys = ("ap50", "ap50_without_fp", "delta_ap_fp")
+        rows = []
         for g in FREQUENCIES:
             f, d = fp["by_frequency"][g], dap["by_frequency"][g]
-            print(
-                f"{g}\t{f['categories']}\t{f['fp_per_image']:.4f}\t{f['fp']}\t"
-                f"{_fmt(d['ap50'])}\t{_fmt(d['ap50_without_fp'])}\t{_fmt(d['delta_ap_fp'])}"
-            )
+            rows.append([g, f["categories"], f["fp_per_image"], f["fp"], *(d[k] for k in keys)])
+        print(rows_table(["group", "categories", "fp_per_image", "fp", *keys], rows))
     print(
-        f"# TIDE error types (federated; IoU fg 0.5, bg 0.1; all scores, {tide['max_dets']} "
-        f"per image): box AP50 {tide['ap50']:.2f}; delta_ap50 = AP50 gained by fixing that type"
+        f"TIDE error types (federated; IoU fg 0.5, bg 0.1; all scores, {tide['max_dets']} "
+        f"per image), box AP50 {tide['ap50']:.3f};"
     )
+    print("delta_ap50: the AP50 gained by fixing that type (percent):")
     groups = FREQUENCIES if "by_frequency" in tide else ()
-    print("\t".join(["type", "count", "delta_ap50", *(f"delta_ap50_{g}" for g in groups)]))
-    for t in ERROR_TYPES:
-        by_group = [_fmt(tide["by_frequency"][g]["delta_ap50"][t]) for g in groups]
-        print("\t".join([t, str(tide["counts"][t]), _fmt(tide["delta_ap50"][t]), *by_group]))
-
-
-def _check_json_out(path, inputs):
-    """An error now (before the analyses) for a --json-out that cannot be written or that
-    would overwrite an input."""
-    if os.path.isdir(path):
-        raise ValueError(f"--json-out {path} is a directory; give a file name, e.g. fp.json")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"--json-out {path}: folder {folder} does not exist; create it")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"--json-out {path}: folder {folder} is not writable")
-    for name in inputs:
-        if os.path.exists(path) and os.path.isfile(name) and os.path.samefile(path, name):
-            raise ValueError(f"--json-out {path} is an input file; it would be overwritten")
+    rows = [
+        [t, tide["counts"][t], tide["delta_ap50"][t]]
+        + [tide["by_frequency"][g]["delta_ap50"][t] for g in groups]
+        for t in ERROR_TYPES
+    ]
+    print(rows_table(["type", "count", "delta_ap50", *(f"delta_ap50_{g}" for g in groups)], rows))
 
 
 def _one_line(error) -> str:
@@ -600,7 +581,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         if args.json_out:
-            _check_json_out(args.json_out, (args.gt, args.results))
+            check_output_path(args.json_out, (args.gt, args.results))
         gt = load_gt(args.gt)
         dets = load_results(args.results, gt)
         fp = false_positives_per_image(gt, dets, args.score_thresh, args.iou_thresh)

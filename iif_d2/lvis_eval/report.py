@@ -6,7 +6,7 @@ import math
 
 from tabulate import tabulate
 
-__all__ = ["in_percent", "metrics_tables", "small_table"]
+__all__ = ["in_percent", "metrics_tables", "rows_table", "small_table"]
 
 
 def in_percent(metrics: dict) -> dict:
@@ -40,3 +40,16 @@ def metrics_tables(values: dict, per_table: int = 9) -> str:
     groups = [ap[i : i + per_table] for i in range(0, len(ap), per_table)]
     groups += [rest[i : i + per_table] for i in range(0, len(rest), per_table)]
     return "\n".join(small_table(dict(g)) for g in groups if g)
+
+
+def rows_table(headers, rows) -> str:
+    """Several rows in the same format as :func:`small_table` (missing values as "-")."""
+    return tabulate(
+        rows,
+        headers=headers,
+        tablefmt="pipe",
+        floatfmt=".3f",
+        stralign="center",
+        numalign="center",
+        missingval="-",
+    )
