@@ -16,6 +16,7 @@ from iif_d2.engine.checkpoint import (
     CheckpointShapeMismatchError,
     IIFCheckpointer,
     UnsafeCheckpointError,
+    safe_load_pkl,
     safe_torch_load,
 )
 from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
@@ -80,6 +81,56 @@ def test_malicious_pkl_is_refused(tmp_path, payload, protocol):
     assert not sentinel.exists()
     pickle.loads(path.read_bytes())  # the payload is live: plain pickle runs it
     assert sentinel.exists()
+
+
+# hand-written pickles (protocol 0/3 opcodes): each asks for gigabytes with a few bytes, or
+# calls a codec; the safe unpickler refuses them before anything is allocated
+ALLOCATING_PKLS = {
+    "bytes(20e9)": b"c__builtin__\nbytes\n(I20000000000\ntR.",
+    "bytearray(20e9)": b"c__builtin__\nbytearray\n(I20000000000\ntR.",
+    "ndarray(shape)": b"cnumpy\nndarray\n((I10000000000\nttR.",
+    "_reconstruct(shape)": (
+        b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I10000000000\ntC\x01btR."
+    ),
+    "dtype(V2e9)": b"cnumpy\ndtype\n(VV2000000000\ntR.",
+    "list(...)": b"c__builtin__\nlist\n((I1\nttR.",
+    "codec": b"c_codecs\nencode\n(Vx\nVzlib_codec\ntR.",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALLOCATING_PKLS))
+def test_pkl_asking_for_memory_or_a_codec_is_refused(tmp_path, name):
+    path = tmp_path / "small.pkl"
+    path.write_bytes(ALLOCATING_PKLS[name])
+    assert path.stat().st_size < 80
+    with pytest.raises(UnsafeCheckpointError) as e:
+        safe_load_pkl(str(path))
+    assert str(path) in str(e.value)
+
+
+def test_pkl_of_arrays_scalars_and_sets_still_loads(tmp_path):
+    """Everything numpy and Python write into a weights .pkl, in every protocol."""
+    from collections import OrderedDict
+
+    data = OrderedDict(
+        w=np.arange(6, dtype=np.float32).reshape(2, 3),
+        i=np.array([1, 2], dtype=">i8"),
+        s=np.float64(2.5),
+        names=np.array(["a", "bc"]),
+        empty=b"",
+        raw=bytearray(b"xy"),
+        tags={"a", "b"},
+        frozen=frozenset([1]),
+        text="model",
+    )
+    for protocol in range(6):
+        path = tmp_path / f"p{protocol}.pkl"
+        path.write_bytes(pickle.dumps(data, protocol=protocol))
+        got = safe_load_pkl(str(path))
+        assert list(got) == list(data)
+        for k, v in data.items():
+            assert np.array_equal(got[k], v) if isinstance(v, np.ndarray) else got[k] == v
+            assert type(got[k]) is type(v)
 
 
 def test_malicious_pth_is_refused(tmp_path):

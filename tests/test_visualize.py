@@ -110,6 +110,76 @@ def test_command_line(run_dir, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+class _Mkdir:
+    """Unpickling it calls os.mkdir(path): code execution, made visible."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _copy_run(run_dir, dest):
+    dest.mkdir()
+    for name in ("model_final.pth", "config.yaml", "iif_class_stats.json"):
+        (dest / name).write_bytes((run_dir / name).read_bytes())
+    return dest
+
+
+def _main(tool, *argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = tool.main(list(argv))
+    return rc, err.getvalue()
+
+
+def test_a_python_tag_in_the_run_config_runs_no_code(run_dir, tmp_path):
+    """config.yaml beside the checkpoint with a !!python/object/apply tag: a one-line error,
+    exit 2, and the tag's call never happens."""
+    run = _copy_run(run_dir, tmp_path / "run")
+    sentinel = tmp_path / "sentinel"
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(f"X: !!python/object/apply:os.mkdir ['{sentinel}']\n{text}")
+    rc, err = _main(_tool(), "--weights", str(run / "model_final.pth"),
+                    "--dataset", "iif_synthetic_tiny_val",
+                    "--output", str(tmp_path / "o"))  # fmt: skip
+    assert rc == 2 and "python/object/apply" in err and len(err.strip().splitlines()) == 1
+    assert not sentinel.exists() and not (tmp_path / "o").exists()
+
+
+def test_weights_are_read_by_the_safe_loaders(run_dir, tmp_path):
+    """A .pkl whose unpickling would call os.mkdir is refused (detectron2's checkpointer would
+    have run it); a checkpoint that trains none of the model's parameters is refused too."""
+    import pickle
+
+    import torch
+
+    tool = _tool()
+    sentinel = tmp_path / "sentinel"
+    state = torch.load(run_dir / "model_final.pth", weights_only=True)["model"]
+    weights = {k: v.numpy() for k, v in state.items()}
+    evil = _copy_run(run_dir, tmp_path / "evil") / "model_final.pkl"
+    evil.write_bytes(pickle.dumps({"model": weights, "__author__": "x", "p": _Mkdir(sentinel)}))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(images / "grey.png")
+    rc, err = _main(tool, "--weights", str(evil), "--input", str(images),
+                    "--output", str(tmp_path / "o"))  # fmt: skip
+    assert rc == 2 and "Refusing to load" in err and "mkdir" in err
+    assert not sentinel.exists()
+    # the same arrays without the payload load through the same path
+    good = evil.with_name("good.pkl")
+    good.write_bytes(pickle.dumps({"model": weights, "__author__": "x"}))
+    model = tool._predictor(tool.load_run_config(str(good), device="cpu")).model
+    assert all(torch.equal(model.state_dict()[k].cpu(), v) for k, v in state.items())
+    # a checkpoint of the backbone alone: refused, not drawn with random heads
+    backbone = evil.with_name("backbone.pth")
+    torch.save({"model": {k: v for k, v in state.items() if k.startswith("backbone.")}}, backbone)
+    with pytest.raises(ValueError, match="holds no weights for .* parameters"):
+        tool._predictor(tool.load_run_config(str(backbone), device="cpu"))
+
+
 def test_help_is_complete():
     r = _cli("--help")
     assert r.returncode == 0

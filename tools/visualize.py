@@ -18,6 +18,7 @@ annotations are not needed.
 import argparse
 import contextlib
 import os
+import pickle
 import sys
 
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
@@ -68,11 +69,12 @@ def load_run_config(weights: str, config_file=None, opts=(), device=None):
 
     Raises:
         FileNotFoundError: no checkpoint, or no config file.
+        iif_d2.engine.trainer.RunConfigError: a config that is not plain YAML (no code runs),
+            or bad overrides.
     """
     import torch
-    from detectron2.config import get_cfg
 
-    from iif_d2 import add_iif_config
+    from iif_d2.engine.trainer import load_config_file  # safe YAML, _BASE_ checked
 
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"checkpoint {weights!r} does not exist; pass --weights RUN/*.pth")
@@ -86,10 +88,7 @@ def load_run_config(weights: str, config_file=None, opts=(), device=None):
             )
     elif not os.path.isfile(config_file):
         raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    cfg = get_cfg()
-    add_iif_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config_file(config_file, list(opts))
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg.OUTPUT_DIR = ""  # inference only: nothing is written into the run folder
@@ -124,6 +123,34 @@ def _folder_items(folder: str, num: int, cfg):
     datasets = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
     metadata = MetadataCatalog.get(datasets[0]) if datasets else None
     return [(os.path.join(folder, n), None) for n in names[:num]], metadata
+
+
+def _predictor(cfg):
+    """detectron2's ``DefaultPredictor`` with the weights read by iif-d2's checkpointer
+    (``.pkl`` through the restricted unpickler, ``.pth`` with ``weights_only``: loading runs
+    no code); a checkpoint that leaves the model's parameters untrained is an error."""
+    from detectron2.engine import DefaultPredictor
+
+    from iif_d2.engine.checkpoint import IIFCheckpointer
+
+    bare = cfg.clone()
+    bare.defrost()
+    bare.MODEL.WEIGHTS = ""  # DefaultPredictor's own checkpointer loads nothing
+    bare.freeze()
+    predictor = DefaultPredictor(bare)
+    checkpointer = IIFCheckpointer(
+        predictor.model, allow_class_mismatch=cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH
+    )
+    checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[])
+    untrained = checkpointer.untrained_parameters()
+    if untrained:
+        raise ValueError(
+            f"{cfg.MODEL.WEIGHTS} holds no weights for {len(untrained)} of the model's "
+            f"parameters (e.g. {untrained[0]}): it is not a trained model of this config; "
+            "pass the run's model_final.pth (and its config)."
+        )
+    predictor.cfg = cfg
+    return predictor
 
 
 @contextlib.contextmanager
@@ -162,7 +189,6 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
     """
     import numpy as np
     from detectron2.data.detection_utils import read_image
-    from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
     from PIL import Image
 
@@ -172,7 +198,7 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
         items, metadata = _dataset_items(dataset, num)
     else:
         items, metadata = _folder_items(input_dir, num, cfg)
-    predictor = DefaultPredictor(cfg)
+    predictor = _predictor(cfg)
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for path, record in items:
@@ -249,11 +275,12 @@ def main(argv=None) -> int:
             score_thresh=args.score_thresh,
             scale=args.scale,
         )
-    except (AssertionError, FileNotFoundError, KeyError, ValueError) as e:
+    except (AssertionError, FileNotFoundError, KeyError, ValueError, pickle.UnpicklingError) as e:
         # AssertionError: yacs's "Non-existent key" in the overrides; KeyError: a dataset that
         # is not registered
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        sys.exit(f"visualize.py: error: {msg}")
+        print(f"visualize.py: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        return 2
     print(f"{len(written)} PNG(s) (prediction | ground truth) written to {args.output}")
     return 0
 

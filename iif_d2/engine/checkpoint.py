@@ -29,6 +29,7 @@ import math
 import os
 import pickle
 import re
+import stat
 from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 # detectron2 main reads .pth files through DetectionCheckpointer._torch_load (v0.6 does not)
 _UPSTREAM_TORCH_LOAD = "_torch_load" in vars(DetectionCheckpointer)
 _LAST = "last_checkpoint"
+_LAST_MAX_BYTES = 4096  # a checkpoint's file name, with room to spare
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -65,7 +67,8 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 
 class CheckpointLocationError(ValueError):
-    """``last_checkpoint`` names a file outside the checkpoint directory."""
+    """``last_checkpoint`` names a file outside the checkpoint directory, or is not a small
+    UTF-8 text file naming one."""
 
 
 class CheckpointShapeMismatchError(ValueError):
@@ -85,23 +88,96 @@ def _numpy_module(name: str):
     raise ImportError(f"numpy has neither numpy._core.{name} nor numpy.core.{name}")
 
 
-def _pickle_allowlist() -> Dict[Tuple[str, str], Any]:
-    """(module, name) -> object, for everything a weights .pkl may reference."""
+# the most bytes one array or scalar may ask for before its data is read: numpy pickles an
+# array as an empty _reconstruct(ndarray, (0,), b"b") filled by __setstate__ from the file's
+# bytes, so the file itself bounds every legitimate allocation
+_MAX_RECONSTRUCT_BYTES = 4096
+
+
+def _refuse(filename: str, what: str):
+    raise UnsafeCheckpointError(
+        f"Refusing to load {filename}: {what}. A weights .pkl (detectron2 / Detectron model "
+        "zoo) holds only numpy arrays and plain Python data. Get the weights from a trusted "
+        "source, or, if you trust this file, save its arrays again as a plain dict of numpy "
+        "arrays (or torch.save a state dict to a .pth)."
+    )
+
+
+class _NdarrayType:
+    """Stands for ``numpy.ndarray`` in a pickle: passed to ``_reconstruct`` it is the class;
+    called itself (``ndarray(shape)`` allocates by argument) it is refused."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+
+    def __call__(self, *args, **kwargs):
+        _refuse(self.filename, "it calls numpy.ndarray(...) directly (an allocation by argument)")
+
+
+def _pickle_allowlist(filename: str) -> Dict[Tuple[str, str], Any]:
+    """(module, name) -> object, for everything a weights .pkl may reference: only what numpy
+    arrays, numpy scalars and plain containers are rebuilt with, and none that allocates by an
+    argument (``bytes(n)``, ``ndarray(shape)``, a huge empty array) or runs a codec."""
     multiarray, numeric = _numpy_module("multiarray"), _numpy_module("numeric")
+    ndarray = _NdarrayType(filename)
+
+    def reconstruct(subtype, shape, dtype_code):
+        if subtype is not ndarray:
+            _refuse(filename, f"numpy _reconstruct of {subtype!r}, not numpy.ndarray")
+        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            _refuse(filename, f"numpy _reconstruct with the shape {shape!r}")
+        if not isinstance(dtype_code, bytes) or len(dtype_code) > 8:
+            _refuse(filename, f"numpy _reconstruct with the type code {dtype_code!r}")
+        size = math.prod(shape) * np.dtype(dtype_code.decode("latin1")).itemsize
+        if size > _MAX_RECONSTRUCT_BYTES:
+            _refuse(filename, f"an empty numpy array of {size} bytes is asked for")
+        return multiarray._reconstruct(np.ndarray, shape, dtype_code)
+
+    def dtype(spec, align=False, copy=True):
+        if not isinstance(spec, str) or not re.fullmatch(
+            r"[|<>=]?(?:[biufcSUO]\d{0,3}|[?bBhHiIlLqQefdgFDGO])", spec
+        ):
+            _refuse(filename, f"numpy dtype({spec!r}) is not a numeric or text type code")
+        made = np.dtype(spec, align=bool(align), copy=bool(copy))
+        if made.itemsize > _MAX_RECONSTRUCT_BYTES:
+            _refuse(filename, f"numpy dtype({spec!r}) of {made.itemsize} bytes per item")
+        return made
+
+    def encode(text, encoding="utf-8"):  # protocol 2: bytes as _codecs.encode(str, "latin1")
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            _refuse(filename, f"_codecs.encode with the codec {encoding!r}")
+        return text.encode("latin1")
+
+    def of_bytes(cls):
+        def make(data=b""):  # bytes() / bytearray(b"...") as protocol 2 writes them
+            if not isinstance(data, (bytes, bytearray)):
+                _refuse(filename, f"{cls.__name__}({type(data).__name__}) allocates by argument")
+            return cls(data)
+
+        return make
+
+    def of_sequence(cls):
+        def make(items=()):  # set([...]) / frozenset([...]) as protocol 2 writes them
+            if not isinstance(items, (list, tuple)):
+                _refuse(filename, f"{cls.__name__}({type(items).__name__})")
+            return cls(items)
+
+        return make
+
     allowed = {
         ("collections", "OrderedDict"): OrderedDict,
-        # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1")
-        ("_codecs", "encode"): __import__("codecs").encode,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): encode,
+        ("numpy", "ndarray"): ndarray,
+        ("numpy", "dtype"): dtype,
+        ("builtins", "bytes"): of_bytes(bytes),
+        ("builtins", "bytearray"): of_bytes(bytearray),
+        ("builtins", "set"): of_sequence(set),
+        ("builtins", "frozenset"): of_sequence(frozenset),
     }
     for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar  # sized by its bytes
         allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
-    data_types = (bool, bytearray, bytes, complex, dict, float, frozenset, int, list, set, str)
-    for cls in (*data_types, tuple):
-        allowed[("builtins", cls.__name__)] = cls
     return allowed
 
 
@@ -111,7 +187,7 @@ class _WeightsUnpickler(pickle.Unpickler):
     def __init__(self, file, filename: str):
         super().__init__(file, encoding="latin1")  # Python 2 pickles (Detectron's model zoo)
         self.filename = filename
-        self.allowed = _pickle_allowlist()
+        self.allowed = _pickle_allowlist(filename)
 
     def find_class(self, module: str, name: str):
         # Python 2 names (__builtin__.unicode ...) -> Python 3 names, as pickle itself does
@@ -262,6 +338,7 @@ class IIFCheckpointer(DetectionCheckpointer):
         self._good: Dict[str, Tuple[int, ...]] = {}  # realpath -> signature of a readable file
         self._pending: Optional[Tuple[str, Tuple[int, ...], Dict[str, Any]]] = None
         self._loading: Optional[str] = None
+        self.last_incompatible = None  # the last load's missing / unexpected keys
 
     @classmethod
     def from_checkpointer(cls, other, **kwargs) -> "IIFCheckpointer":
@@ -350,7 +427,7 @@ class IIFCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         """detectron2's ``load``, through the safe readers and the shape check."""
-        self._loading = path
+        self._loading, self.last_incompatible = path, None
         try:
             return super().load(path, *args, **kwargs)
         finally:
@@ -362,10 +439,27 @@ class IIFCheckpointer(DetectionCheckpointer):
         """The name in ``last_checkpoint`` (None without one), checked to stay inside."""
         file = os.path.join(self.save_dir, _LAST)
         try:
-            with open(file, encoding="utf-8") as f:
-                name = f.read().strip()
+            st = os.stat(file)
         except FileNotFoundError:
             return None
+        fix = f"Delete {file}, or write into it the name of a checkpoint in that folder."
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the read
+            raise CheckpointLocationError(f"{file} is not a regular file. {fix}")
+        if st.st_size > _LAST_MAX_BYTES:
+            raise CheckpointLocationError(
+                f"{file} holds {st.st_size} bytes, not the name of a checkpoint. {fix}"
+            )
+        try:
+            with open(file, "rb") as f:
+                name = f.read(_LAST_MAX_BYTES + 1).decode("utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except UnicodeDecodeError:
+            raise CheckpointLocationError(
+                f"{file} is not UTF-8 text naming a checkpoint. {fix}"
+            ) from None
+        if "\x00" in name or "\n" in name:
+            raise CheckpointLocationError(f"{file} does not hold one checkpoint name. {fix}")
         if name:
             root = os.path.realpath(self.save_dir)
             target = os.path.realpath(os.path.join(self.save_dir, name))
@@ -540,4 +634,18 @@ class IIFCheckpointer(DetectionCheckpointer):
                 "MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH True (IIFCheckpointer(..., "
                 "allow_class_mismatch=True))."
             )
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        self.last_incompatible = incompatible
+        return incompatible
+
+    def untrained_parameters(self) -> List[str]:
+        """The model's parameters the last :meth:`load` left at their initialisation (missing
+        from the checkpoint, or skipped for their shape): [] when every parameter was loaded,
+        all of them when nothing was."""
+        names = [n for n, _ in self.model.named_parameters()]
+        incompatible = self.last_incompatible
+        if incompatible is None:
+            return names
+        skipped = set(getattr(incompatible, "missing_keys", []))
+        skipped |= {k for k, *_ in getattr(incompatible, "incorrect_shapes", [])}
+        return [n for n in names if n in skipped]

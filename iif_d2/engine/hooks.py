@@ -1,21 +1,34 @@
 """FASA's timetable: :class:`FASAHook` adapts the sampling rates every ``period`` iterations;
-:class:`RngStateGatherer` gathers every rank's random generators for the checkpoints.
+:class:`RngStateGatherer` gathers every rank's random generators for the checkpoints;
+:class:`RunCheckpointer` saves the periodic and final checkpoints with a bounded retention.
 
 The held-out images and their loader are the data layer's (:mod:`iif_d2.data.heldout`); the
-measurement is the model's (:meth:`iif_d2.modeling.roi_heads.HeldoutLossMixin.heldout_loss_sums`) and the
-adaptation the FASA modules' (:meth:`iif_d2.modeling.fasa.FASA.adapt`). :func:`heldout_class_losses`
-runs the model over the held-out loader and reduces the sums over the ranks.
+measurement is the model's
+(:meth:`iif_d2.modeling.roi_heads.HeldoutLossMixin.heldout_loss_sums`) and the adaptation the
+FASA modules' (:meth:`iif_d2.modeling.fasa.FASA.adapt`). :func:`heldout_class_losses` runs the
+model over the held-out loader and reduces the sums over the ranks.
 """
 
+import logging
+import os
 from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
+from detectron2.engine import hooks as d2_hooks
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = ["FASAHook", "RngStateGatherer", "fasa_predictors", "heldout_class_losses"]
+__all__ = [
+    "FASAHook",
+    "RngStateGatherer",
+    "RunCheckpointer",
+    "fasa_predictors",
+    "heldout_class_losses",
+]
+
+logger = logging.getLogger(__name__)
 
 KEY = "MODEL.ROI_BOX_HEAD.FASA"
 
@@ -159,5 +172,84 @@ class RngStateGatherer(HookBase):
 
     def after_step(self):
         it = self.trainer.iter
-        if (it + 1) % self.period == 0 or it >= self.trainer.max_iter - 1:
+        if (self.period and (it + 1) % self.period == 0) or it >= self.trainer.max_iter - 1:
             self.trainer.gather_rng_states()
+
+
+class RunCheckpointer(d2_hooks.PeriodicCheckpointer):
+    """detectron2's ``PeriodicCheckpointer`` (``model_XXXXXXX.pth`` every ``period``
+    iterations, ``model_final.pth`` after the last), with two differences:
+
+    * the last iteration writes ``model_final.pth`` only, never also a periodic checkpoint of
+      the same weights (detectron2 writes both when ``period`` divides ``MAX_ITER``);
+    * ``max_to_keep`` counts every periodic checkpoint in the folder, those written before a
+      resume included: after each save (and at the start) only the newest ``max_to_keep`` at or
+      before the current iteration stay. ``model_final.pth`` and the checkpoint named by
+      ``last_checkpoint`` are never removed. ``max_to_keep`` 0 or None keeps all.
+    """
+
+    def __init__(self, checkpointer, period: int, max_to_keep: Optional[int] = None):
+        """
+        Args:
+            checkpointer: an :class:`iif_d2.engine.checkpoint.IIFCheckpointer`.
+            period: SOLVER.CHECKPOINT_PERIOD (>= 1).
+            max_to_keep: SOLVER.CHECKPOINTS_KEPT (0 or None: all).
+        """
+        if int(period) < 1:
+            raise ValueError(
+                f"SOLVER.CHECKPOINT_PERIOD {period} must be >= 1 (iterations between two "
+                "checkpoints; set it to MAX_ITER for a final checkpoint only)."
+            )
+        super().__init__(checkpointer, int(period), max_to_keep=max_to_keep or None)
+
+    def before_train(self):
+        super().before_train()
+        self.prune(self.trainer.iter)
+
+    def step(self, iteration: int, **kwargs) -> None:
+        iteration = int(iteration)
+        state = {"iteration": iteration, **kwargs}
+        last = self.max_iter is not None and iteration >= self.max_iter - 1
+        if last:
+            self.checkpointer.save(f"{self.file_prefix}_final", **state)
+        elif (iteration + 1) % self.period == 0:
+            self.checkpointer.save(f"{self.file_prefix}_{iteration:07d}", **state)
+            self.prune(iteration)
+
+    def prune(self, iteration: int) -> List[str]:
+        """Remove the periodic checkpoints beyond the newest ``max_to_keep`` at or before
+        ``iteration``; returns the removed paths."""
+        folder = self.checkpointer.save_dir
+        if not self.max_to_keep or not folder or not os.path.isdir(folder):
+            return []
+        keep_named = ""
+        named = getattr(self.checkpointer, "_last_checkpoint_name", None)
+        if named is not None:
+            try:
+                keep_named = named() or ""
+            except (OSError, ValueError):
+                keep_named = ""
+        found = []
+        for name in os.listdir(folder):
+            it = self.checkpointer._iteration(name)
+            if it is not None and it != float("inf") and it <= iteration:
+                found.append((it, name))
+        found.sort()
+        removed = []
+        for _, name in found[: max(0, len(found) - self.max_to_keep)]:
+            if name == keep_named:
+                continue
+            path = os.path.join(folder, name)
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        if removed:
+            logger.info(
+                "Removed %d old periodic checkpoint(s) (SOLVER.CHECKPOINTS_KEPT %d): %s",
+                len(removed),
+                self.max_to_keep,
+                ", ".join(os.path.basename(p) for p in removed),
+            )
+        return removed

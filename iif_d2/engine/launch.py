@@ -92,6 +92,16 @@ def launch(
         backend: "gloo" for CPU processes, "nccl" for detectron2's GPU launch, "auto" for nccl
             when CUDA is available, else gloo. train_net.py picks gloo when MODEL.DEVICE is cpu.
     """
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise ValueError(
+            f"launch: {num_gpus_per_machine} process(es) per machine on {num_machines} "
+            "machine(s): give at least one of each."
+        )
+    if not 0 <= machine_rank < num_machines:
+        raise ValueError(
+            f"launch: machine_rank {machine_rank} with {num_machines} machine(s): it is 0 to "
+            f"{num_machines - 1} (otherwise the other machines wait for it forever)."
+        )
     if backend not in ("auto", "gloo", "nccl"):
         raise ValueError(f"launch backend {backend!r} is not one of 'auto', 'gloo', 'nccl'.")
     if backend == "auto":
