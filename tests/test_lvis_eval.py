@@ -507,3 +507,22 @@ def test_rle_runs_match_pycocotools():
     np.testing.assert_array_equal(total, [37 * 41] * 60 + [3000 * 2000])
     _, _, bad = rle_runs([b"zz", b"0d", b"0o", b"a", b"\x80", b"", b"0d0"])
     assert bad.tolist() == [True, True, True, True, True, False, False]
+
+
+def test_cli_segm_equals_lvis_api(tmp_path):
+    """The command keeps only the masks that can meet an IoU (their class present in their
+    image) and still gives lvis-api's numbers, with and without boxes in the results."""
+    gt, dets = _case(1)
+    for with_bbox in (True, False):
+        results = to_results(dets, with_bbox=with_bbox)
+        gt_file, res_file = tmp_path / "gt.json", tmp_path / "res.json"
+        gt_file.write_text(json.dumps(gt))
+        res_file.write_text(json.dumps(results))
+        out = tmp_path / "m.json"
+        args = ["--gt", str(gt_file), "--results", str(res_file), "--json-out", str(out)]
+        assert main(args + ["--iou-type", "segm"]) == 0
+        ref = lvis_api_evaluate(gt, results, "segm")
+        got = json.loads(out.read_text())
+        assert ref["AP"] > 0
+        for key, value in ref.items():
+            assert got[key] == (None if value < 0 else pytest.approx(100 * value, abs=1e-10))

@@ -64,8 +64,7 @@ def _fast(args):
     from iif_d2.lvis_eval.engine import evaluate, summarize
 
     gt = LVISGroundTruth.from_json(args.gt, with_masks=args.iou_type == "segm")
-    standard = args.metric == "standard"
-    dets = read_results(args.results, args.iou_type, gt, masks_where_present=standard)
+    dets = read_results(args.results, args.iou_type, gt, masks_where_present=True)
     if args.metric == "fixed":
         return ap_fixed(gt, dets, args.iou_type, args.dets_per_cat)
     if args.metric == "pooled":
