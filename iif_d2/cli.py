@@ -75,10 +75,27 @@ def _check_args(args):
             raise CLIError(f"--save {args.save} is a directory; give a file name, e.g. w.json.")
         if not os.path.isdir(folder):
             raise CLIError(f"--save {args.save}: folder {folder} does not exist; create it.")
+        inputs = [args.counts_file, args.config_file]
+        for given in filter(None, inputs):
+            if "://" not in given and _same_path(given, args.save):
+                raise CLIError(
+                    f"--save {args.save} is the input {given}: saving would replace it; give "
+                    "another file name."
+                )
         if not os.access(folder, os.W_OK) or (
             os.path.exists(args.save) and not os.access(args.save, os.W_OK)
         ):
             raise CLIError(f"--save {args.save}: not writable; choose another path.")
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two paths name one file (also through symlinks, relative paths, hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
 
 
 def _registered(name: str) -> str:

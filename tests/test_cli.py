@@ -77,3 +77,26 @@ def test_save_is_atomic_and_round_trips(tmp_path, capsys):
     from iif_d2.data.class_stats import load_counts_file
 
     assert load_counts_file(str(out)).num_images == 118287
+
+
+def test_save_onto_the_input_is_refused(tmp_path, capsys, monkeypatch):
+    """--save naming the --counts-file (or the --config-file), also through a symlink or a
+    relative path: exit 2, one line, the input unchanged."""
+    counts = tmp_path / "counts.csv"
+    counts.write_text("id,name,image_count,instance_count\n1,a,2,3\n2,b,1,1\n")
+    before = counts.read_text()
+    (tmp_path / "link.csv").symlink_to(counts)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    for save in (str(counts), "link.csv", "./counts.csv"):
+        assert main(["--counts-file", str(counts), "--save", save]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is the input" in err
+    config = tmp_path / "c.yaml"
+    config.write_text("MODEL:\n  ROI_HEADS:\n    NUM_CLASSES: 2\n")
+    assert main(["--config-file", "c.yaml", "--save", str(config)]) == 2
+    assert counts.read_text() == before and sorted(os.listdir(tmp_path)) == [
+        "c.yaml",
+        "counts.csv",
+        "link.csv",
+    ]

@@ -383,11 +383,41 @@ def test_loading_refuses_pickled_classes_and_cli_errors_are_one_line(tmp_path, c
         tool.load_mmdet_checkpoint(path)
     with open(str(tmp_path / "junk.pth"), "wb") as f:
         pickle.dump([1, 2], f)
-    with pytest.raises(SystemExit) as e:
-        tool.main([str(tmp_path / "missing.pth"), str(tmp_path / "out.pth")])
-    assert str(e.value).startswith("convert_mmdet_checkpoint: error:") and "\n" not in str(e.value)
-    with pytest.raises(SystemExit, match="cannot be read with weights_only=True"):
-        tool.main([str(tmp_path / "junk.pth"), str(tmp_path / "out.pth")])
+    capsys.readouterr()
     torch.save([torch.zeros(1)], str(tmp_path / "list.pth"))
-    with pytest.raises(SystemExit, match="expected a dict checkpoint, got a list"):
-        tool.main([str(tmp_path / "list.pth"), str(tmp_path / "out.pth")])
+    for name, message in (
+        ("missing.pth", "no such file"),
+        ("junk.pth", "cannot be read with weights_only=True"),
+        ("list.pth", "expected a dict checkpoint, got a list"),
+    ):
+        err = _exit_2(capsys, str(tmp_path / name), str(tmp_path / "out.pth"))
+        assert message in err
+    assert not (tmp_path / "out.pth").exists()
+
+
+def _exit_2(capsys, *argv):
+    """Run the converter's command line: exit code 2, one line on stderr, returned."""
+    with pytest.raises(SystemExit) as e:
+        tool.main(list(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convert_mmdet_checkpoint: error:") and err.count("\n") == 1
+    return err
+
+
+def test_output_equal_to_the_input_is_refused_before_writing(tmp_path, capsys, monkeypatch):
+    """IN IN, through a symlink, a relative path or a hard link: refused, the input unchanged;
+    a folder or a missing folder as OUT too."""
+    src = tmp_path / "epoch_24.pth"
+    torch.save({"meta": {}, "state_dict": {"x": torch.zeros(1)}}, str(src))
+    before = src.read_bytes()
+    (tmp_path / "link.pth").symlink_to(src)
+    os.link(src, tmp_path / "hard.pth")
+    monkeypatch.chdir(tmp_path)
+    for out in (str(src), str(tmp_path / "link.pth"), "epoch_24.pth", "./x/../epoch_24.pth",
+                str(tmp_path / "hard.pth")):  # fmt: skip
+        assert "is the input checkpoint" in _exit_2(capsys, str(src), out)
+    assert "is a folder" in _exit_2(capsys, str(src), str(tmp_path))
+    assert "does not exist" in _exit_2(capsys, str(src), str(tmp_path / "no" / "o.pth"))
+    assert src.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["epoch_24.pth", "hard.pth", "link.pth"]

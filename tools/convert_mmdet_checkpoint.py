@@ -474,9 +474,34 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_output(input_path: str, output_path: str) -> None:
+    """The output may not be the input (also through a symlink, a relative path or a hard
+    link), a folder, or in a folder that does not exist: checked before anything is read or
+    written."""
+    import os
+
+    if os.path.isdir(output_path):
+        raise ConversionError(f"OUT {output_path} is a folder; give a file name, e.g. model.pth.")
+    folder = os.path.dirname(os.path.abspath(output_path))
+    if not os.path.isdir(folder):
+        raise ConversionError(f"OUT {output_path}: folder {folder} does not exist; create it.")
+    same = os.path.realpath(input_path) == os.path.realpath(output_path)
+    if not same and os.path.exists(input_path) and os.path.exists(output_path):
+        same = os.path.samefile(input_path, output_path)
+    if same:
+        raise ConversionError(
+            f"OUT {output_path} is the input checkpoint {input_path}: converting would replace "
+            "it. Give another output file."
+        )
+
+
 def main(argv=None):
+    """Command line; a bad input or argument is one line on stderr and exit code 2."""
+    from iif_d2.utils.io import atomic_write
+
     args = parse_args(argv)
     try:
+        check_output(args.input, args.output)
         sd, meta = load_mmdet_checkpoint(args.input)
         model, overrides, dropped = convert(
             sd,
@@ -487,9 +512,13 @@ def main(argv=None):
             cosine_scale=args.cosine_scale,
             mask_scale=args.mask_scale,
         )
-    except ConversionError as e:
-        sys.exit(f"convert_mmdet_checkpoint: error: {e}")
-    torch.save({"model": model, "__author__": AUTHOR, "matching_heuristics": False}, args.output)
+        check_output(args.input, args.output)  # again: the paths may have changed meanwhile
+        data = {"model": model, "__author__": AUTHOR, "matching_heuristics": False}
+        atomic_write(args.output, lambda f: torch.save(data, f))
+    except (ConversionError, OSError) as e:
+        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else e
+        print(f"convert_mmdet_checkpoint: error: {' '.join(str(text).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
     reasons = {}
     for _, why in dropped:
         reasons[why] = reasons.get(why, 0) + 1
