@@ -1,19 +1,35 @@
 # One-command set-up: `make test` creates .venv, installs torch, detectron2 and iif-d2, then
-# runs the suite. Point VENV at an existing environment that has detectron2 to reuse it.
+# runs the suite. VENV=/path/to/env uses another environment that already has detectron2,
+# iif-d2 (pip install -e .) and pytest: it is checked read-only, never changed; set-up stops
+# with a one-line message naming what it lacks.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.iif-d2-installed
+OWN_STAMP := .venv/.iif-d2-installed
+ifeq ($(abspath $(VENV)),$(abspath .venv))
+STAMP := $(OWN_STAMP)
+else
+STAMP := check-env
+endif
 
-.PHONY: install test lint format demo benchmark bench rehearse clean
+.PHONY: install check-env test test-fast lint format demo benchmark bench rehearse docs clean
 
-$(STAMP): pyproject.toml setup.py tools/install_env.py
-	python3 tools/install_env.py --venv $(VENV)
-	touch $(STAMP)
+$(OWN_STAMP): pyproject.toml setup.py dev/install_env.py
+	python3 dev/install_env.py --venv .venv
+	touch $(OWN_STAMP)
+
+# another environment: checked on every call, nothing written there
+check-env:
+	python3 dev/install_env.py --venv $(VENV)
 
 install: $(STAMP)
 
+# the whole suite (CI)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the suite without the tests that start processes or train (@pytest.mark.slow)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff format --check .
@@ -27,20 +43,34 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-# softmax vs additive margins vs IIF on SynthLT (add ARGS=--quick for a few-minute CPU run)
+# softmax vs additive margins vs IIF on SynthLT (ARGS=--quick for a CPU run under an hour;
+# ARGS="--records docs/results/synthlt_runs.json" reads recorded runs back)
 benchmark: $(STAMP)
-	$(PY) tools/benchmark_synthlt.py $(ARGS)
+	$(PY) dev/benchmark_synthlt.py $(ARGS)
 
-# speed: IIF head / softmax head ratios, and LVIS-sized class statistics timing
+# speed: every task of dev/benchmark_speed.py (reports in output/benchmark/)
 bench: $(STAMP)
-	$(PY) tools/benchmark.py
-	$(PY) tools/benchmark_class_stats.py
+	$(PY) dev/benchmark_speed.py --task head
+	$(PY) dev/benchmark_speed.py --task fasa
+	$(PY) dev/benchmark_speed.py --task kernels
+	$(PY) dev/benchmark_speed.py --task checkpoint
+	$(PY) dev/benchmark_speed.py --task class-stats
+	$(PY) dev/benchmark_speed.py --task lvis-eval --quick
+	$(PY) dev/benchmark_speed.py --task startup --fractions 0.1
 
 # every LVIS v1 config started, trained a few steps and evaluated on the LVIS-shaped set
 # (ARGS=--mini: the 2,000-image variant; --only PATTERN limits the configs; --jobs 2
-# --threads 1: two configs at a time, 31 min for all at full size on 2 cores)
+# --threads 1: two configs at a time)
 rehearse: $(STAMP)
-	$(PY) tools/rehearse.py $(ARGS)
+	$(PY) dev/rehearse.py $(ARGS)
 
+# every results page and the README's results table, from the records in docs/results/
+docs: $(STAMP)
+	$(PY) dev/make_docs.py
+	@test -f dev/bad_input_table.py || { echo "make docs: dev/bad_input_table.py is missing: \
+	docs/bad_inputs.md cannot be regenerated (restore the script from git)"; exit 1; }
+	$(PY) dev/bad_input_table.py --write docs/bad_inputs.md
+
+# removes the project's own environment only
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache

@@ -7,17 +7,27 @@ import os
 import torch
 from detectron2.structures import Boxes, Instances
 
-TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+DEV = os.path.join(ROOT, "dev")
 
 
-def load_tool(name: str, module_name: str = None):
-    """The script ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        module_name or name, os.path.join(TOOLS, f"{name}.py")
-    )
+def _load_script(path: str, module_name: str):
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_tool(name: str, module_name: str = None):
+    """The user command ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    return _load_script(os.path.join(TOOLS, f"{name}.py"), module_name or name)
+
+
+def load_dev(name: str, module_name: str = None):
+    """The developer script ``dev/<name>.py`` (``name`` may hold a folder: "analysis/...") as
+    a module."""
+    return _load_script(os.path.join(DEV, f"{name}.py"), module_name or os.path.basename(name))
 
 
 def focal_loss_by_hand(z, target, alpha=0.25, gamma=2.0):

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import load_tool
+from helpers import load_dev
 from lvis import LVIS
 from pycocotools import mask as mask_util
 
@@ -235,7 +235,7 @@ def test_bad_input_errors():
 
 
 def generate_tool():
-    return load_tool("generate_lvis_shaped", "generate_lvis_shaped_tool")
+    return load_dev("generate_lvis_shaped", "generate_lvis_shaped_tool")
 
 
 def test_tool_reports_ok_mismatch_and_errors(mini, tmp_path, capsys):

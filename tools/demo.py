@@ -6,8 +6,8 @@ Three phases: generate the synthetic long-tailed dataset (first use only); train
 configs/SynthLT-InstanceSegmentation/mask_rcnn_R_18_FPN_iif.yaml through train_net.py (on the GPU
 when there is one) and evaluate it with the LVIS evaluator; draw its predictions beside the ground
 truth of a few validation images (tools/visualize.py). Box and mask AP, AP50, APr, APc, APf,
-AP-fixed and AP-pool are printed, and then next to the README's band (docs/demo_band.json: mean
-and std over seeds of tools/benchmark_synthlt.py's "IIF raw" row), each marked inside or outside
+AP-fixed and AP-pool are printed, and then next to the README's band (docs/results/demo_band.json:
+mean and std over seeds of dev/benchmark_synthlt.py's "IIF raw" row), each marked inside or outside
 the band's 95 % prediction interval for one more seed (mean ± t · std · sqrt(1 + 1/n) over n
 seeds). On a terminal each phase shows a progress bar with its rate and ETA; otherwise (a
 log file, CI) one plain line per update. An interrupted demo resumes where it stopped; the full
@@ -24,11 +24,10 @@ import argparse
 import glob
 import math
 import os
-import re
-import subprocess
 import sys
 import time
 
+from iif_d2.bench.runner import LogFollower, run_train_net, train_config
 from iif_d2.utils.machine import KERNEL_PINS
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
@@ -39,71 +38,12 @@ CONFIG = os.path.join(
     REPO, "configs", "SynthLT-InstanceSegmentation", "mask_rcnn_R_18_FPN_iif.yaml"
 )
 METRICS = ("AP", "AP50", "APr", "APc", "APf", "AP-fixed", "AP-pool")
-# what detectron2 logs while it trains and evaluates (train_net.py's stdout)
-ITER_LINE = re.compile(r"\biter: (\d+)\s+total_loss: ([-\d.e+na]+)")
-START_LINE = re.compile(r"Starting training from iteration (\d+)")
-INFERENCE_START = re.compile(r"Start inference on (\d+) (?:batches|images)")
-INFERENCE_DONE = re.compile(r"Inference done (\d+)/(\d+)")
-INFERENCE_END = re.compile(r"Total inference time")
 # the demo's expected numbers: mean and std over seeds of the benchmark's "IIF raw" row
-BAND_FILE = os.path.join(REPO, "docs", "demo_band.json")
+BAND_FILE = os.path.join(REPO, "docs", "results", "demo_band.json")
 BAND_CONFIDENCE = 0.95  # a run is inside the band within its prediction interval for one seed
 # On CPU the demo holds its run to 2 intra-op threads and (iif_d2.utils.machine.resolve_kernel_pin)
 # AVX2 kernels: the README's demo numbers then repeat bit for bit on an x86 CPU with AVX2
 DEMO_THREADS = 2
-PLAIN_INTERVAL_S = 30.0  # off a terminal: at most one progress line per this many seconds
-
-
-class Progress:
-    """One phase's progress: a tqdm bar (rate, ETA) on a terminal; elsewhere plain lines, at most
-    one per ``PLAIN_INTERVAL_S`` seconds plus the last, and never a carriage return."""
-
-    def __init__(self, desc, total, unit, initial=0, stream=None):
-        self.desc, self.total, self.unit, self.initial = desc, total, unit, initial
-        self.stream = stream or sys.stdout
-        self.n, self.postfix, self.start, self.printed = initial, "", time.time(), -math.inf
-        self.bar = None
-        if self.stream.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=initial, desc=f"[demo] {desc}", unit=unit,
-                file=self.stream, dynamic_ncols=True,
-            )  # fmt: skip
-
-    def update(self, n, postfix=""):
-        """Move to position ``n`` (absolute) with an optional note (e.g. the loss)."""
-        n = min(max(n, self.n), self.total)
-        self.n, self.postfix = n, postfix or self.postfix
-        if self.bar is not None:
-            if postfix:
-                self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.update(n - self.bar.n)
-        elif time.time() - self.printed >= PLAIN_INTERVAL_S or n == self.total:
-            self._line()
-
-    def _line(self):
-        elapsed = time.time() - self.start
-        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
-        eta = f"ETA {_minutes((self.total - self.n) / rate)}" if rate > 0 else "ETA ?"
-        note = f", {self.postfix}" if self.postfix else ""
-        print(
-            f"[demo] {self.desc} {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), "
-            f"{rate:.2f} {self.unit}/s, {eta}{note}",
-            file=self.stream,
-            flush=True,
-        )
-        self.printed = time.time()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.printed < self.start or self.n < self.total:
-            self._line()
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def _device() -> str:
@@ -112,91 +52,15 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class _LogFollower:
-    """Turns train_net.py's log lines into progress: training iterations and evaluations."""
-
-    def __init__(self, max_iter, desc):
-        self.max_iter, self.desc, self.bar = max_iter, desc, None
-
-    def _switch(self, desc, total, unit, initial=0):
-        if self.bar is not None:
-            self.bar.close()
-        self.bar = Progress(desc, total, unit, initial)
-
-    def feed(self, line):
-        if m := START_LINE.search(line):
-            if self.max_iter:
-                self._switch(f"{self.desc}: training", self.max_iter, "it", int(m.group(1)))
-        elif (m := ITER_LINE.search(line)) and self.bar is not None:
-            self.bar.update(int(m.group(1)) + 1, f"loss {m.group(2)}")
-        elif m := INFERENCE_START.search(line):
-            self._switch(f"{self.desc}: evaluation, inference", int(m.group(1)), "img")
-        elif (m := INFERENCE_DONE.search(line)) and self.bar is not None:
-            self.bar.update(int(m.group(1)))
-        elif INFERENCE_END.search(line) and self.bar is not None:
-            self.bar.update(self.bar.total)
-            self.close()
-            print(f"[demo] {self.desc}: evaluation, LVIS metrics ...", flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def run_train_net(
-    output_dir, opts, desc, *, eval_only=False, max_iter=None, config=CONFIG, progress=True
-):
-    """Run train_net.py on ``config`` with its output in OUTPUT_DIR/demo_stdout.log, showing
-    its progress (training iterations with rate and ETA, then the evaluation's inference) unless
-    ``progress`` is False (several runs at once).
-
-    Returns:
-        the evaluation results (OUTPUT_DIR/inference/results.json).
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config]
-    cmd += ["--eval-only"] if eval_only else ["--resume"]
-    cmd += ["OUTPUT_DIR", output_dir, "MODEL.DEVICE", _device(), *opts]
-    log_path = os.path.join(output_dir, "demo_stdout.log")
-    follower = _LogFollower(None if eval_only else max_iter, desc)
-    with open(log_path, "a") as log, open(log_path) as tail:
-        tail.seek(0, os.SEEK_END)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        pending = ""
-        while True:
-            done = proc.poll() is not None
-            pending += tail.read()
-            *lines, pending = pending.split("\n")
-            for line in lines if progress else ():
-                follower.feed(line)
-            if done:
-                break
-            time.sleep(1)
-    follower.close()
-    if proc.returncode:
-        sys.exit(
-            f"[demo] train_net.py failed (exit {proc.returncode}); see {log_path} and "
-            f"{output_dir}/log.txt"
-        )
-    import json
-
-    with open(os.path.join(output_dir, "inference", "results.json")) as f:
-        return json.load(f)
+def _LogFollower(max_iter, desc):
+    """train_net.py's log lines as the demo's progress (``bench.runner.LogFollower``)."""
+    return LogFollower(max_iter, desc, prefix="[demo]")
 
 
 def demo_config(opts, config=CONFIG):
     """The demo's config (or ``config``) with the user's overrides (to read MAX_ITER,
     checkpointing)."""
-    from detectron2.config import get_cfg
-
-    from iif_d2 import add_iif_config
-
-    cfg = get_cfg()
-    add_iif_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return train_config(config, opts)
 
 
 def checkpoint_opts(cfg, user_opts):
@@ -248,7 +112,7 @@ def pinned_run(kernels, user_opts, device):
 
 
 def load_band(path):
-    """The README's band for the demo (written by ``tools/benchmark_synthlt.py --only iif_raw``):
+    """The README's band for the demo (written by ``dev/benchmark_synthlt.py --only iif_raw``):
     per task and metric the mean and std over seeds; None if the file is missing."""
     import json
 
@@ -387,7 +251,7 @@ def main(argv=None):
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         DatasetCatalog.get(name)
     print(f"[demo] 1/3 dataset ready ({time.time() - t0:.0f} s)", flush=True)
-    trained = run_train_net(out, opts, "2/3 IIF", max_iter=max_iter)
+    trained = run_train_net(out, CONFIG, opts, "2/3 IIF", max_iter=max_iter, prefix="[demo]")
     removed = remove_periodic_checkpoints(out)
     if removed:
         print(f"[demo] removed {removed} periodic checkpoint(s); kept {out}/model_final.pth")

@@ -1,0 +1,81 @@
+"""The results pages and the README's results table are what dev/make_docs.py generates from
+the records in docs/results/ (`make docs` rewrites them; nothing is pasted by hand)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, load_dev
+
+from iif_d2.bench import report
+
+make_docs = load_dev("make_docs")
+
+
+@pytest.fixture(scope="module")
+def generated():
+    return make_docs.generate()
+
+
+def test_every_committed_page_is_what_its_records_generate(generated):
+    pages, _, _ = generated
+    assert set(pages) == {make_docs.SYNTHLT_PAGE, make_docs.SPEED_PAGE}
+    for path, text in pages.items():
+        with open(path) as f:
+            assert f.read() == text, f"{path} differs from its records: run make docs"
+
+
+def test_the_readme_results_table_is_the_records(generated):
+    _, rows, _ = generated
+    with open(make_docs.README) as f:
+        text = f.read()
+    assert report.README_BEGIN in text and report.README_END in text, "README.md: no markers"
+    assert make_docs.readme_text(rows) == text, "README.md's results table: run make docs"
+    block = text.split(report.README_BEGIN)[1].split(report.README_END)[0]
+    assert len([line for line in block.splitlines() if line.startswith("| ")]) == 18  # 17 rows
+
+
+def test_each_page_names_its_hardware_seeds_and_command(generated):
+    pages, rows, q_rows = generated
+    synthlt, speed = pages[make_docs.SYNTHLT_PAGE], pages[make_docs.SPEED_PAGE]
+    assert len(rows) == 17 and rows[0]["seeds"] == [42, 43, 44, 45, 46]
+    assert "5 seeds (42-46)" in synthlt and "3 seeds (42-44)" in synthlt
+    assert "AMD EPYC" in synthlt and "CPU kernels: AVX2" in synthlt
+    assert "`python dev/benchmark_synthlt.py --seeds 5" in synthlt
+    assert synthlt.count("| IIF raises APr over softmax") == 2  # the full and the quick table
+    assert "| IIF on FCOS (box AP)" in synthlt and "contradicted" in synthlt
+    assert {r["key"] for r in q_rows} == {"softmax", "iif_raw", "iif_post", "la_posthoc",
+                                         "norcal", "fracal"}  # fmt: skip
+    assert "threads: 1" in speed and "CPU kernels: AVX2" in speed
+    assert "dev/benchmark_speed.py --task head" in speed and "tools/benchmark.py" in speed
+
+
+def test_the_readme_block_replaces_only_what_lies_between_the_markers():
+    text = f"intro\n{report.README_BEGIN}\nold\ntable\n{report.README_END}\noutro\n"
+    new = report.replace_between_markers(text, "NEW")
+    assert new == f"intro\n{report.README_BEGIN}\nNEW\n{report.README_END}\noutro\n"
+    for broken in ("no markers\n", f"{report.README_END}\n{report.README_BEGIN}\n"):
+        with pytest.raises(ValueError, match="results:begin.*make docs"):
+            report.replace_between_markers(broken, "NEW")
+
+
+@pytest.mark.slow
+def test_make_docs_refuses_a_readme_without_markers_and_changes_nothing(tmp_path):
+    """The command on a copy of the repository whose README lost its markers: a one-line
+    message naming them, exit 1, and no page rewritten."""
+    copy = tmp_path / "repo"
+    skip = shutil.ignore_patterns("__pycache__", "*.png")
+    for sub in ("docs", "dev", "configs", "iif_d2"):
+        shutil.copytree(os.path.join(ROOT, sub), copy / sub, ignore=skip)
+    (copy / "README.md").write_text("# a README without the results markers\n")
+    page = copy / "docs" / "benchmarks" / "synthlt.md"
+    page.write_text("stale\n")
+    r = subprocess.run(
+        [sys.executable, str(copy / "dev" / "make_docs.py")],
+        capture_output=True, text=True, cwd=copy, env={**os.environ, "PYTHONPATH": str(copy)},
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "<!-- results:begin -->" in r.stderr
+    assert page.read_text() == "stale\n"
