@@ -524,3 +524,85 @@ def test_rng_preserved_leaves_the_generators_as_they_were():
         _seed_all(0)
         _draws()
     assert _draws() == expected
+
+
+# -- retention, the final checkpoint, last_checkpoint that is no name -------------------------
+
+
+def _hook(folder, period, kept, max_iter, start_iter=0):
+    from types import SimpleNamespace
+
+    from iif_d2.engine.hooks import RunCheckpointer
+
+    hook = RunCheckpointer(IIFCheckpointer(TinyDetector(), str(folder)), period, max_to_keep=kept)
+    hook.trainer = SimpleNamespace(iter=start_iter, max_iter=max_iter)
+    hook.before_train()
+    return hook
+
+
+def _periodic(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("model_0"))
+
+
+def test_retention_counts_checkpoints_written_before_a_resume(tmp_path):
+    """Three kept: the run's own and the earlier run's files count alike; the last iteration
+    writes model_final.pth only (no model_0000009.pth of the same weights)."""
+    first = _hook(tmp_path, period=1, kept=3, max_iter=10)
+    for it in range(5):  # killed after iteration 4
+        first.step(it)
+    assert _periodic(tmp_path) == ["model_0000002.pth", "model_0000003.pth", "model_0000004.pth"]
+    # an earlier run that kept everything left older files too
+    for it in (0, 1):
+        torch.save({"model": {}}, tmp_path / f"model_{it:07d}.pth")
+    resumed = _hook(tmp_path, period=1, kept=3, max_iter=10, start_iter=5)
+    assert _periodic(tmp_path) == ["model_0000002.pth", "model_0000003.pth", "model_0000004.pth"]
+    for it in range(5, 10):
+        resumed.step(it)
+    assert _periodic(tmp_path) == ["model_0000006.pth", "model_0000007.pth", "model_0000008.pth"]
+    assert (tmp_path / "model_final.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_retention_zero_keeps_all_and_period_zero_is_an_error(tmp_path):
+    from iif_d2.engine.hooks import RunCheckpointer
+
+    hook = _hook(tmp_path, period=2, kept=0, max_iter=8)
+    for it in range(8):
+        hook.step(it)
+    assert _periodic(tmp_path) == [f"model_{i:07d}.pth" for i in (1, 3, 5)]
+    with pytest.raises(ValueError, match="CHECKPOINT_PERIOD 0 must be >= 1"):
+        RunCheckpointer(IIFCheckpointer(TinyDetector(), str(tmp_path)), 0)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "latin1", "huge", "two lines"])
+def test_last_checkpoint_that_is_no_name_is_a_one_line_error(tmp_path, kind):
+    """A FIFO (the read would block), bytes that are not UTF-8, a huge file: errors naming
+    the file and the fix, raised at once."""
+    last = tmp_path / "last_checkpoint"
+    if kind == "fifo":
+        os.mkfifo(last)
+    elif kind == "latin1":
+        last.write_bytes(b"model_\xe9.pth")
+    elif kind == "huge":
+        last.write_bytes(b"m" * 100_000)
+    else:
+        last.write_text("model_0000001.pth\nmodel_0000002.pth")
+    checkpointer = IIFCheckpointer(TinyDetector(), str(tmp_path))
+    with pytest.raises(CheckpointLocationError) as e:
+        checkpointer.resume_or_load("", resume=True)
+    assert str(last) in str(e.value) and "\n" not in str(e.value) and "Delete" in str(e.value)
+
+
+def test_untrained_parameters_after_load(tmp_path):
+    model = TinyDetector()
+    state = model.state_dict()
+    torch.save({"model": {k: v for k, v in state.items() if k.startswith("conv.")}}, tmp_path / "a")
+    checkpointer = IIFCheckpointer(TinyDetector())
+    assert checkpointer.untrained_parameters() == [n for n, _ in model.named_parameters()]
+    checkpointer.load(str(tmp_path / "a"))
+    assert checkpointer.untrained_parameters() == [
+        n for n, _ in model.named_parameters() if not n.startswith("conv.")
+    ]
+    torch.save({"model": state}, tmp_path / "b")
+    checkpointer.load(str(tmp_path / "b"))
+    assert checkpointer.untrained_parameters() == []

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from iif_d2.utils.machine import KERNEL_PINS
@@ -84,6 +85,7 @@ def _assert_equal(a, b):
     assert not differ, f"{len(differ)} of {len(a)} tensors differ: {differ[:5]}"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     full, at4, at8 = tmp_path / "full", tmp_path / "killed_at_4", tmp_path / "killed_at_8"
     uninterrupted = _start(full)  # two runs at a time: one per core
@@ -108,6 +110,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
 PORTABLE_KERNELS = KERNEL_PINS["default"]
 
 
+@pytest.mark.slow
 def test_same_seed_repeats_only_on_the_same_kernels(tmp_path):
     """The same seed and thread count repeat bit for bit; another kernel set (as on another
     CPU: AVX2 against AVX-512) rounds differently and trains other weights from that seed."""
@@ -123,3 +126,156 @@ def test_same_seed_repeats_only_on_the_same_kernels(tmp_path):
     _assert_equal(_weights(again), reference)
     other = _weights(portable)
     assert any(not _same(other[k], reference[k]) for k in reference)
+
+
+# -- guards of --resume and --eval-only (no training: fast) ------------------------------------
+
+
+def _args(out, *opts, resume=True, eval_only=False, config=CONFIG):
+    from types import SimpleNamespace
+
+    opts = ["OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", *opts]
+    return SimpleNamespace(
+        config_file=config, opts=opts, resume=resume, eval_only=eval_only, num_gpus=1,
+        num_machines=1, machine_rank=0, dist_url="auto",
+    )  # fmt: skip
+
+
+def _run_folder(tmp_path, *opts):
+    """A run folder as train_net.py leaves it after starting (config.yaml, a checkpoint)."""
+    from iif_d2 import resolve_training_set
+    from iif_d2.engine.trainer import load_config
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = resolve_training_set(load_config(_args(out, *opts)))
+    (out / "config.yaml").write_text(cfg.dump())
+    (out / "model_0000000.pth").write_bytes(b"weights")
+    (out / "last_checkpoint").write_text("model_0000000.pth")
+    return out
+
+
+def _snapshot(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize(
+    "opts, key",
+    [
+        (("MODEL.ROI_BOX_HEAD.IIF.VARIANT", "base10"), "MODEL.ROI_BOX_HEAD.IIF.VARIANT"),
+        (("SOLVER.IMS_PER_BATCH", "4"), "SOLVER.IMS_PER_BATCH"),
+        (("SOLVER.MAX_ITER", "1"), "SOLVER.MAX_ITER"),
+        (("MODEL.ROI_BOX_HEAD.IIF.ENABLED", "False"), "MODEL.ROI_BOX_HEAD.IIF.ENABLED"),
+    ],
+)
+def test_resume_with_another_config_is_refused_before_writing(tmp_path, opts, key):
+    from iif_d2.engine.trainer import RunConfigError, setup
+
+    out = _run_folder(tmp_path)
+    before = _snapshot(out)
+    with pytest.raises(RunConfigError) as e:
+        setup(_args(out, *opts))
+    message = str(e.value)
+    assert "\n" not in message and f"started with {key} " in message
+    assert "another OUTPUT_DIR" in message and str(out / "config.yaml") in message
+    assert _snapshot(out) == before  # nothing in the folder was touched
+
+
+def test_resume_another_config_file_is_refused(tmp_path):
+    from iif_d2 import resolve_training_set
+    from iif_d2.engine.trainer import RunConfigError, check_resume_config, load_config
+
+    out = _run_folder(tmp_path)
+    softmax = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant.yaml")
+    with pytest.raises(RunConfigError, match="MODEL.ROI_BOX_HEAD.IIF.ENABLED"):
+        check_resume_config(load_config(_args(out, config=softmax)), resolved=False)
+    # what may change on a resume: workers, threads, checkpoint period, evaluation
+    same = _args(out, "DATALOADER.NUM_WORKERS", "2", "SOLVER.CHECKPOINT_PERIOD", "7",
+                 "TEST.EVAL_PERIOD", "3", "NUM_THREADS", "1")  # fmt: skip
+    check_resume_config(resolve_training_set(load_config(same)))
+
+
+def test_eval_only_refuses_a_model_that_loaded_no_weights(tmp_path):
+    from detectron2.modeling import build_model
+
+    from iif_d2 import resolve_training_set
+    from iif_d2.engine.trainer import (
+        RunConfigError,
+        check_eval_weights,
+        checkpointer_for,
+        load_config,
+    )
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = resolve_training_set(load_config(_args(out)))
+    model = build_model(cfg)
+    # empty MODEL.WEIGHTS
+    with pytest.raises(RunConfigError, match="set MODEL.WEIGHTS"):
+        check_eval_weights(checkpointer_for(model, cfg), cfg, resume=False)
+    # --resume with an unreadable checkpoint (and no other): not the config's initialisation
+    (out / "model_final.pth").write_bytes(b"truncated")
+    (out / "last_checkpoint").write_text("model_final.pth")
+    with pytest.raises(RunConfigError, match="no readable checkpoint"):
+        check_eval_weights(checkpointer_for(model, cfg), cfg, resume=True)
+    # a backbone alone (an ImageNet initialisation): the heads would be random
+    state = model.state_dict()
+    torch.save({"model": {k: v for k, v in state.items() if "backbone" in k}}, out / "bb.pth")
+    cfg.MODEL.WEIGHTS = str(out / "bb.pth")
+    with pytest.raises(RunConfigError, match=r"holds no weights for \d+ of the model's"):
+        check_eval_weights(checkpointer_for(model, cfg), cfg, resume=False)
+    # a whole model loads
+    torch.save({"model": state}, out / "model_final.pth")
+    assert check_eval_weights(checkpointer_for(model, cfg), cfg, resume=True).endswith(
+        "model_final.pth"
+    )
+
+
+@pytest.mark.slow
+def test_finished_run_resumes_to_its_final_model(tmp_path):
+    """Killed while it saved model_final.pth (its last periodic checkpoint written, as
+    detectron2 writes one at MAX_ITER - 1): --resume trains nothing and writes model_final.pth
+    from that checkpoint; a MAX_ITER below the checkpoint's is refused. The run's files are
+    mode 0644, no periodic checkpoint duplicates model_final.pth, a killed save's temporary
+    file is removed at the next start."""
+    from iif_d2.engine.trainer import RunConfigError, Trainer, setup
+
+    out = tmp_path / "run"
+    opts = ("SOLVER.CHECKPOINT_PERIOD", "1", "MODEL.ROI_BOX_HEAD.FASA.ENABLED", "True",
+            "DATASETS.TEST", "()")  # fmt: skip
+    old_umask = os.umask(0o022)
+    try:
+        cfg = setup(_args(out, *opts, resume=False))
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+    finally:
+        os.umask(old_umask)
+    names = sorted(p.name for p in out.iterdir())
+    assert "model_0000000.pth" in names and "model_final.pth" in names
+    assert "model_0000001.pth" not in names  # the last iteration: model_final.pth only
+    for name in ("model_final.pth", "last_checkpoint", "config.yaml", "iif_class_stats.json",
+                 "iif_heldout.json", "model_0000000.pth"):  # fmt: skip
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+    final = _weights(out)
+
+    # the state a kill during the final save leaves (as detectron2's PeriodicCheckpointer saves)
+    os.replace(out / "model_final.pth", out / "model_0000001.pth")
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    stale = out / ".model_final.pth.999999999.0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    cfg = setup(_args(out, *opts))
+    assert not stale.exists()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 2
+    trainer.train()
+    _assert_equal(_weights(out), final)
+
+    # a checkpoint past MAX_ITER: refused (config.yaml gone: the trainer's own check)
+    (out / "config.yaml").unlink()
+    cfg = setup(_args(out, *opts, "SOLVER.MAX_ITER", "1"))
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=True)
+    with pytest.raises(RunConfigError, match="past SOLVER.MAX_ITER 1"):
+        trainer.train()

@@ -37,7 +37,10 @@ from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
 __all__ = [
     "RunConfigError",
     "Trainer",
+    "check_config_tree",
+    "check_eval_weights",
     "check_resume_config",
+    "check_run_config",
     "checkpointer_for",
     "freeze_all_but_box_classifier",
     "load_config",
@@ -531,16 +534,25 @@ _RESUME_MAY_CHANGE = (
     "GLOBAL",
     "VERSION",
 )
-# Keys the training-set resolution fills in (compared once resolved only)
+# Keys the training-set resolution fills in (compared once resolved only): the class counts'
+# and held-out ids' files (their contents are checked by the resolution itself)
 _RESOLVED = (
-    "SOLVER.MAX_ITER",
-    "SOLVER.STEPS",
     "MODEL.CLASS_COUNTS.SOURCE",
     "MODEL.CLASS_COUNTS.FILE",
     "DATASETS.HELDOUT.IMAGE_IDS_FILE",
-    "MODEL.ROI_BOX_HEAD.FASA.START_ITER",
-    "MODEL.ROI_BOX_HEAD.FASA.ADAPT_PERIOD",
 )
+
+
+def _unresolved(cfg, key: str) -> bool:
+    """Whether ``key`` of an unresolved ``cfg`` may still change in the resolution."""
+    if _under(key, _RESOLVED):
+        return True
+    if key in ("SOLVER.MAX_ITER", "SOLVER.STEPS"):  # from SOLVER.EPOCH_SCHEDULE, if stated
+        schedule = cfg.SOLVER.get("EPOCH_SCHEDULE")
+        return schedule is not None and schedule.get("EPOCHS", 0) > 0
+    if key.startswith("MODEL.ROI_BOX_HEAD.FASA.") and key.endswith(("START_ITER", "ADAPT_PERIOD")):
+        return cfg.MODEL.ROI_BOX_HEAD.FASA.get(key.rsplit(".", 1)[1], 0) < 0  # -1: one epoch
+    return False
 
 
 def _flat(node: Any, prefix: str = "") -> Dict[str, Any]:
@@ -586,10 +598,13 @@ def check_resume_config(cfg, resolved: bool = True) -> None:
     if not isinstance(saved, dict):
         raise RunConfigError(f"--resume: {saved_file} is not a saved config; {fix}.")
     old, new = _flat(saved), _flat(yaml.safe_load(cfg.dump()))
-    for key, value in new.items():
+    # the settings a user gives first, then the files the resolution names
+    keys = sorted(new, key=lambda k: _under(k, _RESOLVED))
+    for key in keys:
+        value = new[key]
         if key not in old or _under(key, _RESUME_MAY_CHANGE):
             continue
-        if not resolved and _under(key, _RESOLVED):
+        if not resolved and _unresolved(cfg, key):
             continue
         was = old[key]
         if isinstance(was, (list, tuple)) and isinstance(value, (list, tuple)):

@@ -1,0 +1,135 @@
+"""The config loader every command uses (iif_d2.engine.trainer.load_config_file): plain YAML
+only, _BASE_ local, inside the config's folder or the project's configs, acyclic, never a web
+address; and train_net.py's one-line errors for settings it cannot run."""
+
+import importlib.util
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from iif_d2.engine.trainer import RunConfigError, check_config_tree, load_config_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _write(folder, name, text):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "is empty"),
+        ("# only a comment\n", "is empty"),
+        ("- MODEL\n- SOLVER\n", "holds a YAML list, not a mapping"),
+        ("just words\n", "holds a YAML str, not a mapping"),
+        ("SOLVER: {BASE_LR: [\n", "not a plain YAML config"),
+        ("SOLVER:\n  NO_SUCH_KEY: 1\n", "NO_SUCH_KEY"),
+        ("SOLVER:\n  MAX_ITER: ten\n", "MAX_ITER"),
+    ],
+)
+def test_bad_config_files_are_one_line_errors(tmp_path, text, message):
+    with pytest.raises(RunConfigError) as e:
+        load_config_file(_write(tmp_path, "c.yaml", text))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_python_tag_runs_no_code(tmp_path):
+    sentinel = tmp_path / "sentinel"
+    path = _write(tmp_path, "c.yaml", f"X: !!python/object/apply:os.mkdir ['{sentinel}']\n")
+    with pytest.raises(RunConfigError, match="no Python tag is loaded"):
+        load_config_file(path)
+    assert not sentinel.exists()
+
+
+def test_base_cycle(tmp_path):
+    a = _write(tmp_path, "a.yaml", "_BASE_: b.yaml\n")
+    _write(tmp_path, "b.yaml", "_BASE_: sub/../a.yaml\nSOLVER: {MAX_ITER: 3}\n")
+    with pytest.raises(RunConfigError, match=r"_BASE_ cycle .*a.yaml -> b.yaml -> a.yaml"):
+        load_config_file(a)
+    selfish = _write(tmp_path, "self.yaml", "_BASE_: self.yaml\n")
+    with pytest.raises(RunConfigError, match="_BASE_ cycle"):
+        load_config_file(selfish)
+
+
+def test_base_outside_the_config_folder_and_the_project(tmp_path):
+    _write(tmp_path, "elsewhere/base.yaml", "SOLVER: {MAX_ITER: 3}\n")
+    leaf = _write(tmp_path, "mine/leaf.yaml", "_BASE_: ../elsewhere/base.yaml\n")
+    with pytest.raises(RunConfigError, match="outside the config's folder"):
+        load_config_file(leaf)
+    absolute = _write(tmp_path, "mine/abs.yaml", "_BASE_: /etc/hostname\n")
+    with pytest.raises(RunConfigError, match="outside the config's folder"):
+        load_config_file(absolute)
+    # inside: the config's folder, and the project's configs (by absolute path)
+    _write(tmp_path, "mine/sub/base.yaml", "SOLVER: {MAX_ITER: 3}\n")
+    ok = _write(tmp_path, "mine/ok.yaml", "_BASE_: sub/base.yaml\nSOLVER: {BASE_LR: 0.5}\n")
+    cfg = load_config_file(ok, ["SOLVER.WARMUP_ITERS", "7"])
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR, cfg.SOLVER.WARMUP_ITERS) == (3, 0.5, 7)
+    project = os.path.join(REPO, "configs", "quick_schedules", "Base-instant.yaml")
+    if os.path.isfile(project):
+        check_config_tree(_write(tmp_path, "mine/p.yaml", f"_BASE_: {project}\n"))
+
+
+class _Counter(BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        type(self).hits += 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"SOLVER: {MAX_ITER: 3}\n")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_web_addresses_are_never_fetched(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = HTTPServer(("127.0.0.1", port), _Counter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{port}/base.yaml"
+        leaf = _write(tmp_path, "leaf.yaml", f"_BASE_: {url}\n")
+        with pytest.raises(RunConfigError, match="never fetched"):
+            load_config_file(leaf)
+        listed = _write(tmp_path, "listed.yaml", f"_BASE_: [{url}]\n")
+        with pytest.raises(RunConfigError, match="never fetched"):
+            load_config_file(listed)
+        with pytest.raises(RunConfigError, match="never fetched from the web"):
+            load_config_file(url)
+    finally:
+        server.shutdown()
+    assert _Counter.hits == 0
+
+
+def _train_net():
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-gpus", "0"], "--num-gpus 0: give at least 1"),
+        (["--num-machines", "2", "--machine-rank", "2"], "the rank of this machine is 0 to 1"),
+        (["--machine-rank", "-1"], "the rank of this machine is 0 to 0"),
+        (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD 0 must be an integer >= 1"),
+        (["SOLVER.CHECKPOINTS_KEPT", "-1"], "SOLVER.CHECKPOINTS_KEPT -1 must be >= 0"),
+    ],
+)
+def test_train_net_settings_it_cannot_run_are_one_line_errors(tmp_path, capsys, argv, message):
+    config = _write(tmp_path, "c.yaml", "MODEL: {DEVICE: cpu}\n")
+    assert _train_net().run(["--config-file", config, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert os.listdir(tmp_path) == ["c.yaml"]
