@@ -178,3 +178,19 @@ def test_lock_within_one_process(tmp_path):
     acquire_output_dir(str(tmp_path / "run")).release()
     with pytest.raises(ValueError, match="OUTPUT_DIR is empty"):
         OutputDirLock("")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_gpus_per_machine": 0}, "give at least one of each"),
+        ({"num_gpus_per_machine": 2, "num_machines": 0}, "give at least one of each"),
+        ({"num_gpus_per_machine": 2, "num_machines": 2, "machine_rank": 2}, "it is 0 to 1"),
+        ({"num_gpus_per_machine": 1, "machine_rank": -1}, "it is 0 to 0"),
+    ],
+)
+def test_launch_refuses_counts_that_do_nothing_or_wait_forever(kwargs, message):
+    called = []
+    with pytest.raises(ValueError, match=message):
+        launch(called.append, backend="gloo", args=(1,), **kwargs)
+    assert called == []

@@ -279,3 +279,30 @@ def test_finished_run_resumes_to_its_final_model(tmp_path):
     trainer.resume_or_load(resume=True)
     with pytest.raises(RunConfigError, match="past SOLVER.MAX_ITER 1"):
         trainer.train()
+
+
+@pytest.mark.slow
+def test_train_net_one_line_errors(tmp_path):
+    """The command: --eval-only without weights, a FIFO or non-UTF-8 last_checkpoint, a
+    resume into another config's folder: exit 2, one line on stderr, no traceback."""
+    out = _run_folder(tmp_path)
+    (out / "last_checkpoint").unlink()
+    os.mkfifo(out / "last_checkpoint")
+    base = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cases = [
+        (["--eval-only", "OUTPUT_DIR", str(tmp_path / "e")], "set MODEL.WEIGHTS"),
+        (["--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"], "is not a regular file"),
+        (["--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3"], "SOLVER.MAX_ITER 2"),
+    ]
+    for args, message in cases:
+        r = subprocess.run([*base, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=TIMEOUT_S)  # fmt: skip
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
+    (out / "last_checkpoint").unlink()
+    (out / "last_checkpoint").write_bytes(b"model_\xe9.pth")
+    args = [*base, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"]
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert r.returncode == 2 and "is not UTF-8 text" in r.stderr.strip().splitlines()[-1]
