@@ -42,7 +42,7 @@ def test_page_verdicts_follow_the_records():
     line = next(li for li in page.splitlines() if li.startswith("| post-process IIF beats soft"))
     assert line.endswith("**shown** |")  # softmax is 5 lower than every other row
     assert 'smooth is the best decoupled variant": **shown' in page
-    assert "CPU X, 1 thread(s)" in page and "Seeds: 0, 1, 2 (3)" in page
+    assert "CPU X, 1 thread (" in page and "Seeds: 0, 1, 2 (3)" in page
 
 
 @pytest.mark.skipif(not os.path.exists(RECORDS), reason="no classification records committed")
