@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import DEV
+from helpers import DEV, load_dev
 
 SPEED = os.path.join(DEV, "benchmark_speed.py")
 
@@ -80,13 +80,20 @@ def test_kernels_task_reduced_run(tmp_path):
 @pytest.mark.slow
 def test_a_paired_run_is_added_to_a_records_file(tmp_path):
     records = tmp_path / "speed.json"
-    for label in ("first", "second", "first"):  # the same label replaces its run
-        _run_task("head", tmp_path, "--only", "head", "--record", str(records), "--label", label)
-    runs = json.load(open(records))["runs"]
-    assert [r["label"] for r in runs] == ["second", "first"]
-    assert runs[1]["threads"] == 1 and runs[1]["kernels"] and runs[1]["commit"]
-    assert "--task head" in runs[1]["command"]
-    assert [r["name"] for r in runs[1]["rows"]] == ["head train step", "head inference"]
+    _run_task("head", tmp_path, "--only", "head", "--record", str(records), "--label", "first")
+    (run,) = json.load(open(records))["runs"]
+    assert run["label"] == "first" and run["threads"] == 1 and run["kernels"] and run["commit"]
+    assert "--task head" in run["command"]
+    assert [r["name"] for r in run["rows"]] == ["head train step", "head inference"]
+
+
+def test_a_record_replaces_the_run_of_its_label(tmp_path):
+    speed = load_dev("benchmark_speed")
+    path = str(tmp_path / "speed.json")
+    for label, rounds in (("first", 1), ("second", 2), ("first", 3)):
+        speed.add_speed_record(path, label, "cmd", {"rounds": rounds}, [])
+    runs = json.load(open(path))["runs"]
+    assert [(r["label"], r["rounds"]) for r in runs] == [("second", 2), ("first", 3)]
 
 
 @pytest.mark.slow
@@ -103,12 +110,15 @@ def test_class_stats_and_checkpoint_tasks(tmp_path):
     assert os.listdir(tmp_path) == []  # its temporary folder removed
 
 
-def test_bad_arguments_name_the_problem():
+def test_bad_arguments_name_the_problem(capsys):
+    speed = load_dev("benchmark_speed")
     for args, message in (
         (["--task", "head", "--only", "roi_align"], "--task head has head, model"),
         (["--task", "startup", "--record", "x.json"], "--record: only the paired tasks"),
         (["--task", "nope"], "invalid choice"),
         (["--task", "fasa", "--repeats", "0"], "--repeats and --threads must be >= 1"),
     ):
-        r = subprocess.run([sys.executable, SPEED, *args], capture_output=True, text=True)
-        assert r.returncode in (1, 2) and message in r.stderr, (args, r.stderr[-2000:])
+        with pytest.raises(SystemExit) as e:
+            speed.main(args)
+        said = capsys.readouterr().err + str(e.value.code)
+        assert e.value.code not in (0, None) and message in said, (args, said)
