@@ -401,9 +401,10 @@ def _add_epoch_schedule(_C):
     # facts (iif_d2.data.training_set, once per run, before the model is built) set
     # SOLVER.MAX_ITER = EPOCHS x the iterations of one epoch at SOLVER.IMS_PER_BATCH, and
     # SOLVER.STEPS = each of STEPS x the same; both are logged and saved in
-    # OUTPUT_DIR/config.yaml. SOLVER.WARMUP_ITERS stays in iterations; FASA's START_ITER /
-    # ADAPT_PERIOD -1 are one epoch of the same length. 0 = off: SOLVER.MAX_ITER / STEPS as
-    # given.
+    # OUTPUT_DIR/config.yaml; the MAX_ITER / STEPS of the config files are replaced (on the
+    # command line, setting them beside EPOCHS is an error). SOLVER.WARMUP_ITERS stays in
+    # iterations; FASA's START_ITER / ADAPT_PERIOD -1 are one epoch of the same length.
+    # 0 = off: SOLVER.MAX_ITER / STEPS as given.
     # ---------------------------------------------------------------------------------------
     _C.SOLVER.EPOCH_SCHEDULE = CN()
     _C.SOLVER.EPOCH_SCHEDULE.EPOCHS = 0

@@ -281,8 +281,8 @@ def test_detectron2_paths_keep_detectron2_schedule():
 
 
 def test_lvis_leaves_named_by_epochs():
-    """LVIS leaves (outside detectron2's paths) name their schedule in epochs, and mean it."""
-    per_epoch = 100170 / 16  # LVIS v1 train images at batch 16
+    """LVIS leaves (outside detectron2's paths) name their schedule in epochs, and state it in
+    epochs (SOLVER.EPOCH_SCHEDULE, resolved when a run starts)."""
     for name in LEAVES:
         if not name.startswith("LVISv1") or name in COLLIDING:
             continue
@@ -291,7 +291,9 @@ def test_lvis_leaves_named_by_epochs():
         epochs = [int(t[:-1]) for t in base[:-5].split("_") if t[:-1].isdigit() and t[-1] == "e"]
         assert len(epochs) == 1, name
         cfg = load(name)
-        assert abs(cfg.SOLVER.MAX_ITER - epochs[0] * per_epoch) < 1, name
+        assert cfg.SOLVER.EPOCH_SCHEDULE.EPOCHS == epochs[0], name
+        steps = cfg.SOLVER.EPOCH_SCHEDULE.STEPS
+        assert len(steps) == 2 and 0 < steps[0] < steps[1] < epochs[0], name  # two decays
         rfs = cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
         assert rfs == ("_rfs" in base or "_recipe" in base), name
 

@@ -47,6 +47,9 @@ ALIASES = [n for n in LEAVES if _is_alias(n)]
 USER_CONFIGS = [n for n in LEAVES if n not in ALIASES]
 COMMON = [
     "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", 1, "SOLVER.MAX_ITER", 1,
+    # one iteration, not the LVIS configs' epochs (tests/data/test_epoch_schedule.py and
+    # dev/rehearse_schedules.py cover those)
+    "SOLVER.EPOCH_SCHEDULE.EPOCHS", 0, "SOLVER.EPOCH_SCHEDULE.STEPS", (),
     "DATALOADER.NUM_WORKERS", 0, "TEST.EVAL_PERIOD", 0,
 ]  # fmt: skip
 TINY = [

@@ -38,6 +38,7 @@ __all__ = [
     "generate_lvis_shaped",
     "lvis_classes",
     "register_lvis_shaped",
+    "class_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -406,6 +407,30 @@ def generate_lvis_shaped(root: str, spec: LVISShapedSpec = LVIS_SHAPED) -> str:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return folder
+
+
+def class_layout(spec: LVISShapedSpec, split: str = "train") -> List[Dict]:
+    """The dataset dicts of ``split`` without images: which classes each image holds, and how
+    many instances, exactly as the generated set has them (the same draws), with placeholder
+    boxes. Enough for everything counted on the training set (class counts, FASA's hold-out,
+    repeat factors, the epoch length) at LVIS scale in seconds, without rendering a pixel.
+
+    Returns:
+        list of dicts with ``image_id`` (1-based), ``annotations`` (``category_id`` 0-based,
+        as detectron2 loads LVIS v1), ``height`` / ``width`` 0.
+    """
+    from detectron2.structures import BoxMode
+
+    num_images = spec.train_images if split == "train" else spec.val_images
+    rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1])
+    image, cls, counts = assign_classes(*class_targets(spec, split), num_images, rng)
+    dicts = [
+        {"image_id": i + 1, "height": 0, "width": 0, "annotations": []} for i in range(num_images)
+    ]
+    for im, c, n in zip(image.tolist(), cls.tolist(), counts.tolist()):
+        ann = {"category_id": c, "iscrowd": 0, "bbox": [0, 0, 1, 1], "bbox_mode": BoxMode.XYWH_ABS}
+        dicts[im]["annotations"].extend(dict(ann) for _ in range(n))
+    return dicts
 
 
 def _load_split(root: str, spec: LVISShapedSpec, split: str):

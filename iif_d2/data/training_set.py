@@ -52,6 +52,7 @@ __all__ = [
     "TrainingSetFacts",
     "compute_class_stats",
     "check_epoch_schedule",
+    "check_schedule_opts",
     "compute_training_set_facts",
     "epoch_schedule",
     "needs_class_counts",
@@ -135,6 +136,23 @@ def check_epoch_schedule(cfg) -> bool:
             f"{epochs}), e.g. (16, 22) of 24."
         )
     return True
+
+
+def check_schedule_opts(cfg, opts) -> None:
+    """Refuse command-line ``opts`` that set SOLVER.MAX_ITER or SOLVER.STEPS for a config whose
+    schedule is in epochs: the epochs would replace them.
+
+    Raises:
+        ValueError: naming the key and the fix.
+    """
+    keys = {str(k) for k in list(opts)[::2]} & {"SOLVER.MAX_ITER", "SOLVER.STEPS"}
+    if keys and cfg.SOLVER.EPOCH_SCHEDULE.EPOCHS > 0:
+        raise ValueError(
+            f"{' and '.join(sorted(keys))} given, but the config's schedule is in epochs "
+            f"(SOLVER.EPOCH_SCHEDULE.EPOCHS {cfg.SOLVER.EPOCH_SCHEDULE.EPOCHS}), which would "
+            "replace it: add SOLVER.EPOCH_SCHEDULE.EPOCHS 0 to train in iterations, or set "
+            "SOLVER.EPOCH_SCHEDULE.EPOCHS / STEPS instead."
+        )
 
 
 def epoch_schedule(epochs: int, steps, iterations: int):
