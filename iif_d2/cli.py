@@ -18,7 +18,6 @@ if __name__ == "__main__":  # the command (not an import): before detectron2 is 
     hide_upstream_deprecations()
 
 # isort: split
-import yaml  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
@@ -114,15 +113,16 @@ def _registered(name: str) -> str:
 
 
 def _config(args):
+    # the loader every command uses: plain YAML, _BASE_ local and acyclic, never fetched
+    from iif_d2.engine.trainer import RunConfigError, load_config_file
+
     if not os.path.isfile(args.config_file):
         what = "is a directory" if os.path.isdir(args.config_file) else "does not exist"
         raise CLIError(f"--config-file {args.config_file} {what}; give a YAML config file.")
-    cfg = get_cfg()
-    add_iif_config(cfg)
     try:
-        cfg.merge_from_file(args.config_file, allow_unsafe=False)  # yaml.safe_load: no code
-    except (yaml.YAMLError, KeyError, ValueError, AssertionError, TypeError) as e:
-        raise CLIError(f"--config-file {args.config_file}: {_one_line(e)}") from None
+        cfg = load_config_file(args.config_file)
+    except RunConfigError as e:
+        raise CLIError(f"--config-file {_one_line(e)}") from None
     if len(args.opts) % 2:
         raise CLIError(f"config overrides come in KEY VALUE pairs; {args.opts[-1]!r} has no value.")
     try:

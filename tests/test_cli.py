@@ -100,3 +100,17 @@ def test_save_onto_the_input_is_refused(tmp_path, capsys, monkeypatch):
         "counts.csv",
         "link.csv",
     ]
+
+
+def test_config_file_goes_through_the_checked_loader(tmp_path, capsys):
+    """--config-file: a _BASE_ web address is never fetched, a YAML list is refused."""
+    cases = {
+        "url.yaml": ("_BASE_: http://127.0.0.1:9/base.yaml\n", "never fetched"),
+        "list.yaml": ("- MODEL\n", "not a mapping of config keys"),
+        "tag.yaml": ("MODEL: !!python/object/apply:os.system ['true']\n", "python/object/apply"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["--config-file", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --config-file ") and message in err and err.count("\n") == 1

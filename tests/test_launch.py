@@ -21,7 +21,7 @@ from iif_d2.engine.run_lock import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_LOCK = os.path.join(REPO, "iif_d2", "run_lock.py")
+RUN_LOCK = os.path.join(REPO, "iif_d2", "engine", "run_lock.py")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, PYTHONWARNINGS="ignore")
 
 
@@ -68,6 +68,7 @@ LAUNCHER = textwrap.dedent(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.slow
 def test_workers_exit_when_launcher_is_killed(tmp_path):
     script = tmp_path / "launcher.py"
     script.write_text(LAUNCHER)
@@ -94,6 +95,7 @@ def _stalled_rank_one():
     dist.barrier()
 
 
+@pytest.mark.slow
 def test_stalled_rank_times_out_with_its_rank_named():
     start = time.monotonic()
     with pytest.raises(Exception) as e:
@@ -145,6 +147,7 @@ def _holder(folder):
     return p
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_with_holder_named(tmp_path):
     holder = _holder(tmp_path)
     try:
