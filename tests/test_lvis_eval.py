@@ -461,11 +461,19 @@ def test_cli_json_out_never_overwrites_an_input(tmp_path, capsys):
     assert main(args) == 2 and "is a directory" in capsys.readouterr().err
 
 
-def test_streamed_results_equal_the_parsed_list(tmp_path, monkeypatch):
-    """The incremental reader, forced to refill its buffer mid-object, mid-number and between
-    elements, gives the arrays of the whole-file parse."""
+@pytest.mark.parametrize("reader", ["ijson", "json"])
+def test_streamed_results_equal_the_parsed_list(tmp_path, monkeypatch, reader):
+    """Both incremental readers (ijson's C parser; the standard library's scanner, forced to
+    refill its buffer mid-object, mid-number and between elements) give the arrays of the
+    whole-file parse, and the same one-line errors."""
     from iif_d2.lvis_eval import data
 
+    if reader == "json":
+        monkeypatch.setattr(data, "_fast_json_objects", lambda path: None)
+    else:
+        import ijson
+
+        assert ijson.backend == "yajl2_c"  # the C parser is what the reader is measured with
     gt, dets = _case(0)
     results = to_results(dets)
     path = tmp_path / "res.json"
@@ -486,6 +494,7 @@ def test_streamed_results_equal_the_parsed_list(tmp_path, monkeypatch):
         ("[] x", "extra data"),
         ("", "empty"),
         ("{}", "json list"),
+        ('[{"image_id": 1, "category_id": 1, "score": NaN, "bbox": [1, 2, 3, 4]}]', "score nan"),
     ):
         path.write_text(text)
         with pytest.raises(ValueError, match=message):

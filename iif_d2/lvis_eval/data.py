@@ -307,6 +307,47 @@ def _json_objects(path: str, what: str = "results"):
                     )
 
 
+def _fast_json_objects(path: str, what: str = "results"):
+    """The elements of the json array in file ``path``, one at a time, from ijson's C parser
+    (yajl2_c): the fastest reader measured (docs/evaluation.md). None where it does not apply
+    (no C backend, or the file does not start with "["): then :func:`_json_objects` reads it.
+    Raises :class:`_FastReaderFailed` on anything yajl refuses, which includes Python's NaN and
+    Infinity, so that the standard reader gives the exact message (or reads the NaN, which the
+    checks then name)."""
+    try:
+        import ijson
+    except ImportError:
+        return None
+    if ijson.backend != "yajl2_c":
+        return None
+    f = _open_binary(path, what)
+    head = f.read(64).lstrip()
+    f.seek(0)
+    if not head.startswith(b"["):
+        f.close()
+        return None
+
+    def objects():
+        with f:
+            try:
+                yield from ijson.items(f, "item", use_float=True)
+            except ijson.JSONError as e:
+                raise _FastReaderFailed(str(e)) from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"{what} file {path} cannot be read: {e}") from None
+
+    return objects()
+
+
+class _FastReaderFailed(Exception):
+    """ijson refused the file; the standard library's reader reads it again."""
+
+
+def _open_binary(path, what):
+    _open_text(path, what).close()  # the same checks and messages
+    return open(path, "rb")
+
+
 def _open_text(path, what):
     if os.path.isdir(path):
         raise ValueError(f"{what} file {path} is a directory; give the json file in it.")
@@ -649,7 +690,9 @@ def read_results(
     """Read lvis-api-format results into :class:`LVISDetections`, checking every entry.
 
     A path is read incrementally (one buffer of the file and one chunk of parsed results at a
-    time, converted to arrays as it goes), so memory holds the arrays, not the json's objects.
+    time, converted to arrays as it goes), so memory holds the arrays, not the json's objects:
+    by ijson's C parser where it is installed with it, else (and for what yajl refuses, such as
+    Python's NaN) by the standard library's json scanner.
     As lvis-api's ``LVISResults``: when the first result has a "bbox", areas are box ``w * h``
     (for segm too); otherwise mask areas, and boxes come from the masks. Segmentations are
     read only where the evaluation uses them (segm, or bbox without boxes).
@@ -670,13 +713,24 @@ def read_results(
     Returns:
         LVISDetections
     """
-    reader = _Reader(iou_type, gt, masks_where_present)
     if isinstance(source, (str, os.PathLike)):
-        items = _json_objects(os.fspath(source))
+        path = os.fspath(source)
+        items = _fast_json_objects(path)
+        if items is not None:
+            try:
+                return _consume(_Reader(iou_type, gt, masks_where_present), items)
+            except _FastReaderFailed:
+                pass  # NaN, Infinity or broken json: the standard reader names the problem
+        items = _json_objects(path)
     elif isinstance(source, list):
         items = iter(source)
     else:
         raise ValueError("LVIS results must be a json list of detection objects.")
+    return _consume(_Reader(iou_type, gt, masks_where_present), items)
+
+
+def _consume(reader: _Reader, items) -> LVISDetections:
+    """Feed ``items`` to ``reader`` in chunks of :data:`CHUNK`."""
     # the json's objects hold no reference cycles: the cycle collector, triggered again and
     # again by millions of new dicts, would only walk them (a third of the reading time)
     collecting = gc.isenabled()
