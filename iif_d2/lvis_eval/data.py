@@ -510,7 +510,7 @@ class _Reader:
         values = [r[key] for r in chunk]
         arr = np.array(values)
         if arr.dtype.kind not in "iu" or arr.ndim != 1:
-            i = next(i for i, v in enumerate(values) if not _is_int(v))
+            i = next((i for i, v in enumerate(values) if not _is_int(v)), 0)
             raise ValueError(
                 f"results[{start + i}]: {key} {values[i]!r} is not an integer; give the "
                 f"ground truth's {key.split('_')[0]} id."
@@ -521,7 +521,7 @@ class _Reader:
         values = [r[key] for r in chunk]
         arr = np.array(values)
         if arr.dtype.kind not in "iuf" or arr.ndim != 1:
-            i = next(i for i, v in enumerate(values) if not _is_number(v))
+            i = next((i for i, v in enumerate(values) if not _is_number(v)), 0)
             raise ValueError(
                 f"results[{start + i}]: {key} {values[i]!r} is not a number; give a finite "
                 "number >= 0."
