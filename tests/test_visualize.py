@@ -240,3 +240,19 @@ def test_demo_keeps_only_the_final_checkpoint(tmp_path):
     (tmp_path / "last_checkpoint").write_text("model_final.pth")
     assert demo.remove_periodic_checkpoints(str(tmp_path)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_output_onto_the_input_folder_is_refused(run_dir, tmp_path):
+    """--output naming the --input folder (also through a symlink) would replace the images
+    of the same name: refused, the images unchanged."""
+    tool = _tool()
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(images / "a.png")
+    before = (images / "a.png").read_bytes()
+    (tmp_path / "link").symlink_to(images)
+    cfg = tool.load_run_config(str(run_dir / "model_final.pth"), device="cpu")
+    for out in (images, tmp_path / "link"):
+        with pytest.raises(ValueError, match="is the --input folder"):
+            tool.visualize(cfg, str(out), input_dir=str(images))
+    assert (images / "a.png").read_bytes() == before and os.listdir(images) == ["a.png"]

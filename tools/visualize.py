@@ -153,6 +153,15 @@ def _predictor(cfg):
     return predictor
 
 
+def _same_folder(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def _fixed_colors(seed=0):
     """Visualizer draws each instance in a random colour (numpy's global RNG): make the
@@ -192,8 +201,17 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
     from detectron2.utils.visualizer import Visualizer
     from PIL import Image
 
+    from iif_d2.utils.io import atomic_write
+
     if (dataset is None) == (input_dir is None):
         raise ValueError("give exactly one of dataset and input_dir")
+    if input_dir is not None and _same_folder(input_dir, output_dir):
+        raise ValueError(
+            f"--output {output_dir} is the --input folder: the PNGs would replace the input "
+            "images of the same name; give another folder."
+        )
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output {output_dir} is a file; give a folder for the PNGs.")
     if dataset is not None:
         items, metadata = _dataset_items(dataset, num)
     else:
@@ -221,7 +239,8 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
                 right = right.output
         panels = [v.get_image() for v in (left, right)]
         out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-        Image.fromarray(np.concatenate(panels, axis=1)).save(out)
+        image = Image.fromarray(np.concatenate(panels, axis=1))
+        atomic_write(out, lambda f, image=image: image.save(f, format="PNG"))
         written.append(out)
     return written
 

@@ -2,7 +2,6 @@
 multi-process CPU training; ``setup`` builds the config the way detectron2's tools do."""
 
 import functools
-import json
 import logging
 import os
 import pickle
@@ -31,6 +30,7 @@ from iif_d2.evaluation import build_evaluator
 from iif_d2.modeling.config_check import check_settings_used, num_classes_problem
 from iif_d2.modeling.fasa import FASA
 from iif_d2.utils.compat import cpu_safe_ddp
+from iif_d2.utils.io import write_json_atomic
 from iif_d2.utils.machine import cpu_capability, cpu_model
 from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
 
@@ -267,10 +267,7 @@ class Trainer(DefaultTrainer):
         with score_floors_attached(model, evaluators):
             results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and cfg.OUTPUT_DIR:
-            folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-            PathManager.mkdirs(folder)
-            with PathManager.open(os.path.join(folder, "results.json"), "w") as f:
-                json.dump(results, f, indent=1)
+            write_json_atomic(os.path.join(cfg.OUTPUT_DIR, "inference", "results.json"), results)
         return results
 
 
