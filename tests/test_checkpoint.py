@@ -606,3 +606,26 @@ def test_untrained_parameters_after_load(tmp_path):
     torch.save({"model": state}, tmp_path / "b")
     checkpointer.load(str(tmp_path / "b"))
     assert checkpointer.untrained_parameters() == []
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_resuming_another_models_checkpoint_is_refused_with_the_fix(tmp_path, allow):
+    """A run folder of a 4-class model resumed by a 6-class one: the optimizer's state could
+    not continue it (with the shape mismatch allowed, the optimizer step would crash), so the
+    error says to start a new run from the checkpoint, which then works."""
+    source = TinyDetector(num_classes=4)
+    optimizer = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
+    source({"image": torch.zeros(3, 5, 5)} for _ in range(1))["loss"].backward()
+    optimizer.step()
+    IIFCheckpointer(source, str(tmp_path), optimizer=optimizer).save("model_0000009", iteration=9)
+    model = TinyDetector(num_classes=6)
+    other = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    checkpointer = IIFCheckpointer(
+        model, str(tmp_path), allow_class_mismatch=allow, optimizer=other
+    )
+    with pytest.raises(CheckpointShapeMismatchError, match="cannot continue this run") as e:
+        checkpointer.resume_or_load("", resume=True)
+    assert "another OUTPUT_DIR, without --resume" in str(e.value)
+    if allow:  # the advice: a new run from the checkpoint, model only
+        checkpointer.load(str(tmp_path / "model_0000009.pth"), checkpointables=[])
+        assert torch.equal(model.conv.weight, source.conv.weight)

@@ -2,8 +2,10 @@
 
 * Loading never runs code. ``.pkl`` weights (detectron2's and Detectron's model zoo: dicts of
   numpy arrays) go through a restricted unpickler that only rebuilds numpy arrays and plain
-  Python data; ``.pth``/``.pyth`` files go through ``torch.load(weights_only=True)``, with numpy
-  arrays allowed inside a scoped ``torch.serialization.safe_globals``. Anything else is refused
+  Python data, with no callable that allocates by an argument (``bytes(n)``, ``ndarray(shape)``,
+  a huge empty array: every allocation is bounded by the file's own bytes); ``.pth``/``.pyth``
+  files go through ``torch.load(weights_only=True)``, with numpy arrays allowed inside a scoped
+  ``torch.serialization.safe_globals``. Anything else is refused
   with :class:`UnsafeCheckpointError`, naming the file and the refused global.
 * ``last_checkpoint`` may only name a file inside the save directory
   (:class:`CheckpointLocationError` otherwise: absolute paths elsewhere, ``..``, symlinks out).
@@ -15,7 +17,11 @@
   fallback weights (``MODEL.WEIGHTS``) as a fresh run.
 * A loaded tensor whose shape differs from the model's (a checkpoint for another number of
   classes) is an error, :class:`CheckpointShapeMismatchError`, unless the checkpointer is built
-  with ``allow_class_mismatch=True``; then detectron2's skip-with-warning applies.
+  with ``allow_class_mismatch=True``; then detectron2's skip-with-warning applies. Resuming
+  (restoring the optimizer and trainer state too) from a checkpoint of another shape is always
+  an error: that state cannot continue this model; a new run can start from its weights.
+* ``last_checkpoint`` that is not a small UTF-8 text file (a FIFO, binary bytes) is an error at
+  once, never a blocked read.
 
 Works on detectron2 v0.6 and main (main reads ``.pth`` files through ``_torch_load`` and parses
 ``?matching_heuristics=True`` from the path; both are kept).
@@ -338,6 +344,7 @@ class IIFCheckpointer(DetectionCheckpointer):
         self._good: Dict[str, Tuple[int, ...]] = {}  # realpath -> signature of a readable file
         self._pending: Optional[Tuple[str, Tuple[int, ...], Dict[str, Any]]] = None
         self._loading: Optional[str] = None
+        self._restoring: List[str] = []  # the checkpointables the current load restores
         self.last_incompatible = None  # the last load's missing / unexpected keys
 
     @classmethod
@@ -428,10 +435,13 @@ class IIFCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         """detectron2's ``load``, through the safe readers and the shape check."""
         self._loading, self.last_incompatible = path, None
+        wanted = args[0] if args else kwargs.get("checkpointables")
+        names = list(self.checkpointables) if wanted is None else list(wanted)
+        self._restoring = [n for n in names if n in self.checkpointables]
         try:
             return super().load(path, *args, **kwargs)
         finally:
-            self._loading = None
+            self._loading, self._restoring = None, []
 
     # -- resuming -------------------------------------------------------------------------
 
@@ -624,6 +634,17 @@ class IIFCheckpointer(DetectionCheckpointer):
         if checkpoint.get("matching_heuristics", False):
             mismatched = self._align_by_name(checkpoint)
         mismatched += self._mismatched(checkpoint["model"])
+        restoring = [n for n in self._restoring if n in checkpoint]
+        if mismatched and restoring:  # allowed or not: the optimizer cannot continue it
+            k, c, m = mismatched[0]
+            raise CheckpointShapeMismatchError(
+                f"Checkpoint {self._loading} is of another model ({k}: checkpoint {c}, model "
+                f"{m}; {len(mismatched)} tensor(s) differ), so its {', '.join(restoring)} "
+                "state cannot continue this run. Start a new run from it instead: another "
+                f"OUTPUT_DIR, without --resume, MODEL.WEIGHTS {self._loading} and "
+                "MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH True (the differing tensors start from "
+                "their initialisation)."
+            )
         if mismatched and not self.allow_class_mismatch:
             lines = "\n".join(f"  {k}: checkpoint {c}, model {m}" for k, c, m in mismatched)
             raise CheckpointShapeMismatchError(
