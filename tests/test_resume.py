@@ -193,6 +193,10 @@ def test_resume_another_config_file_is_refused(tmp_path):
     same = _args(out, "DATALOADER.NUM_WORKERS", "2", "SOLVER.CHECKPOINT_PERIOD", "7",
                  "TEST.EVAL_PERIOD", "3", "NUM_THREADS", "1")  # fmt: skip
     check_resume_config(resolve_training_set(load_config(same)))
+    # a run folder moved elsewhere (its saved files' paths name the old place) resumes too
+    moved = tmp_path / "moved"
+    os.rename(out, moved)
+    check_resume_config(resolve_training_set(load_config(_args(moved)), resume=True))
 
 
 def test_eval_only_refuses_a_model_that_loaded_no_weights(tmp_path):

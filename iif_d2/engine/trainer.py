@@ -529,8 +529,9 @@ _RESUME_MAY_CHANGE = (
     "GLOBAL",
     "VERSION",
 )
-# Keys the training-set resolution fills in (compared once resolved only): the class counts'
-# and held-out ids' files (their contents are checked by the resolution itself)
+# Files the training-set resolution names (absolute paths into OUTPUT_DIR, which may have
+# moved): not compared; their contents are (the resolution checks the class counts against the
+# run's saved ones on a resume; the held-out ids follow from DATASETS.TRAIN and HELDOUT)
 _RESOLVED = (
     "MODEL.CLASS_COUNTS.SOURCE",
     "MODEL.CLASS_COUNTS.FILE",
@@ -540,8 +541,6 @@ _RESOLVED = (
 
 def _unresolved(cfg, key: str) -> bool:
     """Whether ``key`` of an unresolved ``cfg`` may still change in the resolution."""
-    if _under(key, _RESOLVED):
-        return True
     if key in ("SOLVER.MAX_ITER", "SOLVER.STEPS"):  # from SOLVER.EPOCH_SCHEDULE, if stated
         schedule = cfg.SOLVER.get("EPOCH_SCHEDULE")
         return schedule is not None and schedule.get("EPOCHS", 0) > 0
@@ -593,11 +592,8 @@ def check_resume_config(cfg, resolved: bool = True) -> None:
     if not isinstance(saved, dict):
         raise RunConfigError(f"--resume: {saved_file} is not a saved config; {fix}.")
     old, new = _flat(saved), _flat(yaml.safe_load(cfg.dump()))
-    # the settings a user gives first, then the files the resolution names
-    keys = sorted(new, key=lambda k: _under(k, _RESOLVED))
-    for key in keys:
-        value = new[key]
-        if key not in old or _under(key, _RESUME_MAY_CHANGE):
+    for key, value in new.items():
+        if key not in old or _under(key, _RESUME_MAY_CHANGE) or _under(key, _RESOLVED):
             continue
         if not resolved and _unresolved(cfg, key):
             continue
