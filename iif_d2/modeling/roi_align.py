@@ -20,6 +20,7 @@ torchvision's kernel stays the choice (``MODEL.KERNELS.ROI_ALIGN``).
 """
 
 import torch
+from detectron2.layers import ROIAlign
 from torch import nn
 
 __all__ = ["axis_weights", "separable_roi_align", "MatmulROIAlign"]
@@ -157,3 +158,37 @@ class MatmulROIAlign(nn.Module):
             f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
             f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
         )
+
+
+# MODEL.KERNELS.ROI_ALIGN: detectron2's (torchvision's kernel), or this module's products
+ROI_ALIGN_KERNELS = ("torchvision", "matmul")
+
+
+class RoIAlignKernelMixin:
+    """MODEL.KERNELS.ROI_ALIGN: with "matmul", every RoIAlign of the heads' poolers (box, mask,
+    keypoint) becomes its :class:`MatmulROIAlign` twin (same arguments, same values)."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        kernel = cfg.MODEL.KERNELS.ROI_ALIGN
+        if kernel not in ROI_ALIGN_KERNELS:
+            raise ValueError(
+                f"MODEL.KERNELS.ROI_ALIGN {kernel!r} is not one of {ROI_ALIGN_KERNELS}."
+            )
+        if kernel == "matmul":
+            for key in ("box_pooler", "mask_pooler", "keypoint_pooler"):
+                if ret.get(key) is not None:
+                    _use_matmul_roi_align(ret[key], key)
+        return ret
+
+
+def _use_matmul_roi_align(pooler: nn.Module, key: str) -> None:
+    levels = list(pooler.level_poolers)
+    wrong = sorted({type(m).__name__ for m in levels if type(m) is not ROIAlign})
+    if wrong:
+        raise ValueError(
+            f"MODEL.KERNELS.ROI_ALIGN 'matmul' computes RoIAlign, but the {key} uses {wrong}: "
+            "set its POOLER_TYPE to 'ROIAlignV2' (or 'ROIAlign'), or ROI_ALIGN 'torchvision'."
+        )
+    pooler.level_poolers = nn.ModuleList(MatmulROIAlign.like(m) for m in levels)
