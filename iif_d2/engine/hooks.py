@@ -4,7 +4,7 @@
 
 The held-out images and their loader are the data layer's (:mod:`iif_d2.data.heldout`); the
 measurement is the model's
-(:meth:`iif_d2.modeling.roi_heads.HeldoutLossMixin.heldout_loss_sums`) and the adaptation the
+(:meth:`iif_d2.modeling.heldout_loss.HeldoutLossMixin.heldout_loss_sums`) and the adaptation the
 FASA modules' (:meth:`iif_d2.modeling.fasa.FASA.adapt`). :func:`heldout_class_losses` runs the
 model over the held-out loader and reduces the sums over the ranks.
 """
