@@ -15,9 +15,11 @@ from iif_d2.weights import additive_margins, iif_weights
 
 __all__ = [
     "class_stats_from_config",
+    "checked_class_stats",
     "iif_weights_from_config",
-    "additive_margins_from_config",
-    "calibration_from_config",
+    "iif_weights_from_stats",
+    "additive_margins_from_stats",
+    "calibration_from_stats",
 ]
 
 
@@ -43,7 +45,9 @@ def class_stats_from_config(cfg) -> ClassStats:
     return load_counts_file(node.FILE)
 
 
-def _checked_frequencies(cfg, num_classes: int, iif):
+def checked_class_stats(cfg, num_classes: int) -> ClassStats:
+    """:func:`class_stats_from_config`, checked to cover the model's ``num_classes``: read once
+    per model part and handed to the builders below."""
     stats = class_stats_from_config(cfg)
     if stats.num_classes != num_classes:
         raise ValueError(
@@ -51,61 +55,63 @@ def _checked_frequencies(cfg, num_classes: int, iif):
             f"model has NUM_CLASSES = {num_classes}. Use counts of the training set the model "
             "is trained on, or set the model's NUM_CLASSES to the dataset's class count."
         )
-    f, k = stats.frequencies(iif.FREQUENCY, iif.NORMALIZER)
-    return f, k, stats.class_names
+    return stats
 
 
-def iif_weights_from_config(
-    cfg, num_classes: int, background: bool = True, iif=None
-) -> torch.Tensor:
-    """IIF weights (C+1 with background, else C) of the IIF node ``iif`` (default
-    ``cfg.MODEL.ROI_BOX_HEAD.IIF``; one-stage detectors pass ``cfg.MODEL.RETINANET.IIF`` or
-    ``cfg.MODEL.FCOS.IIF``).
+def iif_weights_from_stats(stats: ClassStats, iif, background: bool = True) -> torch.Tensor:
+    """IIF weights (C+1 with background, else C) of the IIF config node ``iif`` (VARIANT,
+    FREQUENCY, NORMALIZER, ALLOW_NONPOSITIVE_WEIGHTS).
 
     Raises:
-        ValueError: counts whose length is not ``num_classes``, and every error of
-            :func:`iif_d2.weights.iif_weights`.
+        ValueError: every error of :func:`iif_d2.weights.iif_weights`.
     """
-    iif = cfg.MODEL.ROI_BOX_HEAD.IIF if iif is None else iif
-    f, k, names = _checked_frequencies(cfg, num_classes, iif)
+    f, k = stats.frequencies(iif.FREQUENCY, iif.NORMALIZER)
     return iif_weights(
         f,
         k,
         iif.VARIANT,
         background=background,
         allow_nonpositive=iif.ALLOW_NONPOSITIVE_WEIGHTS,
-        class_names=names,
+        class_names=stats.class_names,
     )
 
 
-def additive_margins_from_config(cfg, num_classes: int) -> torch.Tensor:
+def iif_weights_from_config(
+    cfg, num_classes: int, background: bool = True, iif=None
+) -> torch.Tensor:
+    """IIF weights of the IIF node ``iif`` (default ``cfg.MODEL.ROI_BOX_HEAD.IIF``; one-stage
+    detectors pass ``cfg.MODEL.RETINANET.IIF`` or ``cfg.MODEL.FCOS.IIF``), the counts read
+    once.
+
+    Raises:
+        ValueError: counts whose length is not ``num_classes``, and every error of
+            :func:`iif_d2.weights.iif_weights`.
+    """
+    iif = cfg.MODEL.ROI_BOX_HEAD.IIF if iif is None else iif
+    return iif_weights_from_stats(checked_class_stats(cfg, num_classes), iif, background)
+
+
+def additive_margins_from_stats(stats: ClassStats, cfg) -> torch.Tensor:
     """Margins (C+1) of ``cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN``, with the FREQUENCY and
     NORMALIZER of ``cfg.MODEL.ROI_BOX_HEAD.IIF``."""
-    am = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
-    f, k, names = _checked_frequencies(cfg, num_classes, cfg.MODEL.ROI_BOX_HEAD.IIF)
-    return additive_margins(f, k, am.TYPE, am.TAU, class_names=names)
+    am, iif = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN, cfg.MODEL.ROI_BOX_HEAD.IIF
+    f, k = stats.frequencies(iif.FREQUENCY, iif.NORMALIZER)
+    return additive_margins(f, k, am.TYPE, am.TAU, class_names=stats.class_names)
 
 
-def calibration_from_config(
-    cfg, num_classes: int
+def calibration_from_stats(
+    stats: Optional[ClassStats], node
 ) -> Tuple[str, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """``(mode, prior, divisors)`` of ``cfg.MODEL.ROI_BOX_HEAD.CALIBRATION``: for "norcal",
-    (None, n_c^GAMMA) with the image counts; for "fracal", (the VARIANT prior of the image
+    """``(mode, prior, divisors)`` of the CALIBRATION node ``node``: for "norcal", (None,
+    n_c^GAMMA) with the image counts; for "fracal", (the VARIANT prior of the image
     frequencies, D_c^LAMBDA) with the file's fractal dimensions; for "off", (None, None).
 
     Raises:
-        ValueError: counts of another class count, a counts file without fractal dimensions or
-            with another MAX_GRID (FRACAL), and the errors of :mod:`iif_d2.calibration`.
+        ValueError: a counts file without fractal dimensions or with another MAX_GRID (FRACAL),
+            and the errors of :mod:`iif_d2.calibration`.
     """
-    node = cfg.MODEL.ROI_BOX_HEAD.CALIBRATION
     if node.MODE == "off":
         return "off", None, None
-    stats = class_stats_from_config(cfg)
-    if stats.num_classes != num_classes:
-        raise ValueError(
-            f"CALIBRATION: the class counts from {stats.source} cover {stats.num_classes} "
-            f"classes, but MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}."
-        )
     if node.MODE == "norcal":
         return "norcal", None, norcal_divisors(stats.image_counts, node.NORCAL.GAMMA)
     if stats.fractal_dimensions is None:

@@ -21,10 +21,10 @@ from iif_d2.calibration import (
 )
 from iif_d2.config import refuse_deprecated_keys
 from iif_d2.modeling.class_weights import (
-    additive_margins_from_config,
-    calibration_from_config,
-    class_stats_from_config,
-    iif_weights_from_config,
+    additive_margins_from_stats,
+    calibration_from_stats,
+    checked_class_stats,
+    iif_weights_from_stats,
 )
 from iif_d2.modeling.fasa import FASA
 from iif_d2.modeling.layers import CosineLinear
@@ -38,6 +38,29 @@ MARGIN_MODES = ("off",) + MARGIN_TYPES
 CLS_SCORE_INITS = ("default", "constant")
 # margin modes that change the logits of the loss (the post-hoc one acts at test only)
 _LOSS_MARGIN_MODES = ("balanced_softmax", "logit_adjustment")
+
+
+def _check_calibration_keys(node) -> None:
+    """A CALIBRATION key of another MODE than the one set would be ignored: an error."""
+    if node.MODE not in CALIBRATION_MODES:
+        raise ValueError(
+            f"MODEL.ROI_BOX_HEAD.CALIBRATION.MODE {node.MODE!r} is not one of {CALIBRATION_MODES}."
+        )
+    unused = [
+        f"MODEL.ROI_BOX_HEAD.CALIBRATION.{key}"
+        for key, mode, value, default in (
+            ("NORCAL.GAMMA", "norcal", node.NORCAL.GAMMA, NORCAL_GAMMA),
+            ("FRACAL.LAMBDA", "fracal", node.FRACAL.LAMBDA, FRACAL_LAMBDA),
+            ("FRACAL.VARIANT", "fracal", node.FRACAL.VARIANT, FRACAL_VARIANT),
+            ("FRACAL.MAX_GRID", "fracal", node.FRACAL.MAX_GRID, FRACAL_MAX_GRID),
+        )
+        if node.MODE != mode and value != default
+    ]
+    if unused:
+        raise ValueError(
+            f"{', '.join(unused)} set, but MODEL.ROI_BOX_HEAD.CALIBRATION.MODE is "
+            f"{node.MODE!r}, which ignores it: set the MODE it belongs to, or remove it."
+        )
 
 
 class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -206,68 +229,38 @@ class IIFFastRCNNOutputLayers(FastRCNNOutputLayers):
     def from_config(cls, cfg, input_shape):
         refuse_deprecated_keys(cfg)
         ret = super().from_config(cfg, input_shape)
-        iif = cfg.MODEL.ROI_BOX_HEAD.IIF
+        box = cfg.MODEL.ROI_BOX_HEAD
+        iif, margin = box.IIF, box.ADDITIVE_MARGIN
         ret["cls_score_init"] = iif.CLS_SCORE_INIT
-        if cfg.MODEL.ROI_BOX_HEAD.COSINE.ENABLED:
-            ret["cosine_scale"] = cfg.MODEL.ROI_BOX_HEAD.COSINE.SCALE
-        margin = cfg.MODEL.ROI_BOX_HEAD.ADDITIVE_MARGIN
-        if margin.ENABLED:
-            ret["margin_mode"] = margin.TYPE
-            ret["margins"] = additive_margins_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        if cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
-            ret["fasa"] = cls._build_fasa(cfg, input_shape)
-        ret.update(cls._calibration_args(cfg))
-        if not iif.ENABLED:
-            return ret
-        if iif.MODE not in IIF_MODES[1:]:
+        if box.COSINE.ENABLED:
+            ret["cosine_scale"] = box.COSINE.SCALE
+        _check_calibration_keys(box.CALIBRATION)
+        if iif.ENABLED and iif.MODE not in IIF_MODES[1:]:
             raise ValueError(
                 f"MODEL.ROI_BOX_HEAD.IIF.MODE {iif.MODE!r} is not one of {IIF_MODES[1:]}; "
                 "set IIF.ENABLED False to turn IIF off."
             )
-        ret["iif_mode"] = iif.MODE
-        ret["iif_weights"] = iif_weights_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        counted = (iif.ENABLED, margin.ENABLED, box.FASA.ENABLED, box.CALIBRATION.MODE != "off")
+        if not any(counted):
+            return ret
+        # the class counts, read once for every part built on them
+        stats = checked_class_stats(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        if margin.ENABLED:
+            ret["margin_mode"] = margin.TYPE
+            ret["margins"] = additive_margins_from_stats(stats, cfg)
+        if box.FASA.ENABLED:
+            ret["fasa"] = cls._build_fasa(cfg, input_shape, stats)
+        mode, prior, divisors = calibration_from_stats(stats, box.CALIBRATION)
+        ret.update(calibration_mode=mode, calibration_prior=prior, calibration_divisors=divisors)
+        if iif.ENABLED:
+            ret["iif_mode"] = iif.MODE
+            ret["iif_weights"] = iif_weights_from_stats(stats, iif)
         return ret
 
     @staticmethod
-    def _calibration_args(cfg) -> dict:
-        node = cfg.MODEL.ROI_BOX_HEAD.CALIBRATION
-        if node.MODE not in CALIBRATION_MODES:
-            raise ValueError(
-                f"MODEL.ROI_BOX_HEAD.CALIBRATION.MODE {node.MODE!r} is not one of "
-                f"{CALIBRATION_MODES}."
-            )
-        unused = [
-            f"MODEL.ROI_BOX_HEAD.CALIBRATION.{key}"
-            for key, mode, value, default in (
-                ("NORCAL.GAMMA", "norcal", node.NORCAL.GAMMA, NORCAL_GAMMA),
-                ("FRACAL.LAMBDA", "fracal", node.FRACAL.LAMBDA, FRACAL_LAMBDA),
-                ("FRACAL.VARIANT", "fracal", node.FRACAL.VARIANT, FRACAL_VARIANT),
-                ("FRACAL.MAX_GRID", "fracal", node.FRACAL.MAX_GRID, FRACAL_MAX_GRID),
-            )
-            if node.MODE != mode and value != default
-        ]
-        if unused:
-            raise ValueError(
-                f"{', '.join(unused)} set, but MODEL.ROI_BOX_HEAD.CALIBRATION.MODE is "
-                f"{node.MODE!r}, which ignores it: set the MODE it belongs to, or remove it."
-            )
-        mode, prior, divisors = calibration_from_config(cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        return {
-            "calibration_mode": mode,
-            "calibration_prior": prior,
-            "calibration_divisors": divisors,
-        }
-
-    @staticmethod
-    def _build_fasa(cfg, input_shape) -> FASA:
+    def _build_fasa(cfg, input_shape, stats) -> FASA:
         node = cfg.MODEL.ROI_BOX_HEAD.FASA
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        stats = class_stats_from_config(cfg)
-        if stats.num_classes != num_classes:
-            raise ValueError(
-                f"FASA: the class counts from {stats.source} cover {stats.num_classes} classes, "
-                f"but MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}."
-            )
         dim = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
         return FASA(
             num_classes,
