@@ -178,7 +178,7 @@ class LVISDetections:
     area: np.ndarray  # (N,) float64
     bbox: Optional[np.ndarray] = None  # (N, 4) float64 XYWH
     rle_counts: Optional[List[bytes]] = None
-    rle_sizes: Optional[np.ndarray] = None  # (N, 2) int64 (height, width)
+    rle_sizes: Optional[np.ndarray] = None  # (N, 2) int (height, width)
     mask_area: Optional[np.ndarray] = None  # (N,) float64, where known
 
     def __len__(self):
@@ -217,6 +217,7 @@ class LVISDetections:
 
 CHUNK = 32768  # detections converted to arrays at a time
 _READ_BYTES = 1 << 24  # bytes of the results file read at a time
+_RLE_BATCH = 4096  # RLE strings decoded at a time
 _BOX_FIX = "boxes are [x, y, w, h] in pixels (detectron2's BoxMode.XYWH_ABS)"
 _RLE_FIX = (
     "masks must be compressed RLE of the image's size, as pycocotools.mask.encode writes them "
@@ -608,8 +609,11 @@ class _Reader:
             pos = np.minimum(np.searchsorted(self.present, key), max(len(self.present) - 1, 0))
             used = (self.present[pos] == key) if len(self.present) else ~used
         idx = np.flatnonzero(used)
-        total, area, bad = rle_runs([counts[i] for i in idx] if len(idx) < len(used) else counts)
-        bad |= total != sizes[idx, 0] * sizes[idx, 1]
+        # decoded in batches: the decoding's arrays take ~60 bytes per character
+        batches = [idx[b : b + _RLE_BATCH] for b in range(0, len(idx), _RLE_BATCH)]
+        runs = [rle_runs([counts[i] for i in batch]) for batch in batches]
+        total, area, bad = (np.concatenate(r) for r in zip(*runs)) if runs else (idx,) * 3
+        bad = bad.astype(bool) | (total != sizes[idx, 0] * sizes[idx, 1])
         if bad.any():
             i = int(idx[_first_bad(bad)])
             raise ValueError(
@@ -628,7 +632,7 @@ class _Reader:
             counts = [c if k else None for c, k in zip(counts, used.tolist())]
         if self.iou_type == "segm":
             part["rle_counts"] = counts
-            part["rle_sizes"] = sizes
+            part["rle_sizes"] = sizes.astype(np.int32)
 
     def result(self) -> LVISDetections:
         parts = self.parts
