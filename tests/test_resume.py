@@ -310,3 +310,15 @@ def test_train_net_one_line_errors(tmp_path):
     args = [*base, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"]
     r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert r.returncode == 2 and "is not UTF-8 text" in r.stderr.strip().splitlines()[-1]
+
+
+def test_stale_temporary_files_are_removed_only_when_their_writer_is_gone(tmp_path):
+    from iif_d2.engine.trainer import remove_stale_temporary_files
+
+    dead = tmp_path / ".model_final.pth.999999999.0123abcd.tmp"
+    live = tmp_path / f".model_0000004.pth.{os.getppid()}.89abcdef.tmp"  # a running process
+    other = tmp_path / "notes.tmp"  # not a name atomic_write gives
+    for path in (dead, live, other):
+        path.write_bytes(b"x")
+    assert remove_stale_temporary_files(str(tmp_path)) == [str(dead)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
