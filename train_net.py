@@ -1,103 +1,15 @@
 #!/usr/bin/env python
-"""Train and evaluate detectron2 models with Inverse Image Frequency.
+"""Train and evaluate detectron2 models with Inverse Image Frequency: iif-d2's trainer command
+(:mod:`iif_d2.train_net`; installed as ``iif-train``), with detectron2's ``train_net.py`` flags.
 
-    python train_net.py --config-file configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_12e_iif.yaml --num-gpus 8
+    python train_net.py --num-gpus 8 --config-file configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_24e_recipe_torchvision.yaml
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file ... --resume       # continue from OUTPUT_DIR/last_checkpoint
-
-Multi-process training also runs on CPU (gloo): ``--num-gpus 2`` with ``MODEL.DEVICE cpu``.
 """  # noqa: E501
-
-from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
-
-hide_upstream_deprecations()  # before detectron2 is imported
 
 import sys
 
-from detectron2.engine import default_argument_parser
-from detectron2.utils import comm
-
-from iif_d2.engine.checkpoint import (
-    CheckpointLocationError,
-    CheckpointShapeMismatchError,
-    UnsafeCheckpointError,
-)
-from iif_d2.engine.launch import launch
-from iif_d2.engine.run_lock import OutputDirInUseError
-from iif_d2.engine.trainer import (
-    RunConfigError,
-    Trainer,
-    check_eval_weights,
-    check_resume_config,
-    check_run_config,
-    checkpointer_for,
-    load_config,
-    setup,
-)
-
-# errors of the user's input: printed as one line (exit 2), without a traceback
-USER_ERRORS = (
-    RunConfigError,
-    OutputDirInUseError,
-    CheckpointLocationError,
-    CheckpointShapeMismatchError,
-    UnsafeCheckpointError,
-)
-
-
-def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        # the checkpoint, or MODEL.WEIGHTS; never a model that loaded nothing
-        check_eval_weights(checkpointer_for(model, cfg), cfg, resume=args.resume)
-        results = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            from detectron2.evaluation import verify_results
-
-            verify_results(cfg, results)
-        return results
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
-
-
-def check_launch_args(args):
-    """One-line errors for process counts that would do nothing or wait forever."""
-    if args.num_gpus < 1:
-        raise RunConfigError(f"--num-gpus {args.num_gpus}: give at least 1 process per machine.")
-    if args.num_machines < 1:
-        raise RunConfigError(f"--num-machines {args.num_machines}: give at least 1.")
-    if not 0 <= args.machine_rank < args.num_machines:
-        raise RunConfigError(
-            f"--machine-rank {args.machine_rank} with --num-machines {args.num_machines}: the "
-            f"rank of this machine is 0 to {args.num_machines - 1}."
-        )
-
-
-def run(argv=None) -> int:
-    args = default_argument_parser().parse_args(argv)
-    print("Command Line Args:", args)
-    try:
-        check_launch_args(args)
-        cfg = load_config(args)
-        check_run_config(cfg)  # here too: the workers' errors would come with tracebacks
-        if args.resume:
-            check_resume_config(cfg, resolved=False)
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-            backend="gloo" if cfg.MODEL.DEVICE == "cpu" else "auto",
-        )
-    except USER_ERRORS as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    return 0
-
+from iif_d2.train_net import USER_ERRORS, check_launch_args, main, run  # noqa: F401
 
 if __name__ == "__main__":
     sys.exit(run())

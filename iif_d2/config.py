@@ -377,9 +377,11 @@ def _add_checkpoints(_C):
     # are skipped with a warning and keep their initialisation, as detectron2 does (fine-tuning
     # from a model trained on another class set).
     _C.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH = False
-    # Periodic checkpoints (model_XXXXXXX.pth) kept on disk: the most recent N; 0 = all
-    # (detectron2's behaviour). model_final.pth is always kept.
-    _C.SOLVER.CHECKPOINTS_KEPT = 0
+    # Periodic checkpoints (model_XXXXXXX.pth) kept on disk: the newest N at or before the
+    # current iteration, counted over every such file in OUTPUT_DIR (those written before a
+    # resume too); 0 = all (detectron2's behaviour). model_final.pth and the checkpoint
+    # last_checkpoint names are always kept; the last iteration writes model_final.pth only.
+    _C.SOLVER.CHECKPOINTS_KEPT = 3
 
 
 def _add_mask_inference(_C):

@@ -72,3 +72,64 @@ def test_tools_help_is_complete_and_quiet(script):
     # every line of the docstring's last paragraph is in the help (argparse keeps it verbatim)
     for line in doc.strip().split("\n\n")[-1].splitlines():
         assert line.strip() in r.stdout
+
+
+def test_package_description_renders_alone():
+    """The index page is the package description: no links into the repository."""
+    import re
+
+    readme = _pyproject()["readme"]
+    with open(os.path.join(ROOT, readme["file"])) as f:
+        text = f.read()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert links and all(link.startswith("https://") for link in links), links
+    assert len(text.splitlines()) < 60
+
+
+@pytest.mark.slow
+def test_a_wheel_ships_the_configs_and_the_trainer_command(tmp_path):
+    """A wheel built from the clone, installed in a new environment (torch and detectron2 seen
+    from this one, not iif-d2), finds the recipe config inside the package and starts it: the
+    first thing it stops at is LVIS missing from $DETECTRON2_DATASETS, in one line."""
+    import glob
+    import venv
+
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(wheels)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    env_dir = tmp_path / "env"
+    venv.create(env_dir, with_pip=False)
+    python = str(env_dir / "bin" / "python")
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # this environment's packages, but not its editable iif-d2 (.pth files there stay unread)
+    ours = [p for p in sys.path if p.endswith("site-packages")]
+    with open(os.path.join(site, "outer.pth"), "w") as f:
+        f.write("\n".join(ours) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q",
+         *glob.glob(str(wheels / "*.whl"))],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    recipe = "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_24e_recipe_torchvision.yaml"
+    found = subprocess.run(
+        [python, "-c", f"from iif_d2 import model_zoo; print(model_zoo.get_config_file({recipe!r}))"],
+        check=True, capture_output=True, text=True, cwd=tmp_path,
+    ).stdout.strip()  # fmt: skip
+    assert found.startswith(site) and os.path.isfile(found)
+    run = subprocess.run(
+        [str(env_dir / "bin" / "iif-train"), "--config-file", f"iif_d2://{recipe}"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets")},
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in run.stderr
+    assert last.startswith("error: DATASETS.TRAIN 'lvis_v1_train'") and "lvisdataset.org" in last

@@ -18,11 +18,12 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from iif_d2 import model_zoo
 from iif_d2.config import add_iif_config, apply_deprecated_keys
 from iif_d2.data.heldout import build_heldout_loader
 from iif_d2.data.loader import ResumableTrainLoader, build_resumable_train_loader, training_dicts
 from iif_d2.data.samplers import build_train_sampler
-from iif_d2.data.training_set import needs_class_counts, resolve_training_set
+from iif_d2.data.training_set import check_schedule_opts, needs_class_counts, resolve_training_set
 from iif_d2.engine.checkpoint import IIFCheckpointer
 from iif_d2.engine.hooks import FASAHook, RngStateGatherer, RunCheckpointer
 from iif_d2.engine.run_lock import acquire_output_dir
@@ -309,7 +310,10 @@ def _repository_configs() -> List[str]:
     """The config trees a ``_BASE_`` may point into besides the config's own folder: the
     project's (a checkout's configs/, the package's), and detectron2's model zoo."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    roots = [os.path.join(os.path.dirname(package), "configs"), os.path.join(package, "configs")]
+    roots = [
+        os.path.join(os.path.dirname(package), "configs"),  # a clone's
+        os.path.join(package, "model_zoo", "configs"),  # a wheel's (iif_d2.model_zoo)
+    ]
     try:
         import detectron2
 
@@ -331,6 +335,11 @@ def _local_config_path(config_file: str) -> str:
             f"--config-file {config_file}: configs are read from local files, never fetched "
             "from the web; download it, check it, and give its local path."
         )
+    if config_file.startswith(model_zoo.CONFIG_PREFIX):
+        try:
+            return model_zoo.get_config_file(config_file)
+        except FileNotFoundError as e:
+            raise RunConfigError(f"--config-file: {e}") from None
     if "://" in config_file:
         try:
             config_file = PathManager.get_local_path(config_file)
@@ -442,7 +451,12 @@ def load_config_file(config_file: str, opts: Sequence[str] = ()):
 def load_config(args):
     """The config of ``args`` (detectron2's argument parser): :func:`load_config_file` of
     ``args.config_file`` with ``args.opts``."""
-    return load_config_file(args.config_file, args.opts)
+    cfg = load_config_file(args.config_file, args.opts)
+    try:
+        check_schedule_opts(cfg, args.opts)
+    except ValueError as e:
+        raise RunConfigError(str(e)) from None
+    return cfg
 
 
 def check_run_config(cfg) -> None:

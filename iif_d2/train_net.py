@@ -1,0 +1,107 @@
+"""The trainer command: ``iif-train`` (installed with the package), ``python -m iif_d2.train_net``
+and the repository's ``train_net.py`` are this module, with detectron2's ``train_net.py`` flags.
+
+    iif-train --num-gpus 8 --config-file iif_d2://LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_24e_recipe_torchvision.yaml
+    iif-train --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
+    iif-train --config-file CONFIG --resume       # continue from OUTPUT_DIR/last_checkpoint
+
+``--config-file`` takes a path or ``iif_d2://<folder>/<config>.yaml``, a config shipped with the
+package (:func:`iif_d2.model_zoo.get_config_file`). Multi-process training also runs on CPU
+(gloo): ``--num-gpus 2`` with ``MODEL.DEVICE cpu``. A bad input (config, dataset files,
+checkpoint, run folder) ends in one line on stderr and exit status 2.
+"""  # noqa: E501
+
+from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
+
+hide_upstream_deprecations()  # before detectron2 is imported
+
+import sys  # noqa: E402
+
+from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from iif_d2.data.dataset_files import DatasetFilesMissing, check_dataset_files  # noqa: E402
+from iif_d2.engine.checkpoint import (  # noqa: E402
+    CheckpointLocationError,
+    CheckpointShapeMismatchError,
+    UnsafeCheckpointError,
+)
+from iif_d2.engine.launch import launch  # noqa: E402
+from iif_d2.engine.run_lock import OutputDirInUseError  # noqa: E402
+from iif_d2.engine.trainer import (  # noqa: E402
+    RunConfigError,
+    Trainer,
+    check_eval_weights,
+    check_resume_config,
+    check_run_config,
+    checkpointer_for,
+    load_config,
+    setup,
+)
+
+# errors of the user's input: printed as one line (exit 2), without a traceback
+USER_ERRORS = (
+    RunConfigError,
+    DatasetFilesMissing,
+    OutputDirInUseError,
+    CheckpointLocationError,
+    CheckpointShapeMismatchError,
+    UnsafeCheckpointError,
+)
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        # the checkpoint, or MODEL.WEIGHTS; never a model that loaded nothing
+        check_eval_weights(checkpointer_for(model, cfg), cfg, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            from detectron2.evaluation import verify_results
+
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def check_launch_args(args):
+    """One-line errors for process counts that would do nothing or wait forever."""
+    if args.num_gpus < 1:
+        raise RunConfigError(f"--num-gpus {args.num_gpus}: give at least 1 process per machine.")
+    if args.num_machines < 1:
+        raise RunConfigError(f"--num-machines {args.num_machines}: give at least 1.")
+    if not 0 <= args.machine_rank < args.num_machines:
+        raise RunConfigError(
+            f"--machine-rank {args.machine_rank} with --num-machines {args.num_machines}: the "
+            f"rank of this machine is 0 to {args.num_machines - 1}."
+        )
+
+
+def run(argv=None) -> int:
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    try:
+        check_launch_args(args)
+        cfg = load_config(args)
+        check_run_config(cfg)  # here too: the workers' errors would come with tracebacks
+        if not args.eval_only:
+            check_dataset_files(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        check_dataset_files(cfg.DATASETS.TEST, "DATASETS.TEST")
+        if args.resume:
+            check_resume_config(cfg, resolved=False)
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            backend="gloo" if cfg.MODEL.DEVICE == "cpu" else "auto",
+        )
+    except USER_ERRORS as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
