@@ -119,8 +119,9 @@ def test_a_wheel_ships_the_configs_and_the_trainer_command(tmp_path):
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     recipe = "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_24e_recipe_torchvision.yaml"
+    code = f"from iif_d2 import model_zoo; print(model_zoo.get_config_file({recipe!r}))"
     found = subprocess.run(
-        [python, "-c", f"from iif_d2 import model_zoo; print(model_zoo.get_config_file({recipe!r}))"],
+        [python, "-c", code],
         check=True, capture_output=True, text=True, cwd=tmp_path,
     ).stdout.strip()  # fmt: skip
     assert found.startswith(site) and os.path.isfile(found)
