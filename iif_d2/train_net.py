@@ -105,3 +105,7 @@ def run(argv=None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
