@@ -2,8 +2,6 @@
 
 import copy
 
-from iif_d2.utils.compat import numpy_float_alias
-
 __all__ = ["lvis_api_evaluate"]
 
 
@@ -32,6 +30,9 @@ def lvis_api_evaluate(gt, results: list, iou_type: str, max_dets: int = 300) -> 
         dict of metric name to value (-1 where undefined).
     """
     from lvis import LVIS, LVISEval, LVISResults
+
+    # imported here: iif_d2.utils.compat looks detectron2 (and so torch) up when imported
+    from iif_d2.utils.compat import numpy_float_alias
 
     if not results:
         raise ValueError("lvis-api cannot evaluate an empty results list.")
