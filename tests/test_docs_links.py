@@ -214,7 +214,7 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     snippet run as printed, and build what they say."""
     from iif_d2 import IIFFastRCNNOutputLayers
 
-    trainer_block, predictor_block = _readme_blocks("python")
+    trainer_block, predictor_block, classifier_block = _readme_blocks("python")
     monkeypatch.chdir(tmp_path)  # the snippet's OUTPUT_DIR is detectron2's ./output
     scope = {}
     exec(trainer_block.replace('"my_config.yaml"', repr(QUICK_CONFIG)), scope)
@@ -225,3 +225,12 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch):
     exec(predictor_block, scope)
     assert isinstance(scope["predictor"], IIFFastRCNNOutputLayers)
     assert scope["predictor"].iif_weights.tolist() == scope["w"].tolist()
+    # the classifier snippet, with a model, a batch and the images per class it names
+    import torch
+
+    scope = {"counts": [600, 100, 10], "model": torch.nn.Linear(4, 3)}
+    scope.update(images=torch.randn(5, 4), labels=torch.tensor([0, 1, 2, 0, 1]))
+    exec(classifier_block, scope)
+    assert scope["loss"].ndim == 0 and torch.isfinite(scope["loss"])
+    weights = scope["iif"](torch.ones(1, 3))[0]  # the smooth weights of the three classes
+    assert weights[0] < weights[1] < weights[2]  # the rarest class weighs most
