@@ -10,10 +10,11 @@ datasets (``lvis_shaped_train`` and a val subset; ``--mini``: the 2,000-image
 offline: a random backbone whose frozen BatchNorm statistics are calibrated on random images,
 one file per backbone, see ``calibrated_backbone``; a decoupled stage 2 loads the checkpoint
 this rehearsal made with the stage-1 config its MODEL.WEIGHTS names, which runs first),
-SOLVER.MAX_ITER (``--iters``), the device, batch, loader workers, OUTPUT_DIR, no periodic
-evaluation or checkpoint. The training's final evaluation runs on the first ``--val-images``
-images of the val split: their LVIS json is written once and registered as ``rehearsal_val``
-inside each subprocess (``--child``), which then runs train_net.py unchanged.
+SOLVER.MAX_ITER (``--iters``; a schedule stated in epochs is turned off), the device, batch,
+loader workers, OUTPUT_DIR, no periodic evaluation or checkpoint. The training's final
+evaluation runs on the first ``--val-images`` images of the val split: their LVIS json is
+written once and registered as ``rehearsal_val`` inside each subprocess (``--child``), which
+then runs train_net.py unchanged.
 
 One row per config, printed and written to ``--output`` (rehearsal.md, rehearsal.json):
 
@@ -335,6 +336,7 @@ def overrides(args, weights: str):
         "MODEL.WEIGHTS", weights, "MODEL.DEVICE", args.device,
         "SOLVER.IMS_PER_BATCH", str(args.ims_per_batch), "SOLVER.MAX_ITER", str(args.iters),
         "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", str(10**9),
+        "SOLVER.EPOCH_SCHEDULE.EPOCHS", "0", "SOLVER.EPOCH_SCHEDULE.STEPS", "()",  # --iters
         "DATALOADER.NUM_WORKERS", str(args.workers),
         "INPUT.MIN_SIZE_TRAIN", f"({s},)", "INPUT.MAX_SIZE_TRAIN", str(2 * s),
         "INPUT.MIN_SIZE_TEST", str(s), "INPUT.MAX_SIZE_TEST", str(2 * s),
