@@ -13,7 +13,7 @@ import torch
 
 from iif_d2.utils.machine import KERNEL_PINS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_iif.yaml")
 OPTS = [
     "SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "4", "SEED", "7", "NUM_THREADS", "1",

@@ -14,7 +14,7 @@ from PIL import Image
 import iif_d2
 from iif_d2 import add_iif_config
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 TOOL = os.path.join(ROOT, "tools", "visualize.py")
 
 

@@ -18,6 +18,7 @@ from iif_d2 import IIFRetinaNet, add_iif_config, resolve_training_set
 CONFIG = os.path.join(
     os.path.dirname(__file__),
     "..",
+    "..",
     "configs",
     "quick_schedules",
     "retinanet_R_18_FPN_instant_iif.yaml",

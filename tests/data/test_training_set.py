@@ -19,7 +19,7 @@ from iif_d2.data.class_stats import count_dataset_dicts
 from iif_d2.data.heldout import split_heldout
 from iif_d2.engine.trainer import Trainer
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 RECIPE = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_recipe.yaml")
 ONE_IMAGE = "iif_tiny_one_image_classes_train"
 SINGLE = (5, 6, 7)  # the classes that keep exactly one training image

@@ -14,7 +14,7 @@ from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.modeling.config_check import unused_settings
 from iif_d2.modeling.roi_align import MatmulROIAlign, axis_weights, separable_roi_align
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quick_schedules")
 
 
 def _random_case(g, dtype):

@@ -14,7 +14,7 @@ from torch import nn
 from iif_d2 import add_iif_config
 from iif_d2.modeling.head_init import apply_head_init
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quick_schedules")
 MASK_RCNN = "mask_rcnn_R_18_FPN_instant.yaml"
 CASCADE = "cascade_mask_rcnn_R_18_FPN_instant_iif.yaml"
 

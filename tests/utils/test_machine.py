@@ -52,6 +52,6 @@ def test_benchmark_refuses_an_unknown_pin():
     out = subprocess.run(
         [sys.executable, "tools/benchmark_synthlt.py", "--kernels", "avx3"],
         capture_output=True, text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )  # fmt: skip
     assert out.returncode == 2 and "invalid choice: 'avx3'" in out.stderr

@@ -14,7 +14,7 @@ from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.engine.launch import launch
 from iif_d2.engine.trainer import Trainer
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 CONFIG = os.path.join(REPO, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant_iif.yaml")
 
 

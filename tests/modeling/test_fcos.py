@@ -19,7 +19,7 @@ from helpers import focal_loss_by_hand
 from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.modeling.fcos import IIFFCOS
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 QUICK = "quick_schedules/fcos_R_18_FPN_instant_iif.yaml"
 C = 8
 

@@ -33,7 +33,7 @@ from iif_d2.modeling.fasa import (
 )
 
 NAN = float("nan")
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quick_schedules")
 
 
 def exact(a, b):

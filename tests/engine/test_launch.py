@@ -20,7 +20,7 @@ from iif_d2.engine.run_lock import (
     acquire_output_dir,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_LOCK = os.path.join(REPO, "iif_d2", "engine", "run_lock.py")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, PYTHONWARNINGS="ignore")
 

@@ -15,7 +15,7 @@ from iif_d2.engine.launch import launch
 from iif_d2.engine.trainer import Trainer
 from iif_d2.modeling.fasa import FASA, initial_rates
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 RECIPE = os.path.join(ROOT, "quick_schedules", "mask_rcnn_R_18_FPN_instant_recipe.yaml")
 FASA_STATE = ("mean", "var", "seen", "rates", "prev_loss", "num_adaptations")
 

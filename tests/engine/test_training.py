@@ -12,7 +12,7 @@ from detectron2.modeling import GeneralizedRCNN, build_model
 from iif_d2 import add_iif_config, resolve_training_set
 from iif_d2.engine.trainer import Trainer
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quick_schedules")
 
 
 def quick_cfg(name, tmp_path, *opts):

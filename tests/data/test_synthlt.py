@@ -15,7 +15,7 @@ from iif_d2.data import SYNTHLT, SYNTHLT_TINY
 from iif_d2.data.synthlt import class_names, ensure_generated, train_image_counts
 from iif_d2.utils.compat import numpy_float_alias
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 @pytest.fixture(scope="module")

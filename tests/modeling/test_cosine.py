@@ -249,7 +249,7 @@ def test_cosine_bad_arguments(extra, match):
 
 
 # ----------------------------------------------------------------------------- full models
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quick_schedules")
 COSINE_OPTS = [
     "MODEL.ROI_BOX_HEAD.COSINE.ENABLED",
     True,

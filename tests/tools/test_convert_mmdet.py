@@ -21,7 +21,7 @@ from helpers import load_tool
 from iif_d2 import add_iif_config
 from iif_d2.engine.checkpoint import IIFCheckpointer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "LVISv1-InstanceSegmentation", "mask_rcnn_R_50_FPN_12e.yaml")
 C = 8
 MEAN_RGB, STD_RGB = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]  # mmdet img_norm_cfg
