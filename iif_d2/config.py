@@ -355,7 +355,7 @@ def _add_kernels(_C):
     # ---------------------------------------------------------------------------------------
     # How the model's maths runs: the same results up to float rounding, at another speed.
     # CHANNELS_LAST: IIFGeneralizedRCNN keeps its conv weights and the image batch in the
-    # channels-last memory format, oneDNN's native one on CPU (tools/benchmark_kernels.py
+    # channels-last memory format, oneDNN's native one on CPU (dev/benchmark_speed.py --task kernels
     # times both kernels on the SynthLT model). Needs META_ARCHITECTURE
     # "IIFGeneralizedRCNN".
     # ROI_ALIGN: "torchvision" (detectron2's ROIAlign) or "matmul" (iif_d2.modeling.roi_align:

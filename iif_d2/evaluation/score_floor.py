@@ -106,8 +106,9 @@ def score_floors_attached(model, evaluators):
 
     Only a :class:`FastLVISEvaluator` with a :attr:`~FastLVISEvaluator.score_floor` that is
     itself one of ``evaluators`` counts (in a ``DatasetEvaluators`` its siblings would lose
-    detections). Models without :class:`iif_d2.modeling.roi_heads.DetectionFilterMixin` ROI heads
-    (dense detectors, upstream's ROI heads) run unchanged.
+    detections). Models without
+    :class:`iif_d2.modeling.detection_filter.DetectionFilterMixin` ROI heads (dense detectors,
+    upstream's ROI heads) run unchanged.
 
     Args:
         model: the model (or a DistributedDataParallel of it).
@@ -144,7 +145,7 @@ def score_floors_attached(model, evaluators):
 
 
 DENSE_DETECTORS = ("RetinaNet", "IIFRetinaNet", "FCOS", "IIFFCOS")
-# ROI heads that take a score floor (iif_d2.modeling.roi_heads.DetectionFilterMixin)
+# ROI heads that take a score floor (iif_d2.modeling.detection_filter.DetectionFilterMixin)
 _FLOOR_ROI_HEADS = ("IIFStandardROIHeads", "IIFCascadeROIHeads")
 
 

@@ -15,8 +15,8 @@ features in two matrix products. The values equal torchvision's up to float roun
 backward is matrix products too, multi-threaded, where torchvision's CPU backward is a
 single-threaded scatter (a quarter of a SynthLT training step). The products cost
 ``R * out * H * C * W`` per level, so this pays on small maps (SynthLT's 128-px images: about
-2x faster forward + backward, tools/benchmark_kernels.py) and not on LVIS-sized ones, where
-torchvision's kernel stays the choice (``MODEL.KERNELS.ROI_ALIGN``).
+2x faster forward + backward, ``dev/benchmark_speed.py --task kernels``) and not on LVIS-sized
+ones, where torchvision's kernel stays the choice (``MODEL.KERNELS.ROI_ALIGN``).
 """
 
 import torch

@@ -2,7 +2,7 @@
 main, decided by feature detection (both report ``__version__ == "0.6"``). Importing this
 module changes nothing: the repairs detectron2 v0.6 needs to import in a current environment
 (a ``detectron2/_C.py`` whose ops raise ``MissingCompiledOpError``, and Pillow 10's removal
-of ``Image.LINEAR``) are made once in the installed sources by ``tools/install_env.py``; at run
+of ``Image.LINEAR``) are made once in the installed sources by ``dev/install_env.py``; at run
 time only scoped context managers remain:
 
 * ``lvis==0.5.3`` uses ``np.float`` (removed in numpy 1.24) in ``LVISEval.accumulate``:

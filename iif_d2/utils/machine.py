@@ -7,7 +7,7 @@ set torch dispatches to; every report carries it beside the CPU model.
 
 ``KERNEL_PINS`` holds torch (ATen), oneDNN and MKL to one instruction set through their
 environment variables, which each library reads when it first dispatches: set them before the
-process starts (``tools/benchmark_synthlt.py`` and ``tools/demo.py`` do it for their runs,
+process starts (``dev/benchmark_synthlt.py`` and ``tools/demo.py`` do it for their runs,
 by default to AVX2: ``resolve_kernel_pin``). A CPU with
 more (AVX-512, AMX) then runs the kernels of a machine that has only that set, so a seed trained
 there repeats here bit for bit.

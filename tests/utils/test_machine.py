@@ -1,4 +1,5 @@
-"""The CPU kernel pins (iif_d2.utils.machine): what a report says about the kernels its runs used."""
+"""The CPU kernel pins (iif_d2.utils.machine): what a report says about the kernels its runs
+used."""
 
 import json
 import os
@@ -50,7 +51,7 @@ def test_a_full_pin_is_reported_and_a_partial_one_named():
 
 def test_benchmark_refuses_an_unknown_pin():
     out = subprocess.run(
-        [sys.executable, "tools/benchmark_synthlt.py", "--kernels", "avx3"],
+        [sys.executable, "dev/benchmark_synthlt.py", "--kernels", "avx3"],
         capture_output=True, text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )  # fmt: skip
