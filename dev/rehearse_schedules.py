@@ -99,7 +99,9 @@ def table(spec):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--mini", action="store_true", help="the 2,000-image LVIS-shaped mini layout")
     p.add_argument("--write", metavar="PATH", help="also write the table as a markdown page")
     args = p.parse_args(argv)

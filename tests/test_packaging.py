@@ -56,12 +56,12 @@ def test_installed_metadata_matches_pyproject():
 
 @pytest.mark.parametrize(
     "script",
-    ["demo", "benchmark", "benchmark_fasa", "benchmark_class_stats", "benchmark_synthlt"],
+    ["tools/demo", "dev/benchmark_speed", "dev/benchmark_synthlt", "dev/rehearse_schedules"],
 )
 def test_tools_help_is_complete_and_quiet(script):
     """--help shows the script's whole description (not a first line cut mid-sentence), and
     detectron2's import prints no torch.jit.script deprecation."""
-    path = os.path.join(ROOT, "tools", f"{script}.py")
+    path = os.path.join(ROOT, f"{script}.py")
     with open(path) as f:
         doc = ast.get_docstring(ast.parse(f.read()))
     r = subprocess.run(

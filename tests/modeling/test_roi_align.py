@@ -1,6 +1,6 @@
-"""MODEL.KERNELS: RoIAlign as matrix products (iif_d2.modeling.roi_align) and the channels-last R-CNN give
-the same values as detectron2's kernels, and are refused where the built model would ignore
-them."""
+"""MODEL.KERNELS: RoIAlign as matrix products (iif_d2.modeling.roi_align) and the channels-last
+R-CNN give the same values as detectron2's kernels, and are refused where the built model
+would ignore them."""
 
 import os
 
