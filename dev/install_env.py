@@ -316,7 +316,17 @@ def main():
     ensure_torch(py)
     ensure_detectron2(py, allow_official=not args.no_official_source)
     run([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"])
+    ensure_fashion_mnist(py)
     log("environment ready: " + str(args.venv))
+
+
+def ensure_fashion_mnist(py):
+    """Fashion-MNIST's original files (Debian's dataset-fashion-mnist, for the classification
+    benchmark and tests) where root and apt are present; says what it did, never fails."""
+    code = "from iif_d2.classification.fashion_mnist import ensure_debian_package as f; print(f())"
+    out = subprocess.run([py, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    lines = (out.stdout.strip() or out.stderr.strip() or "no output").splitlines()
+    log(lines[-1])
 
 
 if __name__ == "__main__":
