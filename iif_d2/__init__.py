@@ -11,20 +11,21 @@ Layers, each importing only those below it::
     lvis_eval/   detectron2-free LVIS evaluation (AP, AP-fixed, AP-pool, TIDE, FP analysis)
     utils/       compatibility, machine facts, random state, atomic files
 
-``import iif_d2`` is light: :mod:`iif_d2.weights` is pure torch, and the other public names are
-imported on first use. Taking ``add_iif_config`` or a model class from ``iif_d2`` also imports
+``import iif_d2`` is light: every public name is imported on first use (:mod:`iif_d2.weights`
+is pure torch). Taking ``add_iif_config`` or a model class from ``iif_d2`` also imports
 :mod:`iif_d2.modeling`, which registers every component with detectron2's registries, so that
 ``from iif_d2 import add_iif_config`` is all a user script needs before ``build_model``.
 """
 
 import importlib
 
-from iif_d2.weights import VARIANTS, iif_weights
-
 __version__ = "0.1.0"
 
-# public name -> the module that defines it (imported on first access)
+# public name -> the module that defines it (imported on first access: ``import iif_d2`` alone
+# loads neither torch nor detectron2, so the detectron2-free ``iif_d2.lvis_eval`` stays light)
 _LAZY = {
+    "VARIANTS": "iif_d2.weights",
+    "iif_weights": "iif_d2.weights",
     "ClassStats": "iif_d2.data.class_stats",
     "load_counts_file": "iif_d2.data.class_stats",
     "resolve_training_set": "iif_d2.data.training_set",
@@ -40,7 +41,7 @@ _LAZY = {
 }
 # names whose use builds models from configs: taking them registers the components
 _REGISTERS = {"add_iif_config", "FASA"}
-__all__ = ["VARIANTS", "iif_weights", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):

@@ -8,7 +8,7 @@ from detectron2.evaluation import COCOEvaluator
 
 from iif_d2.evaluation.lvis_evaluator import LVIS_EVAL_ENGINES, FastLVISEvaluator, LVISEvaluator
 from iif_d2.evaluation.score_floor import DENSE_DETECTORS, uses_score_floor
-from iif_d2.utils.compat import HAS_COMPILED_OPS
+from iif_d2.utils.compat import has_compiled_ops
 
 __all__ = ["build_evaluator"]
 
@@ -122,7 +122,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None):
             dataset_name,
             output_dir=output_folder,
             max_dets_per_image=max_dets,
-            use_fast_impl=HAS_COMPILED_OPS,
+            use_fast_impl=has_compiled_ops(),
         )
     raise ValueError(
         f"No evaluator for dataset {dataset_name!r} (evaluator_type {evaluator_type!r}); "

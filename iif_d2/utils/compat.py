@@ -19,7 +19,6 @@ import sys
 import numpy as np
 
 __all__ = [
-    "HAS_COMPILED_OPS",
     "is_missing_compiled_op",
     "cpu_safe_ddp",
     "fast_rcnn_supports",
@@ -44,7 +43,6 @@ def is_missing_compiled_op(error: BaseException) -> bool:
     return type(error).__name__ == "MissingCompiledOpError"
 
 
-HAS_COMPILED_OPS = has_compiled_ops()
 
 
 @contextlib.contextmanager
