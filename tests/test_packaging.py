@@ -92,11 +92,25 @@ def test_a_wheel_ships_the_configs_and_the_trainer_command(tmp_path):
     from this one, not iif-d2), finds the recipe config inside the package and starts it: the
     first thing it stops at is LVIS missing from $DETECTRON2_DATASETS, in one line."""
     import glob
+    import shutil
     import venv
 
+    # built from a copy: the build writes build/ and *.egg-info beside the sources
+    source = tmp_path / "source"
+    skip = (
+        ".git",
+        ".venv",
+        "datasets",
+        ".datasets",
+        "output",
+        "build",
+        "*.egg-info",
+        "__pycache__",
+    )
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip, ".*_cache"))
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
          "-q", "-w", str(wheels)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
