@@ -17,7 +17,7 @@ from iif_d2.engine.trainer import Trainer
 from iif_d2.evaluation import ScoreFloorFilter, build_evaluator, uses_score_floor
 from iif_d2.lvis_eval.devil import ScoreFloor
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_schedules")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quick_schedules")
 INF = np.inf
 
 

@@ -28,7 +28,7 @@ from iif_d2.data.lvis_shaped import (
     register_lvis_shaped,
 )
 
-REPO = os.path.join(os.path.dirname(__file__), "..")
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 CSV = os.path.join(REPO, "iif_d2", "data", "lvis_v1_train.csv")
 TINY = LVISShapedSpec(train_images=300, val_images=30, max_size=64, seed=3)
 

@@ -275,7 +275,7 @@ def test_uncapped_rcnn_inference_holds_the_standard_detections():
 
     cfg = get_cfg()
     add_iif_config(cfg)
-    repo = os.path.join(os.path.dirname(__file__), "..")
+    repo = os.path.join(os.path.dirname(__file__), "..", "..")
     cfg.merge_from_file(
         os.path.join(repo, "configs/quick_schedules/mask_rcnn_R_18_FPN_instant_iif.yaml")
     )
