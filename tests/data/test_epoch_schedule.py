@@ -26,12 +26,9 @@ def _cfg(tmp_path, *opts):
 
 
 def _epochs(tmp_path, epochs, steps=(), *opts):
-    """The quick recipe with its schedule in epochs (its iteration schedule back to detectron2's
-    defaults, as a config stating epochs leaves it)."""
-    default = get_cfg().SOLVER
+    """The quick recipe with its schedule in epochs (its SOLVER.MAX_ITER 6 is then replaced)."""
     return _cfg(
         tmp_path,
-        *("SOLVER.MAX_ITER", default.MAX_ITER, "SOLVER.STEPS", default.STEPS),
         *("SOLVER.EPOCH_SCHEDULE.EPOCHS", epochs, "SOLVER.EPOCH_SCHEDULE.STEPS", steps),
         *opts,
     )
@@ -77,8 +74,7 @@ def test_the_resolved_schedule_is_saved_with_the_run(tmp_path):
     class Args:
         config_file = RECIPE
         opts = ["OUTPUT_DIR", str(tmp_path), "DATASETS.TRAIN", (TRAIN,), "MODEL.DEVICE", "cpu",
-                "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 40000, "SOLVER.STEPS", (30000,),
-                "SOLVER.EPOCH_SCHEDULE.EPOCHS", 2]  # fmt: skip
+                "SOLVER.IMS_PER_BATCH", 2, "SOLVER.EPOCH_SCHEDULE.EPOCHS", 2]  # fmt: skip
         eval_only = False
         resume = False
         num_gpus = 1
