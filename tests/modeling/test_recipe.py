@@ -125,6 +125,7 @@ def test_headline_config_trains_and_evaluates(name, tmp_path):
     tiny = ["DATASETS.TRAIN", ("iif_synthetic_tiny_train",), "DATASETS.TEST",
             ("iif_synthetic_tiny_val",), "MODEL.ROI_HEADS.NUM_CLASSES", 8, "MODEL.WEIGHTS", "",
             "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 2,
+            "SOLVER.EPOCH_SCHEDULE.EPOCHS", 0, "SOLVER.EPOCH_SCHEDULE.STEPS", (),
             "DATALOADER.NUM_WORKERS", 0, "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN",
             160, "INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 160,
             "MODEL.ROI_BOX_HEAD.FASA.START_ITER", 1, "MODEL.ROI_BOX_HEAD.FASA.ADAPT_PERIOD", 1,
