@@ -23,13 +23,16 @@ check-env:
 
 install: $(STAMP)
 
-# the whole suite (CI)
+# the whole suite (CI), on two worker processes, one test file per worker at a time
+# (PYTEST_WORKERS=0: in this process)
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # the suite without the tests that start processes or train (@pytest.mark.slow)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff format --check .
