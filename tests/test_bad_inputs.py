@@ -6,19 +6,8 @@ import importlib.util
 import os
 
 import pytest
+from helpers import ROOT
 
-
-def _repository_root() -> str:
-    """The folder holding pyproject.toml, above this file (wherever tests/ puts it)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    while not os.path.isfile(os.path.join(here, "pyproject.toml")):
-        if os.path.dirname(here) == here:
-            raise RuntimeError(f"no pyproject.toml above {__file__}")
-        here = os.path.dirname(here)
-    return here
-
-
-ROOT = _repository_root()
 PAGE = os.path.join(ROOT, "docs", "bad_inputs.md")
 
 

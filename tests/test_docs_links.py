@@ -9,19 +9,8 @@ import sys
 import unicodedata
 
 import pytest
+from helpers import ROOT
 
-
-def _repository_root() -> str:
-    """The folder holding pyproject.toml, above this file (wherever tests/ puts it)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    while not os.path.isfile(os.path.join(here, "pyproject.toml")):
-        if os.path.dirname(here) == here:
-            raise RuntimeError(f"no pyproject.toml above {__file__}")
-        here = os.path.dirname(here)
-    return here
-
-
-ROOT = _repository_root()
 README_MAX_LINES = 250
 # the pages whose links are checked; those that do not exist (yet) are skipped
 PAGES = sorted(
