@@ -440,6 +440,12 @@ class IIFCheckpointer(DetectionCheckpointer):
         self._restoring = [n for n in names if n in self.checkpointables]
         try:
             return super().load(path, *args, **kwargs)
+        except BaseException:
+            # detectron2 main's load sets _parsed_url_during_load and asserts it unset on the
+            # next call; a load that raised midway (a refused checkpoint) must not leave it set
+            if getattr(self, "_parsed_url_during_load", None) is not None:
+                self._parsed_url_during_load = None
+            raise
         finally:
             self._loading, self._restoring = None, []
 
