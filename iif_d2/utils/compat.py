@@ -43,8 +43,6 @@ def is_missing_compiled_op(error: BaseException) -> bool:
     return type(error).__name__ == "MissingCompiledOpError"
 
 
-
-
 @contextlib.contextmanager
 def numpy_float_alias():
     """Provide ``np.float`` (removed in numpy 1.24) while ``lvis==0.5.3`` evaluates, only."""
