@@ -24,7 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from iif_d2.config import add_iif_config, apply_deprecated_keys  # noqa: E402
 from iif_d2.data.class_stats import FREQUENCIES, NORMALIZERS, load_counts_file  # noqa: E402
 from iif_d2.data.training_set import compute_class_stats  # noqa: E402
-from iif_d2.utils.io import write_json_atomic  # noqa: E402
+from iif_d2.utils.io import same_file, write_json_atomic  # noqa: E402
 from iif_d2.weights import VARIANTS, canonical_variant, iif_weights  # noqa: E402
 
 # the settings a config gives with --config-file (flag -> its value without one)
@@ -76,7 +76,7 @@ def _check_args(args):
             raise CLIError(f"--save {args.save}: folder {folder} does not exist; create it.")
         inputs = [args.counts_file, args.config_file]
         for given in filter(None, inputs):
-            if "://" not in given and _same_path(given, args.save):
+            if "://" not in given and same_file(given, args.save):
                 raise CLIError(
                     f"--save {args.save} is the input {given}: saving would replace it; give "
                     "another file name."
@@ -85,16 +85,6 @@ def _check_args(args):
             os.path.exists(args.save) and not os.access(args.save, os.W_OK)
         ):
             raise CLIError(f"--save {args.save}: not writable; choose another path.")
-
-
-def _same_path(a: str, b: str) -> bool:
-    """Whether two paths name one file (also through symlinks, relative paths, hard links)."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist
-        return False
 
 
 def _registered(name: str) -> str:

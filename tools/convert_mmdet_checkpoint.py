@@ -480,15 +480,14 @@ def check_output(input_path: str, output_path: str) -> None:
     written."""
     import os
 
+    from iif_d2.utils.io import same_file
+
     if os.path.isdir(output_path):
         raise ConversionError(f"OUT {output_path} is a folder; give a file name, e.g. model.pth.")
     folder = os.path.dirname(os.path.abspath(output_path))
     if not os.path.isdir(folder):
         raise ConversionError(f"OUT {output_path}: folder {folder} does not exist; create it.")
-    same = os.path.realpath(input_path) == os.path.realpath(output_path)
-    if not same and os.path.exists(input_path) and os.path.exists(output_path):
-        same = os.path.samefile(input_path, output_path)
-    if same:
+    if same_file(input_path, output_path):
         raise ConversionError(
             f"OUT {output_path} is the input checkpoint {input_path}: converting would replace "
             "it. Give another output file."

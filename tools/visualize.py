@@ -21,6 +21,7 @@ import os
 import pickle
 import sys
 
+from iif_d2.utils.io import same_file
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
@@ -153,15 +154,6 @@ def _predictor(cfg):
     return predictor
 
 
-def _same_folder(a: str, b: str) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def _fixed_colors(seed=0):
     """Visualizer draws each instance in a random colour (numpy's global RNG): make the
@@ -205,7 +197,7 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
 
     if (dataset is None) == (input_dir is None):
         raise ValueError("give exactly one of dataset and input_dir")
-    if input_dir is not None and _same_folder(input_dir, output_dir):
+    if input_dir is not None and same_file(input_dir, output_dir):
         raise ValueError(
             f"--output {output_dir} is the --input folder: the PNGs would replace the input "
             "images of the same name; give another folder."

@@ -4,6 +4,8 @@ written and are none of the inputs, one-line usage errors (exit 2)."""
 import argparse
 import os
 
+from iif_d2.utils.io import same_file
+
 __all__ = ["OneLineParser", "check_output_path", "positive_int"]
 
 
@@ -41,10 +43,7 @@ def check_output_path(path: str, inputs, option: str = "--json-out"):
     if not os.access(folder, os.W_OK):
         raise ValueError(f"{option} {path}: folder {folder} is not writable; choose another.")
     for name in inputs:
-        same = os.path.realpath(path) == os.path.realpath(name)
-        if not same and os.path.exists(path) and os.path.exists(name):
-            same = os.path.samefile(path, name)
-        if same:
+        if same_file(path, name):
             raise ValueError(
                 f"{option} {path} is the input file {name}; it would be overwritten: give "
                 "another file name."

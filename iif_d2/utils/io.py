@@ -9,7 +9,7 @@ import os
 import secrets
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_json_atomic"]
+__all__ = ["atomic_write", "same_file", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +66,14 @@ def write_json_atomic(path: str, payload: Any) -> None:
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file, also through symlinks, relative paths and hard links
+    (False where either does not exist and their real paths differ)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
