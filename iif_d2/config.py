@@ -139,16 +139,37 @@ def _add_calibration(_C):
 
 def _add_retinanet_iif(_C):
     # ---------------------------------------------------------------------------------------
-    # IIF on RetinaNet's sigmoid classifier (IIFRetinaNet). No background column: C weights.
+    # Long-tail treatments of RetinaNet's sigmoid classifier (IIFRetinaNet; docs/method.md §4).
+    # No background column: C weights.
     # ---------------------------------------------------------------------------------------
-    _C.MODEL.RETINANET.IIF = CN()
-    # Switch. False: IIFRetinaNet is detectron2's RetinaNet, bit for bit.
-    _C.MODEL.RETINANET.IIF.ENABLED = False
-    _add_weight_keys(_C.MODEL.RETINANET.IIF)
-    # Focal loss on w * z for the foreground-matched anchors only (False: negatives keep their
-    # raw logits, as the authors' RetinaNet) or for every anchor (True). Inference always
-    # scores sigmoid(w * z).
-    _C.MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS = False
+    _add_dense_long_tail(_C.MODEL.RETINANET)
+
+
+def _add_dense_long_tail(node):
+    """IIF and EFL keys of a dense detector's node (RETINANET, FCOS)."""
+    node.IIF = CN()
+    # Switch. False (and EFL off): the model is detectron2's, bit for bit.
+    node.IIF.ENABLED = False
+    _add_weight_keys(node.IIF)
+    # What the weights w do: "logits" = the class logits z become w * z (loss and inference);
+    # "positive_weight" = w_c weighs the positive term of the focal loss (the authors' first
+    # one-stage form); "negative_suppression" = s_c = min(w) / w_c weighs the negative term of
+    # class c on anchors matched to another class's object. The last two leave inference plain.
+    node.IIF.RULE = "logits"
+    # RULE "logits" only: "both" = w * z in the loss and at inference; "train" = in the loss
+    # only; "test" = at inference only (on a model trained without IIF).
+    node.IIF.APPLY_AT = "both"
+    # RULE "logits", in the loss: w * z for the foreground-matched anchors only (False:
+    # negatives keep their raw logits, the authors' commit 2ee11fd) or for every non-ignored
+    # anchor (True, the authors' latest).
+    node.IIF.SCALE_ALL_ANCHORS = False
+    # Equalized Focal Loss (Li et al., CVPR 2022) on the same model, alone or with a RULE:
+    # class c's focusing factor gamma + SCALE_FACTOR * (1 - g_c) and weighting factor
+    # (that gamma) / gamma, g_c = accumulated positive / negative gradient of c, in [0, 1].
+    node.EFL = CN()
+    node.EFL.ENABLED = False
+    # S >= 0: 0 gives the focal loss; 8 is the paper's value.
+    node.EFL.SCALE_FACTOR = 8.0
 
 
 def _add_fcos(_C):
@@ -173,12 +194,8 @@ def _add_fcos(_C):
     _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
     _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
     _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
-    _C.MODEL.FCOS.IIF = CN()
-    # Switch. False: IIFFCOS is detectron2's FCOS, bit for bit.
-    _C.MODEL.FCOS.IIF.ENABLED = False
-    _add_weight_keys(_C.MODEL.FCOS.IIF)
-    # As MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS.
-    _C.MODEL.FCOS.IIF.SCALE_ALL_ANCHORS = False
+    # IIF and EFL, as MODEL.RETINANET.IIF and MODEL.RETINANET.EFL.
+    _add_dense_long_tail(_C.MODEL.FCOS)
 
 
 def _add_cosine_classifier(_C):

@@ -1,4 +1,5 @@
-"""``IIFFCOS``: detectron2's FCOS built from a YAML config, with IIF-scaled sigmoid class logits.
+"""``IIFFCOS``: detectron2's FCOS built from a YAML config, with the long-tail treatments of its
+sigmoid classifier (:mod:`iif_d2.modeling.dense_detector`).
 
 detectron2 ships :class:`~detectron2.modeling.meta_arch.fcos.FCOS` with a LazyConfig only
 (``configs/common/models/fcos.py``). This module adds what a YAML config needs to build the same
@@ -16,8 +17,6 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from torch import nn
 
-from iif_d2.config import refuse_deprecated_keys
-from iif_d2.modeling.class_weights import iif_weights_from_config
 from iif_d2.modeling.dense_detector import IIFDenseDetectorMixin
 
 __all__ = ["IIFFCOS", "build_fcos_resnet_fpn_backbone"]
@@ -60,11 +59,10 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 @META_ARCH_REGISTRY.register()
 class IIFFCOS(IIFDenseDetectorMixin, FCOS):
-    """:class:`FCOS` whose C class logits z are multiplied by IIF weights w (docs/method.md §4).
-
-    Loss: sigmoid focal loss on w * z for the anchor points matched to a foreground box, raw z
-    for the others (``scale_all_anchors=False``) or w * z for every point. Inference: scores
-    sqrt(sigmoid(w * z) * sigmoid(centerness)). Without weights it is exactly :class:`FCOS`.
+    """:class:`FCOS` with the long-tail treatments of ``MODEL.FCOS.IIF`` and ``MODEL.FCOS.EFL``,
+    as :class:`~iif_d2.modeling.retinanet.IIFRetinaNet` (docs/method.md §4); with RULE "logits"
+    the scores are sqrt(sigmoid(w * z) * sigmoid(centerness)). Without them it is exactly
+    :class:`FCOS`.
 
     Only ``losses`` and ``forward_inference`` are overridden: detectron2 v0.6 and main give them
     the same signatures. Their anchor matching differs (``match_anchors`` vs ``_match_anchors``,
@@ -72,21 +70,34 @@ class IIFFCOS(IIFDenseDetectorMixin, FCOS):
     class leaves it, and the matched boxes it passes through, to the installed FCOS.
     """
 
+    cls_loss_key = "loss_fcos_cls"
+
     @configurable
-    def __init__(self, *, iif_weights=None, iif_scale_all_anchors: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        iif_weights=None,
+        iif_rule: str = "logits",
+        iif_apply_at: str = "both",
+        iif_scale_all_anchors: bool = False,
+        efl_scale_factor=None,
+        **kwargs,
+    ):
         """
         Args:
-            iif_weights: (C,) foreground weights, or None for plain FCOS.
-            iif_scale_all_anchors: scale the logits of every anchor point in the loss.
+            iif_weights: (C,) foreground weights, or None for no IIF.
+            iif_rule, iif_apply_at, iif_scale_all_anchors: MODEL.FCOS.IIF's RULE, APPLY_AT
+                and SCALE_ALL_ANCHORS.
+            efl_scale_factor: MODEL.FCOS.EFL.SCALE_FACTOR, or None for no EFL.
             kwargs: as :class:`FCOS`.
         """
         super().__init__(**kwargs)
-        self._init_iif(iif_weights, iif_scale_all_anchors)
+        self._init_iif(iif_weights, iif_scale_all_anchors, iif_rule, iif_apply_at, efl_scale_factor)
 
     @classmethod
     def from_config(cls, cfg):
-        refuse_deprecated_keys(cfg)
         fcos = cfg.MODEL.FCOS
+        iif = cls.iif_from_config(cfg, "FCOS", fcos.NUM_CLASSES)
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         missing = [f for f in fcos.IN_FEATURES if f not in shapes]
@@ -120,22 +131,17 @@ class IIFFCOS(IIFDenseDetectorMixin, FCOS):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
-        if fcos.IIF.ENABLED:
-            ret["iif_weights"] = iif_weights_from_config(cfg, fcos.NUM_CLASSES, False, fcos.IIF)
-            ret["iif_scale_all_anchors"] = fcos.IIF.SCALE_ALL_ANCHORS
-        return ret
+        return {**ret, **iif}
 
     def losses(
         self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
     ):
-        if self.iif_weights is not None:
-            pred_logits = self.scale_loss_logits(pred_logits, gt_labels)
-        return super().losses(
-            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
+        return self.iif_losses(
+            super().losses,
+            anchors,
+            pred_logits,
+            gt_labels,
+            pred_anchor_deltas,
+            gt_boxes,
+            pred_centerness,
         )
-
-    def forward_inference(self, images, features, predictions):
-        if self.iif_weights is not None:
-            logits, *others = predictions  # logits per level (N, C, H, W): one point per place
-            predictions = [self.scale_test_logits(logits), *others]
-        return super().forward_inference(images, features, predictions)

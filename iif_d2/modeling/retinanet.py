@@ -1,4 +1,5 @@
-"""``IIFRetinaNet``: detectron2's RetinaNet with IIF-scaled sigmoid class logits."""
+"""``IIFRetinaNet``: detectron2's RetinaNet with the long-tail treatments of its sigmoid
+classifier (:mod:`iif_d2.modeling.dense_detector`)."""
 
 import math
 
@@ -7,8 +8,6 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
-from iif_d2.config import refuse_deprecated_keys
-from iif_d2.modeling.class_weights import iif_weights_from_config
 from iif_d2.modeling.dense_detector import IIFDenseDetectorMixin
 
 __all__ = ["IIFRetinaNet"]
@@ -16,28 +15,40 @@ __all__ = ["IIFRetinaNet"]
 
 @META_ARCH_REGISTRY.register()
 class IIFRetinaNet(IIFDenseDetectorMixin, RetinaNet):
-    """:class:`RetinaNet` whose C class logits z are multiplied by IIF weights w
-    (docs/method.md §4).
-
-    Loss: sigmoid focal loss on w * z for the anchors matched to a foreground box, raw z for the
-    negatives (``scale_all_anchors=False``, the authors' RetinaNet) or w * z for every anchor.
-    Inference: sigmoid(w * z). Without weights it is exactly :class:`RetinaNet`.
+    """:class:`RetinaNet` with the long-tail treatments of ``MODEL.RETINANET.IIF`` and
+    ``MODEL.RETINANET.EFL`` (docs/method.md §4): IIF weights w on the class logits (RULE
+    "logits": focal loss on w * z for the foreground-matched anchors, or every anchor with
+    SCALE_ALL_ANCHORS, and sigmoid(w * z) at inference), on the positive term of the focal loss
+    ("positive_weight") or suppressing the negatives that rare classes get from other classes'
+    objects ("negative_suppression"); Equalized Focal Loss. Without them it is exactly
+    :class:`RetinaNet`.
     """
 
     @configurable
-    def __init__(self, *, iif_weights=None, iif_scale_all_anchors: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        iif_weights=None,
+        iif_rule: str = "logits",
+        iif_apply_at: str = "both",
+        iif_scale_all_anchors: bool = False,
+        efl_scale_factor=None,
+        **kwargs,
+    ):
         """
         Args:
-            iif_weights: (C,) foreground weights, or None for plain RetinaNet.
-            iif_scale_all_anchors: scale the logits of every anchor in the loss.
+            iif_weights: (C,) foreground weights, or None for no IIF.
+            iif_rule, iif_apply_at, iif_scale_all_anchors: MODEL.RETINANET.IIF's RULE,
+                APPLY_AT and SCALE_ALL_ANCHORS.
+            efl_scale_factor: MODEL.RETINANET.EFL.SCALE_FACTOR, or None for no EFL.
             kwargs: as :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
-        self._init_iif(iif_weights, iif_scale_all_anchors)
+        self._init_iif(iif_weights, iif_scale_all_anchors, iif_rule, iif_apply_at, efl_scale_factor)
 
     @classmethod
     def from_config(cls, cfg):
-        refuse_deprecated_keys(cfg)
+        iif = cls.iif_from_config(cfg, "RETINANET", cfg.MODEL.RETINANET.NUM_CLASSES)
         gn_head = cfg.MODEL.RETINANET.NORM == "GN"
         if gn_head:  # built below: detectron2 v0.6 cannot build a GN RetinaNetHead from "GN"
             cfg = cfg.clone()
@@ -47,23 +58,12 @@ class IIFRetinaNet(IIFDenseDetectorMixin, RetinaNet):
         if gn_head:
             shapes = [ret["backbone"].output_shape()[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
             ret["head"] = RetinaNetHead(cfg, shapes, norm=group_norm)
-        iif = cfg.MODEL.RETINANET.IIF
-        if iif.ENABLED:
-            num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
-            ret["iif_weights"] = iif_weights_from_config(cfg, num_classes, False, iif)
-            ret["iif_scale_all_anchors"] = iif.SCALE_ALL_ANCHORS
-        return ret
+        return {**ret, **iif}
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
-        if self.iif_weights is not None:
-            pred_logits = self.scale_loss_logits(pred_logits, gt_labels)
-        return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-
-    def forward_inference(self, images, features, predictions):
-        if self.iif_weights is not None:
-            logits, deltas = predictions  # per level (N, A*C, H, W), channel = a*C + c
-            predictions = [self.scale_test_logits(logits), deltas]
-        return super().forward_inference(images, features, predictions)
+        return self.iif_losses(
+            super().losses, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes
+        )
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -246,3 +246,41 @@ def test_quick_schedule_trains_and_evaluates(tmp_path):
     assert torch.isfinite(torch.tensor(trainer.storage.latest()["total_loss"][0]))
     results = Trainer.test(cfg, trainer.model)
     assert {"AP", "APr", "APc", "APf"} <= set(results["bbox"])
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["MODEL.FCOS.IIF.RULE", "positive_weight"],
+        ["MODEL.FCOS.IIF.RULE", "negative_suppression"],
+        ["MODEL.FCOS.IIF.ENABLED", False, "MODEL.FCOS.EFL.ENABLED", True],
+    ],
+)
+def test_loss_treatments_replace_the_class_loss_only(tmp_path, opts):
+    """FCOS's class loss is "loss_fcos_cls": the treatment changes it (EFL from its second
+    step), the box and centerness losses stay the plain model's."""
+    model = build_model(_cfg(tmp_path, QUICK, *opts))
+    plain = build_model(_cfg(tmp_path, QUICK, "MODEL.FCOS.IIF.ENABLED", False))
+    batch = _hand_batch(model)
+    with EventStorage():
+        got = model.losses(*batch)
+        got = model.losses(*batch)  # EFL: statistics from the first step
+        want = plain.losses(*batch)
+        want = plain.losses(*batch)
+    assert set(got) == set(want)
+    assert not torch.allclose(got["loss_fcos_cls"], want["loss_fcos_cls"])
+    for k in ("loss_fcos_loc", "loss_fcos_ctr"):
+        assert torch.equal(got[k], want[k]), k
+    assert not model._scales_logits("test")
+
+
+def test_apply_at_test_scales_inference_only(tmp_path):
+    model = build_model(_cfg(tmp_path, QUICK, "MODEL.FCOS.IIF.APPLY_AT", "test"))
+    plain = build_model(_cfg(tmp_path, QUICK, "MODEL.FCOS.IIF.ENABLED", False))
+    batch = _hand_batch(model)
+    with EventStorage():
+        assert torch.equal(model.losses(*batch)["loss_fcos_cls"],
+                           plain.losses(*batch)["loss_fcos_cls"])  # fmt: skip
+    assert model._scales_logits("test") and not model._scales_logits("train")
+    with pytest.raises(ValueError, match=r"MODEL.FCOS.IIF.RULE 'x': choose one of"):
+        build_model(_cfg(tmp_path, QUICK, "MODEL.FCOS.IIF.RULE", "x"))

@@ -121,3 +121,93 @@ def test_group_norm_head_builds_on_every_detectron2(tmp_path):
                    for n, c in zip(norms, convs))  # fmt: skip
     plain = build_model(_cfg(tmp_path / "plain"))
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in plain.head.modules())
+
+
+@pytest.mark.parametrize("apply_at", ["train", "test"])
+def test_apply_at_keeps_the_scaling_on_one_side(tmp_path, apply_at):
+    """APPLY_AT "train": the loss of the default rule, raw logits at inference; "test": the plain
+    loss, w * z at inference."""
+    both = build_model(_cfg(tmp_path))
+    model = build_model(_cfg(tmp_path, "MODEL.RETINANET.IIF.APPLY_AT", apply_at))
+    plain = copy.deepcopy(model)
+    plain.iif_weights = None
+    batch = _fake_batch()
+    with EventStorage():
+        got = model.losses(*batch)["loss_cls"]
+        want = (both if apply_at == "train" else plain).losses(*batch)["loss_cls"]
+    assert torch.equal(got, want)
+    assert model._scales_logits("test") == (apply_at == "test")
+
+
+def test_positive_weight_and_negative_suppression_losses_by_hand(tmp_path):
+    anchors, logits, labels, deltas, gt = _fake_batch()
+    z = logits[0][0]
+    rows = {0: 2, 1: None, 3: 5, 4: None}  # anchor -> fg class (None: background)
+    normalizer = 0.9 * 100 + 0.1 * 2
+    for rule in ("positive_weight", "negative_suppression"):
+        model = build_model(_cfg(tmp_path, "MODEL.RETINANET.IIF.RULE", rule))
+        w = model.iif_weights
+        s = w.min() / w
+        with EventStorage():
+            loss = model.losses(anchors, logits, labels, deltas, gt)["loss_cls"]
+        total = 0.0
+        for a, cls in rows.items():
+            for c in range(C):
+                y = torch.tensor([1.0 if c == cls else 0.0])
+                term = focal_loss_by_hand(z[a, c : c + 1], y)
+                if rule == "positive_weight" and c == cls:
+                    term = term * w[c]
+                if rule == "negative_suppression" and cls is not None and c != cls:
+                    term = term * s[c]
+                total = total + term
+        assert torch.allclose(loss, total / normalizer, rtol=1e-5), rule
+        # inference keeps the raw logits
+        assert not model._scales_logits("test")
+
+
+def test_efl_statistics_grow_and_are_saved(tmp_path):
+    cfg = _cfg(tmp_path, "MODEL.RETINANET.IIF.ENABLED", False, "MODEL.RETINANET.EFL.ENABLED", True)
+    model = build_model(cfg)
+    assert model.iif_weights is None and model.efl_scale_factor == 8.0
+    batch = _fake_batch()
+    with EventStorage():
+        first = model.losses(*batch)["loss_cls"]  # no statistics yet: the plain focal loss
+        assert (model.efl_pos_grad > 0).any() and (model.efl_neg_grad > 0).all()
+        second = model.losses(*batch)["loss_cls"]
+    plain = build_model(_cfg(tmp_path, "MODEL.RETINANET.IIF.ENABLED", False))
+    with EventStorage():
+        assert torch.allclose(first, plain.losses(*batch)["loss_cls"])
+    assert not torch.allclose(first, second)
+    assert {"efl_pos_grad", "efl_neg_grad"} <= set(model.state_dict())
+    model.eval()
+    before = model.efl_neg_grad.clone()
+    with EventStorage():
+        model.losses(*batch)
+    assert torch.equal(model.efl_neg_grad, before)  # only training updates them
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["MODEL.RETINANET.IIF.RULE", "weights"], r"IIF.RULE 'weights': choose one of"),
+        (["MODEL.RETINANET.IIF.APPLY_AT", "never"], r"IIF.APPLY_AT 'never': choose one of"),
+        (["MODEL.RETINANET.IIF.ENABLED", False, "MODEL.RETINANET.IIF.APPLY_AT", "test"],
+         r"IIF.APPLY_AT 'test' needs MODEL.RETINANET.IIF.ENABLED True"),
+        (["MODEL.RETINANET.IIF.RULE", "positive_weight", "MODEL.RETINANET.IIF.APPLY_AT", "test"],
+         r"acts on RULE 'logits' only"),
+        (["MODEL.RETINANET.IIF.RULE", "negative_suppression",
+          "MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS", True], r"SCALE_ALL_ANCHORS acts on RULE"),
+        (["MODEL.RETINANET.IIF.APPLY_AT", "test", "MODEL.RETINANET.IIF.SCALE_ALL_ANCHORS", True],
+         r"APPLY_AT 'test' leaves"),
+        (["MODEL.RETINANET.EFL.SCALE_FACTOR", 4.0], r"EFL.SCALE_FACTOR needs"),
+        (["MODEL.RETINANET.EFL.ENABLED", True, "MODEL.RETINANET.EFL.SCALE_FACTOR", -1.0],
+         r"SCALE_FACTOR >= 0"),
+        (["MODEL.RETINANET.IIF.RULE", "negative_suppression", "MODEL.RETINANET.IIF.VARIANT",
+          "relative", "MODEL.RETINANET.IIF.ALLOW_NONPOSITIVE_WEIGHTS", True],
+         r"needs positive IIF weights"),
+    ],
+)  # fmt: skip
+def test_settings_the_model_would_ignore_are_errors(tmp_path, opts, message):
+    with pytest.raises(ValueError, match=message) as e:
+        build_model(_cfg(tmp_path, *opts))
+    assert "\n" not in str(e.value)
