@@ -1068,11 +1068,11 @@ def startup_worker(mode: str, config_file: str, subset_json: str, folder: str) -
         import tempfile
 
         from iif_d2.data.loader import training_dicts
-        from iif_d2.data.training_set import resolve_training_set
+        from iif_d2.data.training_set import resolve_training_run
 
         with tempfile.TemporaryDirectory(prefix="iif_startup_run_") as out_dir:
             cfg.OUTPUT_DIR = out_dir
-            train = step("start", lambda: (resolve_training_set(cfg), training_dicts(cfg))[1][0])
+            train = step("start", lambda: training_dicts(*resolve_training_run(cfg))[0])
         out["images"] = len(train)
         return out
     if mode == "facts":

@@ -36,7 +36,7 @@ from iif_d2.engine.trainer import (  # noqa: E402
     check_run_config,
     checkpointer_for,
     load_config,
-    setup,
+    setup_run,
 )
 
 # errors of the user's input: printed as one line (exit 2), without a traceback
@@ -51,7 +51,7 @@ USER_ERRORS = (
 
 
 def main(args):
-    cfg = setup(args)
+    cfg, dicts = setup_run(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         # the checkpoint, or MODEL.WEIGHTS; never a model that loaded nothing
@@ -62,7 +62,7 @@ def main(args):
 
             verify_results(cfg, results)
         return results
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, dataset_dicts=dicts)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

@@ -14,12 +14,10 @@ with the generators seeded from (seed, its position) (:func:`seed_generators`). 
 (:meth:`ResumableTrainLoader.resume`) continues with exactly the batches, images and
 augmentations of an uninterrupted one, for any NUM_WORKERS, without reading a skipped image.
 
-One load per training run: the dicts :func:`~iif_d2.data.training_set.resolve_training_set`
-loads for a training run are handed over (:func:`hand_over`) to the trainer's
-:func:`training_dicts`, which takes them if DATASETS.TRAIN, its registered loaders and the
-loader's filter settings are unchanged, else loads again. At LVIS scale this saves one load
-(~30 s) and its memory at every start. At most one hand-over is held; :func:`training_dicts`
-releases it either way.
+One load per training run: the dicts :func:`~iif_d2.data.training_set.resolve_training_run`
+loads for a training run are returned to its caller, which passes them to
+:func:`training_dicts` (``Trainer(cfg, dataset_dicts=...)``: train_net.py does). At LVIS scale this
+saves one load (~30 s) and its memory at every start.
 """
 
 import contextlib
@@ -49,7 +47,6 @@ from iif_d2.utils.rng import rng_preserved
 __all__ = [
     "ResumableTrainLoader",
     "build_resumable_train_loader",
-    "hand_over",
     "holds_out",
     "epoch_images",
     "iterations_per_epoch",
@@ -59,32 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_HANDED_OVER: Dict[tuple, List[Dict]] = {}  # at most one entry: _load_key(cfg) -> dicts
-
-
-def _load_key(cfg) -> tuple:
-    """What a load of DATASETS.TRAIN depends on: the names, their registered loader functions
-    (a re-registered name loads anew), and the loader's filter settings."""
-    from detectron2.data import DatasetCatalog
-
-    names = tuple(cfg.DATASETS.TRAIN)
-    loaders = tuple(DatasetCatalog.data.get(n) for n in names)  # not .get(): it would load
-    return (
-        names,
-        loaders,
-        bool(cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS),
-        cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
-        tuple(cfg.DATASETS.PROPOSAL_FILES_TRAIN) if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
-
-
-def hand_over(cfg, dicts: List[Dict]):
-    """Keep ``dicts`` (loaded by :func:`loader_dataset_dicts` for ``cfg``, unmodified) for
-    this process's next :func:`training_dicts` of the same training set; replaces any earlier
-    hand-over."""
-    _HANDED_OVER.clear()
-    _HANDED_OVER[_load_key(cfg)] = dicts
 
 
 def loader_dataset_dicts(cfg, names: Sequence[str] = None) -> List[Dict]:
@@ -107,17 +78,19 @@ def holds_out(cfg) -> bool:
     return bool(fasa.ENABLED and fasa.ADAPT_PERIOD != 0 and not cfg.DATASETS.HELDOUT.NAMES)
 
 
-def training_dicts(cfg) -> Tuple[List[Dict], List[Dict]]:
-    """The dicts the training loader uses, and FASA's held-out dicts, from one load (the
-    dicts handed over by this process's training-set resolution, if any: :func:`hand_over`).
+def training_dicts(cfg, dicts: Optional[List[Dict]] = None) -> Tuple[List[Dict], List[Dict]]:
+    """The dicts the training loader uses, and FASA's held-out dicts, from one load.
+
+    Args:
+        cfg: the run's resolved config.
+        dicts: DATASETS.TRAIN's dicts as :func:`loader_dataset_dicts` loaded them for ``cfg``
+            (:func:`~iif_d2.data.training_set.resolve_training_run` returns them); None: load them.
 
     Returns:
         (train, heldout): ``heldout`` is [] without FASA adaptation, the dicts of
         DATASETS.HELDOUT.NAMES when named (nothing removed from training), else the images of
         DATASETS.TRAIN listed in DATASETS.HELDOUT.IMAGE_IDS_FILE, removed from ``train``.
     """
-    dicts = _HANDED_OVER.pop(_load_key(cfg), None)
-    _HANDED_OVER.clear()  # a stale hand-over is not kept
     if dicts is None:
         dicts = loader_dataset_dicts(cfg)
     fasa = cfg.MODEL.ROI_BOX_HEAD.FASA

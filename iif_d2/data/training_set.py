@@ -40,7 +40,6 @@ from iif_d2.data.heldout import (
 )
 from iif_d2.data.loader import (
     epoch_images,
-    hand_over,
     holds_out,
     iterations_per_epoch,
     loader_dataset_dicts,
@@ -57,6 +56,7 @@ __all__ = [
     "epoch_schedule",
     "needs_class_counts",
     "needs_fractal_dimensions",
+    "resolve_training_run",
     "resolve_training_set",
 ]
 
@@ -294,14 +294,6 @@ def _compute(cfg, training: bool):
     return facts, dicts
 
 
-def _compute_and_hand_over(cfg, training: bool) -> TrainingSetFacts:
-    """The facts; for a training run, the dicts loaded for them go to the trainer (one load)."""
-    facts, dicts = _compute(cfg, training)
-    if training and dicts is not None:
-        hand_over(cfg, dicts)
-    return facts
-
-
 def _on_main_rank(fn):
     """``fn()`` on the main rank, its result on every rank; its error raised on every rank."""
     from detectron2.utils import comm
@@ -378,6 +370,19 @@ def _log(facts: TrainingSetFacts, cfg):
 def resolve_training_set(cfg, training: bool = True, resume: bool = False):
     """Resolve the training-set facts into ``cfg`` (in place; it must not be frozen).
 
+    :func:`resolve_training_run` with the same arguments, without the dicts it loaded.
+
+    Returns:
+        cfg
+    """
+    return resolve_training_run(cfg, training, resume)[0]
+
+
+def resolve_training_run(cfg, training: bool = True, resume: bool = False):
+    """Resolve the training-set facts into ``cfg`` (in place; it must not be frozen), and return
+    the training dicts loaded for them, so that the trainer need not load them again
+    (``Trainer(cfg, dataset_dicts=dicts)``).
+
     A collective call in a multi-process job: every rank calls it (``setup`` does).
 
     Args:
@@ -387,7 +392,10 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
         resume: the run resumes: its saved class counts must equal the ones computed now.
 
     Returns:
-        cfg
+        (cfg, dicts): ``dicts`` is DATASETS.TRAIN's dicts as
+        :func:`~iif_d2.data.loader.loader_dataset_dicts` loaded them, or None where this
+        process loaded none (another rank than the main one, evaluation, or facts that need no
+        dicts).
     """
     from detectron2.utils import comm
 
@@ -409,7 +417,14 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
         if found:
             logger.info("Class statistics of the run folder of MODEL.WEIGHTS: %s", found)
             counts.SOURCE, counts.FILE = "file", found
-    facts = _on_main_rank(lambda: _compute_and_hand_over(cfg, training))
+    loaded = []  # the main rank's dicts stay in this process: only the facts are gathered
+
+    def compute():
+        facts, dicts = _compute(cfg, training)
+        loaded.append(dicts if training else None)
+        return facts
+
+    facts = _on_main_rank(compute)
     if comm.is_main_process():
         _log(facts, cfg)
     out = cfg.OUTPUT_DIR
@@ -444,7 +459,7 @@ def resolve_training_set(cfg, training: bool = True, resume: bool = False):
         if fasa.ADAPT_PERIOD < 0:
             fasa.ADAPT_PERIOD = facts.iterations_per_epoch
     comm.synchronize()
-    return cfg
+    return cfg, (loaded[0] if loaded else None)
 
 
 def _resolve_epoch_schedule(cfg, iterations: int, log: bool) -> None:

@@ -8,6 +8,14 @@ from iif_d2.engine.trainer import (
     freeze_all_but_box_classifier,
     load_config,
     setup,
+    setup_run,
 )
 
-__all__ = ["Trainer", "checkpointer_for", "freeze_all_but_box_classifier", "load_config", "setup"]
+__all__ = [
+    "Trainer",
+    "checkpointer_for",
+    "freeze_all_but_box_classifier",
+    "load_config",
+    "setup",
+    "setup_run",
+]

@@ -23,7 +23,7 @@ from iif_d2.config import add_iif_config, apply_deprecated_keys
 from iif_d2.data.heldout import build_heldout_loader
 from iif_d2.data.loader import ResumableTrainLoader, build_resumable_train_loader, training_dicts
 from iif_d2.data.samplers import build_train_sampler
-from iif_d2.data.training_set import check_schedule_opts, needs_class_counts, resolve_training_set
+from iif_d2.data.training_set import check_schedule_opts, needs_class_counts, resolve_training_run
 from iif_d2.engine.checkpoint import IIFCheckpointer
 from iif_d2.engine.hooks import FASAHook, RngStateGatherer, RunCheckpointer
 from iif_d2.engine.run_lock import acquire_output_dir
@@ -98,14 +98,17 @@ def _check_resolved(cfg, model):
 class Trainer(DefaultTrainer):
     """DefaultTrainer with LVIS/COCO evaluation, ``TRAIN_ONLY_CLASSIFIER`` and CPU DDP."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, dataset_dicts=None):
         """
         Args:
             cfg: a config whose training-set facts are resolved (:func:`setup`, or
                 :func:`iif_d2.resolve_training_set` before freezing).
+            dataset_dicts: DATASETS.TRAIN's dicts if already loaded for ``cfg`` (the second
+                value :func:`setup_run` / :func:`~iif_d2.data.training_set.resolve_training_run`
+                return); None: loaded here.
         """
         # one load of the training dicts per process: the loader's, and FASA's held-out ones
-        self._train_dicts, self._heldout_dicts = training_dicts(cfg)
+        self._train_dicts, self._heldout_dicts = training_dicts(cfg, dataset_dicts)
         self._rng_states, self._loaded_run_state = (None, None), None
         with cpu_safe_ddp():
             super().__init__(cfg)
@@ -670,7 +673,17 @@ def setup(args):
     (:func:`iif_d2.resolve_training_set`: class counts, FASA's held-out images, epoch length),
     frozen, and detectron2's ``default_setup`` (logging, OUTPUT_DIR, config.yaml), with
     iif-d2's loggers writing to the same files."""
-    cfg = load_config(args)
+    return setup_run(args)[0]
+
+
+def setup_run(args):
+    """:func:`setup`, and the training dicts its resolution loaded (None if none), for
+    ``Trainer(cfg, dataset_dicts=...)``: a training run loads DATASETS.TRAIN once.
+
+    Returns:
+        (cfg, dicts)
+    """
+    cfg, dicts = load_config(args), None
     check_run_config(cfg)
     if args.resume:  # before anything is written into the folder
         check_resume_config(cfg, resolved=False)
@@ -694,11 +707,11 @@ def setup(args):
         cpu_capability(),
     )
     if needs_class_counts(cfg) or cfg.MODEL.ROI_BOX_HEAD.FASA.ENABLED:
-        resolve_training_set(
+        cfg, dicts = resolve_training_run(
             cfg, training=not getattr(args, "eval_only", False), resume=args.resume
         )
     if args.resume:  # the resolved schedule too, before default_setup rewrites config.yaml
         check_resume_config(cfg)
     cfg.freeze()
     default_setup(cfg, args)
-    return cfg
+    return cfg, dicts

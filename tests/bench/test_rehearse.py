@@ -84,27 +84,25 @@ def test_mini_rehearsal_decoupled_from_its_stage1(tmp_path):
 
 
 def test_trainer_dicts_are_the_resolutions_load(tmp_path):
-    """The rehearsal's fix: a training run loads DATASETS.TRAIN once (resolution, then trainer),
-    unless the training set changed in between; the hand-over is released after one use."""
+    """A training run loads DATASETS.TRAIN once: the resolution returns the dicts it loaded,
+    and the trainer's split takes them instead of loading again."""
     from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from iif_d2 import add_iif_config, resolve_training_set
+    from iif_d2 import add_iif_config
     from iif_d2.data.loader import training_dicts
+    from iif_d2.data.training_set import resolve_training_run
 
     calls = []
     name = "iif_test_counted_tiny_train"
 
-    def register(tag):
-        def load():
-            calls.append(tag)
-            return DatasetCatalog.get("iif_synthetic_tiny_train")
+    def load():
+        calls.append(name)
+        return DatasetCatalog.get("iif_synthetic_tiny_train")
 
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        DatasetCatalog.register(name, load)
-
-    register("a")
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, load)
     meta = MetadataCatalog.get("iif_synthetic_tiny_train")
     MetadataCatalog.get(name).set(thing_classes=meta.thing_classes)
     cfg = get_cfg()
@@ -112,19 +110,15 @@ def test_trainer_dicts_are_the_resolutions_load(tmp_path):
     cfg.merge_from_list(["DATASETS.TRAIN", (name,), "MODEL.ROI_HEADS.NUM_CLASSES", 8])
     cfg.merge_from_list(["MODEL.ROI_BOX_HEAD.IIF.ENABLED", True, "OUTPUT_DIR", str(tmp_path)])
     cfg.MODEL.CLASS_COUNTS.SOURCE = "dataset"
-    resolve_training_set(cfg)
-    assert calls == ["a"]
-    train, heldout = training_dicts(cfg)
-    assert calls == ["a"] and heldout == []  # the resolution's load
-    assert train == DatasetCatalog.get(name) and len(train) > 0
-    train_again, _ = training_dicts(cfg)
-    assert calls == ["a", "a", "a"] and train_again == train  # released after one use
-    cfg.MODEL.CLASS_COUNTS.SOURCE = "dataset"  # resolved to the saved "file": count again
-    resolve_training_set(cfg)
-    assert calls == ["a", "a", "a", "a"]
-    register("b")  # the training set changed after the resolution: loaded anew
-    training_dicts(cfg)
-    assert calls == ["a", "a", "a", "a", "b"]
+    cfg, dicts = resolve_training_run(cfg)
+    assert len(calls) == 1 and dicts == DatasetCatalog.get(name) and len(dicts) > 0
+    train, heldout = training_dicts(cfg, dicts)
+    assert len(calls) == 2 and heldout == [] and train is dicts  # (2: the check above)
+    train_again, _ = training_dicts(cfg)  # none given: loaded
+    assert len(calls) == 3 and train_again == train
+    # the counts are resolved to the saved file: nothing to load, nothing returned
+    assert resolve_training_run(cfg)[1] is None and len(calls) == 3
+    assert resolve_training_run(cfg, training=False)[1] is None
     DatasetCatalog.remove(name)
 
 
