@@ -262,7 +262,7 @@ def main(argv=None):
         print(f"{task:<6}{row}")
     print_band(trained, load_band(BAND_FILE))
     if args.num_vis > 0:
-        from visualize import load_run_config, visualize
+        from iif_d2.engine.visualize import load_run_config, visualize
 
         print("[demo] 3/3 drawing predictions ...", flush=True)
         vis_cfg = load_run_config(os.path.join(out, "model_final.pth"), device=_device())

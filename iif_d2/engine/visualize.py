@@ -1,0 +1,252 @@
+"""Draw a trained model's predictions beside the ground truth, one PNG per image: the code
+behind ``tools/visualize.py`` and the pictures of ``tools/demo.py``.
+
+A checkpoint and its run folder are enough: :func:`load_run_config` reads the ``config.yaml``
+train_net.py saved beside the checkpoint (safe YAML: no code runs) and, where the class counts
+came from the training set, the run's ``iif_class_stats.json`` instead, so the training
+annotations are not needed. :func:`build_predictor` loads the weights through iif-d2's safe
+checkpointer; :func:`visualize` writes one prediction | ground-truth (or input) PNG per image.
+"""
+
+import contextlib
+import os
+
+from iif_d2.utils.io import same_file
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "STATS_FILENAME",
+    "build_predictor",
+    "dataset_items",
+    "folder_items",
+    "load_run_config",
+    "use_run_class_counts",
+    "visualize",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+STATS_FILENAME = "iif_class_stats.json"  # written by training into OUTPUT_DIR
+
+
+def use_run_class_counts(cfg, stats_file: str) -> bool:
+    """Point the config's class counts to a run's saved ``iif_class_stats.json``.
+
+    Only counts computed from the training set (source "dataset" or "json") are replaced: they
+    are the counts the run saved, and reading them needs no training annotations. Counts that
+    already come from a file are kept.
+
+    Args:
+        cfg: the (unfrozen) config, changed in place.
+        stats_file: the run's ``iif_class_stats.json``.
+
+    Returns:
+        whether the config now reads ``stats_file``.
+    """
+    if not os.path.isfile(stats_file):
+        return False
+    from iif_d2.config import apply_deprecated_keys
+
+    node = apply_deprecated_keys(cfg).MODEL.CLASS_COUNTS
+    if node.SOURCE not in ("dataset", "json"):
+        return False
+    node.SOURCE, node.FILE = "file", stats_file
+    return True
+
+
+def load_run_config(weights: str, config_file=None, opts=(), device=None):
+    """The config to run a checkpoint with, ready for :class:`DefaultPredictor`.
+
+    Args:
+        weights: the checkpoint (``.pth``/``.pkl``).
+        config_file: its config; default: ``config.yaml`` in the checkpoint's folder.
+        opts: config overrides, as train_net.py takes them (``KEY VALUE ...``).
+        device: ``cpu``/``cuda``; default: cuda when available.
+
+    Returns:
+        a frozen config with MODEL.WEIGHTS = ``weights`` and, where the run saved them, the
+        class counts read from the run folder.
+
+    Raises:
+        FileNotFoundError: no checkpoint, or no config file.
+        iif_d2.engine.config_files.RunConfigError: a config that is not plain YAML (no code runs),
+            or bad overrides.
+    """
+    import torch
+
+    from iif_d2.engine.config_files import load_config_file  # safe YAML, _BASE_ checked
+
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"checkpoint {weights!r} does not exist; pass --weights RUN/*.pth")
+    run_dir = os.path.dirname(os.path.abspath(weights))
+    if config_file is None:
+        config_file = os.path.join(run_dir, "config.yaml")
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(
+                f"no config.yaml beside {weights!r} (train_net.py writes one into OUTPUT_DIR); "
+                "pass --config-file"
+            )
+    elif not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    cfg = load_config_file(config_file, list(opts))
+    cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg.OUTPUT_DIR = ""  # inference only: nothing is written into the run folder
+    use_run_class_counts(cfg, os.path.join(run_dir, STATS_FILENAME))
+    cfg.freeze()
+    return cfg
+
+
+def dataset_items(name: str, num: int):
+    """The first ``num`` images of the registered dataset ``name``.
+
+    Returns:
+        ([(file name, dataset dict)], the dataset's metadata).
+
+    Raises:
+        KeyError: ``name`` is not registered (the message lists the registered ones).
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name not in DatasetCatalog.list():
+        raise KeyError(
+            f"dataset {name!r} is not registered; registered: "
+            + ", ".join(sorted(DatasetCatalog.list()))
+        )
+    dicts = DatasetCatalog.get(name)[:num]
+    return [(d["file_name"], d) for d in dicts], MetadataCatalog.get(name)
+
+
+def folder_items(folder: str, num: int, cfg):
+    """The first ``num`` images of ``folder`` (by name, extensions :data:`IMAGE_EXTENSIONS`).
+
+    Returns:
+        ([(path, None)], the metadata of ``cfg``'s first test or training dataset, for the
+        class names; None without datasets).
+
+    Raises:
+        FileNotFoundError: ``folder`` is not a folder, or holds no image.
+    """
+    from detectron2.data import MetadataCatalog
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--input {folder!r} is not a folder of images")
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+        raise FileNotFoundError(
+            f"--input {folder!r} holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    # class names: those of the datasets the model was trained or tested on
+    datasets = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    metadata = MetadataCatalog.get(datasets[0]) if datasets else None
+    return [(os.path.join(folder, n), None) for n in names[:num]], metadata
+
+
+def build_predictor(cfg):
+    """detectron2's ``DefaultPredictor`` with the weights read by iif-d2's checkpointer
+    (``.pkl`` through the restricted unpickler, ``.pth`` with ``weights_only``: loading runs
+    no code); a checkpoint that leaves the model's parameters untrained is an error."""
+    from detectron2.engine import DefaultPredictor
+
+    from iif_d2.engine.checkpoint import IIFCheckpointer
+
+    bare = cfg.clone()
+    bare.defrost()
+    bare.MODEL.WEIGHTS = ""  # DefaultPredictor's own checkpointer loads nothing
+    bare.freeze()
+    predictor = DefaultPredictor(bare)
+    checkpointer = IIFCheckpointer(
+        predictor.model, allow_class_mismatch=cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH
+    )
+    checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[])
+    untrained = checkpointer.untrained_parameters()
+    if untrained:
+        raise ValueError(
+            f"{cfg.MODEL.WEIGHTS} holds no weights for {len(untrained)} of the model's "
+            f"parameters (e.g. {untrained[0]}): it is not a trained model of this config; "
+            "pass the run's model_final.pth (and its config)."
+        )
+    predictor.cfg = cfg
+    return predictor
+
+
+@contextlib.contextmanager
+def _fixed_colors(seed=0):
+    """Visualizer draws each instance in a random colour (numpy's global RNG): make the
+    colours repeatable, then restore the RNG."""
+    import numpy as np
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _label(vis, text):
+    """Write ``text`` at the top left of a detectron2 ``Visualizer``'s panel."""
+    vis.draw_text(text, (2, 2), horizontal_alignment="left", color="white")
+
+
+def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh=0.5, scale=None):
+    """Run ``cfg``'s model on ``num`` images and save prediction | ground-truth PNGs.
+
+    Args:
+        cfg: a config from :func:`load_run_config`.
+        output_dir: where the PNGs go (created).
+        dataset: a registered dataset (ground truth drawn on the right), or
+        input_dir: a folder of images (the input image on the right).
+        num: how many images (the first ones, in dataset or name order).
+        score_thresh: the lowest score of a drawn prediction.
+        scale: the panels' size / the image's; default: panels of at least 512 pixels.
+
+    Returns:
+        the paths of the written PNGs.
+    """
+    import numpy as np
+    from detectron2.data.detection_utils import read_image
+    from detectron2.utils.visualizer import Visualizer
+    from PIL import Image
+
+    from iif_d2.utils.io import atomic_write
+
+    if (dataset is None) == (input_dir is None):
+        raise ValueError("give exactly one of dataset and input_dir")
+    if input_dir is not None and same_file(input_dir, output_dir):
+        raise ValueError(
+            f"--output {output_dir} is the --input folder: the PNGs would replace the input "
+            "images of the same name; give another folder."
+        )
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output {output_dir} is a file; give a folder for the PNGs.")
+    if dataset is not None:
+        items, metadata = dataset_items(dataset, num)
+    else:
+        items, metadata = folder_items(input_dir, num, cfg)
+    predictor = build_predictor(cfg)
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for path, record in items:
+        bgr = read_image(path, format="BGR")
+        rgb = bgr[:, :, ::-1]
+        s = scale or max(1.0, 512 / max(rgb.shape[:2]))
+        instances = predictor(bgr)["instances"].to("cpu")
+        instances = instances[instances.scores >= score_thresh]
+        with _fixed_colors():
+            left = Visualizer(rgb, metadata, scale=s)
+            _label(left, f"prediction: {len(instances)} (score >= {score_thresh:g})")
+            left = left.draw_instance_predictions(instances)
+        with _fixed_colors():
+            right = Visualizer(rgb, metadata, scale=s)
+            if record is not None:
+                _label(right, f"ground truth: {len(record.get('annotations', []))}")
+                right = right.draw_dataset_dict(record)
+            else:
+                _label(right, "input")
+                right = right.output
+        panels = [v.get_image() for v in (left, right)]
+        out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        image = Image.fromarray(np.concatenate(panels, axis=1))
+        atomic_write(out, lambda f, image=image: image.save(f, format="PNG"))
+        written.append(out)
+    return written
