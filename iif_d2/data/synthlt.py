@@ -15,7 +15,6 @@ negative). Everything is deterministic from the seed.
 """
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -23,6 +22,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from iif_d2.data import lvis_json
 
 __all__ = ["SynthSpec", "background", "class_names", "generate_split", "register_synthetic_lvis"]
 
@@ -134,13 +135,7 @@ def background(size: int, n_distractors: int, rng) -> np.ndarray:
     return np.asarray(img).astype(np.float32)
 
 
-def _polygons(mask: np.ndarray) -> List[List[float]]:
-    import cv2
-
-    contours, _ = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
-    return [c.flatten().astype(float).tolist() for c in contours if len(c) >= 3]
+_polygons = lvis_json.polygons
 
 
 def _render(spec: SynthSpec, classes: List[int], names: List[str], rng):
@@ -183,27 +178,8 @@ def _render(spec: SynthSpec, classes: List[int], names: List[str], rng):
 
 def _categories(spec: SynthSpec, train_anns: List[Dict]) -> List[Dict]:
     names = class_names(spec.num_classes)
-    images = [set() for _ in names]
-    instances = [0] * len(names)
-    for a in train_anns:
-        images[a["category_id"] - 1].add(a["image_id"])
-        instances[a["category_id"] - 1] += 1
-    cats = []
-    for c, name in enumerate(names):
-        n = len(images[c])
-        freq = "r" if n <= 10 else "c" if n <= 100 else "f"
-        cats.append(
-            {
-                "id": c + 1,
-                "name": name,
-                "synonyms": [name],
-                "def": f"a {name.replace('_', ' ')}",
-                "frequency": freq,
-                "image_count": n,
-                "instance_count": instances[c],
-            }
-        )
-    return cats
+    defs = [f"a {name.replace('_', ' ')}" for name in names]
+    return lvis_json.categories(names, train_anns, defs)
 
 
 def generate_split(spec: SynthSpec, split: str, image_dir: str) -> Dict:
@@ -241,61 +217,19 @@ def generate_split(spec: SynthSpec, split: str, image_dir: str) -> Dict:
 def _write_dataset(spec: SynthSpec, root: str):
     splits = {s: generate_split(spec, s, os.path.join(root, s)) for s in ("train", "val")}
     categories = _categories(spec, splits["train"]["annotations"])
-    for split, data in splits.items():
-        data["categories"] = categories
-        data["info"] = {"description": f"iif-d2 SynthLT {split}", "spec": dataclasses.asdict(spec)}
-        tmp = os.path.join(root, f"{split}.json.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, os.path.join(root, f"{split}.json"))  # complete files only
-
-
-def _is_generated(spec: SynthSpec, root: str) -> bool:
-    try:
-        with open(os.path.join(root, "val.json")) as f:  # val.json is written last
-            return json.load(f)["info"]["spec"] == dataclasses.asdict(spec)
-    except (OSError, ValueError, KeyError):
-        return False
+    lvis_json.write_splits(root, splits, categories, "iif-d2 SynthLT", spec)
 
 
 def ensure_generated(spec: SynthSpec, root: str) -> None:
-    """Generate the dataset under ``root`` unless it is there with the same spec.
-
-    Safe to call from several processes at once (training ranks): one generates under a file
-    lock, the others wait and find it done.
-    """
-    if _is_generated(spec, root):
-        return
-    import fcntl
-
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _is_generated(spec, root):
-            logger.info("Generating SynthLT under %s ...", root)
-            _write_dataset(spec, root)
+    """Generate the dataset under ``root`` unless it is there with the same spec (under a file
+    lock: several training ranks may call it at once)."""
+    lvis_json.ensure_generated(spec, root, _write_dataset, "SynthLT")
 
 
 def register_synthetic_lvis(prefix: str, root: str, spec: SynthSpec = SynthSpec()):
     """Register ``<prefix>_train`` and ``<prefix>_val`` (LVIS format, LVIS evaluation),
     generated under ``root`` on first use.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets.lvis import load_lvis_json
-
-    for split in ("train", "val"):
-        json_file = os.path.join(root, f"{split}.json")
-
-        def load(json_file=json_file):
-            ensure_generated(spec, root)
-            return load_lvis_json(json_file, root + os.sep)
-
-        name = f"{prefix}_{split}"
-        DatasetCatalog.register(name, load)
-        MetadataCatalog.get(name).set(
-            json_file=json_file,
-            generated_on_first_use=True,  # no files to check before the run
-            image_root=root,
-            evaluator_type="lvis",
-            thing_classes=class_names(spec.num_classes),
-        )
+    lvis_json.register_generated_lvis(
+        prefix, root, lambda: ensure_generated(spec, root), class_names(spec.num_classes)
+    )
