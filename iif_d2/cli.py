@@ -104,7 +104,7 @@ def _registered(name: str) -> str:
 
 def _config(args):
     # the loader every command uses: plain YAML, _BASE_ local and acyclic, never fetched
-    from iif_d2.engine.trainer import RunConfigError, load_config_file
+    from iif_d2.engine.config_files import RunConfigError, load_config_file
 
     if not os.path.isfile(args.config_file):
         what = "is a directory" if os.path.isdir(args.config_file) else "does not exist"

@@ -24,20 +24,13 @@ from iif_d2.data.dataset_files import DatasetFilesMissing, check_dataset_files  
 from iif_d2.engine.checkpoint import (  # noqa: E402
     CheckpointLocationError,
     CheckpointShapeMismatchError,
-    UnsafeCheckpointError,
 )
+from iif_d2.engine.config_files import RunConfigError, check_run_config, load_config  # noqa: E402
 from iif_d2.engine.launch import launch  # noqa: E402
+from iif_d2.engine.run_folder import check_eval_weights, check_resume_config  # noqa: E402
 from iif_d2.engine.run_lock import OutputDirInUseError  # noqa: E402
-from iif_d2.engine.trainer import (  # noqa: E402
-    RunConfigError,
-    Trainer,
-    check_eval_weights,
-    check_resume_config,
-    check_run_config,
-    checkpointer_for,
-    load_config,
-    setup_run,
-)
+from iif_d2.engine.trainer import Trainer, checkpointer_for, setup_run  # noqa: E402
+from iif_d2.utils.safe_load import UnsafeCheckpointError  # noqa: E402
 
 # errors of the user's input: printed as one line (exit 2), without a traceback
 USER_ERRORS = (

@@ -4,28 +4,22 @@ multi-process CPU training; ``setup`` builds the config the way detectron2's too
 import functools
 import logging
 import os
-import pickle
-import re
-from typing import Any, Dict, List, Sequence
 
 import torch
-import yaml
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from iif_d2 import model_zoo
-from iif_d2.config import add_iif_config, apply_deprecated_keys
 from iif_d2.data.heldout import build_heldout_loader
 from iif_d2.data.loader import ResumableTrainLoader, build_resumable_train_loader, training_dicts
 from iif_d2.data.samplers import build_train_sampler
-from iif_d2.data.training_set import check_schedule_opts, needs_class_counts, resolve_training_run
+from iif_d2.data.training_set import needs_class_counts, resolve_training_run
 from iif_d2.engine.checkpoint import IIFCheckpointer
+from iif_d2.engine.config_files import RunConfigError, check_run_config, load_config
 from iif_d2.engine.hooks import FASAHook, RngStateGatherer, RunCheckpointer
+from iif_d2.engine.run_folder import check_resume_config, remove_stale_temporary_files
 from iif_d2.engine.run_lock import acquire_output_dir
 from iif_d2.evaluation import build_evaluator
 from iif_d2.modeling.config_check import check_settings_used, num_classes_problem
@@ -36,28 +30,16 @@ from iif_d2.utils.machine import cpu_capability, cpu_model
 from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
 
 __all__ = [
-    "RunConfigError",
     "Trainer",
-    "check_config_tree",
-    "check_eval_weights",
-    "check_resume_config",
-    "check_run_config",
     "checkpointer_for",
     "freeze_all_but_box_classifier",
-    "load_config",
-    "load_config_file",
-    "remove_stale_temporary_files",
     "setup",
+    "setup_run",
 ]
 
 logger = logging.getLogger(__name__)
 # detectron2 main's DefaultTrainer saves and loads its inner trainer ("_trainer"); v0.6 does not
 _UPSTREAM_SAVES_TRAINER = "state_dict" in DefaultTrainer.__dict__
-
-
-class RunConfigError(ValueError):
-    """A config file, run folder or launch setting the run cannot start with: the message is
-    one line that names the problem and the fix (train_net.py prints it and exits 2)."""
 
 
 def freeze_all_but_box_classifier(model) -> int:
@@ -307,365 +289,6 @@ def checkpointer_for(model, cfg, like=None) -> IIFCheckpointer:
     if like is not None:
         return IIFCheckpointer.from_checkpointer(like, allow_class_mismatch=allow)
     return IIFCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_class_mismatch=allow)
-
-
-def _repository_configs() -> List[str]:
-    """The config trees a ``_BASE_`` may point into besides the config's own folder: the
-    project's (a checkout's configs/, the package's), and detectron2's model zoo."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    roots = [
-        os.path.join(os.path.dirname(package), "configs"),  # a clone's
-        os.path.join(package, "model_zoo", "configs"),  # a wheel's (iif_d2.model_zoo)
-    ]
-    try:
-        import detectron2
-
-        roots.append(os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs"))
-    except ImportError:  # pragma: no cover
-        pass
-    return [os.path.realpath(r) for r in roots if os.path.isdir(r)]
-
-
-def _inside(path: str, root: str) -> bool:
-    return os.path.commonpath([root, path]) == root
-
-
-def _local_config_path(config_file: str) -> str:
-    """A local path for ``config_file`` (a ``<scheme>://`` path through detectron2's
-    PathManager, never a web address)."""
-    if re.match(r"(?i)(https?|ftp)://", config_file):
-        raise RunConfigError(
-            f"--config-file {config_file}: configs are read from local files, never fetched "
-            "from the web; download it, check it, and give its local path."
-        )
-    if config_file.startswith(model_zoo.CONFIG_PREFIX):
-        try:
-            return model_zoo.get_config_file(config_file)
-        except FileNotFoundError as e:
-            raise RunConfigError(f"--config-file: {e}") from None
-    if "://" in config_file:
-        try:
-            config_file = PathManager.get_local_path(config_file)
-        except Exception as e:  # no handler for the scheme, or not found
-            raise RunConfigError(f"--config-file {config_file}: {e}".splitlines()[0]) from None
-    return config_file
-
-
-def _read_config_yaml(path: str, named_by: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        what = "is a folder" if os.path.isdir(path) else "does not exist"
-        raise RunConfigError(f"{named_by} {path} {what}; give a YAML config file.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except UnicodeDecodeError:
-        raise RunConfigError(f"{path} is not UTF-8 text; give a YAML config file.") from None
-    except yaml.YAMLError as e:  # a !!python tag included: safe_load constructs no object
-        problem = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        raise RunConfigError(f"{path}: {problem}") from None
-    if data is None:
-        raise RunConfigError(f"{path} is empty; a config file maps keys to values (KEY: value).")
-    if not isinstance(data, dict):
-        raise RunConfigError(
-            f"{path} holds a YAML {type(data).__name__}, not a mapping of config keys "
-            "(KEY: value lines)."
-        )
-    return data
-
-
-def check_config_tree(config_file: str) -> str:
-    """Check a config file and its ``_BASE_`` chain before detectron2 reads them: each file is
-    plain YAML (no Python tags) holding a mapping, each ``_BASE_`` a local file (never a web
-    address) inside the config's folder or the project's config tree, with no cycle.
-
-    Args:
-        config_file: the path given with ``--config-file``.
-
-    Returns:
-        the local path of ``config_file``.
-
-    Raises:
-        RunConfigError: naming the file, the problem and the fix.
-    """
-    top = _local_config_path(config_file)
-    roots = [os.path.realpath(os.path.dirname(os.path.abspath(top)))] + _repository_configs()
-
-    def visit(path: str, chain: List[str], named_by: str):
-        real = os.path.realpath(path)
-        if real in chain:
-            cycle = " -> ".join(os.path.basename(p) for p in [*chain[chain.index(real) :], real])
-            raise RunConfigError(f"_BASE_ cycle in {path}: {cycle}; remove one _BASE_.")
-        data = _read_config_yaml(path, named_by)
-        bases = data.get("_BASE_", [])
-        for base in [bases] if isinstance(bases, str) else bases:
-            if not isinstance(base, str):
-                raise RunConfigError(f"{path}: _BASE_ {base!r} is not a file name.")
-            if "://" in base:
-                raise RunConfigError(
-                    f"{path}: _BASE_ {base} is not a local file; bases are never fetched: "
-                    "copy it beside the config and name it by its relative path."
-                )
-            target = os.path.expanduser(base)
-            if not os.path.isabs(target):  # relative to the config that names it, as detectron2
-                target = os.path.join(os.path.dirname(path), target)
-            if not any(_inside(os.path.realpath(target), r) for r in roots):
-                raise RunConfigError(
-                    f"{path}: _BASE_ {base} resolves to {os.path.realpath(target)}, outside the "
-                    f"config's folder {roots[0]} and the project's configs; copy it beside the "
-                    "config (or give it itself with --config-file)."
-                )
-            visit(target, [*chain, real], f"_BASE_ of {path}:")
-
-    visit(top, [], "--config-file")
-    return top
-
-
-def load_config_file(config_file: str, opts: Sequence[str] = ()):
-    """A config file (checked by :func:`check_config_tree`, read with ``yaml.safe_load``: no
-    code runs) and overrides ``KEY VALUE ...`` on detectron2's defaults with iif-d2's keys
-    (deprecated keys moved to their new names), not yet resolved nor frozen. Every command that
-    reads a user's config (train_net.py, tools/visualize.py) goes through here.
-
-    Raises:
-        RunConfigError: a bad config file, or overrides that are not KEY VALUE pairs of known
-            keys.
-    """
-    path = check_config_tree(config_file)
-    cfg = get_cfg()
-    add_iif_config(cfg)
-    try:
-        cfg.merge_from_file(path, allow_unsafe=False)  # no !!python tags: no code runs
-    except (KeyError, AssertionError, ValueError, TypeError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise RunConfigError(f"{config_file}: {' '.join(str(text).split())}") from None
-    opts = list(opts)
-    if len(opts) % 2:
-        raise RunConfigError(
-            f"config overrides come in KEY VALUE pairs; {opts[-1]!r} has no value."
-        )
-    try:
-        cfg.merge_from_list(opts)
-    except (KeyError, AssertionError, ValueError, TypeError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise RunConfigError(f"config overrides: {' '.join(str(text).split())}") from None
-    return apply_deprecated_keys(cfg)
-
-
-def load_config(args):
-    """The config of ``args`` (detectron2's argument parser): :func:`load_config_file` of
-    ``args.config_file`` with ``args.opts``."""
-    cfg = load_config_file(args.config_file, args.opts)
-    try:
-        check_schedule_opts(cfg, args.opts)
-    except ValueError as e:
-        raise RunConfigError(str(e)) from None
-    return cfg
-
-
-def check_run_config(cfg) -> None:
-    """Settings detectron2 would divide by, or fail on only after the first steps.
-
-    Raises:
-        RunConfigError: naming the key, its value and the fix.
-    """
-    period = cfg.SOLVER.CHECKPOINT_PERIOD
-    if not isinstance(period, int) or period < 1:
-        raise RunConfigError(
-            f"SOLVER.CHECKPOINT_PERIOD {period!r} must be an integer >= 1 (iterations between "
-            "two checkpoints; SOLVER.MAX_ITER for a final checkpoint only)."
-        )
-    kept = cfg.SOLVER.CHECKPOINTS_KEPT
-    if not isinstance(kept, int) or kept < 0:
-        raise RunConfigError(f"SOLVER.CHECKPOINTS_KEPT {kept!r} must be >= 0 (0: keep all).")
-    if cfg.SOLVER.MAX_ITER < 0:
-        raise RunConfigError(f"SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} must be >= 0.")
-
-
-_TMP_FILE = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # iif_d2.utils.io.atomic_write's
-
-
-def remove_stale_temporary_files(output_dir: str) -> List[str]:
-    """Remove the temporary files of saves that were killed midway (``.NAME.PID.HEX.tmp``, as
-    :func:`iif_d2.utils.io.atomic_write` names them) whose process is gone; call it with the
-    folder locked (:func:`iif_d2.engine.run_lock.acquire_output_dir`).
-
-    Returns:
-        the removed paths.
-    """
-    removed = []
-    if not output_dir or not os.path.isdir(output_dir):
-        return removed
-    for name in os.listdir(output_dir):
-        found = _TMP_FILE.fullmatch(name)
-        if found is None or int(found.group(1)) == os.getpid() or _alive(int(found.group(1))):
-            continue
-        path = os.path.join(output_dir, name)
-        try:
-            if os.path.isfile(path) and not os.path.islink(path):
-                os.remove(path)
-                removed.append(path)
-        except FileNotFoundError:
-            continue
-    if removed:
-        logger.info(
-            "Removed %d temporary file(s) of an interrupted save: %s",
-            len(removed),
-            ", ".join(os.path.basename(p) for p in removed),
-        )
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0  # someone else's process: leave its file
-    return True
-
-
-# Keys a resumed run may change: where and how fast it runs, what it logs and how it is
-# evaluated, and the initialisation (the checkpoint replaces it). Everything else changes the
-# model, the data or the schedule.
-_RESUME_MAY_CHANGE = (
-    "OUTPUT_DIR",
-    "MODEL.DEVICE",
-    "MODEL.WEIGHTS",
-    "MODEL.KERNELS",
-    "DATALOADER.NUM_WORKERS",
-    "NUM_THREADS",
-    "CUDNN_BENCHMARK",
-    "VIS_PERIOD",
-    "SEED",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "SOLVER.CHECKPOINTS_KEPT",
-    "TEST",
-    "DATASETS.TEST",
-    "DATASETS.PROPOSAL_FILES_TEST",
-    "GLOBAL",
-    "VERSION",
-)
-# Files the training-set resolution names (absolute paths into OUTPUT_DIR, which may have
-# moved): not compared; their contents are (the resolution checks the class counts against the
-# run's saved ones on a resume; the held-out ids follow from DATASETS.TRAIN and HELDOUT)
-_RESOLVED = (
-    "MODEL.CLASS_COUNTS.SOURCE",
-    "MODEL.CLASS_COUNTS.FILE",
-    "DATASETS.HELDOUT.IMAGE_IDS_FILE",
-)
-
-
-def _unresolved(cfg, key: str) -> bool:
-    """Whether ``key`` of an unresolved ``cfg`` may still change in the resolution."""
-    if key in ("SOLVER.MAX_ITER", "SOLVER.STEPS"):  # from SOLVER.EPOCH_SCHEDULE, if stated
-        schedule = cfg.SOLVER.get("EPOCH_SCHEDULE")
-        return schedule is not None and schedule.get("EPOCHS", 0) > 0
-    if key.startswith("MODEL.ROI_BOX_HEAD.FASA.") and key.endswith(("START_ITER", "ADAPT_PERIOD")):
-        return cfg.MODEL.ROI_BOX_HEAD.FASA.get(key.rsplit(".", 1)[1], 0) < 0  # -1: one epoch
-    return False
-
-
-def _flat(node: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
-def _under(key: str, prefixes: Sequence[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def check_resume_config(cfg, resolved: bool = True) -> None:
-    """Refuse to resume into an OUTPUT_DIR whose saved ``config.yaml`` (the run there) differs
-    from ``cfg`` in anything that changes the model, the data or the schedule: resuming would
-    continue another run's checkpoint with this config, then overwrite its files.
-
-    Args:
-        cfg: this run's config.
-        resolved: whether ``cfg``'s training-set facts are resolved (else the keys the
-            resolution fills in are not compared yet).
-
-    Raises:
-        RunConfigError: naming the first differing key, both values and the fix.
-    """
-    saved_file = os.path.join(cfg.OUTPUT_DIR, "config.yaml") if cfg.OUTPUT_DIR else ""
-    if not saved_file or not os.path.isfile(saved_file):
-        return
-    fix = (
-        "use another OUTPUT_DIR for this config (MODEL.WEIGHTS set to a checkpoint there "
-        "to start from it), or resume with the config that run used "
-        f"(--config-file {saved_file})"
-    )
-    try:
-        with open(saved_file, encoding="utf-8") as f:
-            saved = yaml.safe_load(f)
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        problem = " ".join(str(e).split())[:200]
-        raise RunConfigError(f"--resume: cannot read {saved_file} ({problem}); {fix}.") from None
-    if not isinstance(saved, dict):
-        raise RunConfigError(f"--resume: {saved_file} is not a saved config; {fix}.")
-    old, new = _flat(saved), _flat(yaml.safe_load(cfg.dump()))
-    for key, value in new.items():
-        if key not in old or _under(key, _RESUME_MAY_CHANGE) or _under(key, _RESOLVED):
-            continue
-        if not resolved and _unresolved(cfg, key):
-            continue
-        was = old[key]
-        if isinstance(was, (list, tuple)) and isinstance(value, (list, tuple)):
-            was, value = list(was), list(value)
-        if was != value:
-            raise RunConfigError(
-                f"--resume: the run in {cfg.OUTPUT_DIR} was started with {key} {was!r}, this "
-                f"config has {value!r}; resuming would continue that run with another model "
-                f"or schedule. Nothing was changed; {fix}."
-            )
-
-
-def check_eval_weights(checkpointer, cfg, resume: bool) -> str:
-    """Load the weights ``--eval-only`` evaluates, or refuse to evaluate an untrained model.
-
-    With ``resume``, the newest readable checkpoint in OUTPUT_DIR; else MODEL.WEIGHTS. An
-    error when there is none, or when it leaves some of the model's parameters at their
-    initialisation (e.g. MODEL.WEIGHTS is the backbone's ImageNet initialisation).
-
-    Returns:
-        the loaded file.
-
-    Raises:
-        RunConfigError: naming what is missing and the fix.
-    """
-    if resume:
-        path = checkpointer.get_checkpoint_file()
-        if not path:
-            raise RunConfigError(
-                f"--eval-only --resume: no readable checkpoint in {cfg.OUTPUT_DIR} (see the "
-                "warnings above); give the model to evaluate with MODEL.WEIGHTS path.pth."
-            )
-    else:
-        path = cfg.MODEL.WEIGHTS
-        if not path:
-            raise RunConfigError(
-                "--eval-only needs the trained model: set MODEL.WEIGHTS "
-                "path/to/model_final.pth (or use --resume to take OUTPUT_DIR's checkpoint)."
-            )
-    try:
-        checkpointer.load(path, checkpointables=[])
-    except (OSError, AssertionError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
-        message = " ".join(str(e).split())[:300]
-        raise RunConfigError(f"--eval-only: cannot read {path}: {message}") from None
-    untrained = checkpointer.untrained_parameters()
-    if untrained:
-        raise RunConfigError(
-            f"--eval-only: {path} holds no weights for {len(untrained)} of the model's "
-            f"parameters (e.g. {untrained[0]}): it is not a trained model of this config, and "
-            "evaluating it would report the AP of an untrained detector. Set MODEL.WEIGHTS to "
-            "the trained checkpoint (OUTPUT_DIR/model_final.pth)."
-        )
-    return path
 
 
 def setup(args):

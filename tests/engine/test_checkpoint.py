@@ -1,5 +1,5 @@
-"""IIFCheckpointer: loading never runs code, atomic saves, resuming past corrupt checkpoints,
-shape mismatches, and a checkpoint written by detectron2's own trainer."""
+"""IIFCheckpointer and iif_d2.utils.safe_load: loading never runs code, atomic saves, resuming
+past corrupt checkpoints, shape mismatches, and a checkpoint written by detectron2's own trainer."""
 
 import logging
 import os
@@ -15,11 +15,9 @@ from iif_d2.engine.checkpoint import (
     CheckpointLocationError,
     CheckpointShapeMismatchError,
     IIFCheckpointer,
-    UnsafeCheckpointError,
-    safe_load_pkl,
-    safe_torch_load,
 )
 from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
+from iif_d2.utils.safe_load import UnsafeCheckpointError, safe_load_pkl, safe_torch_load
 
 
 class TinyDetector(nn.Module):

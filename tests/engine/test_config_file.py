@@ -1,4 +1,4 @@
-"""The config loader every command uses (iif_d2.engine.trainer.load_config_file): plain YAML
+"""The config loader every command uses (iif_d2.engine.config_files.load_config_file): plain YAML
 only, _BASE_ local, inside the config's folder or the project's configs, acyclic, never a web
 address; and train_net.py's one-line errors for settings it cannot run."""
 
@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from iif_d2.engine.trainer import RunConfigError, check_config_tree, load_config_file
+from iif_d2.engine.config_files import RunConfigError, check_config_tree, load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

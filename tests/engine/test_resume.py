@@ -144,7 +144,7 @@ def _args(out, *opts, resume=True, eval_only=False, config=CONFIG):
 def _run_folder(tmp_path, *opts):
     """A run folder as train_net.py leaves it after starting (config.yaml, a checkpoint)."""
     from iif_d2 import resolve_training_set
-    from iif_d2.engine.trainer import load_config
+    from iif_d2.engine.config_files import load_config
 
     out = tmp_path / "run"
     out.mkdir()
@@ -169,7 +169,8 @@ def _snapshot(folder):
     ],
 )
 def test_resume_with_another_config_is_refused_before_writing(tmp_path, opts, key):
-    from iif_d2.engine.trainer import RunConfigError, setup
+    from iif_d2.engine.config_files import RunConfigError
+    from iif_d2.engine.trainer import setup
 
     out = _run_folder(tmp_path)
     before = _snapshot(out)
@@ -183,7 +184,8 @@ def test_resume_with_another_config_is_refused_before_writing(tmp_path, opts, ke
 
 def test_resume_another_config_file_is_refused(tmp_path):
     from iif_d2 import resolve_training_set
-    from iif_d2.engine.trainer import RunConfigError, check_resume_config, load_config
+    from iif_d2.engine.config_files import RunConfigError, load_config
+    from iif_d2.engine.run_folder import check_resume_config
 
     out = _run_folder(tmp_path)
     softmax = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant.yaml")
@@ -203,12 +205,9 @@ def test_eval_only_refuses_a_model_that_loaded_no_weights(tmp_path):
     from detectron2.modeling import build_model
 
     from iif_d2 import resolve_training_set
-    from iif_d2.engine.trainer import (
-        RunConfigError,
-        check_eval_weights,
-        checkpointer_for,
-        load_config,
-    )
+    from iif_d2.engine.config_files import RunConfigError, load_config
+    from iif_d2.engine.run_folder import check_eval_weights
+    from iif_d2.engine.trainer import checkpointer_for
 
     out = tmp_path / "run"
     out.mkdir()
@@ -242,7 +241,8 @@ def test_finished_run_resumes_to_its_final_model(tmp_path):
     from that checkpoint; a MAX_ITER below the checkpoint's is refused. The run's files are
     mode 0644, no periodic checkpoint duplicates model_final.pth, a killed save's temporary
     file is removed at the next start."""
-    from iif_d2.engine.trainer import RunConfigError, Trainer, setup
+    from iif_d2.engine.config_files import RunConfigError
+    from iif_d2.engine.trainer import Trainer, setup
 
     out = tmp_path / "run"
     opts = ("SOLVER.CHECKPOINT_PERIOD", "1", "MODEL.ROI_BOX_HEAD.FASA.ENABLED", "True",
@@ -313,7 +313,7 @@ def test_train_net_one_line_errors(tmp_path):
 
 
 def test_stale_temporary_files_are_removed_only_when_their_writer_is_gone(tmp_path):
-    from iif_d2.engine.trainer import remove_stale_temporary_files
+    from iif_d2.engine.run_folder import remove_stale_temporary_files
 
     dead = tmp_path / ".model_final.pth.999999999.0123abcd.tmp"
     live = tmp_path / f".model_0000004.pth.{os.getppid()}.89abcdef.tmp"  # a running process

@@ -1,0 +1,200 @@
+"""Reading a run's config: config files (safe YAML, ``_BASE_`` chains checked: local, acyclic,
+inside the config trees), overrides, and the settings detectron2 would fail on only after the
+first steps. Every command that reads a user's config goes through :func:`load_config_file`."""
+
+import os
+import re
+from typing import Any, Dict, List, Sequence
+
+import yaml
+from detectron2.config import get_cfg
+from detectron2.utils.file_io import PathManager
+
+from iif_d2 import model_zoo
+from iif_d2.config import add_iif_config, apply_deprecated_keys
+from iif_d2.data.training_set import check_schedule_opts
+
+__all__ = [
+    "RunConfigError",
+    "check_config_tree",
+    "check_run_config",
+    "load_config",
+    "load_config_file",
+]
+
+
+class RunConfigError(ValueError):
+    """A config file, run folder or launch setting the run cannot start with: the message is
+    one line that names the problem and the fix (train_net.py prints it and exits 2)."""
+
+
+def _repository_configs() -> List[str]:
+    """The config trees a ``_BASE_`` may point into besides the config's own folder: the
+    project's (a checkout's configs/, the package's), and detectron2's model zoo."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    roots = [
+        os.path.join(os.path.dirname(package), "configs"),  # a clone's
+        os.path.join(package, "model_zoo", "configs"),  # a wheel's (iif_d2.model_zoo)
+    ]
+    try:
+        import detectron2
+
+        roots.append(os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs"))
+    except ImportError:  # pragma: no cover
+        pass
+    return [os.path.realpath(r) for r in roots if os.path.isdir(r)]
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([root, path]) == root
+
+
+def _local_config_path(config_file: str) -> str:
+    """A local path for ``config_file`` (a ``<scheme>://`` path through detectron2's
+    PathManager, never a web address)."""
+    if re.match(r"(?i)(https?|ftp)://", config_file):
+        raise RunConfigError(
+            f"--config-file {config_file}: configs are read from local files, never fetched "
+            "from the web; download it, check it, and give its local path."
+        )
+    if config_file.startswith(model_zoo.CONFIG_PREFIX):
+        try:
+            return model_zoo.get_config_file(config_file)
+        except FileNotFoundError as e:
+            raise RunConfigError(f"--config-file: {e}") from None
+    if "://" in config_file:
+        try:
+            config_file = PathManager.get_local_path(config_file)
+        except Exception as e:  # no handler for the scheme, or not found
+            raise RunConfigError(f"--config-file {config_file}: {e}".splitlines()[0]) from None
+    return config_file
+
+
+def _read_config_yaml(path: str, named_by: str) -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise RunConfigError(f"{named_by} {path} {what}; give a YAML config file.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except UnicodeDecodeError:
+        raise RunConfigError(f"{path} is not UTF-8 text; give a YAML config file.") from None
+    except yaml.YAMLError as e:  # a !!python tag included: safe_load constructs no object
+        problem = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise RunConfigError(f"{path}: {problem}") from None
+    if data is None:
+        raise RunConfigError(f"{path} is empty; a config file maps keys to values (KEY: value).")
+    if not isinstance(data, dict):
+        raise RunConfigError(
+            f"{path} holds a YAML {type(data).__name__}, not a mapping of config keys "
+            "(KEY: value lines)."
+        )
+    return data
+
+
+def check_config_tree(config_file: str) -> str:
+    """Check a config file and its ``_BASE_`` chain before detectron2 reads them: each file is
+    plain YAML (no Python tags) holding a mapping, each ``_BASE_`` a local file (never a web
+    address) inside the config's folder or the project's config tree, with no cycle.
+
+    Args:
+        config_file: the path given with ``--config-file``.
+
+    Returns:
+        the local path of ``config_file``.
+
+    Raises:
+        RunConfigError: naming the file, the problem and the fix.
+    """
+    top = _local_config_path(config_file)
+    roots = [os.path.realpath(os.path.dirname(os.path.abspath(top)))] + _repository_configs()
+
+    def visit(path: str, chain: List[str], named_by: str):
+        real = os.path.realpath(path)
+        if real in chain:
+            cycle = " -> ".join(os.path.basename(p) for p in [*chain[chain.index(real) :], real])
+            raise RunConfigError(f"_BASE_ cycle in {path}: {cycle}; remove one _BASE_.")
+        data = _read_config_yaml(path, named_by)
+        bases = data.get("_BASE_", [])
+        for base in [bases] if isinstance(bases, str) else bases:
+            if not isinstance(base, str):
+                raise RunConfigError(f"{path}: _BASE_ {base!r} is not a file name.")
+            if "://" in base:
+                raise RunConfigError(
+                    f"{path}: _BASE_ {base} is not a local file; bases are never fetched: "
+                    "copy it beside the config and name it by its relative path."
+                )
+            target = os.path.expanduser(base)
+            if not os.path.isabs(target):  # relative to the config that names it, as detectron2
+                target = os.path.join(os.path.dirname(path), target)
+            if not any(_inside(os.path.realpath(target), r) for r in roots):
+                raise RunConfigError(
+                    f"{path}: _BASE_ {base} resolves to {os.path.realpath(target)}, outside the "
+                    f"config's folder {roots[0]} and the project's configs; copy it beside the "
+                    "config (or give it itself with --config-file)."
+                )
+            visit(target, [*chain, real], f"_BASE_ of {path}:")
+
+    visit(top, [], "--config-file")
+    return top
+
+
+def load_config_file(config_file: str, opts: Sequence[str] = ()):
+    """A config file (checked by :func:`check_config_tree`, read with ``yaml.safe_load``: no
+    code runs) and overrides ``KEY VALUE ...`` on detectron2's defaults with iif-d2's keys
+    (deprecated keys moved to their new names), not yet resolved nor frozen. Every command that
+    reads a user's config (train_net.py, tools/visualize.py) goes through here.
+
+    Raises:
+        RunConfigError: a bad config file, or overrides that are not KEY VALUE pairs of known
+            keys.
+    """
+    path = check_config_tree(config_file)
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    try:
+        cfg.merge_from_file(path, allow_unsafe=False)  # no !!python tags: no code runs
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise RunConfigError(f"{config_file}: {' '.join(str(text).split())}") from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise RunConfigError(
+            f"config overrides come in KEY VALUE pairs; {opts[-1]!r} has no value."
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise RunConfigError(f"config overrides: {' '.join(str(text).split())}") from None
+    return apply_deprecated_keys(cfg)
+
+
+def load_config(args):
+    """The config of ``args`` (detectron2's argument parser): :func:`load_config_file` of
+    ``args.config_file`` with ``args.opts``."""
+    cfg = load_config_file(args.config_file, args.opts)
+    try:
+        check_schedule_opts(cfg, args.opts)
+    except ValueError as e:
+        raise RunConfigError(str(e)) from None
+    return cfg
+
+
+def check_run_config(cfg) -> None:
+    """Settings detectron2 would divide by, or fail on only after the first steps.
+
+    Raises:
+        RunConfigError: naming the key, its value and the fix.
+    """
+    period = cfg.SOLVER.CHECKPOINT_PERIOD
+    if not isinstance(period, int) or period < 1:
+        raise RunConfigError(
+            f"SOLVER.CHECKPOINT_PERIOD {period!r} must be an integer >= 1 (iterations between "
+            "two checkpoints; SOLVER.MAX_ITER for a final checkpoint only)."
+        )
+    kept = cfg.SOLVER.CHECKPOINTS_KEPT
+    if not isinstance(kept, int) or kept < 0:
+        raise RunConfigError(f"SOLVER.CHECKPOINTS_KEPT {kept!r} must be >= 0 (0: keep all).")
+    if cfg.SOLVER.MAX_ITER < 0:
+        raise RunConfigError(f"SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} must be >= 0.")
