@@ -20,11 +20,16 @@ and the training speed. Per claim of the paper: the paired difference over seeds
 data order) with a 95 % Student-t confidence interval; a claim whose interval includes 0 is "not
 shown", one whose interval lies on the other side is "contradicted".
 
+`--dataset fashionlt` runs the Mask R-CNN rows on FashionLT (real Fashion-MNIST garments,
+iif_d2/data/fashion_lt.py) instead: the same configs with the dataset's overrides (its train and
+val sets, 10 classes), into output/benchmark_fashionlt, recorded in
+docs/results/fashionlt_runs.json unless --records names another file.
+
 Writes OUTPUT/benchmark.md, OUTPUT/benchmark.json (every run, the means, the claims) and
 OUTPUT/benchmark.png (error bars: ± one std).
 
-    python dev/benchmark_synthlt.py [--quick] [--seeds N] [--jobs J] [--only KEY ...]
-        [--output-dir DIR] [train_net.py config overrides]
+    python dev/benchmark_synthlt.py [--dataset synthlt|fashionlt] [--quick] [--seeds N]
+        [--jobs J] [--only KEY ...] [--output-dir DIR] [train_net.py config overrides]
 """
 
 import argparse
@@ -37,9 +42,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from iif_d2.bench.records import (
+    BENCHMARK_DATASETS,
     REPO,
+    benchmark_dataset,
     finished_metrics,
     load_records,
+    mask_rcnn_rows,
     mixed_kernel_rows,
     save_records,
 )
@@ -174,6 +182,12 @@ def _parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
+        "--dataset", default="synthlt", choices=list(BENCHMARK_DATASETS),
+        help="what the rows train and evaluate on: synthlt (default; every row) or fashionlt "
+        "(real Fashion-MNIST garments; the Mask R-CNN rows, recorded in "
+        "docs/results/fashionlt_runs.json by default)",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true",
         help=f"rows {', '.join(QUICK_ROWS)} on a 400-iteration schedule (under an hour on 2 "
         "CPU cores)",
@@ -201,7 +215,7 @@ def _parser():
     parser.add_argument(
         "--output-dir", default=None,
         help="where runs and reports go (default: output/benchmark, --quick: "
-        "output/benchmark_quick)",
+        "output/benchmark_quick; --dataset fashionlt: output/benchmark_fashionlt[_quick])",
     )  # fmt: skip
     parser.add_argument(
         "--score-thresh", type=float, default=0.3,
@@ -249,21 +263,39 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"[benchmark] --kernels: {e}")
     os.environ.update(env)
+    dataset = benchmark_dataset(args.dataset)
+    if args.write_band and args.dataset != "synthlt":
+        sys.exit("[benchmark] --write-band writes make demo's SynthLT band: drop it or --dataset")
+    methods = select_methods(args.only, args.quick)
+    if dataset["mask_only"]:
+        mask_rows = mask_rcnn_rows(methods)
+        if args.only and len(mask_rows) < len(methods):
+            other = [m[0] for m in methods if m not in mask_rows]
+            sys.exit(
+                f"[benchmark] --dataset {args.dataset} runs the Mask R-CNN rows only; drop "
+                f"{', '.join(other)} from --only"
+            )
+        methods = mask_rows
+    if args.records is None and dataset["default_records"]:
+        args.records = os.path.join(REPO, dataset["records"])
     device = _device()
     seeds_n = args.seeds or (5 if device == "cuda" else 3)
     jobs = args.jobs or (1 if device == "cuda" else max(1, (os.cpu_count() or 1) // args.threads))
     seeds = list(range(FIRST_SEED, FIRST_SEED + seeds_n))
-    name = "benchmark_quick" if args.quick else "benchmark"
+    name = dataset["output"] + ("_quick" if args.quick else "")
     out_root = os.path.abspath(args.output_dir or os.path.join(REPO, "output", name))
-    opts = (QUICK if args.quick else []) + ["NUM_THREADS", str(args.threads)] + list(args.opts)
+    opts = (QUICK if args.quick else []) + ["NUM_THREADS", str(args.threads)]
+    opts += dataset["opts"] + list(args.opts)
 
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    import iif_d2.data  # noqa: F401  (registers SynthLT)
+    import iif_d2.data  # noqa: F401  (registers SynthLT and FashionLT)
 
-    DatasetCatalog.get("synthlt_val")  # generates SynthLT once
-    gt_file = MetadataCatalog.get("synthlt_val").json_file
-    methods = select_methods(args.only, args.quick)
+    try:
+        DatasetCatalog.get(dataset["val"])  # generates the set once
+    except FileNotFoundError as e:  # FashionLT without the Fashion-MNIST files
+        sys.exit(f"[benchmark] {e}")
+    gt_file = MetadataCatalog.get(dataset["val"]).json_file
     print(
         f"[benchmark] {len(methods)} rows x {seeds_n} seeds on {device}, {jobs} at a time, "
         f"{args.threads} thread(s) each, {kernels} CPU kernels; output: {out_root}",
@@ -299,7 +331,8 @@ def main(argv=None):
     )
     run_minutes /= 60
     header = (
-        f"SynthLT val ({val_images} images), {'--quick ' if args.quick else ''}{seeds_n} seeds "
+        f"{dataset['title']} val ({val_images} images), {'--quick ' if args.quick else ''}"
+        f"{seeds_n} seeds "
         f"({seeds[0]}-{seeds[-1]}), mean ± std; {' + '.join(sorted(machines))}, "
         f"{platform.machine()}, "
         f"torch {torch.__version__}, {args.threads} intra-op thread(s) per run, {jobs} run(s) at "
@@ -321,7 +354,7 @@ def main(argv=None):
         with open(os.path.join(out_root, "comparison.md"), "w") as f:
             f.write(text)
         print(text)
-    if "iif_raw" in runs and not args.quick:
+    if "iif_raw" in runs and not args.quick and args.dataset == "synthlt":
         band = demo_band(runs, seeds, args.threads, describe_machine())
         paths = [os.path.join(out_root, "demo_band.json")]
         paths += (

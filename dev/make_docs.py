@@ -6,6 +6,11 @@ in docs/results/ (no training, no timing: a few seconds).
                                claims with their 95 % intervals and verdicts, the one-stage
                                detectors' rows, and the --quick table
                                (docs/results/synthlt_quick.json); figures in docs/results/
+  docs/benchmarks/fashionlt.md the SynthLT benchmark's Mask R-CNN rows on FashionLT (real
+                               Fashion-MNIST garments; docs/results/fashionlt_runs.json), each
+                               claim's verdict on both sets side by side, and what differs
+                               (docs/results/fashionlt_analysis.json and the pictures of
+                               dev/fashionlt_figures.py)
   docs/benchmarks/speed.md     the IIF head / softmax head step ratio before and after the
                                package's re-layout (docs/results/speed_head.json)
   README.md                    the lines between <!-- results:begin --> and
@@ -24,7 +29,13 @@ import os
 import sys
 from collections import Counter
 
-from iif_d2.bench.records import REPO, config_digest, load_records, record_kernels
+from iif_d2.bench.records import (
+    REPO,
+    config_digest,
+    load_records,
+    mask_rcnn_rows,
+    record_kernels,
+)
 from iif_d2.bench.report import (
     claims_markdown,
     markdown_table,
@@ -34,12 +45,15 @@ from iif_d2.bench.report import (
     synthlt_figure,
     synthlt_markdown,
 )
-from iif_d2.bench.synthlt_table import COLUMNS, METHOD_CONFIGS, METHODS, summarise
+from iif_d2.bench.synthlt_table import CLAIMS, COLUMNS, METHOD_CONFIGS, METHODS, summarise
 
 RESULTS = os.path.join(REPO, "docs", "results")
 SYNTHLT_RECORDS = os.path.join(RESULTS, "synthlt_runs.json")
 QUICK_RECORDS = os.path.join(RESULTS, "synthlt_quick.json")
 SPEED_RECORDS = os.path.join(RESULTS, "speed_head.json")
+FASHIONLT_RECORDS = os.path.join(RESULTS, "fashionlt_runs.json")
+FASHIONLT_ANALYSIS = os.path.join(RESULTS, "fashionlt_analysis.json")
+FASHIONLT_PAGE = os.path.join(REPO, "docs", "benchmarks", "fashionlt.md")
 SYNTHLT_PAGE = os.path.join(REPO, "docs", "benchmarks", "synthlt.md")
 SPEED_PAGE = os.path.join(REPO, "docs", "benchmarks", "speed.md")
 README = os.path.join(REPO, "README.md")
@@ -170,7 +184,165 @@ def synthlt_page():
         claims_markdown(q_claims),
         "",
     ]
-    return "\n".join(lines), rows, q_rows
+    return "\n".join(lines), rows, q_rows, claims
+
+
+def _claim_cells(c):
+    """A claim's two cells: a − b with its 95 % interval, and the verdict."""
+    if c is None:
+        return ["not yet measured", "–"]
+    ci = "" if c["low"] is None else f" [{c['low']:+.2f}, {c['high']:+.2f}]"
+    return [f"{c['mean']:+.2f}{ci}", c["verdict"]]
+
+
+def _complete_rows(methods, runs):
+    """The seeds of the most-seeded row, the rows measured on all of them, and the rest:
+    {key: seeds it has} (rows on fewer seeds) and the keys with no run."""
+    seeds = max((sorted(by_seed) for by_seed in runs.values()), key=len, default=[])
+    complete = [m for m in methods if m[0] in runs and set(seeds) <= set(runs[m[0]])]
+    partial = {m[0]: sorted(runs[m[0]]) for m in methods if m[0] in runs and m not in complete}
+    missing = [m[0] for m in methods if m[0] not in runs]
+    return seeds, complete, partial, missing
+
+
+def _analysis_lines(analysis):
+    """The page's "what differs" tables from dev/fashionlt_figures.py's measurements."""
+    seeds = analysis["seeds"]
+    span = f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
+    body = [
+        [c["name"], c["frequency"], str(c["image_count"]),
+         *(f"{c[k]['mean']:.1f} ± {c[k]['std']:.1f}" for k in ("softmax", "iif_raw")),
+         f"{c['difference']['mean']:+.1f} [{c['difference']['low']:+.1f}, "
+         f"{c['difference']['high']:+.1f}]"]
+        for c in analysis["per_class"]
+    ]  # fmt: skip
+    lines = [
+        f"Per-class mask AP on FashionLT val, softmax and IIF raw, mean ± std over {span}; "
+        "the difference is paired over seeds, with its 95 % interval. Classes in training "
+        "frequency order:",
+        "",
+        markdown_table(
+            ["class", "group", "train images", "softmax AP", "IIF raw AP", "IIF − softmax"], body
+        ),
+        "",
+        "![per-class mask AP, softmax vs IIF, sorted by training frequency]"
+        "(../results/fashionlt_per_class_ap.png)",
+        "",
+        "Confusion between look-alikes: of the val garments of each class, the share whose "
+        "best-scoring detection covering them (box IoU ≥ 0.5, any score) is of the look-alike "
+        f"class (mean over {span}; lower is better):",
+        "",
+        markdown_table(
+            ["val garment", "taken for", "softmax", "IIF raw"],
+            [
+                [c["gt"], c["pred"], f"{c['softmax']:.1%}", f"{c['iif_raw']:.1%}"]
+                for c in analysis["confusion"]
+            ],
+        ),  # fmt: skip
+        "",
+    ]
+    return lines
+
+
+def fashionlt_page(synthlt_claims):
+    """docs/benchmarks/fashionlt.md: the Mask R-CNN rows on FashionLT from their records, each
+    claim beside its SynthLT verdict, and what differs."""
+    import json
+
+    records = load_records(FASHIONLT_RECORDS)
+    methods = mask_rcnn_rows(METHODS)
+    runs, _ = _runs(records)
+    seeds, complete, partial, missing = _complete_rows(methods, runs)
+    rows, claims = summarise(complete, runs, seeds) if complete else ([], [])
+    keys = {m[0] for m in methods}
+    mine = {c["claim"]: c for c in claims}
+    theirs = {c["claim"]: c for c in synthlt_claims}
+    both = [c for c in CLAIMS if c[1] in keys and c[2] in keys]
+    body = [[claim, metric, *_claim_cells(theirs.get(claim)), *_claim_cells(mine.get(claim))]
+            for claim, _, _, metric, _ in both]  # fmt: skip
+    differ = [
+        f"- {claim}: {theirs[claim]['verdict']} on SynthLT, {mine[claim]['verdict']} on FashionLT"
+        for claim, *_ in both
+        if claim in mine and claim in theirs and mine[claim]["verdict"] != theirs[claim]["verdict"]
+    ]
+    not_measured = missing + [
+        f"{k} (seeds {', '.join(map(str, s))} only)" for k, s in partial.items()
+    ]
+    span = f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})" if seeds else "no seeds yet"
+    lines = [
+        GENERATED,
+        "",
+        "# FashionLT benchmark: the SynthLT claims on real garment photos",
+        "",
+        "SynthLT's classes are coloured shapes; FashionLT's objects are real photos "
+        "(Fashion-MNIST garments on noise backgrounds, their masks the garments' silhouettes; "
+        "[datasets.md](../datasets.md#fashionlt-real-garments-long-tailed)), and its rare "
+        "classes look like frequent ones: shirt (rare) beside T-shirt/top (frequent) and "
+        "pullover (common), coat (rare) beside pullover, ankle boot (rare) beside sneaker "
+        "(frequent) and sandal (common). The SynthLT benchmark's Mask R-CNN rows run on it "
+        "through the same command: the same configs and schedule, with FashionLT's train and "
+        "val sets and 10 classes. Cells, claims and verdicts are computed as on "
+        "[the SynthLT page](synthlt.md): mean ± std over seeds; each claim the paired "
+        "difference a − b over seeds with its 95 % Student-t interval.",
+        "",
+        f"## Table: {span}, {len(rows)} of {len(methods)} Mask R-CNN rows",
+        "",
+        f"- records: [docs/results/fashionlt_runs.json](../results/fashionlt_runs.json), "
+        f"{len(records)} runs; their own times add up to {_minutes(records):.0f} min",
+    ]
+    lines += [_hardware(records)] if records else []
+    lines += [
+        f"- command: `python dev/benchmark_synthlt.py --dataset fashionlt --seeds "
+        f"{len(seeds) or 5} --jobs 2 [--only KEY ...]` (records in "
+        "docs/results/fashionlt_runs.json by default; recorded runs are read back, so the "
+        "rows can be run in parts); this page: `make docs`",
+        "- not yet measured: " + (", ".join(not_measured) if not_measured else "none"),
+        "",
+    ]
+    lines += [synthlt_markdown(rows, COLUMNS), ""] if rows else ["No run recorded yet.", ""]
+    lines += [
+        "## Each claim on both sets",
+        "",
+        "SynthLT: [its 5-seed table](synthlt.md); a claim whose rows are not yet measured "
+        "on FashionLT says so.",
+        "",
+        markdown_table(
+            [
+                "claim",
+                "metric",
+                "SynthLT a − b [95 % CI]",
+                "SynthLT",
+                "FashionLT a − b [95 % CI]",
+                "FashionLT",
+            ],
+            body,
+        ),  # fmt: skip
+        "",
+        "## What differs",
+        "",
+        "Claims whose verdict differs between the two sets:",
+        "",
+        *(differ or ["- none among the claims measured on both"]),
+        "",
+    ]
+    if os.path.exists(FASHIONLT_ANALYSIS):
+        with open(FASHIONLT_ANALYSIS) as f:
+            analysis = json.load(f)
+        lines += _analysis_lines(analysis)
+        lines += [
+            "## Predictions",
+            "",
+            f"Val images, softmax | IIF raw | ground truth, seed {analysis['picture_seed']}'s "
+            f"models, detections scoring ≥ {analysis['picture_score']:g}:",
+            "",
+            "![softmax vs IIF raw predictions on FashionLT val](../results/"
+            "fashionlt_predictions.png)",
+            "",
+            f"- pictures and the tables above: `{analysis['command']}` (reads the runs' saved "
+            "results and model_final.pth under output/benchmark_fashionlt)",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def _speed_summary(runs):
@@ -246,8 +418,13 @@ def speed_page():
 def generate():
     """{path: text} of every generated page, the README's block under README's path (None
     where the README has no markers: see :func:`readme_text`), and the figures' rows."""
-    synthlt, rows, q_rows = synthlt_page()
-    return {SYNTHLT_PAGE: synthlt, SPEED_PAGE: speed_page()}, rows, q_rows
+    synthlt, rows, q_rows, claims = synthlt_page()
+    pages = {
+        SYNTHLT_PAGE: synthlt,
+        SPEED_PAGE: speed_page(),
+        FASHIONLT_PAGE: fashionlt_page(claims),
+    }
+    return pages, rows, q_rows
 
 
 def readme_block(rows) -> str:
@@ -273,8 +450,12 @@ def main(argv=None):
         pages[README] = readme_text(rows)
     except ValueError as e:
         sys.exit(f"make docs: {e}")
-    for key, seed in stale_records(load_records(SYNTHLT_RECORDS)):
-        print(f"make docs: note: {key} seed {seed} was recorded before its config changed")
+    for records in (SYNTHLT_RECORDS, FASHIONLT_RECORDS):
+        for key, seed in stale_records(load_records(records)):
+            print(
+                f"make docs: note: {os.path.basename(records)}: {key} seed {seed} was recorded "
+                "before its config changed"
+            )
     differ = []
     for path, text in pages.items():
         old = open(path).read() if os.path.exists(path) else None

@@ -16,12 +16,15 @@ import re
 import sys
 
 __all__ = [
+    "BENCHMARK_DATASETS",
     "REPO",
+    "benchmark_dataset",
     "config_chain",
     "config_digest",
     "config_values",
     "finished_metrics",
     "load_records",
+    "mask_rcnn_rows",
     "mixed_kernel_rows",
     "record_kernels",
     "recorded_metrics",
@@ -30,6 +33,47 @@ __all__ = [
 ]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# What a benchmark's runs are of: the SynthLT benchmark's rows on another registered dataset are
+# the same configs with these overrides (part of each run's stamp, so runs of two datasets are
+# never mistaken for each other), their own output folder and records file. ``mask_only``: only
+# the Mask R-CNN rows run there.
+BENCHMARK_DATASETS = {
+    "synthlt": {
+        "title": "SynthLT",
+        "train": "synthlt_train",
+        "val": "synthlt_val",
+        "opts": [],
+        "output": "benchmark",
+        "records": os.path.join("docs", "results", "synthlt_runs.json"),
+        "default_records": False,  # the README's table: recorded on purpose, with --records
+        "mask_only": False,
+    },
+    "fashionlt": {
+        "title": "FashionLT",
+        "train": "fashionlt_train",
+        "val": "fashionlt_val",
+        "opts": ["DATASETS.TRAIN", '("fashionlt_train",)', "DATASETS.TEST", '("fashionlt_val",)',
+                 "MODEL.ROI_HEADS.NUM_CLASSES", "10"],
+        "output": "benchmark_fashionlt",
+        "records": os.path.join("docs", "results", "fashionlt_runs.json"),
+        "default_records": True,
+        "mask_only": True,
+    },
+}  # fmt: skip
+
+
+def benchmark_dataset(name):
+    """The entry of ``BENCHMARK_DATASETS`` for ``name``.
+
+    Raises:
+        ValueError: an unknown dataset (naming the known ones).
+    """
+    if name not in BENCHMARK_DATASETS:
+        raise ValueError(
+            f"unknown benchmark dataset {name!r}; choose one of {', '.join(BENCHMARK_DATASETS)}"
+        )
+    return BENCHMARK_DATASETS[name]
 
 
 def config_chain(config):
@@ -80,6 +124,12 @@ def config_digest(*configs):
     another run; comments, layout and how the values are split across files do not count."""
     text = json.dumps([config_values(c) for c in configs], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def mask_rcnn_rows(methods):
+    """The rows of ``methods`` (tuples whose third item is a config) whose config chain sets
+    MODEL.MASK_ON: the Mask R-CNN rows, without the box-only one-stage detectors."""
+    return [m for m in methods if config_values(m[2]).get("MODEL", {}).get("MASK_ON")]
 
 
 def relative_weights(stamp, out_root):

@@ -21,7 +21,7 @@ def generated():
 
 def test_every_committed_page_is_what_its_records_generate(generated):
     pages, _, _ = generated
-    assert set(pages) == {make_docs.SYNTHLT_PAGE, make_docs.SPEED_PAGE}
+    assert set(pages) == {make_docs.SYNTHLT_PAGE, make_docs.SPEED_PAGE, make_docs.FASHIONLT_PAGE}
     for path, text in pages.items():
         with open(path) as f:
             assert f.read() == text, f"{path} differs from its records: run make docs"
@@ -50,6 +50,41 @@ def test_each_page_names_its_hardware_seeds_and_command(generated):
                                          "norcal", "fracal"}  # fmt: skip
     assert "threads: 1" in speed and "CPU kernels: AVX2" in speed
     assert "dev/benchmark_speed.py --task head" in speed and "tools/benchmark.py" in speed
+
+
+def test_fashionlt_page_shows_each_claim_on_both_sets(generated):
+    """Every Mask R-CNN claim is on the FashionLT page with SynthLT's verdict beside it;
+    rows without runs are named as not yet measured; hardware and command are named."""
+    from iif_d2.bench.records import benchmark_dataset, load_records, mask_rcnn_rows
+    from iif_d2.bench.synthlt_table import CLAIMS, METHODS
+
+    pages, _, _ = generated
+    page = pages[make_docs.FASHIONLT_PAGE]
+    mask_rows = {m[0] for m in mask_rcnn_rows(METHODS)}
+    assert {"softmax", "iif_raw", "iif_post", "norcal", "fracal", "recipe"} <= mask_rows
+    assert not any(k.startswith(("retinanet", "fcos")) for k in mask_rows)  # box-only rows
+    for claim, a, b, metric, _ in CLAIMS:
+        line = next((x for x in page.splitlines() if x.startswith(f"| {claim} ")), None)
+        if a in mask_rows and b in mask_rows:
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            assert cells[1] == metric and cells[3] in ("shown", "not shown", "contradicted")
+            assert cells[5] in ("shown", "not shown", "contradicted", "–")
+        else:
+            assert line is None  # one-stage claims are not FashionLT's
+    assert "python dev/benchmark_synthlt.py --dataset fashionlt" in page
+    records = load_records(make_docs.FASHIONLT_RECORDS)
+    measured = {k for k, _ in records}
+    missing = sorted(mask_rows - measured)
+    line = next(x for x in page.splitlines() if x.startswith("- not yet measured: "))
+    for key in missing:
+        assert key in line
+    if records:
+        assert "- hardware:" in page and "CPU kernels:" in page
+    assert benchmark_dataset("fashionlt")["records"] == os.path.relpath(
+        make_docs.FASHIONLT_RECORDS, ROOT
+    )
+    with pytest.raises(ValueError, match="synthlt, fashionlt"):
+        benchmark_dataset("coco")
 
 
 def test_the_readme_block_replaces_only_what_lies_between_the_markers():
