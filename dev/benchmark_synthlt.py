@@ -131,22 +131,25 @@ def run_one(key, seed, config, weights_of, out_root, opts, gt_file, score_thresh
 
 
 def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs, records=None):
-    """Every (row, seed), trained rows first (a post-process row needs its source's model), at
-    most ``jobs`` at a time; prints one line per finished run with an ETA. Runs the ``records``
-    answer are read from them.
+    """Every (row, seed), seed by seed (a benchmark cut short leaves whole seeds: every claim
+    paired), trained rows before the post-process rows of their seed (which wait for their
+    source's model), at most ``jobs`` at a time; prints one line per finished run with an ETA.
+    Runs the ``records`` answer are read from them.
 
     Returns:
         {key: {seed: metrics}}.
     """
     known = from_records(methods, seeds, out_root, opts, records or {})
-    phases = [[m for m in methods if not m[3]], [m for m in methods if m[3]]]
-    total = sum(len(p) for p in phases) * len(seeds)
+    ordered = [m for m in methods if not m[3]] + [m for m in methods if m[3]]
+    total = len(ordered) * len(seeds)
     runs, finished, t0 = {}, 0, time.time()
 
-    def one(method, seed):
+    def one(method, seed, source):
         key, _, config, weights_of = method
         if (key, seed) in known:
             return key, seed, known[(key, seed)]
+        if source is not None:  # submitted earlier, so already running or done: no deadlock
+            source.result()
         return (
             key,
             seed,
@@ -155,21 +158,23 @@ def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs, records
             ),
         )
 
-    for phase in phases:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(one, m, s) for m in phase for s in seeds]
-            for fut in futures:
-                key, seed, metrics = fut.result()
-                runs.setdefault(key, {})[seed] = metrics
-                finished += 1
-                elapsed = time.time() - t0
-                eta = elapsed / finished * (total - finished)
-                print(
-                    f"[benchmark] {finished}/{total} done: {key} seed {seed} (mask AP "
-                    f"{_fmt(metrics['AP'])}, box AP {_fmt(metrics['APbox'])}); "
-                    f"{elapsed / 60:.1f} min, ETA {eta / 60:.1f} min",
-                    flush=True,
-                )
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {}
+        for s in seeds:
+            for m in ordered:
+                futures[(m[0], s)] = pool.submit(one, m, s, futures.get((m[3], s)))
+        for fut in futures.values():
+            key, seed, metrics = fut.result()
+            runs.setdefault(key, {})[seed] = metrics
+            finished += 1
+            elapsed = time.time() - t0
+            eta = elapsed / finished * (total - finished)
+            print(
+                f"[benchmark] {finished}/{total} done: {key} seed {seed} (mask AP "
+                f"{_fmt(metrics['AP'])}, box AP {_fmt(metrics['APbox'])}); "
+                f"{elapsed / 60:.1f} min, ETA {eta / 60:.1f} min",
+                flush=True,
+            )
     return runs
 
 
