@@ -287,8 +287,12 @@ def fashionlt_page(synthlt_claims):
         "",
         f"## Table: {span}, {len(rows)} of {len(methods)} Mask R-CNN rows",
         "",
-        f"- records: [docs/results/fashionlt_runs.json](../results/fashionlt_runs.json), "
-        f"{len(records)} runs; their own times add up to {_minutes(records):.0f} min",
+        (
+            "- records: [docs/results/fashionlt_runs.json](../results/fashionlt_runs.json), "
+            f"{len(records)} runs; their own times add up to {_minutes(records):.0f} min"
+        )
+        if records
+        else "- records: docs/results/fashionlt_runs.json (none yet)",
     ]
     lines += [_hardware(records)] if records else []
     lines += [
