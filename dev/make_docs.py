@@ -209,11 +209,17 @@ def _analysis_lines(analysis):
     """The page's "what differs" tables from dev/fashionlt_figures.py's measurements."""
     seeds = analysis["seeds"]
     span = f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
+
+    def cell(m, std):
+        return f"{m:.1f}" if std is None else f"{m:.1f} ± {std:.1f}"
+
+    def diff(d):
+        ci = "" if d["low"] is None else f" [{d['low']:+.1f}, {d['high']:+.1f}]"
+        return f"{d['mean']:+.1f}{ci}"
+
     body = [
         [c["name"], c["frequency"], str(c["image_count"]),
-         *(f"{c[k]['mean']:.1f} ± {c[k]['std']:.1f}" for k in ("softmax", "iif_raw")),
-         f"{c['difference']['mean']:+.1f} [{c['difference']['low']:+.1f}, "
-         f"{c['difference']['high']:+.1f}]"]
+         *(cell(c[k]["mean"], c[k]["std"]) for k in ("softmax", "iif_raw")), diff(c["difference"])]
         for c in analysis["per_class"]
     ]  # fmt: skip
     lines = [

@@ -87,6 +87,25 @@ def test_fashionlt_page_shows_each_claim_on_both_sets(generated):
         benchmark_dataset("coco")
 
 
+def test_fashionlt_confusion_counts_the_best_covering_detection():
+    """dev/fashionlt_figures.py's look-alike confusion: a garment is taken for the class of the
+    best-scoring detection covering it (IoU >= 0.5); one no detection covers is "none"."""
+    figures = load_dev("fashionlt_figures")
+    gt = {"annotations": [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+        {"image_id": 1, "category_id": 1, "bbox": [50, 50, 10, 10]},
+        {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10]},
+    ]}  # fmt: skip
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 9], "score": 0.4},
+        {"image_id": 1, "category_id": 2, "bbox": [1, 0, 10, 10], "score": 0.6},  # taken for 2
+        {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "score": 0.9},  # covers none
+        {"image_id": 2, "category_id": 2, "bbox": [0, 0, 10, 10], "score": 0.1},
+    ]
+    shares = figures.confusion(gt, dets, 2)
+    assert shares.tolist() == [[0.0, 0.5, 0.5], [0.0, 1.0, 0.0]]
+
+
 def test_the_readme_block_replaces_only_what_lies_between_the_markers():
     text = f"intro\n{report.README_BEGIN}\nold\ntable\n{report.README_END}\noutro\n"
     new = report.replace_between_markers(text, "NEW")
