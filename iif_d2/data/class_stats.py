@@ -425,6 +425,44 @@ def _annotation_groups(data: Dict, index: Dict[int, int], image_ids, source: str
     return list(by_image.values()), dropped
 
 
+def _image_ids(images: List, source: str) -> set:
+    """The ids of 'images'; an error for an entry without one, or an id used twice (the COCO
+    and LVIS APIs keep one image per id and attach both images' annotations to it)."""
+    ids, seen = set(), 0
+    try:
+        for seen, img in enumerate(images):
+            image_id = img["id"]
+            if image_id in ids:
+                raise ValueError(
+                    f"{source}: image id {image_id!r} appears twice in 'images' "
+                    f"(images[{seen}], {img.get('file_name', img.get('coco_url', '?'))}); "
+                    "detectron2 would attach both images' annotations to one file. Give each "
+                    "image a unique id (and its annotations that image_id)."
+                )
+            ids.add(image_id)
+    except (TypeError, KeyError, AttributeError):
+        raise ValueError(
+            f"{source}: images[{seen}] has no usable 'id'; every entry of 'images' needs a "
+            "unique integer id."
+        ) from None
+    return ids
+
+
+def _check_lvis_counts(stats: ClassStats, counted: ClassStats, cats: List[Dict], source: str):
+    """An LVIS json's image_count / instance_count against what its annotations hold."""
+    pairs = zip(stats.image_counts, counted.image_counts, stats.instance_counts,
+                counted.instance_counts)  # fmt: skip
+    for c, (img, img_ann, ins, ins_ann) in enumerate(pairs):
+        if (img, ins) != (img_ann, ins_ann):
+            raise ValueError(
+                f"{source}: category id {cats[c]['id']} ({cats[c].get('name', '?')}) has "
+                f"image_count {img} and instance_count {ins}, but the file's annotations put it "
+                f"in {img_ann} images with {ins_ann} instances. Recompute image_count and "
+                "instance_count from the annotations, or count the training set itself "
+                "(MODEL.CLASS_COUNTS.SOURCE 'dataset')."
+            )
+
+
 def _from_coco_like(data: Dict, source: str) -> ClassStats:
     cats = _coco_categories(data, source)
     names = [str(c.get("name", c["id"])) for c in cats]
@@ -432,25 +470,27 @@ def _from_coco_like(data: Dict, source: str) -> ClassStats:
     if images is not None and not isinstance(images, list):
         raise ValueError(f"{source}: 'images' must be a list.")
     num_images = len(images) if images else None
-    if all("image_count" in c and "instance_count" in c for c in cats):  # LVIS
-        return ClassStats(*_lvis_counts(cats, source), num_images, names, source)
-    if "annotations" not in data:
+    image_ids = _image_ids(images, source) if images else None
+    lvis = all("image_count" in c and "instance_count" in c for c in cats)
+    if lvis:
+        stats = ClassStats(*_lvis_counts(cats, source), num_images, names, source)
+        if not data.get("annotations"):
+            return stats
+    elif "annotations" not in data:
         raise ValueError(
             f"{source}: an LVIS/COCO json needs image_count and instance_count on every "
             "category (LVIS) or an 'annotations' list (COCO)."
         )
-    image_ids = None
-    if images:
-        try:
-            image_ids = {img["id"] for img in images}
-        except (TypeError, KeyError):
-            raise ValueError(f"{source}: every entry of 'images' needs an 'id'.") from None
     index = {c["id"]: i for i, c in enumerate(cats)}
     groups, _ = _annotation_groups(data, index, image_ids, source)
-    stats = count_dataset_dicts([{"annotations": v} for v in groups], len(cats), source)
+    counted = count_dataset_dicts([{"annotations": v} for v in groups], len(cats), source)
+    if lvis:
+        _check_lvis_counts(stats, counted, cats, source)
+        return stats
     return ClassStats(
-        stats.image_counts, stats.instance_counts, num_images or stats.num_images, names, source
-    )
+        counted.image_counts, counted.instance_counts, num_images or counted.num_images, names,
+        source,
+    )  # fmt: skip
 
 
 def _from_iif_json(data: Dict, source: str) -> ClassStats:
@@ -471,10 +511,11 @@ def load_counts_file(path: str) -> ClassStats:
     Accepted: a CSV with ``image_count`` and ``instance_count`` columns (rows in contiguous-id
     order, or sorted by a ``contiguous_id`` column (0..C-1) or a ``category_id`` column (unique
     integers); a ``# num_images: N`` comment gives K); a JSON written by :meth:`ClassStats.save`
-    or ``python -m iif_d2.cli --save``; an LVIS json (its ``image_count``/``instance_count``) or a
-    COCO json (counted from its annotations; annotations of image ids missing from ``images``
-    are dropped, as detectron2's loader drops them, and their number is logged as a warning;
-    an unknown category id is an error). ``iif_d2://lvis_v1_train.csv`` and
+    or ``python -m iif_d2.cli --save``; an LVIS json (its ``image_count``/``instance_count``,
+    which must agree with its annotations where it has them) or a COCO json (counted from its
+    annotations; annotations of image ids missing from ``images`` are dropped, as detectron2's
+    loader drops them, and their number is logged as a warning; an unknown category id or an
+    image id used twice is an error). ``iif_d2://lvis_v1_train.csv`` and
     ``iif_d2://coco_train2017.csv`` are shipped.
 
     Raises:

@@ -42,6 +42,7 @@ from torch.utils import data as torchdata
 from iif_d2.data.heldout import KEY as HELDOUT_KEY
 from iif_d2.data.heldout import image_key, load_heldout_ids
 from iif_d2.data.samplers import position_batches
+from iif_d2.data.validate import load_checked
 from iif_d2.utils.rng import rng_preserved
 
 __all__ = [
@@ -60,14 +61,22 @@ logger = logging.getLogger(__name__)
 
 def loader_dataset_dicts(cfg, names: Sequence[str] = None) -> List[Dict]:
     """detectron2's dicts of ``names`` (default DATASETS.TRAIN) with the training loader's
-    filtering: FILTER_EMPTY_ANNOTATIONS, keypoints, proposals."""
-    return get_detection_dataset_dicts(
-        list(cfg.DATASETS.TRAIN if names is None else names),
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=(
-            cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+    filtering: FILTER_EMPTY_ANNOTATIONS, keypoints, proposals; checked once here
+    (:func:`iif_d2.data.validate.validate_dataset_dicts`: broken data is an error, what
+    detectron2 drops in training is dropped here, so the class statistics never count it)."""
+    names = list(cfg.DATASETS.TRAIN if names is None else names)
+    return load_checked(
+        lambda: get_detection_dataset_dicts(
+            names,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=(
+                cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+            ),
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         ),
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        names,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        masks=cfg.MODEL.MASK_ON,
     )
 
 

@@ -84,11 +84,24 @@ def test_lvis_and_coco_json(tmp_path):
     assert s.num_images == 3
     lvis_cats = [dict(c, image_count=2 * c["id"], instance_count=3 * c["id"]) for c in cats]
     ten_images = [{"id": i} for i in range(1, 11)]
-    (tmp_path / "lvis.json").write_text(
-        json.dumps(dict(coco, images=ten_images, categories=lvis_cats))
-    )
+    lvis = dict(coco, images=ten_images, categories=lvis_cats, annotations=[])
+    (tmp_path / "lvis.json").write_text(json.dumps(lvis))
     s = load_counts_file(str(tmp_path / "lvis.json"))
     assert s.image_counts == [2, 10] and s.instance_counts == [3, 15]
+    # counts its annotations contradict: an error naming the category; agreeing ones load
+    (tmp_path / "lvis.json").write_text(json.dumps(dict(lvis, annotations=anns)))
+    with pytest.raises(
+        ValueError,
+        match=r"category id 1 \(a\) has image_count 2 and "
+        r"instance_count 3, but the file's annotations put it in 0 images",
+    ):
+        load_counts_file(str(tmp_path / "lvis.json"))
+    agreeing = [dict(c, image_count=n, instance_count=m) for c, n, m in zip(cats, (2, 1), (3, 1))]
+    anns[2]["iscrowd"] = 0
+    (tmp_path / "lvis.json").write_text(json.dumps(dict(lvis, annotations=anns,
+                                                        categories=agreeing)))  # fmt: skip
+    s = load_counts_file(str(tmp_path / "lvis.json"))
+    assert s.image_counts == [1, 2] and s.instance_counts == [1, 3]
 
 
 @pytest.mark.parametrize(
