@@ -67,13 +67,27 @@ def test_negative_suppression_leaves_positives_and_background_anchors():
     plain = _plain(z)
     targets = one_hot_targets(LABELS, C)
     background = LABELS == C
-    assert torch.equal(got[targets > 0], plain[targets > 0])  # positives untouched
-    assert torch.equal(got[background], plain[background])  # background anchors untouched
+    assert torch.allclose(got[targets > 0], plain[targets > 0])  # positives untouched
+    assert torch.allclose(got[background], plain[background])  # background anchors untouched
     # anchor 1 (a class-2 object): class 3's negative term x 0.1, class 0's x 1
     assert got[1, 3] == pytest.approx(0.1 * plain[1, 3].item())
     assert got[1, 0] == pytest.approx(plain[1, 0].item())
     with pytest.raises(ValueError, match="positive IIF weights"):
         negative_suppression_weights(torch.tensor([1.0, 0.0, 2.0, 3.0]))
+
+
+def test_no_subnormal_floats_at_large_gamma():
+    """EFL's gamma_c up to 10 on confident elements: (1 - p_t)^gamma below exp(-80) is 0, not a
+    subnormal float (slow on CPUs), and the gradient stays finite."""
+    z = torch.tensor([[12.0, -12.0], [-30.0, 30.0]], requires_grad=True)
+    labels = torch.tensor([0, 2])  # fg 0 (confident right), background (class 1 confident wrong)
+    gammas = torch.full((2,), 10.0)
+    loss = long_tail_focal_loss(z, labels, alpha=0.25, gamma=2.0, class_gammas=gammas)
+    loss.sum().backward()
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((loss == 0) | (loss.abs() >= tiny)).all()
+    assert loss[0, 0] == 0 and loss[0, 1] == 0 and loss[1, 0] == 0 and loss[1, 1] > 1
+    assert torch.isfinite(z.grad).all()
 
 
 def test_efl_gammas_by_hand():
