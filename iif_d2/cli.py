@@ -9,7 +9,6 @@ python -m iif_d2.cli --counts-file datasets/lvis/lvis_v1_train.json    # an LVIS
 import argparse
 import difflib
 import logging
-import os
 import sys
 
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
@@ -23,20 +22,28 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from iif_d2.config import add_iif_config, apply_deprecated_keys  # noqa: E402
 from iif_d2.data.class_stats import FREQUENCIES, NORMALIZERS, load_counts_file  # noqa: E402
+from iif_d2.data.dataset_files import check_dataset_files  # noqa: E402
 from iif_d2.data.training_set import compute_class_stats  # noqa: E402
-from iif_d2.utils.io import same_file, write_json_atomic  # noqa: E402
+from iif_d2.utils.cli_checks import (
+    OneLineParser,
+    UsageError,
+    check_input_file,
+    check_output_file,
+    one_line,
+)  # noqa: E402,E501
+from iif_d2.utils.io import write_json_atomic  # noqa: E402
 from iif_d2.weights import VARIANTS, canonical_variant, iif_weights  # noqa: E402
 
 # the settings a config gives with --config-file (flag -> its value without one)
 _SETTINGS = {"variant": "raw", "frequency": "image", "normalizer": "total"}
 
 
-class CLIError(ValueError):
+class CLIError(UsageError):
     """A bad command-line argument: printed as one line, exit code 2."""
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m iif_d2.cli", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m iif_d2.cli", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--counts-file", help="counts CSV/JSON, or an LVIS/COCO json")
     src.add_argument("--dataset", help="a registered training dataset, counted as the trainer")
@@ -68,23 +75,16 @@ def _check_args(args):
     for k, default in _SETTINGS.items():
         if getattr(args, k) is None:
             setattr(args, k, default)
-    if args.save:
-        folder = os.path.dirname(os.path.abspath(args.save))
-        if os.path.isdir(args.save):
-            raise CLIError(f"--save {args.save} is a directory; give a file name, e.g. w.json.")
-        if not os.path.isdir(folder):
-            raise CLIError(f"--save {args.save}: folder {folder} does not exist; create it.")
-        inputs = [args.counts_file, args.config_file]
-        for given in filter(None, inputs):
-            if "://" not in given and same_file(given, args.save):
-                raise CLIError(
-                    f"--save {args.save} is the input {given}: saving would replace it; give "
-                    "another file name."
-                )
-        if not os.access(folder, os.W_OK) or (
-            os.path.exists(args.save) and not os.access(args.save, os.W_OK)
-        ):
-            raise CLIError(f"--save {args.save}: not writable; choose another path.")
+    if args.counts_file is not None and "://" not in args.counts_file:
+        check_input_file(
+            args.counts_file, "--counts-file", "a counts CSV/JSON or an LVIS/COCO json"
+        )
+    if args.config_file is not None:
+        check_input_file(args.config_file, "--config-file", "a YAML config file")
+    if args.save is not None:
+        if not args.save.strip():
+            raise CLIError("--save is empty; give a file name, e.g. w.json.")
+        check_output_file(args.save, "--save", (args.counts_file, args.config_file), "w.json")
 
 
 def _registered(name: str) -> str:
@@ -106,19 +106,16 @@ def _config(args):
     # the loader every command uses: plain YAML, _BASE_ local and acyclic, never fetched
     from iif_d2.engine.config_files import RunConfigError, load_config_file
 
-    if not os.path.isfile(args.config_file):
-        what = "is a directory" if os.path.isdir(args.config_file) else "does not exist"
-        raise CLIError(f"--config-file {args.config_file} {what}; give a YAML config file.")
     try:
         cfg = load_config_file(args.config_file)
     except RunConfigError as e:
-        raise CLIError(f"--config-file {_one_line(e)}") from None
+        raise CLIError(f"--config-file {one_line(e)}") from None
     if len(args.opts) % 2:
         raise CLIError(f"config overrides come in KEY VALUE pairs; {args.opts[-1]!r} has no value.")
     try:
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise CLIError(f"config overrides {' '.join(args.opts)}: {_one_line(e)}") from None
+        raise CLIError(f"config overrides {' '.join(args.opts)}: {one_line(e)}") from None
     return apply_deprecated_keys(cfg)
 
 
@@ -140,6 +137,8 @@ def _stats_and_settings(args):
         cfg.DATASETS.TRAIN = (args.dataset,)
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(_registered(args.dataset))
         settings = vars(args)
+    if cfg.MODEL.CLASS_COUNTS.SOURCE != "file":  # the dataset's files, before they are read
+        check_dataset_files(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     return compute_class_stats(cfg), settings  # the CLI writes only what --save names
 
 
@@ -177,12 +176,6 @@ def _print_table(stats, weights):
         print("\t".join(row))
 
 
-def _one_line(error) -> str:
-    """An error message on one line (a multi-line message's lines joined with "; ")."""
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
 def main(argv=None) -> int:
     """Command line: print the weights table; exit 2 with a one-line error for bad input."""
     args = _parser().parse_args(argv)
@@ -191,8 +184,10 @@ def main(argv=None) -> int:
         _check_args(args)
         stats, s = _stats_and_settings(args)
         weights = _weights(args, stats, s)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as e:
+        if isinstance(e, OSError) and e.strerror and e.filename:  # a file the dataset names
+            e = f"{e.filename}: {e.strerror}; check the dataset's files and DETECTRON2_DATASETS."
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.save:  # before printing: a failed save prints no table that looks like success
         try:

@@ -56,7 +56,6 @@ mmdet's meta (a seed, say) are allowed, any other pickled class is an error. The
 config overrides to evaluate it are printed.
 """
 
-import argparse
 import importlib
 import pickle
 import re
@@ -441,7 +440,10 @@ def format_overrides(overrides):
 
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    from iif_d2.utils.cli_checks import OneLineParser, positive_float, positive_int
+
+    p = OneLineParser(
+        prog="convert_mmdet_checkpoint",
         description=__doc__.split("\n\n")[0],
         epilog="Prints the config overrides the converted model needs (among them "
         "MODEL.RESNETS.STRIDE_IN_1X1 False and torchvision's PIXEL_MEAN/STD in BGR order: conv1 "
@@ -457,17 +459,20 @@ def parse_args(argv=None):
         "--normalized-mask", action="store_true", help="the mask predictor is NormedConv2d"
     )
     p.add_argument(
-        "--num-classes", type=int, default=None, help="check the classifier has C (LVIS: 1203)"
+        "--num-classes",
+        type=positive_int,
+        default=None,
+        help="check the classifier has C (LVIS: 1203)",
     )
     p.add_argument(
         "--cosine-scale",
-        type=float,
+        type=positive_float,
         default=None,
         help="NormedLinear's scale ('tempearture'); default: from the checkpoint's meta config",
     )
     p.add_argument(
         "--mask-scale",
-        type=float,
+        type=positive_float,
         default=None,
         help="NormedConv2d's scale ('tempearture'); default: from the checkpoint's meta config",
     )
@@ -475,23 +480,24 @@ def parse_args(argv=None):
 
 
 def check_output(input_path: str, output_path: str) -> None:
-    """The output may not be the input (also through a symlink, a relative path or a hard
-    link), a folder, or in a folder that does not exist: checked before anything is read or
-    written."""
+    """The input must be a readable file (not a folder, a pipe or a device); the output may not
+    be the input (also through a symlink, a relative path or a hard link), a folder, a device,
+    or in a folder that does not exist or cannot be written: checked before anything is read
+    or written (:mod:`iif_d2.utils.cli_checks`, as every command).
+
+    Raises:
+        ConversionError: one line naming the path and the fix.
+    """
     import os
 
-    from iif_d2.utils.io import same_file
+    from iif_d2.utils.cli_checks import UsageError, check_input_file, check_output_file
 
-    if os.path.isdir(output_path):
-        raise ConversionError(f"OUT {output_path} is a folder; give a file name, e.g. model.pth.")
-    folder = os.path.dirname(os.path.abspath(output_path))
-    if not os.path.isdir(folder):
-        raise ConversionError(f"OUT {output_path}: folder {folder} does not exist; create it.")
-    if same_file(input_path, output_path):
-        raise ConversionError(
-            f"OUT {output_path} is the input checkpoint {input_path}: converting would replace "
-            "it. Give another output file."
-        )
+    try:
+        if os.path.exists(input_path):  # a missing one: load_mmdet_checkpoint says so
+            check_input_file(input_path, "IN", "an mmdet 2.x checkpoint (.pth)")
+        check_output_file(output_path, "OUT", (input_path,), "model.pth")
+    except UsageError as e:
+        raise ConversionError(str(e)) from None
 
 
 def main(argv=None):

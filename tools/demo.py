@@ -28,6 +28,7 @@ import sys
 import time
 
 from iif_d2.bench.runner import LogFollower, run_train_net, train_config
+from iif_d2.utils.cli_checks import OneLineParser, UsageError, check_output_folder, one_line
 from iif_d2.utils.machine import KERNEL_PINS
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
@@ -199,7 +200,8 @@ def remove_periodic_checkpoints(output_dir) -> int:
 
 def _parser():
     doc = __doc__.split("\n\n")
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        prog="demo.py",
         description="\n\n".join(doc[:2]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + doc[2],
@@ -210,7 +212,10 @@ def _parser():
         help="where the runs, logs and pictures go (default: output/demo)",
     )
     p.add_argument(
-        "--num-vis", type=int, default=4, help="validation images drawn at the end (default: 4)"
+        "--num-vis",
+        type=non_negative_int,
+        default=4,
+        help="validation images drawn at the end (default: 4; 0: none)",
     )
     p.add_argument(
         "--kernels", default=None, choices=["native", *KERNEL_PINS],
@@ -224,20 +229,40 @@ def _parser():
     return p
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _usage_error(message: str):
+    """One line on stderr, exit status 2 (as every iif-d2 command's usage errors)."""
+    print(f"demo.py: error: {one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     out = os.path.abspath(args.output_dir)
     if len(args.opts) % 2:
-        sys.exit(f"[demo] config overrides come in KEY VALUE pairs; got {args.opts}")
+        _usage_error(f"config overrides come in KEY VALUE pairs; {args.opts[-1]!r} has no value")
     try:
+        check_output_folder(out, "--output-dir")
         cfg = demo_config(args.opts)
+    except UsageError as e:
+        _usage_error(str(e))
     except (AssertionError, KeyError, ValueError) as e:  # yacs asserts that a key exists
-        sys.exit(f"[demo] bad config override in {' '.join(args.opts)}: {e}")
+        _usage_error(f"bad config override in {' '.join(args.opts)}: {one_line(e)}")
     max_iter = cfg.SOLVER.MAX_ITER
     try:
         env, pin_opts, pin = pinned_run(args.kernels, args.opts, _device())
     except ValueError as e:
-        sys.exit(f"[demo] --kernels: {e}")
+        _usage_error(f"--kernels: {e}")
     os.environ.update(env)  # before torch first runs a CPU kernel here; train_net.py inherits it
     opts = checkpoint_opts(cfg, args.opts) + pin_opts + list(args.opts)
     print(
@@ -265,9 +290,15 @@ def main(argv=None):
         from iif_d2.engine.visualize import load_run_config, visualize
 
         print("[demo] 3/3 drawing predictions ...", flush=True)
-        vis_cfg = load_run_config(os.path.join(out, "model_final.pth"), device=_device())
         dataset = cfg.DATASETS.TEST[0]
-        written = visualize(vis_cfg, os.path.join(out, "vis"), dataset=dataset, num=args.num_vis)
+        try:
+            vis_cfg = load_run_config(os.path.join(out, "model_final.pth"), device=_device())
+            written = visualize(
+                vis_cfg, os.path.join(out, "vis"), dataset=dataset, num=args.num_vis
+            )
+        except (OSError, ValueError) as e:  # e.g. the vis folder cannot be written
+            print(f"demo.py: error: drawing the predictions: {one_line(e)}", file=sys.stderr)
+            sys.exit(2)
         print(
             f"[demo] {len(written)} pictures (prediction | ground truth, score >= 0.5) of "
             f"{dataset} in {os.path.join(out, 'vis')}/"

@@ -16,6 +16,7 @@ annotations are not needed.
 """
 
 import argparse
+import os
 import pickle
 import sys
 
@@ -29,12 +30,24 @@ from iif_d2.engine.visualize import (  # noqa: E402 (after the warnings filter)
     use_run_class_counts,
     visualize,
 )
+from iif_d2.utils.cli_checks import (  # noqa: E402
+    OneLineParser,
+    UsageError,
+    check_device,
+    check_input_file,
+    check_output_folder,
+    finite_float,
+    one_line,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["build_predictor", "load_run_config", "main", "use_run_class_counts", "visualize"]
 
 
 def _parser():
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        prog="visualize.py",
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + __doc__.split("\n\n")[2],
@@ -48,16 +61,16 @@ def _parser():
     src.add_argument("--dataset", help="a registered dataset, e.g. synthlt_val (ground truth)")
     src.add_argument("--input", metavar="DIR", help="a folder of images (no ground truth)")
     p.add_argument("--output", metavar="DIR", required=True, help="folder for the PNGs")
-    p.add_argument("--num", type=int, default=8, help="number of images (default: 8)")
+    p.add_argument("--num", type=positive_int, default=8, help="number of images (default: 8)")
     p.add_argument(
         "--score-thresh",
-        type=float,
+        type=finite_float,
         default=0.5,
         help="draw predictions scoring at least this (default: 0.5)",
     )
     p.add_argument(
         "--scale",
-        type=float,
+        type=positive_float,
         help="panel size / image size (default: panels of at least 512 pixels)",
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -67,12 +80,24 @@ def _parser():
     return p
 
 
+def _check_paths(args) -> str:
+    """The input and output paths and the device, before anything is loaded; returns the
+    device."""
+    check_input_file(args.weights, "--weights", "a checkpoint, e.g. RUN/model_final.pth")
+    if args.config_file is not None:
+        check_input_file(args.config_file, "--config-file", "a YAML config file")
+    if args.input is not None and not os.path.isdir(args.input):
+        what = "is a file" if os.path.exists(args.input) else "does not exist"
+        raise UsageError(f"--input {args.input} {what}; give a folder of images.")
+    check_output_folder(args.output, "--output", [args.input] if args.input else [])
+    return check_device(args.device)
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.num < 1:
-        sys.exit("visualize.py: error: --num must be at least 1")
     try:
-        cfg = load_run_config(args.weights, args.config_file, args.opts, args.device)
+        device = _check_paths(args)
+        cfg = load_run_config(args.weights, args.config_file, args.opts, device)
         written = visualize(
             cfg,
             args.output,
@@ -82,11 +107,18 @@ def main(argv=None) -> int:
             score_thresh=args.score_thresh,
             scale=args.scale,
         )
-    except (AssertionError, FileNotFoundError, KeyError, ValueError, pickle.UnpicklingError) as e:
+    except (
+        AssertionError,
+        KeyError,
+        OSError,
+        RuntimeError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as e:
         # AssertionError: yacs's "Non-existent key" in the overrides; KeyError: a dataset that
-        # is not registered
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"visualize.py: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        # is not registered; OSError: a folder that cannot be made, a file that cannot be
+        # written; RuntimeError: torch (e.g. out of memory)
+        print(f"visualize.py: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"{len(written)} PNG(s) (prediction | ground truth) written to {args.output}")
     return 0

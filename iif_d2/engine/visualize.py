@@ -169,6 +169,29 @@ def build_predictor(cfg):
     return predictor
 
 
+def _read(path: str):
+    """The image at ``path`` as detectron2 reads it (BGR, uint8).
+
+    Raises:
+        ValueError: one line naming the file: it is not an image, is truncated or corrupt, or
+            is 16-bit (which detectron2 would read as all white).
+    """
+    from detectron2.data.detection_utils import read_image
+
+    from iif_d2.data.validate import check_image_header
+
+    problem = check_image_header(path)
+    if problem:
+        raise ValueError(f"{path} {problem}.")
+    try:
+        return read_image(path, format="BGR")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: unidentified, truncated, corrupt
+        raise ValueError(
+            f"{path} cannot be read as an image ({' '.join(str(e).split())}); replace the "
+            "file or remove it from the folder."
+        ) from None
+
+
 @contextlib.contextmanager
 def _fixed_colors(seed=0):
     """Visualizer draws each instance in a random colour (numpy's global RNG): make the
@@ -202,9 +225,12 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
 
     Returns:
         the paths of the written PNGs.
+
+    Raises:
+        ValueError: an image that cannot be read (named; checked before the model is built and
+            before anything is written), an output folder that is the input folder or a file.
     """
     import numpy as np
-    from detectron2.data.detection_utils import read_image
     from detectron2.utils.visualizer import Visualizer
     from PIL import Image
 
@@ -223,11 +249,11 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
         items, metadata = dataset_items(dataset, num)
     else:
         items, metadata = folder_items(input_dir, num, cfg)
+    images = [_read(path) for path, _ in items]  # an unreadable image: before any work
     predictor = build_predictor(cfg)
     os.makedirs(output_dir, exist_ok=True)
     written = []
-    for path, record in items:
-        bgr = read_image(path, format="BGR")
+    for (path, record), bgr in zip(items, images):
         rgb = bgr[:, :, ::-1]
         s = scale or max(1.0, 512 / max(rgb.shape[:2]))
         instances = predictor(bgr)["instances"].to("cpu")

@@ -5,10 +5,10 @@ import sys
 import time
 
 from iif_d2.lvis_eval import ENGINES
-from iif_d2.lvis_eval.args import OneLineParser, check_output_path, positive_int
 from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth, load_json, read_results
 from iif_d2.lvis_eval.reference import lvis_api_evaluate
 from iif_d2.lvis_eval.report import in_percent, metrics_tables
+from iif_d2.utils.cli_checks import OneLineParser, check_output_file, one_line, positive_int
 from iif_d2.utils.io import write_json_atomic
 
 
@@ -87,18 +87,25 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     start = time.perf_counter()
     try:
-        if args.json_out:
-            check_output_path(args.json_out, (args.gt, args.results))
+        if args.json_out is not None:
+            check_output_file(args.json_out, "--json-out", (args.gt, args.results), "metrics.json")
         metrics = _fast(args) if args.engine == "fast" else _lvis_api(args)
         metrics = in_percent(metrics)
-        if args.json_out:
-            # undefined metrics as null: strict json readers refuse NaN
+    except (OSError, ValueError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if args.json_out is not None:
+        try:  # undefined metrics as null: strict json readers refuse NaN
             write_json_atomic(
                 args.json_out, {k: (None if v != v else v) for k, v in metrics.items()}
             )
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        except OSError as e:
+            print(
+                f"error: --json-out {args.json_out}: cannot write ({e.strerror or e}); choose "
+                "another path.",
+                file=sys.stderr,
+            )
+            return 2
     seconds = time.perf_counter() - start
     print(f"LVIS {args.iou_type} ({args.engine} engine, {args.metric}, {seconds:.1f} s), percent:")
     print(metrics_tables(metrics))

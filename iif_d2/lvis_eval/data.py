@@ -34,12 +34,7 @@ def load_json(source, what: str):
     """
     if not isinstance(source, (str, os.PathLike)):
         return source
-    if os.path.isdir(source):
-        raise ValueError(f"{what} file {source} is a directory; give the json file in it.")
-    if not os.path.isfile(source):
-        raise FileNotFoundError(
-            f"{what} file not found: {source} does not exist; pass an existing json file."
-        )
+    _check_input(source, what)
     try:
         with open(source) as f:
             return json.load(f)
@@ -349,13 +344,23 @@ def _open_binary(path, what):
     return open(path, "rb")
 
 
-def _open_text(path, what):
+def _check_input(path, what) -> None:
+    """A json input that is a directory, a pipe or device (reading it could block), or missing:
+    a one-line error."""
     if os.path.isdir(path):
         raise ValueError(f"{what} file {path} is a directory; give the json file in it.")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(
+            f"{what} file {path} is not a regular file (a pipe or device?); pass a json file."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{what} file not found: {path} does not exist; pass an existing json file."
         )
+
+
+def _open_text(path, what):
+    _check_input(path, what)
     try:
         return open(path, encoding="utf-8")
     except OSError as e:

@@ -51,11 +51,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, evaluate
-from iif_d2.lvis_eval.args import OneLineParser, check_output_path
 from iif_d2.lvis_eval.data import FREQUENCIES, load_json
 from iif_d2.lvis_eval.engine import compact
 from iif_d2.lvis_eval.report import rows_table, small_table
 from iif_d2.lvis_eval.tide import ERROR_TYPES, gt_counts, tide_errors
+from iif_d2.utils.cli_checks import OneLineParser, check_output_file, finite_float, one_line
 from iif_d2.utils.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -527,11 +527,13 @@ def _parser():
     p.add_argument("--results", required=True, help="detections json, e.g. lvis_instances_results")
     p.add_argument(
         "--score-thresh",
-        type=float,
+        type=finite_float,
         default=DEFAULT_SCORE_THRESH,
         help=f"for the FP counts only (default {DEFAULT_SCORE_THRESH}, the README's FP/img)",
     )
-    p.add_argument("--iou-thresh", type=float, default=0.5, help="for the FP counts and dAP_FP")
+    p.add_argument(
+        "--iou-thresh", type=finite_float, default=0.5, help="for the FP counts and dAP_FP"
+    )
     p.add_argument("--json-out", help="also write all three analyses to this json file")
     return p
 
@@ -568,35 +570,39 @@ def _print_table(gt_path: str, lvis: bool, fp: dict, dap: dict, tide: dict):
     print(rows_table(["type", "count", "delta_ap50", *(f"delta_ap50_{g}" for g in groups)], rows))
 
 
-def _one_line(error) -> str:
-    """An error message on one line (a multi-line message's lines joined with "; ")."""
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
 def main(argv=None) -> int:
     """Command line: print the three analyses; exit 2 with a one-line error for a missing or
     malformed file or an unwritable --json-out."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.score_thresh <= 1:
+        parser.error(f"--score-thresh {args.score_thresh} must lie in [0, 1] (scores are)")
+    if not 0 < args.iou_thresh <= 1:
+        parser.error(f"--iou-thresh {args.iou_thresh} must lie in (0, 1]")
     logging.basicConfig(level=logging.WARNING)
     try:
-        if args.json_out:
-            check_output_path(args.json_out, (args.gt, args.results))
+        if args.json_out is not None:
+            check_output_file(args.json_out, "--json-out", (args.gt, args.results), "metrics.json")
         gt = load_gt(args.gt)
         dets = load_results(args.results, gt)
         fp = false_positives_per_image(gt, dets, args.score_thresh, args.iou_thresh)
         dap = delta_ap_fp(gt, dets, args.iou_thresh)
         tide = tide_breakdown(gt, dets)
         lvis = is_lvis_format(gt)
-        if args.json_out:
+    except (OSError, ValueError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if args.json_out is not None:
+        try:
             payload = {"false_positives": fp, "delta_ap_fp": dap, "tide_errors": tide}
             write_json_atomic(args.json_out, payload)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: --json-out {args.json_out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        except OSError as e:
+            print(
+                f"error: --json-out {args.json_out}: cannot write ({e.strerror or e}); choose "
+                "another path.",
+                file=sys.stderr,
+            )
+            return 2
     _print_table(args.gt, lvis, fp, dap, tide)
     if args.json_out:
         print(f"# saved to {args.json_out}")

@@ -416,8 +416,8 @@ def test_output_equal_to_the_input_is_refused_before_writing(tmp_path, capsys, m
     monkeypatch.chdir(tmp_path)
     for out in (str(src), str(tmp_path / "link.pth"), "epoch_24.pth", "./x/../epoch_24.pth",
                 str(tmp_path / "hard.pth")):  # fmt: skip
-        assert "is the input checkpoint" in _exit_2(capsys, str(src), out)
-    assert "is a folder" in _exit_2(capsys, str(src), str(tmp_path))
+        assert "is the input file" in _exit_2(capsys, str(src), out)
+    assert "is a directory" in _exit_2(capsys, str(src), str(tmp_path))
     assert "does not exist" in _exit_2(capsys, str(src), str(tmp_path / "no" / "o.pth"))
     assert src.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["epoch_24.pth", "hard.pth", "link.pth"]

@@ -1,6 +1,6 @@
-"""tools/visualize.py, the command line over iif_d2.engine.visualize (whose drawing is tested in
-tests/engine/test_visualize_predictions.py): a run folder with an untrained model's checkpoint, drawn through
-the command; its one-line errors; and tools/demo.py's helpers."""
+"""tools/visualize.py, the command line over iif_d2.engine.visualize (whose drawing is tested
+in tests/engine/test_visualize_predictions.py): a run folder with an untrained model's
+checkpoint, drawn through the command; its one-line errors; and tools/demo.py's helpers."""
 
 import contextlib
 import io
@@ -189,3 +189,38 @@ def test_demo_keeps_only_the_final_checkpoint(tmp_path):
     (tmp_path / "last_checkpoint").write_text("model_final.pth")
     assert demo.remove_periodic_checkpoints(str(tmp_path)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_bad_images_devices_and_paths_are_one_line_errors(run_dir, tmp_path):
+    """A truncated, a non-image and a 16-bit image each end in one line naming the file, before
+    the model is built and before anything is written; so do a device without a GPU, a folder
+    as --weights and an --output inside a file. Exit 2 each time."""
+    tool = _tool()
+    weights = str(run_dir / "model_final.pth")
+    Image.fromarray(np.full((32, 40, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    data = (tmp_path / "a.jpg").read_bytes()
+    cases = {
+        "cut.jpg": (data[: len(data) // 2], "cut.jpg cannot be read as an image"),
+        "text.png": (b"not an image", "text.png cannot be read as an image"),
+        "g16.png": (None, "g16.png is a 16-bit grayscale PNG; detectron2 reads images as 8-bit"),
+    }
+    for name, (content, message) in cases.items():
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        if content is None:
+            Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(folder / name)
+        else:
+            (folder / name).write_bytes(content)
+        out = tmp_path / f"out_{name}"
+        rc, err = _main(tool, "--weights", weights, "--input", str(folder), "--output", str(out),
+                        "--device", "cpu")  # fmt: skip
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    argv = ["--weights", weights, "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    if not torch.cuda.is_available():
+        rc, err = _main(tool, *argv, "--device", "cuda")
+        assert rc == 2 and "no CUDA GPU is available here; use --device cpu" in err
+    rc, err = _main(tool, *argv[2:], "--weights", str(run_dir))
+    assert rc == 2 and "is a directory; give a checkpoint" in err
+    rc, err = _main(tool, *argv[:4], "--output", str(tmp_path / "a.jpg" / "o"))
+    assert rc == 2 and "a.jpg is a file, not a folder" in err

@@ -1,0 +1,182 @@
+"""Argument checks shared by every command (``python -m iif_d2.cli``, ``python -m
+iif_d2.lvis_eval``, ``python -m iif_d2.lvis_eval.fp_analysis``, ``tools/*.py``): input files that
+exist and are files, output paths that can be written and are none of the inputs, counts >= 1,
+a device that exists; usage errors on one line, exit status 2.
+
+Every check raises :class:`UsageError` (a ValueError) with one line naming the option, the
+problem and the fix; the commands print ``error: <message>`` and exit 2. Nothing here imports
+torch or detectron2 (the evaluation commands stay light), except :func:`check_device`, which
+imports torch when it is called.
+"""
+
+import argparse
+import math
+import os
+
+from iif_d2.utils.io import same_file
+
+__all__ = [
+    "OneLineParser",
+    "UsageError",
+    "check_device",
+    "check_input_file",
+    "check_output_file",
+    "check_output_folder",
+    "finite_float",
+    "one_line",
+    "positive_float",
+    "positive_int",
+]
+
+
+class UsageError(ValueError):
+    """A bad argument or input path: printed as one line, exit status 2."""
+
+
+def one_line(error) -> str:
+    """An error's message on one line (a multi-line message's lines joined with "; "; a
+    KeyError's text without its quotes)."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan, no inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (exit 2, as argparse)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def check_input_file(path: str, option: str, what: str = "file") -> None:
+    """Refuse an input that does not exist, is a directory, or cannot be read.
+
+    Args:
+        path: the path given.
+        option: the option that gave it (``--weights``), for the message.
+        what: what it should be (``a checkpoint``), for the fix.
+
+    Raises:
+        UsageError: one line naming the option, the path, the problem and the fix.
+    """
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a directory; give {what} (a file).")
+    if not os.path.exists(path):
+        raise UsageError(f"{option} {path} does not exist; give {what}.")
+    if not os.path.isfile(path):
+        raise UsageError(f"{option} {path} is not a regular file (a pipe or device?); give {what}.")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{option} {path} is not readable (permissions); give {what}.")
+
+
+def _writable_folder(folder: str, option: str, path: str) -> None:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{option} {path}: {folder} is a file, not a folder; give another path.")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path}: folder {folder} does not exist; create it first.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: folder {folder} is not writable; choose another.")
+
+
+def check_output_file(path: str, option: str, inputs=(), example: str = "out.json") -> None:
+    """Refuse, before anything is computed or written, an output file that is a directory, in
+    a missing or unwritable folder, an existing file that cannot be replaced, or the same file
+    as one of ``inputs`` (the same path after resolving links, or a hard link).
+
+    Raises:
+        UsageError: one line naming the option, the problem and the fix.
+    """
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a directory; give a file name, e.g. {example}.")
+    _writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UsageError(f"{option} {path} is not a regular file; give a file name.")
+    for name in inputs:
+        if name and "://" not in name and same_file(path, name):
+            raise UsageError(
+                f"{option} {path} is the input file {name}; it would be overwritten: give "
+                "another file name."
+            )
+
+
+def check_output_folder(path: str, option: str, inputs=()) -> None:
+    """Refuse an output folder that is a file, that is one of the input folders ``inputs``,
+    that is not writable, or (where it is still to be made) whose nearest existing parent is
+    a file or not writable.
+
+    Raises:
+        UsageError: one line naming the option, the problem and the fix.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a file; give a folder (created if missing).")
+    for name in inputs:
+        if name and same_file(path, name):
+            raise UsageError(
+                f"{option} {path} is the input folder {name}: files of the same name would be "
+                "replaced; give another folder."
+            )
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder):  # the folders still to be made: the nearest existing one
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path}: {folder} is a file, not a folder; give another path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: {folder} is not writable; choose another folder.")
+
+
+def check_device(device) -> str:
+    """The device to run on: ``device`` (cpu, cuda, cuda:N), or cuda when there is a GPU and
+    cpu otherwise when None.
+
+    Raises:
+        UsageError: an unknown device, or cuda without a usable GPU.
+    """
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {device!r} is not a device; use cpu or cuda.") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type != "cuda":
+        raise UsageError(f"--device {device!r}: only cpu and cuda are supported.")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu.")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})."
+        )
+    return device
