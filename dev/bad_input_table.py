@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Run every bad input of iif-d2's table and write what each one is told.
 
-Each row is a bad input (a counts file, a command line of ``python -m iif_d2.cli`` or
-``python -m iif_d2.lvis_eval.fp_analysis``, a config, a checkpoint, a second writer of an
-OUTPUT_DIR), the error type it must raise and a fragment its message must hold.
+Each row is a bad input (a counts file, training data, a command line of ``python -m
+iif_d2.cli``, ``python -m iif_d2.lvis_eval`` (and its ``fp_analysis``) or a ``tools/`` script, a
+config, a checkpoint, a second writer of an OUTPUT_DIR), the error type it must raise and a
+fragment its message must hold.
 tests/test_bad_inputs.py asserts every row and checks that docs/bad_inputs.md is what the rows
 generate; this script runs the same rows in temporary folders and prints (or, with ``--write``,
 writes) that page: a markdown table "bad input | error (first line)". Exit status 1 if a row
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -120,6 +122,45 @@ def cli(module: str, *args: str, files=None) -> Callable[[str], object]:
     return run
 
 
+_SCRIPTS: Dict[str, object] = {}
+
+
+def script(name: str, *args: str, files=None) -> Callable[[str], object]:
+    """Run ``tools/<name>.py``'s ``main`` on ``args`` ("{tmp}" replaced), after writing
+    ``files`` (the tools are scripts, loaded from their files once)."""
+
+    def run(tmp):
+        if name not in _SCRIPTS:
+            spec = importlib.util.spec_from_file_location(
+                f"iif_tool_{name}", os.path.join(ROOT, "tools", f"{name}.py")
+            )
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            _SCRIPTS[name] = module
+        _write(tmp, files)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = _SCRIPTS[name].main([a.format(tmp=tmp) for a in args])
+            except SystemExit as e:  # argparse's own errors, and the converter's
+                code = e.code
+        if code != 0:
+            raise CLIFailed(code, err.getvalue())
+        return code
+
+    return run
+
+
+def fifo(name: str, run: Callable[[str], object]) -> Callable[[str], object]:
+    """``run`` after making a named pipe ``name`` in the folder (reading it would block)."""
+
+    def with_fifo(tmp):
+        os.mkfifo(os.path.join(tmp, name))
+        return run(tmp)
+
+    return with_fifo
+
+
 def _cfg(**counts_node):
     from detectron2.config import get_cfg
 
@@ -207,6 +248,83 @@ def dataset_dict_with_string_id(tmp):
     return count_dataset_dicts([{"annotations": [{"category_id": "1"}]}], 2, source="my_train")
 
 
+def _box(bbox=(1, 1, 8, 8), segm=((1.0, 1.0, 9.0, 1.0, 9.0, 9.0, 1.0, 9.0),), cat=0):
+    ann = {"bbox": list(bbox), "bbox_mode": 1, "category_id": cat}  # 1: BoxMode.XYWH_ABS
+    if segm is not None:
+        ann["segmentation"] = [list(p) for p in segm]
+    return ann
+
+
+def _image(image_id, *anns, size=(20, 20), file_name=None):
+    return {
+        "file_name": file_name or f"images/{image_id}.jpg",
+        "image_id": image_id,
+        "width": size[0],
+        "height": size[1],
+        "annotations": list(anns),
+    }
+
+
+def training_set(*records, json_file=None) -> Callable[[str], object]:
+    """Load ``records`` (built in the row's folder: a callable of it) as the training set
+    ``my_train`` through :func:`iif_d2.data.loader.loader_dataset_dicts`, the load every
+    training run and the class statistics go through."""
+
+    def run(tmp):
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+
+        from iif_d2.data.loader import loader_dataset_dicts
+
+        dicts = [r(tmp) if callable(r) else r for r in records]
+        DatasetCatalog.register("my_train", lambda: dicts)
+        MetadataCatalog.get("my_train").set(thing_classes=["a", "b"])
+        try:
+            cfg = _cfg()
+            cfg.DATASETS.TRAIN, cfg.MODEL.MASK_ON = ("my_train",), True
+            return loader_dataset_dicts(cfg)
+        finally:
+            DatasetCatalog.remove("my_train")
+            MetadataCatalog.remove("my_train")
+
+    return run
+
+
+def png16(tmp):
+    import numpy as np
+    from PIL import Image
+
+    path = os.path.join(tmp, "depth.png")
+    Image.fromarray(np.full((20, 20), 4000, np.uint16)).save(path)
+    return _image(1, _box(), file_name=path)
+
+
+def lvis_json_empty_segmentation(tmp):
+    """An LVIS json with ``"segmentation": []``, loaded by detectron2's LVIS loader (which
+    asserts on it) through the training load."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets.lvis import load_lvis_json
+
+    from iif_d2.data.loader import loader_dataset_dicts
+
+    ann = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8], "area": 64}
+    data = {
+        "images": [{"id": 1, "width": 20, "height": 20, "coco_url": "x/train2017/1.jpg"}],
+        "annotations": [dict(ann, segmentation=[])],
+        "categories": LVIS_CATS,
+    }
+    path = os.path.join(tmp, "l.json")
+    _write(tmp, {"l.json": data})
+    DatasetCatalog.register("my_lvis_train", lambda: load_lvis_json(path, tmp))
+    MetadataCatalog.get("my_lvis_train").set(json_file=path)
+    try:
+        cfg = _cfg()
+        cfg.DATASETS.TRAIN = ("my_lvis_train",)
+        return loader_dataset_dicts(cfg)
+    finally:
+        DatasetCatalog.remove("my_lvis_train")
+        MetadataCatalog.remove("my_lvis_train")
+
+
 def second_writer(tmp):
     from iif_d2.engine.run_lock import OutputDirLock
 
@@ -244,6 +362,27 @@ FP = "iif_d2.lvis_eval.fp_analysis"
 FP_FILES = {"gt.json": GT, "r.json": _det()}
 FP_ARGS = ("--gt", "{tmp}/gt.json", "--results", "{tmp}/r.json")
 C = "iif_d2.cli"
+EV = "iif_d2.lvis_eval.__main__"
+EV_ARGS = ("--gt", "{tmp}/gt.json", "--results", "{tmp}/r.json", "--iou-type", "bbox")
+LVIS_GT = dict(
+    GT,
+    images=[dict(GT["images"][0], neg_category_ids=[], not_exhaustive_category_ids=[])],
+    categories=[dict(LVIS_CATS[0], frequency="r")],
+    annotations=[dict(GT["annotations"][0], area=25)],
+)
+EV_FILES = {"gt.json": LVIS_GT, "r.json": _det()}
+RUN = {  # a run folder as far as visualize.py reads it before building the model
+    "run/config.yaml": f"_BASE_: {CONFIG}\n",
+    "run/model_final.pth": b"weights are read after the images",
+}
+VIS = ("--weights", "{tmp}/run/model_final.pth", "--device", "cpu")
+# half a JPEG: PIL reads its header, then fails on the data
+CUT_JPEG = bytes.fromhex(
+    "ffd8ffe000104a46494600010100000100010000ffdb004300080606070605080707070909080a0c140d0c0b"
+    "0b0c1912130f141d1a1f1e1d1a1c1c20242e2720222c231c1c2837292c30313434341f27393d38323c2e3334"
+    "32ffc0000b080008000801011100ffc4001f0000010501010101010100000000000000000102030405060708"
+    "090a0bffc400b5100002010303020403050504040000017d01020300041105122131410613516107227114"
+)
 LVIS_CSV = "iif_d2://lvis_v1_train.csv"
 
 ROWS = [
@@ -305,6 +444,40 @@ ROWS = [
     Row("fp_analysis `--json-out` a folder", cli(FP, *FP_ARGS, "--json-out", "{tmp}", files=FP_FILES), CLIFailed, "is a directory"),  # noqa: E501
     Row("fp_analysis `--json-out` in a missing folder", cli(FP, *FP_ARGS, "--json-out", "{tmp}/no/o.json", files=FP_FILES), CLIFailed, "does not exist; create it"),  # noqa: E501
     Row("fp_analysis `--json-out` = `--results`", cli(FP, *FP_ARGS, "--json-out", "{tmp}/r.json", files=FP_FILES), CLIFailed, "it would be overwritten"),  # noqa: E501
+    # python -m iif_d2.cli: paths that are not files, outputs that are devices
+    Row("cli `--counts-file` a folder", cli(C, "--counts-file", "{tmp}"), CLIFailed, "is a directory; give a counts CSV/JSON"),  # noqa: E501
+    Row("cli `--counts-file` a named pipe", fifo("p", cli(C, "--counts-file", "{tmp}/p")), CLIFailed, "is not a regular file (a pipe or device?)"),  # noqa: E501
+    Row("cli `--save /dev/null` (a device)", cli(C, "--counts-file", LVIS_CSV, "--save", "/dev/null"), CLIFailed, "--save /dev/null is not a regular file"),  # noqa: E501
+    Row("cli `--save ''`", cli(C, "--counts-file", LVIS_CSV, "--save", ""), CLIFailed, "--save is empty"),  # noqa: E501
+    # python -m iif_d2.lvis_eval and its fp_analysis
+    Row("lvis_eval `--results` a named pipe", fifo("r.json", cli(EV, *EV_ARGS, files={"gt.json": LVIS_GT})), CLIFailed, "is not a regular file (a pipe or device?)"),  # noqa: E501
+    Row("lvis_eval `--json-out /dev/null` (a device)", cli(EV, *EV_ARGS, "--json-out", "/dev/null", files=EV_FILES), CLIFailed, "--json-out /dev/null is not a regular file"),  # noqa: E501
+    Row("lvis_eval `--json-out` unwritable (/proc)", cli(EV, *EV_ARGS, "--json-out", "/proc/m.json", files=EV_FILES), CLIFailed, "cannot write"),  # noqa: E501
+    Row("lvis_eval `--max-dets 0`", cli(EV, *EV_ARGS, "--max-dets", "0", files=EV_FILES), CLIFailed, "argument --max-dets: 0 must be >= 1"),  # noqa: E501
+    Row("fp_analysis `--iou-thresh 0`", cli(FP, *FP_ARGS, "--iou-thresh", "0", files=FP_FILES), CLIFailed, "--iou-thresh 0.0 must lie in (0, 1]"),  # noqa: E501
+    Row("fp_analysis `--score-thresh nan`", cli(FP, *FP_ARGS, "--score-thresh", "nan", files=FP_FILES), CLIFailed, "'nan' is not a finite number"),  # noqa: E501
+    # tools/visualize.py, tools/convert_mmdet_checkpoint.py, tools/demo.py
+    Row("visualize `--weights` a folder", script("visualize", "--weights", "{tmp}", "--input", "{tmp}", "--output", "{tmp}/o"), CLIFailed, "is a directory; give a checkpoint"),  # noqa: E501
+    Row("visualize, a truncated image in `--input`", script("visualize", *VIS, "--input", "{tmp}/images", "--output", "{tmp}/o", files=dict(RUN, **{"images/cut.jpg": CUT_JPEG})), CLIFailed, "cut.jpg cannot be read as an image"),  # noqa: E501
+    Row("visualize, a 16-bit PNG in `--input`", lambda tmp: (os.makedirs(f"{tmp}/images"), png16(f"{tmp}/images"), script("visualize", *VIS, "--input", "{tmp}/images", "--output", "{tmp}/o", files=RUN)(tmp)), CLIFailed, "depth.png is a 16-bit grayscale PNG"),  # noqa: E501
+    Row("visualize `--output` inside a file", script("visualize", *VIS, "--input", "{tmp}", "--output", "{tmp}/run/config.yaml/o", files=RUN), CLIFailed, "config.yaml is a file, not a folder"),  # noqa: E501
+    Row("visualize `--device tpu`", script("visualize", *VIS[:2], "--input", "{tmp}", "--output", "{tmp}/o", "--device", "tpu", files=RUN), CLIFailed, "--device 'tpu' is not a device"),  # noqa: E501
+    Row("visualize `--num 0`", script("visualize", *VIS, "--input", "{tmp}", "--output", "{tmp}/o", "--num", "0"), CLIFailed, "argument --num: 0 must be >= 1"),  # noqa: E501
+    Row("convert IN a named pipe", fifo("in.pth", script("convert_mmdet_checkpoint", "{tmp}/in.pth", "{tmp}/out.pth")), CLIFailed, "IN <tmp>/in.pth is not a regular file".replace("<tmp>", "{tmp}")),  # noqa: E501
+    Row("convert OUT `/dev/null` (a device)", script("convert_mmdet_checkpoint", "{tmp}/in.pth", "/dev/null", files={"in.pth": b"x"}), CLIFailed, "OUT /dev/null is not a regular file"),  # noqa: E501
+    Row("convert `--num-classes -3`", script("convert_mmdet_checkpoint", "{tmp}/in.pth", "{tmp}/o.pth", "--num-classes", "-3"), CLIFailed, "argument --num-classes: -3 must be >= 1"),  # noqa: E501
+    Row("demo `--output-dir` a file", script("demo", "--output-dir", "{tmp}/f", files={"f": ""}), CLIFailed, "--output-dir <tmp>/f is a file".replace("<tmp>", "{tmp}")),  # noqa: E501
+    Row("demo `--num-vis -1`", script("demo", "--num-vis", "-1"), CLIFailed, "argument --num-vis: -1 must be >= 0"),  # noqa: E501
+    # training data, checked once where the training dicts are loaded
+    Row("training set, a NaN polygon coordinate", training_set(_image(1, _box(segm=[[1, 1, 9, float("nan"), 9, 9]]))), ValueError, "image 1 (images/1.jpg): annotations[0] has a polygon coordinate that is NaN"),  # noqa: E501
+    Row("training set, an inf box", training_set(_image(1, _box(bbox=(0, 0, float("inf"), 4)))), ValueError, "has bbox [0, 0, inf, 4]: a box is 4 finite numbers"),  # noqa: E501
+    Row("training set, an image of 1 x 20 pixels", training_set(_image(1, _box(), size=(1, 20))), ValueError, "is 1 x 20 pixels (width x height); an image needs at least 2 x 2"),  # noqa: E501
+    Row("training set, one image id for two files", training_set(_image(1, _box()), _image(1, _box(), file_name="images/other.jpg")), ValueError, "image id 1 is used by two files"),  # noqa: E501
+    Row("training set, a 16-bit grayscale PNG", training_set(png16), ValueError, "depth.png) is a 16-bit grayscale PNG"),  # noqa: E501
+    Row("training set, every box of zero size", training_set(_image(1, _box(bbox=(2, 2, 0, 5)))), ValueError, "no training image is left"),  # noqa: E501
+    Row('LVIS training json, `"segmentation": []`', lvis_json_empty_segmentation, ValueError, "annotation id 7 (image 1) has segmentation []; fix or remove that annotation"),  # noqa: E501
+    Row("LVIS json, image_count its annotations contradict", counts("l.json", {"images": GT["images"], "categories": [dict(LVIS_CATS[0], image_count=1, instance_count=3)], "annotations": GT["annotations"]}), ValueError, "has image_count 1 and instance_count 3, but the file's annotations put it in 1 images with 1 instances"),  # noqa: E501
+    Row("COCO json, an image id twice", counts("c.json", dict(GT, images=GT["images"] * 2)), ValueError, "image id 1 appears twice in 'images'"),  # noqa: E501
     # configs, checkpoints, runs
     Row("MODEL.CLASS_COUNTS.SOURCE `somewhere`", unknown_counts_source, ValueError, "'somewhere' is not one of 'dataset', 'json', 'file'"),  # noqa: E501
     Row("deprecated ROI_BOX_HEAD.IIF.COUNTS_SOURCE vs CLASS_COUNTS.SOURCE", deprecated_key_conflict, ValueError, "set only MODEL.CLASS_COUNTS.SOURCE"),  # noqa: E501
@@ -366,8 +539,11 @@ Generated by `{COMMAND}` from the rows of `dev/bad_input_table.py`, which
 what the rows generate. Do not edit it by hand.
 
 Every bad input ends in an error that names the problem and the fix; the command lines
-(`python -m iif_d2.cli`, `python -m iif_d2.lvis_eval.fp_analysis`) exit 2 with one line and no
-traceback. Loading never runs code: `.pkl`/`.pth` weights are read safely (see
+(`python -m iif_d2.cli`, `python -m iif_d2.lvis_eval`, `python -m iif_d2.lvis_eval.fp_analysis`,
+`tools/visualize.py`, `tools/convert_mmdet_checkpoint.py`, `tools/demo.py`) exit 2 with one line
+and no traceback. Broken training data is refused where the training dicts are loaded, once per
+run; what detectron2 drops in training is dropped there, counted and logged instead (see
+[datasets.md](datasets.md)). Loading never runs code: `.pkl`/`.pth` weights are read safely (see
 [checkpoints.md](checkpoints.md)) and YAML configs without `!!python` tags. A second run writing
 the same `OUTPUT_DIR` is refused (`OUTPUT_DIR/.iif_d2.lock` names the holder's pid and host).
 CPU worker processes exit when their launcher dies, and a stalled collective ends with a

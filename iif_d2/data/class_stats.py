@@ -433,9 +433,10 @@ def _image_ids(images: List, source: str) -> set:
         for seen, img in enumerate(images):
             image_id = img["id"]
             if image_id in ids:
+                name = img.get("file_name") or img.get("coco_url")
                 raise ValueError(
                     f"{source}: image id {image_id!r} appears twice in 'images' "
-                    f"(images[{seen}], {img.get('file_name', img.get('coco_url', '?'))}); "
+                    f"(images[{seen}]{f', {name}' if name else ''}); "
                     "detectron2 would attach both images' annotations to one file. Give each "
                     "image a unique id (and its annotations that image_id)."
                 )

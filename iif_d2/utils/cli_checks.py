@@ -104,7 +104,10 @@ def _writable_folder(folder: str, option: str, path: str) -> None:
     if not os.path.isdir(folder):
         raise UsageError(f"{option} {path}: folder {folder} does not exist; create it first.")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: folder {folder} is not writable; choose another.")
+        raise UsageError(
+            f"{option} {path}: cannot write in folder {folder} (permission denied); choose "
+            "another path."
+        )
 
 
 def check_output_file(path: str, option: str, inputs=(), example: str = "out.json") -> None:
