@@ -59,9 +59,15 @@ class DatasetError(ValueError):
     image, the annotation and the fix."""
 
 
+def _short(value) -> str:
+    """``repr(value)``, cut to 80 characters (a message stays readable on one line)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _image(record: Dict, i: int) -> str:
     image_id = record.get("image_id")
-    where = f"image {image_id!r}" if image_id is not None else f"record {i}"
+    where = f"image {_short(image_id)}" if image_id is not None else f"record {i}"
     return f"{where} ({record.get('file_name', 'no file_name')})"
 
 
@@ -74,7 +80,7 @@ def _finite(values) -> bool:
     and inf propagate, a non-number raises)."""
     try:
         total = sum(values, 0.0)
-    except TypeError:
+    except (TypeError, ArithmeticError):  # a non-number; an int too large for a float
         return False
     return math.isfinite(total)
 
@@ -94,8 +100,8 @@ def _box(ann: Dict, fail: Callable[[str], None]):
         )
     if not isinstance(box, _SEQUENCES) or len(box) != 4 or not _finite(box):
         fail(
-            f"has bbox {box!r}: a box is 4 finite numbers; fix or remove the annotation in the "
-            "dataset's json (or its loader)"
+            f"has bbox {_short(box)}: a box is 4 finite numbers; fix or remove the annotation in "
+            "the dataset's json (or its loader)"
         )
     x0, y0, a, b = box
     return (x0, y0, x0 + a, y0 + b) if mode == XYWH_ABS else (x0, y0, a, b)
@@ -138,11 +144,11 @@ def _check_size(record: Dict, i: int, source: str):
     if "width" not in record and "height" not in record:
         return None
     w, h = record.get("width"), record.get("height")
-    ok = all(isinstance(v, Real) and not isinstance(v, bool) for v in (w, h))
-    if not ok or not (math.isfinite(w) and math.isfinite(h)) or min(w, h) < MIN_SIDE:
+    ok = all(isinstance(v, Real) and not isinstance(v, bool) for v in (w, h)) and _finite((w, h))
+    if not ok or min(w, h) < MIN_SIDE:
         raise DatasetError(
-            f"dataset {source!r}: {_image(record, i)} is {w!r} x {h!r} pixels (width x "
-            f"height); an image needs at least {MIN_SIDE} x {MIN_SIDE}. Fix its width and "
+            f"dataset {source!r}: {_image(record, i)} is {_short(w)} x {_short(h)} pixels "
+            f"(width x height); an image needs at least {MIN_SIDE} x {MIN_SIDE}. Fix its width and "
             "height in the dataset's json (they must match the file) or remove the image."
         )
     return w, h
@@ -321,9 +327,9 @@ def _check_record(record: Dict, i: int, source: str, masks: bool, drops: _Drops)
     polygon: ~2 us); anything unusual goes to :func:`_check_annotation`, which drops it, keeps
     it or raises.
     """
-    anns = record.get("annotations")
-    if anns is None:
+    if "annotations" not in record:
         return None
+    anns = record["annotations"]
     if not isinstance(anns, list):
         raise DatasetError(
             f"dataset {source!r}: {_image(record, i)} has 'annotations' of type "
@@ -363,7 +369,7 @@ def _check_record(record: Dict, i: int, source: str, masks: bool, drops: _Drops)
             if kept is not None:
                 kept.append(ann)
             continue
-        except (_Careful, KeyError, TypeError, ValueError, AttributeError, IndexError):
+        except (_Careful, KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
             pass
         reason, new, removed = _check_annotation(ann, j, record, i, source, masks, size)
         drops.polygons += removed
