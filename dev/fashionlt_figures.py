@@ -40,6 +40,7 @@ LOOK_ALIKES = [
     ("T-shirt/top", "Shirt"), ("Pullover", "Shirt"),
     ("Coat", "Pullover"), ("Pullover", "Coat"),
     ("Ankle boot", "Sneaker"), ("Ankle boot", "Sandal"), ("Sneaker", "Ankle boot"),
+    ("Sandal", "Sneaker"),
 ]  # fmt: skip
 PICTURE_SCORE = 0.3
 COMMAND = "python dev/fashionlt_figures.py"
@@ -137,8 +138,9 @@ def analyse(runs_dir, seeds, gt_file):
     per_class.sort(key=lambda r: -r["image_count"])
     mean_conf = {key: np.mean(conf[key], axis=0) for key in ROWS}
     pairs = [
-        {"gt": g, "pred": p, **{key: float(mean_conf[key][names.index(g), names.index(p)])
-                                for key in ROWS}}
+        {"gt": g, "pred": p,
+         **{key: float(mean_conf[key][names.index(g), names.index(p)]) for key in ROWS},
+         **{f"{key} own": float(mean_conf[key][names.index(g), names.index(g)]) for key in ROWS}}
         for g, p in LOOK_ALIKES
     ]  # fmt: skip
     matrices = {key: mean_conf[key].round(4).tolist() for key in ROWS}
@@ -257,7 +259,9 @@ def main(argv=None):
         "seeds": args.seeds, "per_class": per_class, "confusion": pairs,
         "confusion_matrices": {"classes": names, **matrices},
         "picture_seed": args.picture_seed, "picture_score": PICTURE_SCORE,
-        "picture_images": ids, "command": COMMAND,
+        "picture_images": ids,
+        "command": f"{COMMAND} --seeds {' '.join(map(str, args.seeds))} --picture-seed "
+        f"{args.picture_seed}",
     }  # fmt: skip
     with open(os.path.join(args.out, "fashionlt_analysis.json"), "w") as f:
         json.dump(analysis, f, indent=1)
