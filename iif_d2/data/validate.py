@@ -30,6 +30,8 @@ turns that into an error naming the dataset, its json, the annotation and the fi
 
 import logging
 import math
+import os
+import stat
 import struct
 from numbers import Real
 from typing import Callable, Dict, List, Optional, Sequence
@@ -180,8 +182,9 @@ def check_image_header(path: str, size=None) -> Optional[str]:
     """What is wrong with the image file ``path`` for detectron2's reader, from its header.
 
     PNG: the 32-byte header (16-bit grayscale is read as all white; the size must be ``size``).
-    TIFF: PIL's header (any mode PIL cannot turn into 8-bit RGB). Other formats, and files that
-    are not there (detectron2 says so when it reads them), are not checked.
+    TIFF: PIL's header (any mode PIL cannot turn into 8-bit RGB). A pipe or device is refused
+    (reading it would block). Other formats, and files that are not there (detectron2 says so
+    when it reads them), are not checked.
 
     Args:
         path: the image file.
@@ -191,6 +194,8 @@ def check_image_header(path: str, size=None) -> Optional[str]:
         None, or the problem and its fix in a sentence.
     """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a pipe would block the read
+            return "is not a regular file (a pipe or device?); give an image file"
         with open(path, "rb") as f:
             head = f.read(32)
     except OSError:

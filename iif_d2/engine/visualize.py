@@ -181,6 +181,8 @@ def _read(path: str):
     from iif_d2.data.validate import check_image_header
 
     problem = check_image_header(path)
+    if problem is None and os.path.exists(path) and not os.path.isfile(path):
+        problem = "is not a regular file (a pipe or device?); give an image file"
     if problem:
         raise ValueError(f"{path} {problem}.")
     try:

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import math
+import os
 
 import numpy as np
 import pytest
@@ -167,6 +168,8 @@ def test_image_headers(tmp_path):
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "rgb.tif")
     assert check_image_header(str(tmp_path / "rgb.tif")) is None
     assert check_image_header(str(tmp_path / "missing.png")) is None  # the mapper says so
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would block: refused without opening it
+    assert "is not a regular file" in check_image_header(str(tmp_path / "pipe.png"))
     # in the dicts: one line naming the dataset, the image and the fix
     dicts = [_record(1, _ann(), size=(6, 4), file_name=str(tmp_path / "g16.png"))]
     dicts[0]["annotations"][0]["bbox"] = [0, 0, 3, 3]
