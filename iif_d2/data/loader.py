@@ -106,7 +106,14 @@ def training_dicts(cfg, dicts: Optional[List[Dict]] = None) -> Tuple[List[Dict],
     if not (fasa.ENABLED and fasa.ADAPT_PERIOD != 0):
         return dicts, []
     if cfg.DATASETS.HELDOUT.NAMES:
-        return dicts, get_detection_dataset_dicts(list(cfg.DATASETS.HELDOUT.NAMES), True)
+        names = list(cfg.DATASETS.HELDOUT.NAMES)
+        heldout = load_checked(
+            lambda: get_detection_dataset_dicts(names, True),
+            names,
+            filter_empty=True,
+            masks=cfg.MODEL.MASK_ON,
+        )
+        return dicts, heldout
     path = cfg.DATASETS.HELDOUT.IMAGE_IDS_FILE
     if not path:
         raise ValueError(

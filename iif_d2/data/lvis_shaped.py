@@ -409,26 +409,33 @@ def generate_lvis_shaped(root: str, spec: LVISShapedSpec = LVIS_SHAPED) -> str:
     return folder
 
 
+_PLACEHOLDER_POLYGON = [[0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]]  # the placeholder box's outline
+
+
 def class_layout(spec: LVISShapedSpec, split: str = "train") -> List[Dict]:
     """The dataset dicts of ``split`` without images: which classes each image holds, and how
     many instances, exactly as the generated set has them (the same draws), with placeholder
-    boxes. Enough for everything counted on the training set (class counts, FASA's hold-out,
+    boxes and outlines. Enough for everything counted on the training set (class counts, FASA's hold-out,
     repeat factors, the epoch length) at LVIS scale in seconds, without rendering a pixel.
 
     Returns:
         list of dicts with ``image_id`` (1-based), ``annotations`` (``category_id`` 0-based,
-        as detectron2 loads LVIS v1), ``height`` / ``width`` 0.
+        as detectron2 loads LVIS v1); no image size.
     """
     from detectron2.structures import BoxMode
 
     num_images = spec.train_images if split == "train" else spec.val_images
     rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1])
     image, cls, counts = assign_classes(*class_targets(spec, split), num_images, rng)
-    dicts = [
-        {"image_id": i + 1, "height": 0, "width": 0, "annotations": []} for i in range(num_images)
-    ]
+    dicts = [{"image_id": i + 1, "annotations": []} for i in range(num_images)]
     for im, c, n in zip(image.tolist(), cls.tolist(), counts.tolist()):
-        ann = {"category_id": c, "iscrowd": 0, "bbox": [0, 0, 1, 1], "bbox_mode": BoxMode.XYWH_ABS}
+        ann = {
+            "category_id": c,
+            "iscrowd": 0,
+            "bbox": [0, 0, 1, 1],
+            "bbox_mode": BoxMode.XYWH_ABS,
+            "segmentation": _PLACEHOLDER_POLYGON,  # one list shared by every annotation
+        }
         dicts[im]["annotations"].extend(dict(ann) for _ in range(n))
     return dicts
 
