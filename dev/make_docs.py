@@ -187,6 +187,13 @@ def synthlt_page():
     return "\n".join(lines), rows, q_rows, claims
 
 
+def _seed_span(seeds):
+    """ "5 seeds (42-46)", "1 seed (42)"."""
+    if len(seeds) == 1:
+        return f"1 seed ({seeds[0]})"
+    return f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
+
+
 def _claim_cells(c):
     """A claim's two cells: a − b with its 95 % interval, and the verdict."""
     if c is None:
@@ -236,7 +243,7 @@ def _rare_summary(analysis, span):
 def _analysis_lines(analysis):
     """The page's "what differs" tables from dev/fashionlt_figures.py's measurements."""
     seeds = analysis["seeds"]
-    span = f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
+    span = _seed_span(seeds)
 
     def cell(m, std):
         return f"{m:.1f}" if std is None else f"{m:.1f} ± {std:.1f}"
@@ -311,15 +318,25 @@ def fashionlt_page(synthlt_claims):
     both = [c for c in CLAIMS if c[1] in keys and c[2] in keys]
     body = [[claim, metric, *_claim_cells(theirs.get(claim)), *_claim_cells(mine.get(claim))]
             for claim, _, _, metric, _ in both]  # fmt: skip
+    on_both = [c[0] for c in both if c[0] in mine and c[0] in theirs]
     differ = [
         f"- {claim}: {theirs[claim]['verdict']} on SynthLT, {mine[claim]['verdict']} on FashionLT"
-        for claim, *_ in both
-        if claim in mine and claim in theirs and mine[claim]["verdict"] != theirs[claim]["verdict"]
+        for claim in on_both
+        if mine[claim]["verdict"] != theirs[claim]["verdict"]
+        and mine[claim]["low"] is not None  # one seed: no interval, no verdict to compare
     ]
+    flipped = [
+        claim for claim in on_both if (mine[claim]["mean"] > 0) != (theirs[claim]["mean"] > 0)
+    ]
+    signs = (
+        f"Of the {len(on_both)} claims measured on both sets, the FashionLT difference has "
+        f"SynthLT's sign for {len(on_both) - len(flipped)}"
+        + (f"; the other sign for: {'; '.join(flipped)}." if flipped else ".")
+    )
     not_measured = missing + [
         f"{k} (seeds {', '.join(map(str, s))} only)" for k, s in partial.items()
     ]
-    span = f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})" if seeds else "no seeds yet"
+    span = _seed_span(seeds) if seeds else "no seeds yet"
     lines = [
         GENERATED,
         "",
@@ -375,9 +392,11 @@ def fashionlt_page(synthlt_claims):
         "",
         "## What differs",
         "",
-        "Claims whose verdict differs between the two sets:",
+        "Claims whose verdict differs between the two sets (with an interval on both):",
         "",
         *(differ or ["- none among the claims measured on both"]),
+        "",
+        signs,
         "",
     ]
     if os.path.exists(FASHIONLT_ANALYSIS):
