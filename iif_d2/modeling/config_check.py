@@ -45,17 +45,19 @@ def unused_settings(cfg, model: nn.Module) -> List[str]:
     }
     if not predictors:
         problems += [f"{key} needs {roi}." for key, on in settings.items() if on]
-    retinanet, fcos = cfg.MODEL.RETINANET.IIF.ENABLED, cfg.MODEL.FCOS.IIF.ENABLED
-    if retinanet and not _derives(model, "IIFRetinaNet"):
-        problems.append(
-            "MODEL.RETINANET.IIF.ENABLED needs META_ARCHITECTURE 'IIFRetinaNet', not "
-            f"{cfg.MODEL.META_ARCHITECTURE!r}."
-        )
-    if fcos and not _derives(model, "IIFFCOS"):
-        problems.append(
-            "MODEL.FCOS.IIF.ENABLED needs META_ARCHITECTURE 'IIFFCOS', not "
-            f"{cfg.MODEL.META_ARCHITECTURE!r}."
-        )
+    for node, arch in (("RETINANET", "IIFRetinaNet"), ("FCOS", "IIFFCOS")):
+        if _derives(model, arch):
+            continue
+        keys = cfg.MODEL[node]
+        dense = {
+            f"MODEL.{node}.IIF.ENABLED": keys.IIF.ENABLED,
+            f"MODEL.{node}.EFL.ENABLED": keys.EFL.ENABLED,
+        }
+        problems += [
+            f"{key} needs META_ARCHITECTURE {arch!r}, not {cfg.MODEL.META_ARCHITECTURE!r}."
+            for key, on in dense.items()
+            if on
+        ]
     mask = cfg.MODEL.ROI_MASK_HEAD
     if mask.INFERENCE.MASK_THRESHOLD != 0.5 and not _derives(model, "IIFGeneralizedRCNN"):
         problems.append(

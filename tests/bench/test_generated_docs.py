@@ -34,13 +34,14 @@ def test_the_readme_results_table_is_the_records(generated):
     assert report.README_BEGIN in text and report.README_END in text, "README.md: no markers"
     assert make_docs.readme_text(rows) == text, "README.md's results table: run make docs"
     block = text.split(report.README_BEGIN)[1].split(report.README_END)[0]
-    assert len([line for line in block.splitlines() if line.startswith("| ")]) == 18  # 17 rows
+    table = [line for line in block.splitlines() if line.startswith("| ")]
+    assert len(table) == len(make_docs.readme_rows(rows)) + 1  # the header and one per row
 
 
 def test_each_page_names_its_hardware_seeds_and_command(generated):
     pages, rows, q_rows = generated
     synthlt, speed = pages[make_docs.SYNTHLT_PAGE], pages[make_docs.SPEED_PAGE]
-    assert len(rows) == 17 and rows[0]["seeds"] == [42, 43, 44, 45, 46]
+    assert len(rows) >= 17 and rows[0]["seeds"] == [42, 43, 44, 45, 46]
     assert "5 seeds (42-46)" in synthlt and "3 seeds (42-44)" in synthlt
     assert "AMD EPYC" in synthlt and "CPU kernels: AVX2" in synthlt
     assert "`python dev/benchmark_synthlt.py --seeds 5" in synthlt

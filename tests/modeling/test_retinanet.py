@@ -211,3 +211,13 @@ def test_settings_the_model_would_ignore_are_errors(tmp_path, opts, message):
     with pytest.raises(ValueError, match=message) as e:
         build_model(_cfg(tmp_path, *opts))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["MODEL.RETINANET.IIF.ENABLED", "MODEL.RETINANET.EFL.ENABLED"])
+def test_long_tail_keys_on_detectron2s_retinanet_are_an_error(tmp_path, key):
+    """detectron2's own RetinaNet would ignore IIF and EFL: the config check names the key."""
+    from iif_d2.modeling.config_check import check_settings_used
+
+    cfg = _cfg(tmp_path, "MODEL.META_ARCHITECTURE", "RetinaNet", key, True)
+    with pytest.raises(ValueError, match=f"{key} needs META_ARCHITECTURE 'IIFRetinaNet'"):
+        check_settings_used(cfg, build_model(cfg))
