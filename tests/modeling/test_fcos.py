@@ -201,10 +201,8 @@ def test_bad_weights_shape_and_bad_keys(tmp_path):
         build_model(cfg)
 
 
+# the SynthLT one-stage configs (the COCO ones train a step and infer in tests/test_user_configs.py)
 NEW_CONFIGS = [
-    "COCO-Detection/Base-FCOS.yaml",
-    "COCO-Detection/fcos_R_50_FPN_1x.yaml",
-    "COCO-Detection/fcos_R_50_FPN_1x_iif.yaml",
     "SynthLT-Detection/Base-RetinaNet-R18-FPN.yaml",
     "SynthLT-Detection/retinanet_R_18_FPN.yaml",
     "SynthLT-Detection/retinanet_R_18_FPN_iif.yaml",
