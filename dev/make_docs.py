@@ -66,14 +66,18 @@ GENERATED = (
 
 
 def _runs(records, keys=None):
-    """{key: {seed: metrics}} of the records (rows in ``keys`` only), and the seeds every row
-    has."""
+    """{key: {seed: metrics}} of the records (rows in ``keys`` only), and the seeds of the
+    table: those every row with the most seeds has (a row measured on fewer seeds so far is
+    left out of the tables until its seeds are complete)."""
     runs = {}
     for (key, seed), r in sorted(records.items()):
         if keys is None or key in keys:
             runs.setdefault(key, {})[seed] = r["metrics"]
-    seeds = sorted(set.intersection(*(set(s) for s in runs.values()))) if runs else []
-    return runs, seeds
+    if not runs:
+        return runs, []
+    most = max(len(s) for s in runs.values())
+    seeds = set.intersection(*(set(s) for s in runs.values() if len(s) == most))
+    return runs, sorted(seeds)
 
 
 def _threads(record):
