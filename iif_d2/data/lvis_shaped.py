@@ -415,8 +415,9 @@ _PLACEHOLDER_POLYGON = [[0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0]]  # the placeho
 def class_layout(spec: LVISShapedSpec, split: str = "train") -> List[Dict]:
     """The dataset dicts of ``split`` without images: which classes each image holds, and how
     many instances, exactly as the generated set has them (the same draws), with placeholder
-    boxes and outlines. Enough for everything counted on the training set (class counts, FASA's hold-out,
-    repeat factors, the epoch length) at LVIS scale in seconds, without rendering a pixel.
+    boxes and outlines. Enough for everything counted on the training set (class counts, FASA's
+    hold-out, repeat factors, the epoch length) at LVIS scale in seconds, without rendering a
+    pixel.
 
     Returns:
         list of dicts with ``image_id`` (1-based), ``annotations`` (``category_id`` 0-based,
