@@ -84,3 +84,21 @@ def lvis_gt_dict(gt_boxes, neg, not_exhaustive=None):
             for k, (i, c, b) in enumerate(gt_boxes)
         ],
     }
+
+
+class Mkdir:
+    """Unpickling it calls os.mkdir(path): code execution, made visible."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def copy_run(run_dir, dest):
+    """A copy of a run folder's model, config and class statistics in ``dest`` (made)."""
+    dest.mkdir()
+    for name in ("model_final.pth", "config.yaml", "iif_class_stats.json"):
+        (dest / name).write_bytes((run_dir / name).read_bytes())
+    return dest

@@ -28,7 +28,13 @@ import sys
 import time
 
 from iif_d2.bench.runner import LogFollower, run_train_net, train_config
-from iif_d2.utils.cli_checks import OneLineParser, UsageError, check_output_folder, one_line
+from iif_d2.utils.cli_checks import (
+    OneLineParser,
+    UsageError,
+    check_output_folder,
+    non_negative_int,
+    one_line,
+)
 from iif_d2.utils.machine import KERNEL_PINS
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
@@ -227,17 +233,6 @@ def _parser():
         "opts", nargs=argparse.REMAINDER, help="train_net.py config overrides: KEY VALUE ..."
     )
     return p
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
 
 
 def _usage_error(message: str):

@@ -23,6 +23,7 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "finite_float",
+    "non_negative_int",
     "one_line",
     "positive_float",
     "positive_int",
@@ -40,15 +41,24 @@ def one_line(error) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
 
 
 def finite_float(text: str) -> float:

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, Mkdir, copy_run
 from PIL import Image
 
 import iif_d2
@@ -75,31 +75,14 @@ def test_counts_come_from_the_run_folder(run_dir):
     assert node[keys[1]] == os.path.join(str(run_dir), "iif_class_stats.json")
 
 
-class _Mkdir:
-    """Unpickling it calls os.mkdir(path): code execution, made visible."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))
-
-
-def _copy_run(run_dir, dest):
-    dest.mkdir()
-    for name in ("model_final.pth", "config.yaml", "iif_class_stats.json"):
-        (dest / name).write_bytes((run_dir / name).read_bytes())
-    return dest
-
-
 def test_weights_are_read_by_the_safe_loaders(run_dir, tmp_path):
     """A .pkl whose unpickling would call os.mkdir is refused (detectron2's checkpointer would
     have run it); a checkpoint that trains none of the model's parameters is refused too."""
     sentinel = tmp_path / "sentinel"
     state = torch.load(run_dir / "model_final.pth", weights_only=True)["model"]
     weights = {k: v.numpy() for k, v in state.items()}
-    evil = _copy_run(run_dir, tmp_path / "evil") / "model_final.pkl"
-    evil.write_bytes(pickle.dumps({"model": weights, "__author__": "x", "p": _Mkdir(sentinel)}))
+    evil = copy_run(run_dir, tmp_path / "evil") / "model_final.pkl"
+    evil.write_bytes(pickle.dumps({"model": weights, "__author__": "x", "p": Mkdir(sentinel)}))
     with pytest.raises(pickle.UnpicklingError, match="Refusing to load.*mkdir"):
         build_predictor(load_run_config(str(evil), device="cpu"))
     assert not sentinel.exists()

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, load_tool
+from helpers import ROOT, Mkdir, copy_run, load_tool
 from PIL import Image
 
 from iif_d2 import add_iif_config
@@ -74,23 +74,6 @@ def test_command_line(run_dir, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-class _Mkdir:
-    """Unpickling it calls os.mkdir(path): code execution, made visible."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))
-
-
-def _copy_run(run_dir, dest):
-    dest.mkdir()
-    for name in ("model_final.pth", "config.yaml", "iif_class_stats.json"):
-        (dest / name).write_bytes((run_dir / name).read_bytes())
-    return dest
-
-
 def _main(tool, *argv):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -101,7 +84,7 @@ def _main(tool, *argv):
 def test_a_python_tag_in_the_run_config_runs_no_code(run_dir, tmp_path):
     """config.yaml beside the checkpoint with a !!python/object/apply tag: a one-line error,
     exit 2, and the tag's call never happens."""
-    run = _copy_run(run_dir, tmp_path / "run")
+    run = copy_run(run_dir, tmp_path / "run")
     sentinel = tmp_path / "sentinel"
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(f"X: !!python/object/apply:os.mkdir ['{sentinel}']\n{text}")
@@ -117,8 +100,8 @@ def test_weights_with_a_payload_are_refused(run_dir, tmp_path):
     sentinel = tmp_path / "sentinel"
     state = torch.load(run_dir / "model_final.pth", weights_only=True)["model"]
     weights = {k: v.numpy() for k, v in state.items()}
-    evil = _copy_run(run_dir, tmp_path / "evil") / "model_final.pkl"
-    evil.write_bytes(pickle.dumps({"model": weights, "__author__": "x", "p": _Mkdir(sentinel)}))
+    evil = copy_run(run_dir, tmp_path / "evil") / "model_final.pkl"
+    evil.write_bytes(pickle.dumps({"model": weights, "__author__": "x", "p": Mkdir(sentinel)}))
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(images / "grey.png")
