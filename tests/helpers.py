@@ -4,8 +4,11 @@ the path)."""
 import importlib.util
 import os
 
+import numpy as np
+import pycocotools.mask as mask_utils
 import torch
-from detectron2.structures import Boxes, Instances
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, BoxMode, Instances
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
@@ -102,3 +105,33 @@ def copy_run(run_dir, dest):
     for name in ("model_final.pth", "config.yaml", "iif_class_stats.json"):
         (dest / name).write_bytes((run_dir / name).read_bytes())
     return dest
+
+
+def register(name, json_file, gt, evaluator_type="lvis"):
+    """Register ``name`` as an evaluation dataset of the LVIS/COCO json ``json_file``."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        evaluator_type=evaluator_type,
+        thing_classes=[c["name"] for c in gt["categories"]],
+        thing_dataset_id_to_contiguous_id={c["id"]: k for k, c in enumerate(gt["categories"])},
+    )
+
+
+def model_outputs(gt, dets):
+    """(input, output) pairs of each image's detections as a detectron2 model returns them."""
+    outputs = []
+    for img in gt["images"]:
+        sel = np.flatnonzero(dets.image_id == img["id"])
+        xyxy = BoxMode.convert(dets.bbox[sel], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+        inst = Instances((img["height"], img["width"]))
+        inst.pred_boxes = Boxes(torch.tensor(xyxy, dtype=torch.float32))
+        inst.scores = torch.tensor(dets.score[sel], dtype=torch.float32)
+        inst.pred_classes = torch.tensor(dets.category_id[sel] - 1)
+        masks = mask_utils.decode(dets.rles(sel)).transpose(2, 0, 1)
+        inst.pred_masks = torch.tensor(masks, dtype=torch.bool)
+        outputs.append(({"image_id": img["id"]}, {"instances": inst}))
+    return outputs

@@ -61,7 +61,7 @@ def test_train_net_two_processes(tmp_path):
 def _lvis_eval_worker(json_file, out_file):
     """Each rank evaluates its contiguous half of the images (as detectron2's
     InferenceSampler shards them); the main rank writes the metrics."""
-    from test_evaluation import model_outputs, register
+    from helpers import model_outputs, register
 
     from iif_d2.evaluation import FastLVISEvaluator
 
@@ -110,7 +110,7 @@ def _evaluate_lvis(evaluator_class, outputs, distributed=True):
 def test_lvis_evaluation_two_processes_equals_one(tmp_path):
     """Per-rank matching and the merged per-class budget give exactly the single-process
     metrics (standard, AP-fixed, AP-pool; bbox and segm)."""
-    from test_evaluation import model_outputs, register
+    from helpers import model_outputs, register
 
     from iif_d2.evaluation import FastLVISEvaluator
 

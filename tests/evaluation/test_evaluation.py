@@ -9,27 +9,15 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
+from helpers import model_outputs, register
 
 from iif_d2.bench.synthetic_lvis import make_dataset
 from iif_d2.evaluation import FastLVISEvaluator, LVISEvaluator, build_evaluator
 from iif_d2.lvis_eval import LVISDetections, LVISGroundTruth, lvis_api_evaluate
 
 FREQS = ["f", "c", "r", "f", "c", "f", "r", "c", "f", "f"]
-
-
-def register(name, json_file, gt, evaluator_type="lvis"):
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(
-        json_file=json_file,
-        evaluator_type=evaluator_type,
-        thing_classes=[c["name"] for c in gt["categories"]],
-        thing_dataset_id_to_contiguous_id={c["id"]: k for k, c in enumerate(gt["categories"])},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +32,6 @@ def tiny_lvis(tmp_path_factory):
         json.dump(gt, f)
     register("iif_test_tiny_lvis", json_file, gt)
     return "iif_test_tiny_lvis", gt, model_outputs(gt, dets)
-
-
-def model_outputs(gt, dets):
-    """(input, output) pairs of each image's detections as a detectron2 model returns them."""
-    outputs = []
-    for img in gt["images"]:
-        sel = np.flatnonzero(dets.image_id == img["id"])
-        xyxy = BoxMode.convert(dets.bbox[sel], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
-        inst = Instances((img["height"], img["width"]))
-        inst.pred_boxes = Boxes(torch.tensor(xyxy, dtype=torch.float32))
-        inst.scores = torch.tensor(dets.score[sel], dtype=torch.float32)
-        inst.pred_classes = torch.tensor(dets.category_id[sel] - 1)
-        masks = mask_utils.decode(dets.rles(sel)).transpose(2, 0, 1)
-        inst.pred_masks = torch.tensor(masks, dtype=torch.bool)
-        outputs.append(({"image_id": img["id"]}, {"instances": inst}))
-    return outputs
 
 
 def _run(evaluator, outputs):
