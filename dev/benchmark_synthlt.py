@@ -122,7 +122,8 @@ def run_one(key, seed, config, weights_of, out_root, opts, gt_file, score_thresh
         "AP": segm.get("AP"), "APr": segm.get("APr"), "APc": segm.get("APc"),
         "APf": segm.get("APf"), "AP-fixed": segm.get("AP-fixed", bbox.get("AP-fixed")),
         "AP-pool": segm.get("AP-pool", bbox.get("AP-pool")), "APbox": bbox["AP"],
-        "APr box": bbox["APr"], "FP/img": fp, "dAP_FP": dap,
+        "APr box": bbox["APr"], "APc box": bbox["APc"], "APf box": bbox["APf"], "FP/img": fp,
+        "dAP_FP": dap,
         "train s/it": None if weights_of else train_seconds_per_iter(out), "run (s)": wall,
     }  # fmt: skip
     with open(os.path.join(out, "benchmark_run.json"), "w") as f:

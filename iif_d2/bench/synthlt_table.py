@@ -123,8 +123,8 @@ CLAIMS = [
 QUICK_ROWS = ["softmax", "iif_raw", "iif_post", "la_posthoc", "norcal", "fracal"]
 QUICK = ["SOLVER.MAX_ITER", "400", "SOLVER.STEPS", "(320,)", "SOLVER.WARMUP_ITERS", "50"]
 FIRST_SEED = 42  # the configs' SEED
-COLUMNS = ["AP", "APr", "APc", "APf", "AP-fixed", "AP-pool", "APbox", "APr box", "FP/img",
-           "dAP_FP", "train s/it"]  # fmt: skip
+COLUMNS = ["AP", "APr", "APc", "APf", "AP-fixed", "AP-pool", "APbox", "APr box", "APc box",
+           "APf box", "FP/img", "dAP_FP", "train s/it"]  # fmt: skip
 
 
 def compare_tables(rows, claims, reference):
@@ -276,8 +276,9 @@ def summarise(methods, runs, seeds):
         if any(s not in runs.get(key, {}) for s in seeds):
             continue
         row = {"key": key, "method": label, "evaluates": weights_of, "seeds": seeds}
-        for c in COLUMNS:
-            row[c], row[c + " std"] = mean_std([runs[key][s][c] for s in seeds])
+        for c in COLUMNS:  # a column some seed's record lacks (added later) is not shown
+            values = [runs[key][s].get(c) for s in seeds]
+            row[c], row[c + " std"] = (None, None) if None in values else mean_std(values)
         rows.append(row)
     claims = []
     for claim, a, b, metric, sign in CLAIMS:
