@@ -9,6 +9,7 @@ python -m iif_d2.cli --counts-file datasets/lvis/lvis_v1_train.json    # an LVIS
 import argparse
 import difflib
 import logging
+import os
 import sys
 
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
@@ -30,8 +31,8 @@ from iif_d2.utils.cli_checks import (
     check_input_file,
     check_output_file,
     one_line,
+    write_json_output,
 )  # noqa: E402,E501
-from iif_d2.utils.io import write_json_atomic  # noqa: E402
 from iif_d2.weights import VARIANTS, canonical_variant, iif_weights  # noqa: E402
 
 # the settings a config gives with --config-file (flag -> its value without one)
@@ -84,7 +85,23 @@ def _check_args(args):
     if args.save is not None:
         if not args.save.strip():
             raise CLIError("--save is empty; give a file name, e.g. w.json.")
-        check_output_file(args.save, "--save", (args.counts_file, args.config_file), "w.json")
+        check_output_file(args.save, "--save", _inputs(args), "w.json")
+
+
+def _inputs(args, stats=None):
+    """The files the command reads: the counts file, the config and its _BASE_ chain, and the
+    counts' source (the counts file or dataset json a config names)."""
+    from iif_d2.engine.config_files import RunConfigError, config_tree_files
+
+    inputs = [args.counts_file]
+    if args.config_file:
+        try:
+            inputs += config_tree_files(args.config_file)
+        except RunConfigError as e:
+            raise CLIError(f"--config-file {one_line(e)}") from None
+    if stats is not None and stats.source and os.path.isfile(stats.source):
+        inputs.append(stats.source)
+    return inputs
 
 
 def _registered(name: str) -> str:
@@ -190,14 +207,13 @@ def main(argv=None) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.save:  # before printing: a failed save prints no table that looks like success
-        try:
-            write_json_atomic(args.save, {"stats": stats.to_dict(), "weights": weights})
-        except OSError as e:
-            print(
-                f"error: --save {args.save}: cannot write ({e.strerror or e}); choose another "
-                "path.",
-                file=sys.stderr,
-            )
+        try:  # the counts' source is known now (a config's counts file or dataset json)
+            check_output_file(args.save, "--save", _inputs(args, stats), "w.json")
+        except ValueError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
+        payload = {"stats": stats.to_dict(), "weights": weights}
+        if not write_json_output(args.save, payload, "--save"):
             return 2
     _print_table(stats, weights)
     if args.save:

@@ -21,8 +21,10 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from iif_d2.data.dataset_files import DatasetFilesMissing, check_dataset_files  # noqa: E402
+from iif_d2.data.validate import DatasetError  # noqa: E402
 from iif_d2.engine.checkpoint import (  # noqa: E402
     CheckpointLocationError,
+    CheckpointReadError,
     CheckpointShapeMismatchError,
 )
 from iif_d2.engine.config_files import RunConfigError, check_run_config, load_config  # noqa: E402
@@ -39,24 +41,36 @@ USER_ERRORS = (
     OutputDirInUseError,
     CheckpointLocationError,
     CheckpointShapeMismatchError,
+    CheckpointReadError,
+    DatasetError,
     UnsafeCheckpointError,
 )
 
 
 def main(args):
-    cfg, dicts = setup_run(args)
+    # the inputs enter here: the config's resolution, the training data, the class counts,
+    # the model built from them and the weights loaded into it. Their errors (ValueErrors
+    # naming the problem and the fix) end the run as one line; training's own do not.
+    try:
+        cfg, dicts = setup_run(args)
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            # the checkpoint, or MODEL.WEIGHTS; never a model that loaded nothing
+            check_eval_weights(checkpointer_for(model, cfg), cfg, resume=args.resume)
+        else:
+            trainer = Trainer(cfg, dataset_dicts=dicts)
+            trainer.resume_or_load(resume=args.resume)
+    except USER_ERRORS:
+        raise
+    except ValueError as e:
+        raise RunConfigError(str(e)) from e
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        # the checkpoint, or MODEL.WEIGHTS; never a model that loaded nothing
-        check_eval_weights(checkpointer_for(model, cfg), cfg, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             from detectron2.evaluation import verify_results
 
             verify_results(cfg, results)
         return results
-    trainer = Trainer(cfg, dataset_dicts=dicts)
-    trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
@@ -73,13 +87,43 @@ def check_launch_args(args):
         )
 
 
+def check_process_count(args, device: str) -> None:
+    """More processes than this machine has GPUs (MODEL.DEVICE cuda) or CPU cores (cpu)."""
+    import os
+
+    import torch
+
+    if device.startswith("cuda"):
+        have, what = torch.cuda.device_count(), "GPU(s)"
+    else:
+        have, what = os.cpu_count() or 1, "CPU core(s)"
+    if args.num_gpus > have:
+        raise RunConfigError(
+            f"--num-gpus {args.num_gpus} with MODEL.DEVICE {device}: this machine has {have} "
+            f"{what}; give --num-gpus {have} or fewer."
+        )
+
+
+def _worker_user_error(error: BaseException):
+    """The one-line message of a user error a worker process raised (its last line names the
+    exception's class), or None."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return None
+    names = {f"{c.__module__}.{c.__name__}" for c in USER_ERRORS}
+    kind, _, message = lines[-1].partition(": ")
+    return message if kind in names else None
+
+
 def run(argv=None) -> int:
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     try:
         check_launch_args(args)
         cfg = load_config(args)
-        check_run_config(cfg)  # here too: the workers' errors would come with tracebacks
+        # here too: the workers' errors would come with tracebacks
+        check_run_config(cfg, training=not args.eval_only)
+        check_process_count(args, cfg.MODEL.DEVICE)
         if not args.eval_only:
             check_dataset_files(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         check_dataset_files(cfg.DATASETS.TEST, "DATASETS.TEST")
@@ -96,6 +140,12 @@ def run(argv=None) -> int:
         )
     except USER_ERRORS as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a worker process's error, reported by torch.multiprocessing
+        message = _worker_user_error(e) if type(e).__name__ == "ProcessRaisedException" else None
+        if message is None:
+            raise
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
         return 2
     return 0
 

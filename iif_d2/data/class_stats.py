@@ -17,6 +17,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import re
 from importlib import resources
 from numbers import Integral, Real
 from typing import Dict, List, Optional, Sequence
@@ -286,8 +288,19 @@ def box_centres(dataset_dicts: Sequence[Dict], source: str = ""):
 
 
 def _resolve(path: str) -> str:
+    if re.match(r"(?i)(https?|ftp)://", path):
+        raise ValueError(
+            f"{path}: counts files are read from local files, never fetched from the web; "
+            "download it, check it, and give its local path."
+        )
     if path.startswith(PACKAGE_PREFIX):
-        return str(resources.files("iif_d2") / "data" / path[len(PACKAGE_PREFIX) :])
+        name = path[len(PACKAGE_PREFIX) :]
+        if not re.fullmatch(r"[\w.-]+", name) or name.startswith("."):
+            raise FileNotFoundError(
+                f"IIF counts file {path!r}: iif_d2:// names a counts file shipped with the "
+                "package (iif_d2://lvis_v1_train.csv, iif_d2://coco_train2017.csv), not a path."
+            )
+        return str(resources.files("iif_d2") / "data" / name)
     return path
 
 
@@ -485,6 +498,11 @@ def _from_coco_like(data: Dict, source: str) -> ClassStats:
     index = {c["id"]: i for i, c in enumerate(cats)}
     groups, _ = _annotation_groups(data, index, image_ids, source)
     counted = count_dataset_dicts([{"annotations": v} for v in groups], len(cats), source)
+    if not lvis and not (num_images or counted.num_images):
+        raise ValueError(
+            f"{source}: no image to count: 'images' is empty or missing and no annotation "
+            "names an image of it; give the training json with its images and annotations."
+        )
     if lvis:
         _check_lvis_counts(stats, counted, cats, source)
         return stats
@@ -532,6 +550,11 @@ def load_counts_file(path: str) -> ClassStats:
             f"IIF counts file {path!r} {what}. Set MODEL.CLASS_COUNTS.FILE to a CSV/JSON "
             "counts file, or use MODEL.CLASS_COUNTS.SOURCE 'dataset'."
         )
+    if "://" not in local and not os.path.isfile(local):  # a pipe would block the read
+        raise FileNotFoundError(
+            f"IIF counts file {path!r} is not a regular file (a pipe or device?); give a "
+            "CSV/JSON counts file."
+        )
     try:
         with PathManager.open(local, "r") as f:
             text = f.read()
@@ -543,6 +566,8 @@ def load_counts_file(path: str) -> ClassStats:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}).") from None
+    except RecursionError:
+        raise ValueError(f"{path}: its JSON nests too deeply to be a counts file.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a counts JSON is an object, not a {type(data).__name__}.")
     if "stats" in data and "weights" in data:  # written by `python -m iif_d2.cli --save`

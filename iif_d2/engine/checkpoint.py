@@ -27,10 +27,13 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import re
 import stat
+import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import (
@@ -40,6 +43,7 @@ from detectron2.checkpoint.c2_model_loading import (
 
 from iif_d2.utils.io import atomic_write
 from iif_d2.utils.safe_load import (
+    TorchTooOldError,
     UnsafeCheckpointError,
     require_weights_only,
     safe_load_pkl,
@@ -48,6 +52,7 @@ from iif_d2.utils.safe_load import (
 
 __all__ = [
     "CheckpointLocationError",
+    "CheckpointReadError",
     "CheckpointShapeMismatchError",
     "IIFCheckpointer",
 ]
@@ -63,6 +68,60 @@ _LAST_MAX_BYTES = 4096  # a checkpoint's file name, with room to spare
 class CheckpointLocationError(ValueError):
     """``last_checkpoint`` names a file outside the checkpoint directory, or is not a small
     UTF-8 text file naming one."""
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint that cannot be loaded: missing, not a file, unreadable or corrupt, not a
+    state dict of tensors, or holding NaN/inf weights (the message names the file and the
+    fix)."""
+
+
+_READ_FIX = (
+    "give a checkpoint train_net.py wrote (OUTPUT_DIR/model_final.pth), a detectron2 model-zoo "
+    ".pkl, or a state dict saved with torch.save"
+)
+
+
+def _check_local_checkpoint(path: str) -> None:
+    """A local checkpoint path that is a file (a pipe would block the read)."""
+    if not path or not _is_local(path):
+        return
+    if os.path.isdir(path):
+        raise CheckpointReadError(f"Checkpoint {path} is a folder; {_READ_FIX}.")
+    if not os.path.exists(path):
+        raise CheckpointReadError(f"Checkpoint {path} does not exist; {_READ_FIX}.")
+    if not os.path.isfile(path):
+        raise CheckpointReadError(
+            f"Checkpoint {path} is not a regular file (a pipe or device?); {_READ_FIX}."
+        )
+
+
+def _check_weights(weights: Any, filename: str) -> None:
+    """The model state of a checkpoint: a dict of tensors or numpy arrays, all finite."""
+    if not isinstance(weights, dict):
+        raise CheckpointReadError(
+            f"Checkpoint {filename} holds a {type(weights).__name__} as its model, not a state "
+            f"dict; {_READ_FIX}."
+        )
+    bad = []
+    for name, value in weights.items():
+        if isinstance(value, torch.Tensor):
+            finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+        elif isinstance(value, np.ndarray):
+            finite = value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+        else:
+            raise CheckpointReadError(
+                f"Checkpoint {filename}: weight {name!r} is a {type(value).__name__}, not a "
+                f"tensor; {_READ_FIX}."
+            )
+        if not finite:
+            bad.append(name)
+    if bad:
+        raise CheckpointReadError(
+            f"Checkpoint {filename} holds NaN or inf in {len(bad)} weight tensor(s) (e.g. "
+            f"{bad[0]}): the run that wrote it diverged. Take an earlier checkpoint (or lower "
+            "SOLVER.BASE_LR and train again)."
+        )
 
 
 class CheckpointShapeMismatchError(ValueError):
@@ -221,7 +280,34 @@ class IIFCheckpointer(DetectionCheckpointer):
         names = list(self.checkpointables) if wanted is None else list(wanted)
         self._restoring = [n for n in names if n in self.checkpointables]
         try:
+            if path:
+                _check_local_checkpoint(path)
             return super().load(path, *args, **kwargs)
+        except (
+            CheckpointReadError,
+            CheckpointShapeMismatchError,
+            UnsafeCheckpointError,
+            TorchTooOldError,
+        ):
+            self._reset_url()
+            raise
+        except (
+            OSError,
+            EOFError,
+            AssertionError,
+            RuntimeError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            KeyError,
+            pickle.UnpicklingError,
+            zipfile.BadZipFile,
+        ) as e:
+            self._reset_url()
+            message = " ".join(str(e).split())[:300] or type(e).__name__
+            raise CheckpointReadError(
+                f"Cannot load checkpoint {path} ({type(e).__name__}: {message}); {_READ_FIX}."
+            ) from None
         except BaseException:
             # detectron2 main's load sets _parsed_url_during_load and asserts it unset on the
             # next call; a load that raised midway (a refused checkpoint) must not leave it set
@@ -417,7 +503,12 @@ class IIFCheckpointer(DetectionCheckpointer):
             owner = self.model.get_submodule(key.rpartition(".")[0])
         return isinstance(owner, (ObserverBase, FakeQuantizeBase))
 
+    def _reset_url(self):
+        if getattr(self, "_parsed_url_during_load", None) is not None:
+            self._parsed_url_during_load = None
+
     def _load_model(self, checkpoint: Dict[str, Any]):
+        _check_weights(checkpoint.get("model"), self._loading)
         mismatched = []
         if checkpoint.get("matching_heuristics", False):
             mismatched = self._align_by_name(checkpoint)

@@ -2,6 +2,7 @@
 inside the config trees), overrides, and the settings detectron2 would fail on only after the
 first steps. Every command that reads a user's config goes through :func:`load_config_file`."""
 
+import math
 import os
 import re
 from typing import Any, Dict, List, Sequence
@@ -16,8 +17,10 @@ from iif_d2.data.training_set import check_schedule_opts
 
 __all__ = [
     "RunConfigError",
+    "check_checkpoint_config",
     "check_config_tree",
     "check_run_config",
+    "config_tree_files",
     "load_config",
     "load_config_file",
 ]
@@ -70,18 +73,60 @@ def _local_config_path(config_file: str) -> str:
     return config_file
 
 
+# the most config files one _BASE_ tree may read (a file named twice counts twice, as
+# detectron2 reads it twice): a few levels in practice; a "diamond" of bases naming the same
+# file twice at each level would make detectron2 read 2**depth files
+MAX_CONFIG_FILES = 64
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, refusing a key given twice in one mapping (YAML keeps the last one
+    silently: a second ``SOLVER:`` block would drop every key of the first)."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                f"{key_node.start_mark.line + 1}); YAML would keep only the last: merge them",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
 def _read_config_yaml(path: str, named_by: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
-        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        what = (
+            "is a folder"
+            if os.path.isdir(path)
+            else "is not a regular file (a pipe or device?)"
+            if os.path.exists(path)
+            else "does not exist"
+        )
         raise RunConfigError(f"{named_by} {path} {what}; give a YAML config file.")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # safe: no Python tags
     except UnicodeDecodeError:
         raise RunConfigError(f"{path} is not UTF-8 text; give a YAML config file.") from None
     except yaml.YAMLError as e:  # a !!python tag included: safe_load constructs no object
         problem = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise RunConfigError(f"{path}: {problem}") from None
+    except RecursionError:
+        raise RunConfigError(
+            f"{path} nests its values too deeply to be a config file; give a YAML config file."
+        ) from None
     if data is None:
         raise RunConfigError(f"{path} is empty; a config file maps keys to values (KEY: value).")
     if not isinstance(data, dict):
@@ -108,12 +153,19 @@ def check_config_tree(config_file: str) -> str:
     """
     top = _local_config_path(config_file)
     roots = [os.path.realpath(os.path.dirname(os.path.abspath(top)))] + _repository_configs()
+    read = []
 
     def visit(path: str, chain: List[str], named_by: str):
         real = os.path.realpath(path)
         if real in chain:
             cycle = " -> ".join(os.path.basename(p) for p in [*chain[chain.index(real) :], real])
             raise RunConfigError(f"_BASE_ cycle in {path}: {cycle}; remove one _BASE_.")
+        read.append(real)
+        if len(read) > MAX_CONFIG_FILES:
+            raise RunConfigError(
+                f"{config_file}: its _BASE_ tree reads more than {MAX_CONFIG_FILES} config files "
+                f"(e.g. {os.path.basename(path)} {read.count(real)} times); name each base once."
+            )
         data = _read_config_yaml(path, named_by)
         bases = data.get("_BASE_", [])
         for base in [bases] if isinstance(bases, str) else bases:
@@ -137,6 +189,25 @@ def check_config_tree(config_file: str) -> str:
 
     visit(top, [], "--config-file")
     return top
+
+
+def config_tree_files(config_file: str) -> List[str]:
+    """The local files a config reads: ``config_file`` and its ``_BASE_`` chain (checked by
+    :func:`check_config_tree`), e.g. the inputs an output path must not overwrite."""
+    path = check_config_tree(config_file)
+    files, todo = [], [path]
+    while todo:
+        current = todo.pop()
+        if current in files:
+            continue
+        files.append(current)
+        bases = _read_config_yaml(current, "--config-file").get("_BASE_", [])
+        for base in [bases] if isinstance(bases, str) else bases:
+            target = os.path.expanduser(base)
+            if not os.path.isabs(target):
+                target = os.path.join(os.path.dirname(current), target)
+            todo.append(target)
+    return files
 
 
 def load_config_file(config_file: str, opts: Sequence[str] = ()):
@@ -181,8 +252,85 @@ def load_config(args):
     return cfg
 
 
-def check_run_config(cfg) -> None:
-    """Settings detectron2 would divide by, or fail on only after the first steps.
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_run_config(cfg, training: bool = True) -> None:
+    """Settings detectron2 would divide by, fail on only after the first steps (or in a
+    worker, with a traceback), or silently train something else than asked.
+
+    Args:
+        cfg: the run's config.
+        training: whether the run trains (else the solver's and training input's settings are
+            not used, and not checked).
+
+    Raises:
+        RunConfigError: naming the key, its value and the fix.
+    """
+    _check_output_dir(cfg.OUTPUT_DIR)
+    _check_model_device(cfg.MODEL.DEVICE)
+    mean, std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
+    channels = 1 if cfg.INPUT.FORMAT == "L" else 3
+    if len(mean) != channels or len(std) != channels:
+        raise RunConfigError(
+            f"MODEL.PIXEL_MEAN {mean} and MODEL.PIXEL_STD {std} need one value per channel of "
+            f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} ({channels})."
+        )
+    if not all(_number(v) and v > 0 for v in std):
+        raise RunConfigError(f"MODEL.PIXEL_STD {std} must be positive numbers (it divides).")
+    check_checkpoint_config(cfg)
+    if cfg.TEST.EVAL_PERIOD < 0:
+        raise RunConfigError(
+            f"TEST.EVAL_PERIOD {cfg.TEST.EVAL_PERIOD} must be >= 0 (0: evaluate at the end only)."
+        )
+    if not training:
+        return
+    solver = cfg.SOLVER
+    if not cfg.DATASETS.TRAIN:
+        raise RunConfigError("DATASETS.TRAIN is empty; name the training dataset(s).")
+    if solver.MAX_ITER < 1:
+        raise RunConfigError(
+            f"SOLVER.MAX_ITER {solver.MAX_ITER}: training needs at least 1 iteration (to "
+            "evaluate a model without training, use --eval-only with MODEL.WEIGHTS)."
+        )
+    if solver.IMS_PER_BATCH < 1:
+        raise RunConfigError(f"SOLVER.IMS_PER_BATCH {solver.IMS_PER_BATCH} must be >= 1.")
+    if not _number(solver.BASE_LR) or solver.BASE_LR < 0:
+        raise RunConfigError(f"SOLVER.BASE_LR {solver.BASE_LR!r} must be a finite number >= 0.")
+    if solver.WARMUP_ITERS < 0:
+        raise RunConfigError(f"SOLVER.WARMUP_ITERS {solver.WARMUP_ITERS} must be >= 0.")
+    steps = list(solver.STEPS)
+    if any(not isinstance(s, int) or s < 1 for s in steps) or steps != sorted(steps):
+        raise RunConfigError(
+            f"SOLVER.STEPS {tuple(steps)} must be increasing iterations >= 1 (where the learning "
+            "rate drops)."
+        )
+    if cfg.DATALOADER.NUM_WORKERS < 0:
+        raise RunConfigError(
+            f"DATALOADER.NUM_WORKERS {cfg.DATALOADER.NUM_WORKERS} must be >= 0 (0: load in the "
+            "training process)."
+        )
+    sizes = list(cfg.INPUT.MIN_SIZE_TRAIN)
+    if not sizes or any(not _number(v) or v < 1 for v in sizes):
+        raise RunConfigError(
+            f"INPUT.MIN_SIZE_TRAIN {tuple(sizes)} must hold at least one size >= 1 (pixels)."
+        )
+    if cfg.INPUT.MAX_SIZE_TRAIN < 1:
+        raise RunConfigError(f"INPUT.MAX_SIZE_TRAIN {cfg.INPUT.MAX_SIZE_TRAIN} must be >= 1.")
+    for key in ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.BATCH_SIZE_PER_IMAGE"):
+        node, name = cfg, key.split(".")
+        for part in name:
+            node = node[part]
+        if node < 1:
+            raise RunConfigError(
+                f"{key} {node} must be >= 1 (sampled proposals or anchors per image; with 0 "
+                "the head would learn nothing)."
+            )
+
+
+def check_checkpoint_config(cfg) -> None:
+    """The checkpoint schedule's settings (the trainer's hooks check them too).
 
     Raises:
         RunConfigError: naming the key, its value and the fix.
@@ -198,3 +346,24 @@ def check_run_config(cfg) -> None:
         raise RunConfigError(f"SOLVER.CHECKPOINTS_KEPT {kept!r} must be >= 0 (0: keep all).")
     if cfg.SOLVER.MAX_ITER < 0:
         raise RunConfigError(f"SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} must be >= 0.")
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """OUTPUT_DIR: a folder that exists or can be made, and written."""
+    from iif_d2.utils.cli_checks import UsageError, check_output_folder
+
+    if not output_dir or not str(output_dir).strip():
+        raise RunConfigError("OUTPUT_DIR is empty; give the run's folder (e.g. output/run1).")
+    try:
+        check_output_folder(output_dir, "OUTPUT_DIR", create=True)
+    except UsageError as e:
+        raise RunConfigError(str(e)) from None
+
+
+def _check_model_device(device: str) -> None:
+    from iif_d2.utils.cli_checks import UsageError, check_device
+
+    try:
+        check_device(device, "MODEL.DEVICE")
+    except UsageError as e:
+        raise RunConfigError(str(e)) from None

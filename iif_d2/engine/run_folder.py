@@ -189,7 +189,14 @@ def check_eval_weights(checkpointer, cfg, resume: bool) -> str:
             )
     try:
         checkpointer.load(path, checkpointables=[])
-    except (OSError, AssertionError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+    except (
+        OSError,
+        AssertionError,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as e:
         message = " ".join(str(e).split())[:300]
         raise RunConfigError(f"--eval-only: cannot read {path}: {message}") from None
     untrained = checkpointer.untrained_parameters()

@@ -17,7 +17,12 @@ from iif_d2.data.loader import ResumableTrainLoader, build_resumable_train_loade
 from iif_d2.data.samplers import build_train_sampler
 from iif_d2.data.training_set import needs_class_counts, resolve_training_run
 from iif_d2.engine.checkpoint import IIFCheckpointer
-from iif_d2.engine.config_files import RunConfigError, check_run_config, load_config
+from iif_d2.engine.config_files import (
+    RunConfigError,
+    check_checkpoint_config,
+    check_run_config,
+    load_config,
+)
 from iif_d2.engine.hooks import FASAHook, RngStateGatherer, RunCheckpointer
 from iif_d2.engine.run_folder import check_resume_config, remove_stale_temporary_files
 from iif_d2.engine.run_lock import acquire_output_dir
@@ -210,7 +215,7 @@ class Trainer(DefaultTrainer):
         # DefaultTrainer built a DetectionCheckpointer, which build_hooks' PeriodicCheckpointer
         # captures: replace it first (loading runs no code, writes are atomic, resume skips a
         # corrupt newest checkpoint)
-        check_run_config(self.cfg)
+        check_checkpoint_config(self.cfg)
         self.checkpointer = checkpointer_for(self.checkpointer.model, self.cfg, self.checkpointer)
         hooks = super().build_hooks()
         for i, h in enumerate(hooks):
@@ -307,7 +312,7 @@ def setup_run(args):
         (cfg, dicts)
     """
     cfg, dicts = load_config(args), None
-    check_run_config(cfg)
+    check_run_config(cfg, training=not getattr(args, "eval_only", False))
     if args.resume:  # before anything is written into the folder
         check_resume_config(cfg, resolved=False)
     if comm.is_main_process() and cfg.OUTPUT_DIR:

@@ -8,8 +8,13 @@ from iif_d2.lvis_eval import ENGINES
 from iif_d2.lvis_eval.data import LVISDetections, LVISGroundTruth, load_json, read_results
 from iif_d2.lvis_eval.reference import lvis_api_evaluate
 from iif_d2.lvis_eval.report import in_percent, metrics_tables
-from iif_d2.utils.cli_checks import OneLineParser, check_output_file, one_line, positive_int
-from iif_d2.utils.io import write_json_atomic
+from iif_d2.utils.cli_checks import (
+    OneLineParser,
+    check_output_file,
+    one_line,
+    positive_int,
+    write_json_output,
+)
 
 
 def _parser():
@@ -94,18 +99,10 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    if args.json_out is not None:
-        try:  # undefined metrics as null: strict json readers refuse NaN
-            write_json_atomic(
-                args.json_out, {k: (None if v != v else v) for k, v in metrics.items()}
-            )
-        except OSError as e:
-            print(
-                f"error: --json-out {args.json_out}: cannot write ({e.strerror or e}); choose "
-                "another path.",
-                file=sys.stderr,
-            )
-            return 2
+    # undefined metrics as null: strict json readers refuse NaN
+    undefined_as_null = {k: (None if v != v else v) for k, v in metrics.items()}
+    if args.json_out is not None and not write_json_output(args.json_out, undefined_as_null):
+        return 2
     seconds = time.perf_counter() - start
     print(f"LVIS {args.iou_type} ({args.engine} engine, {args.metric}, {seconds:.1f} s), percent:")
     print(metrics_tables(metrics))

@@ -108,6 +108,25 @@ class LVISGroundTruth:
         for key in ("images", "categories", "annotations"):
             if key not in data:
                 raise ValueError(f"LVIS ground truth has no {key!r} list; is this an LVIS file?")
+            items = data[key]
+            if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+                raise ValueError(
+                    f"LVIS ground truth {key!r} must be a list of json objects; is this an "
+                    "LVIS file?"
+                )
+            ids = [x.get("id") for x in items]
+            bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int)), 0)
+            if bad != 0:
+                raise ValueError(
+                    f"LVIS ground truth {key!r}: id {bad!r} is not an integer; ids are integers."
+                )
+            if len(set(ids)) != len(ids):
+                seen = set()
+                twice = next(i for i in ids if i in seen or seen.add(i))
+                raise ValueError(
+                    f"LVIS ground truth {key!r}: id {twice} appears twice; ids must be unique "
+                    "(lvis-api would keep only one of them)."
+                )
         images = sorted(data["images"], key=lambda im: im["id"])
         try:
             img_ids = np.array([im["id"] for im in images], dtype=np.int64)
@@ -119,6 +138,20 @@ class LVISGroundTruth:
             raise ValueError(f"LVIS ground truth image/category lacks field {e}.") from None
         except ValueError:
             raise ValueError("LVIS category 'frequency' must be one of 'r', 'c', 'f'.") from None
+        except TypeError:
+            raise ValueError(
+                "LVIS ground truth: an image's neg_category_ids or not_exhaustive_category_ids "
+                "is not a list of category ids."
+            ) from None
+        known = np.array(sorted(c["id"] for c in cats), dtype=np.int64)
+        for field, ids in (("neg_category_ids", neg), ("not_exhaustive_category_ids", nel)):
+            listed = ids[1] if isinstance(ids, tuple) else getattr(ids, "indices", None)
+            if listed is not None and len(listed) and not np.isin(listed, known).all():
+                unknown = np.asarray(listed)[~np.isin(listed, known)][0]
+                raise ValueError(
+                    f"LVIS ground truth: an image's {field} lists {int(unknown)}, not a category "
+                    "id of the file; give the annotation file the categories belong to."
+                )
         anns = data["annotations"]
         index = {int(i): k for k, i in enumerate(img_ids)}
         try:
@@ -138,6 +171,32 @@ class LVISGroundTruth:
             )
         except KeyError as e:
             raise ValueError(f"LVIS ground truth annotation lacks field {e}.") from None
+        except (TypeError, ValueError):
+            raise ValueError(
+                "LVIS ground truth: an annotation's image_id, category_id, area or bbox is not "
+                "a number (bbox: [x, y, w, h])."
+            ) from None
+        if len(anns) and not np.isin(gt.ann_cat_id, gt.cat_ids).all():
+            j = int(np.flatnonzero(~np.isin(gt.ann_cat_id, gt.cat_ids))[0])
+            raise ValueError(
+                f"LVIS ground truth annotation id {anns[j]['id']}: category_id "
+                f"{anns[j]['category_id']} is not in 'categories'."
+            )
+        bad = ~np.isfinite(gt.ann_bbox).all(axis=1) | (gt.ann_bbox[:, 2:] < 0).any(axis=1)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"LVIS ground truth annotation id {anns[j]['id']}: bbox {anns[j]['bbox']} is not "
+                "4 finite numbers [x, y, w, h] with w, h >= 0; fix the annotation file."
+            )
+        for im in images:
+            for side in ("height", "width"):
+                value = im.get(side, 1)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(
+                        f"LVIS ground truth image id {im['id']}: {side} {value!r} is not a "
+                        "positive integer (pixels)."
+                    )
         if all("height" in im and "width" in im for im in images):
             gt.img_sizes = np.array(
                 [(im["height"], im["width"]) for im in images], dtype=np.int64
@@ -145,10 +204,17 @@ class LVISGroundTruth:
         if with_masks:
             heights = {im["id"]: im["height"] for im in images}
             widths = {im["id"]: im["width"] for im in images}
-            gt.rles = [
-                _to_rle(a["segmentation"], heights[a["image_id"]], widths[a["image_id"]])
-                for a in anns
-            ]
+            try:
+                gt.rles = [
+                    _to_rle(a["segmentation"], heights[a["image_id"]], widths[a["image_id"]])
+                    for a in anns
+                ]
+            except KeyError as e:
+                raise ValueError(
+                    f"LVIS ground truth annotation or image lacks field {e}, needed to evaluate "
+                    "masks (--iou-type segm); evaluate boxes (--iou-type bbox) or give the "
+                    "annotation file with segmentations."
+                ) from None
         return gt
 
     @classmethod

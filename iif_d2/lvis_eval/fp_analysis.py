@@ -55,8 +55,13 @@ from iif_d2.lvis_eval.data import FREQUENCIES, load_json
 from iif_d2.lvis_eval.engine import compact
 from iif_d2.lvis_eval.report import rows_table, small_table
 from iif_d2.lvis_eval.tide import ERROR_TYPES, gt_counts, tide_errors
-from iif_d2.utils.cli_checks import OneLineParser, check_output_file, finite_float, one_line
-from iif_d2.utils.io import write_json_atomic
+from iif_d2.utils.cli_checks import (
+    OneLineParser,
+    check_output_file,
+    finite_float,
+    one_line,
+    write_json_output,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +90,31 @@ def load_gt(gt) -> dict:
         )
     if not data["images"]:
         raise ValueError("ground truth has no images")
+    for key in ("images", "categories"):
+        for i, item in enumerate(data[key]):
+            ident = item.get("id") if isinstance(item, dict) else None
+            if isinstance(ident, bool) or not isinstance(ident, int):
+                raise ValueError(
+                    f"ground-truth {key}[{i}]: id {ident!r} is not an integer; COCO/LVIS ids are "
+                    "integers"
+                )
     for i, ann in enumerate(data["annotations"]):
-        if any(k not in ann for k in ("image_id", "category_id", "bbox")):
+        if not isinstance(ann, dict) or any(
+            k not in ann for k in ("image_id", "category_id", "bbox")
+        ):
             raise ValueError(f"ground-truth annotations[{i}] lacks image_id/category_id/bbox")
+        bbox = ann["bbox"]
+        if (
+            not isinstance(bbox, (list, tuple))
+            or len(bbox) != 4
+            or not all(_is_number(v) for v in bbox)
+            or bbox[2] < 0
+            or bbox[3] < 0
+        ):
+            raise ValueError(
+                f"ground-truth annotations[{i}]: bbox {bbox!r} is not 4 finite numbers "
+                "[x, y, w, h] with w, h >= 0"
+            )
     return data
 
 
@@ -592,17 +619,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    if args.json_out is not None:
-        try:
-            payload = {"false_positives": fp, "delta_ap_fp": dap, "tide_errors": tide}
-            write_json_atomic(args.json_out, payload)
-        except OSError as e:
-            print(
-                f"error: --json-out {args.json_out}: cannot write ({e.strerror or e}); choose "
-                "another path.",
-                file=sys.stderr,
-            )
-            return 2
+    payload = {"false_positives": fp, "delta_ap_fp": dap, "tide_errors": tide}
+    if args.json_out is not None and not write_json_output(args.json_out, payload):
+        return 2
     _print_table(args.gt, lvis, fp, dap, tide)
     if args.json_out:
         print(f"# saved to {args.json_out}")

@@ -12,8 +12,9 @@ imports torch when it is called.
 import argparse
 import math
 import os
+import sys
 
-from iif_d2.utils.io import same_file
+from iif_d2.utils.io import same_file, write_json_atomic
 
 __all__ = [
     "OneLineParser",
@@ -27,6 +28,8 @@ __all__ = [
     "one_line",
     "positive_float",
     "positive_int",
+    "unit_float",
+    "write_json_output",
 ]
 
 
@@ -69,6 +72,14 @@ def finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a number in [0, 1] (a score, a fraction)."""
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must lie in [0, 1]")
     return value
 
 
@@ -133,6 +144,11 @@ def check_output_file(path: str, option: str, inputs=(), example: str = "out.jso
     _writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
     if os.path.exists(path) and not os.path.isfile(path):
         raise UsageError(f"{option} {path} is not a regular file; give a file name.")
+    if os.path.isfile(path) and not os.access(path, os.W_OK):
+        raise UsageError(
+            f"{option} {path} is a read-only file; it is not replaced: give another file name "
+            "(or make it writable)."
+        )
     for name in inputs:
         if name and "://" not in name and same_file(path, name):
             raise UsageError(
@@ -141,10 +157,11 @@ def check_output_file(path: str, option: str, inputs=(), example: str = "out.jso
             )
 
 
-def check_output_folder(path: str, option: str, inputs=()) -> None:
+def check_output_folder(path: str, option: str, inputs=(), create: bool = False) -> None:
     """Refuse an output folder that is a file, that is one of the input folders ``inputs``,
     that is not writable, or (where it is still to be made) whose nearest existing parent is
-    a file or not writable.
+    a file or not writable; with ``create``, make it (a folder the command makes anyway: a
+    file system that refuses it, such as /proc, is refused here).
 
     Raises:
         UsageError: one line naming the option, the problem and the fix.
@@ -164,11 +181,18 @@ def check_output_folder(path: str, option: str, inputs=()) -> None:
         raise UsageError(f"{option} {path}: {folder} is a file, not a folder; give another path.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path}: {folder} is not writable; choose another folder.")
+    if create:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise UsageError(
+                f"{option} {path} cannot be made ({e.strerror or e}); choose another folder."
+            ) from None
 
 
-def check_device(device) -> str:
+def check_device(device, option: str = "--device") -> str:
     """The device to run on: ``device`` (cpu, cuda, cuda:N), or cuda when there is a GPU and
-    cpu otherwise when None.
+    cpu otherwise when None; ``option`` names the setting in the messages.
 
     Raises:
         UsageError: an unknown device, or cuda without a usable GPU.
@@ -180,16 +204,34 @@ def check_device(device) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise UsageError(f"--device {device!r} is not a device; use cpu or cuda.") from None
+        raise UsageError(f"{option} {device!r} is not a device; use cpu or cuda.") from None
     if parsed.type == "cpu":
         return device
     if parsed.type != "cuda":
-        raise UsageError(f"--device {device!r}: only cpu and cuda are supported.")
+        raise UsageError(f"{option} {device!r}: only cpu and cuda are supported.")
     if not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is available here; use --device cpu.")
+        raise UsageError(f"{option} {device}: no CUDA GPU is available here; use {option} cpu.")
     if parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise UsageError(
-            f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) "
+            f"{option} {device}: this machine has {torch.cuda.device_count()} GPU(s) "
             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})."
         )
     return device
+
+
+def write_json_output(path: str, payload, option: str = "--json-out") -> bool:
+    """Write ``payload`` as json to ``path`` atomically (a command's output file, checked
+    before with :func:`check_output_file`); on failure print the command's one-line error.
+
+    Returns:
+        whether it was written (else the command exits 2).
+    """
+    try:
+        write_json_atomic(path, payload)
+    except OSError as e:
+        print(
+            f"error: {option} {path}: cannot write ({e.strerror or e}); choose another path.",
+            file=sys.stderr,
+        )
+        return False
+    return True

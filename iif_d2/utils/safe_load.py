@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["UnsafeCheckpointError", "require_weights_only", "safe_load_pkl", "safe_torch_load"]
+__all__ = [
+    "TorchTooOldError",
+    "UnsafeCheckpointError",
+    "require_weights_only",
+    "safe_load_pkl",
+    "safe_torch_load",
+]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -171,10 +177,14 @@ def safe_load_pkl(filename: str) -> Any:
         return _WeightsUnpickler(f, filename).load()
 
 
+class TorchTooOldError(RuntimeError):
+    """This torch cannot load a checkpoint without possibly running code."""
+
+
 def require_weights_only() -> None:
     """Refuse to load anything with a torch that cannot load without running code."""
     if "weights_only" not in inspect.signature(torch.load).parameters:
-        raise RuntimeError(
+        raise TorchTooOldError(
             f"torch {torch.__version__} has no torch.load(weights_only=...), so a checkpoint "
             "cannot be loaded without possibly running code. Install torch >= 2.0."
         )
