@@ -157,6 +157,11 @@ def _split(obj):
         raise ConversionError(f"expected a dict checkpoint, got a {type(obj).__name__}.")
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
     sd = obj["state_dict"] if "state_dict" in obj else obj
+    if not isinstance(sd, dict):
+        raise ConversionError(
+            f"its state_dict is a {type(sd).__name__}, not a dict of tensors; expected "
+            "{'meta': ..., 'state_dict': {name: tensor}} as mmdet's checkpoints."
+        )
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not tensors or len(tensors) != len(sd):
         others = sorted(k for k in sd if k not in tensors)[:5]

@@ -246,13 +246,24 @@ def main(argv=None):
     out = os.path.abspath(args.output_dir)
     if len(args.opts) % 2:
         _usage_error(f"config overrides come in KEY VALUE pairs; {args.opts[-1]!r} has no value")
+    if "OUTPUT_DIR" in args.opts[::2]:
+        _usage_error("OUTPUT_DIR is set by --output-dir; drop it from the config overrides")
     try:
-        check_output_folder(out, "--output-dir")
+        check_output_folder(out, "--output-dir", create=True)
         cfg = demo_config(args.opts)
     except UsageError as e:
         _usage_error(str(e))
     except (AssertionError, KeyError, ValueError) as e:  # yacs asserts that a key exists
         _usage_error(f"bad config override in {' '.join(args.opts)}: {one_line(e)}")
+    from iif_d2.engine.config_files import RunConfigError, check_run_config
+
+    try:  # what train_net.py would refuse, before the dataset is generated
+        checked = cfg.clone()
+        checked.defrost()
+        checked.OUTPUT_DIR = out
+        check_run_config(checked)
+    except RunConfigError as e:
+        _usage_error(str(e))
     max_iter = cfg.SOLVER.MAX_ITER
     try:
         env, pin_opts, pin = pinned_run(args.kernels, args.opts, _device())

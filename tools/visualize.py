@@ -36,10 +36,10 @@ from iif_d2.utils.cli_checks import (  # noqa: E402
     check_device,
     check_input_file,
     check_output_folder,
-    finite_float,
     one_line,
     positive_float,
     positive_int,
+    unit_float,
 )
 
 __all__ = ["build_predictor", "load_run_config", "main", "use_run_class_counts", "visualize"]
@@ -64,7 +64,7 @@ def _parser():
     p.add_argument("--num", type=positive_int, default=8, help="number of images (default: 8)")
     p.add_argument(
         "--score-thresh",
-        type=finite_float,
+        type=unit_float,
         default=0.5,
         help="draw predictions scoring at least this (default: 0.5)",
     )

@@ -28,12 +28,14 @@ detectron2's LVIS loader asserts on a degenerate polygon while loading: :func:`l
 turns that into an error naming the dataset, its json, the annotation and the fix.
 """
 
+import contextlib
+import importlib
 import logging
 import math
 import os
 import stat
 import struct
-from numbers import Real
+from numbers import Integral, Real
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -156,6 +158,23 @@ def _check_size(record: Dict, i: int, source: str):
     return w, h
 
 
+def _check_category_ids(dicts: Sequence[Dict], source: str, num_classes: int) -> None:
+    """Every annotation's category_id is a class of the dataset (0..num_classes-1, detectron2's
+    contiguous ids): an unknown category in the json would index past the classifier."""
+    for i, record in enumerate(dicts):
+        for j, ann in enumerate(record.get("annotations") or ()):
+            c = ann.get("category_id")
+            if c.__class__ is not int or not 0 <= c < num_classes:
+                if isinstance(c, Integral) and not isinstance(c, bool) and 0 <= c < num_classes:
+                    continue
+                raise DatasetError(
+                    f"dataset {source!r}: {_image(record, i)}: {_annotation(ann, j)} has "
+                    f"category_id {c!r} (contiguous), but the dataset has {num_classes} classes "
+                    f"(0..{num_classes - 1}); the annotation's category is not among the json's "
+                    "categories: fix or remove it."
+                )
+
+
 def _check_ids(dicts: Sequence[Dict], source: str) -> None:
     files: Dict = {}
     for i, record in enumerate(dicts):
@@ -198,6 +217,8 @@ def check_image_header(path: str, size=None) -> Optional[str]:
             return "is not a regular file (a pipe or device?); give an image file"
         with open(path, "rb") as f:
             head = f.read(32)
+    except FileNotFoundError:
+        return _MISSING
     except OSError:
         return None
     if head.startswith(_PNG) and len(head) >= 26 and head[12:16] == b"IHDR":
@@ -223,11 +244,32 @@ def check_image_header(path: str, size=None) -> Optional[str]:
     return None
 
 
+_MISSING = (
+    "does not exist; check the dataset's image folder (DETECTRON2_DATASETS, or the image root "
+    "it was registered with) or remove the image from its json"
+)
+
+
 def _check_images(dicts: Sequence[Dict], source: str) -> None:
-    """The headers of the PNG and TIFF files (by extension: JPEGs are 8-bit by format)."""
+    """Every image file is there and a regular file (training would stop at the first missing
+    one, hours in); the headers of the PNG and TIFF files (by extension: JPEGs are 8-bit by
+    format)."""
     for i, record in enumerate(dicts):
         path = record.get("file_name")
-        if not isinstance(path, str) or not path.lower().endswith((".png", ".tif", ".tiff")):
+        if not isinstance(path, str) or "://" in path:
+            continue
+        if not path.lower().endswith((".png", ".tif", ".tiff")):
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except FileNotFoundError:
+                raise DatasetError(f"dataset {source!r}: {_image(record, i)} {_MISSING}.") from None
+            except OSError:
+                continue
+            if not regular:
+                raise DatasetError(
+                    f"dataset {source!r}: {_image(record, i)} is not a regular file (a pipe or "
+                    "device?); give an image file."
+                )
             continue
         size = (record["width"], record["height"]) if "width" in record else None
         problem = check_image_header(path, size)
@@ -461,10 +503,95 @@ def load_checked(load: Callable[[], List[Dict]], names: Sequence[str], **checks)
     """
     source = "+".join(names)
     try:
-        dicts = load()
+        with _unique_json_image_ids():
+            dicts = load()
     except AssertionError as e:
         raise DatasetError(_loader_assertion(names, str(e))) from None
-    return validate_dataset_dicts(dicts, source, **checks)
+    except _DuplicateImageId as e:
+        from detectron2.data import MetadataCatalog
+
+        files = [MetadataCatalog.get(n).get("json_file", None) for n in names]
+        where = ", ".join(f for f in files if f) or "its json"
+        raise DatasetError(
+            f"DATASETS.TRAIN {tuple(names)}: image id {e.args[0]!r} appears twice in 'images' "
+            f"of {where} (files {e.args[1]} and {e.args[2]}); detectron2's loader would keep "
+            "one of them and attach both images' annotations to it. Give each image a unique "
+            "id (and its annotations that image_id)."
+        ) from None
+    checked = validate_dataset_dicts(dicts, source, **checks)
+    num_classes = _class_count(names)
+    if num_classes:
+        _check_category_ids(checked, source, num_classes)
+    return checked
+
+
+def _class_count(names: Sequence[str]) -> Optional[int]:
+    """The datasets' class count (their metadata's thing_classes), None where they do not say
+    or disagree."""
+    from detectron2.data import MetadataCatalog
+
+    counts = {len(MetadataCatalog.get(n).get("thing_classes", None) or ()) for n in names}
+    return counts.pop() if len(counts) == 1 and 0 not in counts else None
+
+
+class _DuplicateImageId(Exception):
+    """One json lists an image id twice (args: the id, and both images' file names)."""
+
+
+def _image_name(image: Dict) -> str:
+    return str(image.get("file_name") or image.get("coco_url") or "?")
+
+
+@contextlib.contextmanager
+def _unique_json_image_ids():
+    """While detectron2's COCO and LVIS loaders read their json: an image id listed twice in
+    its 'images' is an error (both APIs index images by id, so the loader would silently keep
+    one file and give it both images' annotations). Checked on the parsed list: O(images)."""
+    patched = []
+
+    def checking(original):
+        def create_index(self, *args, **kwargs):
+            seen = {}
+            for image in (getattr(self, "dataset", None) or {}).get("images") or ():
+                if not isinstance(image, dict) or "id" not in image:
+                    continue
+                try:
+                    first = seen.setdefault(image["id"], image)
+                except TypeError:  # an id that is not hashable: the loader's own error
+                    continue
+                if first is not image:
+                    raise _DuplicateImageId(image["id"], _image_name(first), _image_name(image))
+            orphans = sum(
+                1
+                for ann in (getattr(self, "dataset", None) or {}).get("annotations") or ()
+                if isinstance(ann, dict) and ann.get("image_id") not in seen
+            )
+            if seen and orphans:
+                logger.warning(
+                    "%d annotation(s) name an image id that is not in the json's 'images'; "
+                    "detectron2's loader drops them (they are neither trained on nor counted).",
+                    orphans,
+                )
+            return original(self, *args, **kwargs)
+
+        return create_index
+
+    for module, cls, method in (("lvis", "LVIS", "_create_index"),
+                                ("pycocotools.coco", "COCO", "createIndex")):  # fmt: skip
+        try:
+            owner = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError):
+            continue
+        original = owner.__dict__.get(method)
+        if original is None:
+            continue
+        setattr(owner, method, checking(original))
+        patched.append((owner, method, original))
+    try:
+        yield
+    finally:
+        for owner, method, original in patched:
+            setattr(owner, method, original)
 
 
 def _loader_assertion(names: Sequence[str], message: str) -> str:
@@ -490,6 +617,13 @@ def _bad_polygon_in(json_file: str) -> Optional[str]:
             data = json.load(f)
         for ann in data.get("annotations", ()):
             segm = ann.get("segmentation")
+            if isinstance(segm, dict):
+                return (
+                    f"{json_file}: annotation id {ann.get('id')!r} (image {ann.get('image_id')!r}) "
+                    "has an RLE segmentation, which detectron2's LVIS loader cannot read "
+                    "(polygons only); give it as polygons, or register the json with "
+                    "detectron2's COCO loader"
+                )
             if isinstance(segm, list) and (not segm or any(len(p) < 6 or len(p) % 2 for p in segm)):
                 return (
                     f"{json_file}: annotation id {ann.get('id')!r} (image {ann.get('image_id')!r}) "

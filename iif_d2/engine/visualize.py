@@ -26,6 +26,7 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 STATS_FILENAME = "iif_class_stats.json"  # written by training into OUTPUT_DIR
+MAX_PANEL_PIXELS = 16384  # the longest side of a panel drawn at a given --scale
 
 
 def use_run_class_counts(cfg, stats_file: str) -> bool:
@@ -80,6 +81,10 @@ def load_run_config(weights: str, config_file=None, opts=(), device=None):
     run_dir = os.path.dirname(os.path.abspath(weights))
     if config_file is None:
         config_file = os.path.join(run_dir, "config.yaml")
+        if os.path.exists(config_file) and not os.path.isfile(config_file):
+            raise FileNotFoundError(
+                f"{config_file} (beside the checkpoint) is not a regular file; pass --config-file"
+            )
         if not os.path.isfile(config_file):
             raise FileNotFoundError(
                 f"no config.yaml beside {weights!r} (train_net.py writes one into OUTPUT_DIR); "
@@ -147,8 +152,18 @@ def build_predictor(cfg):
     no code); a checkpoint that leaves the model's parameters untrained is an error."""
     from detectron2.engine import DefaultPredictor
 
+    from iif_d2.data.training_set import needs_class_counts
     from iif_d2.engine.checkpoint import IIFCheckpointer
 
+    source = cfg.MODEL.CLASS_COUNTS.SOURCE
+    if source in ("dataset", "json") and needs_class_counts(cfg):
+        raise ValueError(
+            f"the config takes its class counts from the training set (MODEL.CLASS_COUNTS."
+            f"SOURCE {source}), and no {STATS_FILENAME} is beside the checkpoint "
+            f"{cfg.MODEL.WEIGHTS}: is it the config this checkpoint was trained with? Give the "
+            "run's config.yaml with --config-file, or the counts as overrides: "
+            "MODEL.CLASS_COUNTS.SOURCE file MODEL.CLASS_COUNTS.FILE counts.csv."
+        )
     bare = cfg.clone()
     bare.defrost()
     bare.MODEL.WEIGHTS = ""  # DefaultPredictor's own checkpointer loads nothing
@@ -185,8 +200,15 @@ def _read(path: str):
         problem = "is not a regular file (a pipe or device?); give an image file"
     if problem:
         raise ValueError(f"{path} {problem}.")
+    from PIL import Image
+
     try:
         return read_image(path, format="BGR")
+    except Image.DecompressionBombError as e:  # PIL refuses to decode it at all
+        raise ValueError(
+            f"{path} is too large to decode safely ({' '.join(str(e).split())}); resize it or "
+            "remove it from the folder."
+        ) from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL: unidentified, truncated, corrupt
         raise ValueError(
             f"{path} cannot be read as an image ({' '.join(str(e).split())}); replace the "
@@ -252,6 +274,14 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
     else:
         items, metadata = folder_items(input_dir, num, cfg)
     images = [_read(path) for path, _ in items]  # an unreadable image: before any work
+    for (path, _), bgr in zip(items, images):
+        side = (scale or 1.0) * max(bgr.shape[:2])
+        if scale is not None and side > MAX_PANEL_PIXELS:
+            raise ValueError(
+                f"--scale {scale:g} makes a panel of {side:.0f} pixels for {path} "
+                f"({bgr.shape[1]} x {bgr.shape[0]}); give a --scale whose panels stay within "
+                f"{MAX_PANEL_PIXELS} pixels."
+            )
     predictor = build_predictor(cfg)
     os.makedirs(output_dir, exist_ok=True)
     written = []
