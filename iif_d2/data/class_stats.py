@@ -172,6 +172,11 @@ class ClassStats:
                 f"{self.source}: the number of training images (K of IIF) is unknown. Add a "
                 "'# num_images: N' line to the counts file, or set NORMALIZER 'sum'."
             )
+        if self.num_images == 0:
+            raise ValueError(
+                f"{self.source}: num_images is 0, but IIF's K is the number of training images "
+                "(at least 1); give the training set's image count."
+            )
         return f, self.num_images
 
     def to_dict(self) -> Dict:
@@ -558,6 +563,7 @@ def load_counts_file(path: str) -> ClassStats:
     try:
         with PathManager.open(local, "r") as f:
             text = f.read()
+        text = text[1:] if text.startswith("\ufeff") else text  # a byte-order mark
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file (expected a counts CSV or JSON).") from None
     if not local.endswith(".json"):

@@ -392,13 +392,80 @@ def _fast_json_objects(path: str, what: str = "results"):
     def objects():
         with f:
             try:
-                yield from ijson.items(f, "item", use_float=True)
+                yield from ijson.items(_DepthLimited(f, path, what), "item", use_float=True)
             except ijson.JSONError as e:
                 raise _FastReaderFailed(str(e)) from None
             except (OSError, UnicodeDecodeError) as e:
                 raise ValueError(f"{what} file {path} cannot be read: {e}") from None
 
     return objects()
+
+
+# the deepest nesting of json arrays and objects a results file may have (a detection with
+# polygons is 4 levels deep): ijson's C builder takes memory quadratic in the depth (a 40 kB
+# file of 20,000 nested arrays takes 1 GB), so deeper files are refused before it sees them
+MAX_JSON_DEPTH = 32
+_BRACKETS = np.zeros(256, np.int8)
+_BRACKETS[[ord("["), ord("{")]] = 1
+_BRACKETS[[ord("]"), ord("}")]] = -1
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+
+
+class _DepthLimited:
+    """A binary file whose ``read`` refuses json nested deeper than :data:`MAX_JSON_DEPTH`.
+    Brackets inside strings are text: each read marks its strings by the parity of the
+    unescaped quotes before each byte (numpy, no Python loop but over quotes that follow a
+    backslash), carrying the state of a string a read cuts into the next read."""
+
+    def __init__(self, f, path: str, what: str):
+        self.f, self.path, self.what = f, path, what
+        self.depth, self.in_string, self.escaped = 0, False, False
+
+    def _quotes(self, arr: np.ndarray) -> np.ndarray:
+        """The unescaped quotes of ``arr``: a quote after an odd run of backslashes (counting
+        a backslash that ended the previous read) is text."""
+        quotes = arr == _QUOTE
+        index = np.flatnonzero(quotes)
+        after_backslash = index[arr[np.maximum(index - 1, 0)] == _BACKSLASH]
+        for i in after_backslash[after_backslash > 0].tolist():  # rare: checked one by one
+            run = 1
+            while i - run - 1 >= 0 and arr[i - run - 1] == _BACKSLASH:
+                run += 1
+            run += int(self.escaped and run == i)  # the run starts the read
+            quotes[i] = run % 2 == 0
+        if self.escaped and quotes[0]:
+            quotes[0] = False
+        return quotes
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        if not data:
+            return data
+        arr = np.frombuffer(data, np.uint8)
+        steps = _BRACKETS[arr]
+        at = np.flatnonzero(steps)  # the brackets' positions
+        if self.in_string or _QUOTE in data:
+            quotes = np.flatnonzero(self._quotes(arr))
+            # a bracket is text when an odd number of quotes (and an open string) precede it
+            inside = (np.searchsorted(quotes, at) + int(self.in_string)) % 2 == 1
+            at = at[~inside]
+            was_escaped = self.escaped
+            self.in_string = (len(quotes) + int(self.in_string)) % 2 == 1
+            run = len(data) - len(data.rstrip(b"\\"))
+            run -= int(was_escaped and run == len(data))
+            self.escaped = self.in_string and run % 2 == 1
+        else:
+            self.escaped = False
+        if at.size:
+            depths = self.depth + np.cumsum(steps[at], dtype=np.int64)
+            if depths.max() > MAX_JSON_DEPTH:
+                raise ValueError(
+                    f"{self.what} file {self.path} nests json arrays and objects more than "
+                    f"{MAX_JSON_DEPTH} levels deep; LVIS results are a list of detection "
+                    "objects (image_id, category_id, score, bbox, segmentation)."
+                )
+            self.depth = int(depths[-1])
+        return data
 
 
 class _FastReaderFailed(Exception):

@@ -12,6 +12,7 @@ imports torch when it is called.
 import argparse
 import math
 import os
+import stat
 import sys
 
 from iif_d2.utils.io import same_file, write_json_atomic
@@ -31,6 +32,9 @@ __all__ = [
     "unit_float",
     "write_json_output",
 ]
+
+
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 
 class UsageError(ValueError):
@@ -144,7 +148,7 @@ def check_output_file(path: str, option: str, inputs=(), example: str = "out.jso
     _writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
     if os.path.exists(path) and not os.path.isfile(path):
         raise UsageError(f"{option} {path} is not a regular file; give a file name.")
-    if os.path.isfile(path) and not os.access(path, os.W_OK):
+    if os.path.isfile(path) and not os.stat(path).st_mode & _WRITE_BITS:
         raise UsageError(
             f"{option} {path} is a read-only file; it is not replaced: give another file name "
             "(or make it writable)."
