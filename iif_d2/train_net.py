@@ -15,6 +15,7 @@ from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
+import re  # noqa: E402
 import sys  # noqa: E402
 
 from detectron2.engine import default_argument_parser  # noqa: E402
@@ -84,6 +85,12 @@ def check_launch_args(args):
         raise RunConfigError(
             f"--machine-rank {args.machine_rank} with --num-machines {args.num_machines}: the "
             f"rank of this machine is 0 to {args.num_machines - 1}."
+        )
+    url = args.dist_url
+    if url != "auto" and not re.fullmatch(r"tcp://[^\s:/]+:\d{1,5}|file:///\S+|env://", url or ""):
+        raise RunConfigError(
+            f"--dist-url {url!r} is not tcp://HOST:PORT, file:///PATH or env://; the main "
+            "machine's address, e.g. tcp://10.0.0.1:29500 (or auto on one machine)."
         )
 
 

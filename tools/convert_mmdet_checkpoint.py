@@ -135,6 +135,8 @@ def load_mmdet_checkpoint(path):
         raise ConversionError(f"{path}: no such file.") from None
     except pickle.UnpicklingError:  # weights_only refused a class: see which (below)
         pass
+    except ConversionError as e:  # read, but not an mmdet checkpoint
+        raise ConversionError(f"{path}: {e}") from None
     except (RuntimeError, EOFError, ValueError) as e:
         raise ConversionError(f"{path} is not a torch checkpoint ({e}).") from None
     try:
@@ -155,6 +157,11 @@ def load_mmdet_checkpoint(path):
 def _split(obj):
     if not isinstance(obj, dict):
         raise ConversionError(f"expected a dict checkpoint, got a {type(obj).__name__}.")
+    if "model" in obj and "state_dict" not in obj and ("__author__" in obj or "iteration" in obj):
+        raise ConversionError(
+            "it is a detectron2 checkpoint already (it has 'model'); give it to train_net.py "
+            "as MODEL.WEIGHTS, no conversion needed."
+        )
     meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
     sd = obj["state_dict"] if "state_dict" in obj else obj
     if not isinstance(sd, dict):
