@@ -535,3 +535,26 @@ def test_cli_segm_equals_lvis_api(tmp_path):
         assert ref["AP"] > 0
         for key, value in ref.items():
             assert got[key] == (None if value < 0 else pytest.approx(100 * value, abs=1e-10))
+
+
+def test_the_depth_limit_reads_strings_cut_anywhere():
+    """The results reader's depth limit: brackets, quotes and backslashes inside strings are
+    text, also where a read cuts a string (reads of 1 to 13 bytes); the file reads as the
+    standard library reads it, and one nested deeper than the limit is refused."""
+    import io
+
+    import ijson
+
+    from iif_d2.lvis_eval.data import MAX_JSON_DEPTH, _DepthLimited
+
+    tricky = ['[[{{"', "a\\", '\\"]', "\\\\", "\\\\\\", "[" * 40, "}" * 40, ""]
+    dets = [{"image_id": i, "score": 0.5, "segmentation": {"size": [4, 4], "counts": t}}
+            for i, t in enumerate(tricky * 3)]  # fmt: skip
+    data = json.dumps(dets).encode()
+    for size in (1, 2, 3, 5, 7, 13):
+        reader = _DepthLimited(io.BytesIO(data), "r.json", "results")
+        items = list(ijson.items(reader, "item", use_float=True, buf_size=size))
+        assert items == json.loads(data) and reader.depth == 0 and not reader.in_string
+    deep = ("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)).encode()
+    with pytest.raises(ValueError, match=f"more than {MAX_JSON_DEPTH} levels deep"):
+        list(ijson.items(_DepthLimited(io.BytesIO(deep), "r.json", "results"), "item"))
