@@ -257,6 +257,32 @@ def _class_counts(cfg, dicts=None) -> ClassStats:
     return stats
 
 
+def _log_json_counts_beyond_training(stats: ClassStats, dicts, cfg) -> None:
+    """SOURCE "json" counts what the json says; log what of it training does not see (the
+    annotations and images the training load drops, as detectron2 would), so a user who wants
+    counts of what is trained on knows to use SOURCE "dataset"."""
+    trained = count_dataset_dicts(dicts, stats.num_classes, "+".join(_dataset_names(cfg)))
+    extra = [
+        (i, stats.instance_counts[i] - trained.instance_counts[i])
+        for i in range(stats.num_classes)
+        if stats.instance_counts[i] != trained.instance_counts[i]
+        or stats.image_counts[i] != trained.image_counts[i]
+    ]
+    if extra:
+        i, most = max(extra, key=lambda x: abs(x[1]))
+        logger.warning(
+            "MODEL.CLASS_COUNTS.SOURCE 'json': the counts of %s differ from those of the %d "
+            "training images for %d class(es) (most: class %d, %+d instances in the json), as "
+            "the training load dropped annotations or images (see above); IIF uses the json's "
+            "counts. SOURCE 'dataset' counts what training sees.",
+            stats.source,
+            len(dicts),
+            len(extra),
+            i,
+            most,
+        )
+
+
 def compute_training_set_facts(cfg, training: bool = True) -> TrainingSetFacts:
     """Everything :func:`resolve_training_set` needs, on this process only: the training dicts
     are loaded at most once; nothing is written.
@@ -276,10 +302,15 @@ def _compute(cfg, training: bool):
     epoch = training and _needs_epoch(cfg)
     source = cfg.MODEL.CLASS_COUNTS.SOURCE
     fractal = counts and needs_fractal_dimensions(cfg) and source == "json"
-    needs_dicts = heldout or epoch or fractal or (counts and source == "dataset")
+    # SOURCE "json" while training: the loaded dicts (the trainer reuses them) tell what of
+    # the json's counts training drops
+    compare = counts and training and source == "json"
+    needs_dicts = heldout or epoch or fractal or compare or (counts and source == "dataset")
     dicts = loader_dataset_dicts(cfg) if needs_dicts else None
     if counts:
         facts.stats = compute_class_stats(cfg, dicts)  # the full training set
+    if compare:
+        _log_json_counts_beyond_training(facts.stats, dicts, cfg)
     train = dicts
     if heldout:
         node = cfg.DATASETS.HELDOUT

@@ -65,6 +65,8 @@ def _local_config_path(config_file: str) -> str:
             return model_zoo.get_config_file(config_file)
         except FileNotFoundError as e:
             raise RunConfigError(f"--config-file: {e}") from None
+    if config_file.lower().startswith("file://"):  # a local file named as a URL
+        return config_file[len("file://") :]
     if "://" in config_file:
         try:
             config_file = PathManager.get_local_path(config_file)
@@ -168,6 +170,11 @@ def check_config_tree(config_file: str) -> str:
             )
         data = _read_config_yaml(path, named_by)
         bases = data.get("_BASE_", [])
+        if not isinstance(bases, (str, list)):
+            raise RunConfigError(
+                f"{path}: _BASE_ is a {type(bases).__name__}; it names a config file (or a list "
+                "of them)."
+            )
         for base in [bases] if isinstance(bases, str) else bases:
             if not isinstance(base, str):
                 raise RunConfigError(f"{path}: _BASE_ {base!r} is not a file name.")

@@ -182,3 +182,25 @@ def test_checkpoint_for_other_class_count_is_an_error(tmp_path):
         checkpointer_for(model, other).load(path)
     allowed = cfg_with(5, "MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH", True)
     checkpointer_for(model, allowed).load(path)  # fine-tuning: skipped with a warning
+
+
+def test_json_counts_beyond_what_training_sees_are_logged(caplog):
+    """SOURCE 'json' uses the json's counts; where the training load dropped some of what they
+    count, a warning names how many classes differ and points to SOURCE 'dataset'."""
+    from iif_d2.data.class_stats import ClassStats
+    from iif_d2.data.training_set import _log_json_counts_beyond_training
+
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    cfg.DATASETS.TRAIN = ("my_train",)
+    box = {"bbox": [0, 0, 4, 4], "bbox_mode": 1, "category_id": 1}
+    dicts = [{"image_id": 1, "annotations": [box]}]  # the json also has a dropped class-1 box
+    json_counts = ClassStats([0, 1], [0, 2], 1, ["a", "b"], "l.json")
+    with caplog.at_level("WARNING", logger="iif_d2.data.training_set"):
+        _log_json_counts_beyond_training(json_counts, dicts, cfg)
+    assert "l.json differ from those of the 1 training images for 1 class(es)" in caplog.text
+    assert "(most: class 1, +1 instances in the json)" in caplog.text
+    caplog.clear()
+    same = ClassStats([0, 1], [0, 1], 1, ["a", "b"], "l.json")
+    _log_json_counts_beyond_training(same, dicts, cfg)
+    assert caplog.text == ""
