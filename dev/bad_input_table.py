@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Run every bad input of iif-d2's table and write what each one is told.
 
-Each row is a bad input (a counts file, training data, a command line of ``python -m
-iif_d2.cli``, ``python -m iif_d2.lvis_eval`` (and its ``fp_analysis``) or a ``tools/`` script, a
-config, a checkpoint, a second writer of an OUTPUT_DIR), the error type it must raise and a
-fragment its message must hold.
+Each row is a bad input (a counts file, training data, a command line of ``train_net.py``,
+``python -m iif_d2.cli``, ``python -m iif_d2.lvis_eval`` (and its ``fp_analysis``) or a
+``tools/`` script, a config, a checkpoint, a second writer of an OUTPUT_DIR), the error type it
+must raise and a fragment its message must hold.
 tests/test_bad_inputs.py asserts every row and checks that docs/bad_inputs.md is what the rows
 generate; this script runs the same rows in temporary folders and prints (or, with ``--write``,
 writes) that page: a markdown table "bad input | error (first line)". Exit status 1 if a row
@@ -103,23 +103,44 @@ def counts_file(path: str) -> Callable[[str], object]:
     return run
 
 
+def _exit_status(main: Callable, args, tmp: str, files=None) -> int:
+    """Call ``main`` on ``args`` ("{tmp}" replaced), after writing ``files``, with its output
+    captured: returns 0, or raises :class:`CLIFailed` with its status and stderr."""
+    _write(tmp, files)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([a.format(tmp=tmp) for a in args])
+        except SystemExit as e:  # argparse's own errors, and the converter's
+            code = e.code
+    if code != 0:
+        raise CLIFailed(code, err.getvalue())
+    return code
+
+
 def cli(module: str, *args: str, files=None) -> Callable[[str], object]:
     """Run ``module``'s ``main`` on ``args`` ("{tmp}" replaced), after writing ``files``."""
+    return lambda tmp: _exit_status(importlib.import_module(module).main, args, tmp, files)
+
+
+def train_net(*args: str, files=None) -> Callable[[str], object]:
+    """``python train_net.py ARGS`` in this process, as far as it checks its inputs before
+    launching a run ("{tmp}" replaced, ``files`` written first)."""
 
     def run(tmp):
-        _write(tmp, files)
-        main = importlib.import_module(module).main
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                code = main([a.format(tmp=tmp) for a in args])
-            except SystemExit as e:  # argparse's own errors
-                code = e.code
-        if code != 0:
-            raise CLIFailed(code, err.getvalue())
-        return code
+        from iif_d2.train_net import run as train_net_run
+
+        return _exit_status(train_net_run, args, tmp, files)
 
     return run
+
+
+QUICK_CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "mask_rcnn_R_18_FPN_instant.yaml")
+
+
+def quick(*opts: str, files=None) -> Callable[[str], object]:
+    """``python train_net.py`` on the quick-schedule config with ``opts`` (output in the folder)."""
+    return train_net("--config-file", QUICK_CONFIG, "OUTPUT_DIR", "{tmp}/out", *opts, files=files)
 
 
 _SCRIPTS: Dict[str, object] = {}
@@ -137,16 +158,7 @@ def script(name: str, *args: str, files=None) -> Callable[[str], object]:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             _SCRIPTS[name] = module
-        _write(tmp, files)
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                code = _SCRIPTS[name].main([a.format(tmp=tmp) for a in args])
-            except SystemExit as e:  # argparse's own errors, and the converter's
-                code = e.code
-        if code != 0:
-            raise CLIFailed(code, err.getvalue())
-        return code
+        return _exit_status(_SCRIPTS[name].main, args, tmp, files)
 
     return run
 
@@ -159,6 +171,37 @@ def fifo(name: str, run: Callable[[str], object]) -> Callable[[str], object]:
         return run(tmp)
 
     return with_fifo
+
+
+def read_only(name: str, content) -> Callable[[str], None]:
+    """Makes ``name`` (``content``) in the folder, read-only."""
+
+    def make(tmp):
+        _write(tmp, {name: content})
+        os.chmod(os.path.join(tmp, name), 0o444)
+
+    return make
+
+
+def saved(name: str, content: Callable[[], object]) -> Callable[[str], None]:
+    """Makes ``name`` in the folder: ``torch.save`` of what ``content()`` returns then."""
+
+    def make(tmp):
+        import torch
+
+        torch.save(content(), os.path.join(tmp, name))
+
+    return make
+
+
+def then(prepare: Callable[[str], object], run: Callable[[str], object]):
+    """``run`` after ``prepare`` (both given the folder)."""
+
+    def both(tmp):
+        prepare(tmp)
+        return run(tmp)
+
+    return both
 
 
 def _cfg(**counts_node):
@@ -242,6 +285,28 @@ def pickle_payload_as_weights(tmp):
     )
 
 
+def checkpoint(name: str) -> Callable[[str], object]:
+    """Load the folder's ``name`` as a checkpoint with
+    :class:`iif_d2.engine.checkpoint.IIFCheckpointer` (what ``MODEL.WEIGHTS`` goes through)."""
+
+    def run(tmp):
+        from torch import nn
+
+        from iif_d2.engine.checkpoint import IIFCheckpointer
+
+        path = os.path.join(tmp, name)
+        return IIFCheckpointer(nn.Linear(2, 2), save_dir=tmp).load(path, checkpointables=[])
+
+    return run
+
+
+def nan_state():
+    """A checkpoint's content whose weight is all NaN."""
+    import torch
+
+    return {"model": {"weight": torch.full((2, 2), float("nan")), "bias": torch.zeros(2)}}
+
+
 def dataset_dict_with_string_id(tmp):
     from iif_d2.data.class_stats import count_dataset_dicts
 
@@ -298,31 +363,52 @@ def png16(tmp):
     return _image(1, _box(), file_name=path)
 
 
-def lvis_json_empty_segmentation(tmp):
-    """An LVIS json with ``"segmentation": []``, loaded by detectron2's LVIS loader (which
-    asserts on it) through the training load."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets.lvis import load_lvis_json
+def with_file(record: dict) -> Callable[[str], dict]:
+    """``record`` with an (empty) image file made for it in the row's folder."""
 
-    from iif_d2.data.loader import loader_dataset_dicts
+    def make(tmp):
+        _write(tmp, {"1.jpg": b""})
+        return dict(record, file_name=os.path.join(tmp, "1.jpg"))
 
-    ann = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8], "area": 64}
-    data = {
-        "images": [{"id": 1, "width": 20, "height": 20, "coco_url": "x/train2017/1.jpg"}],
-        "annotations": [dict(ann, segmentation=[])],
-        "categories": LVIS_CATS,
-    }
-    path = os.path.join(tmp, "l.json")
-    _write(tmp, {"l.json": data})
-    DatasetCatalog.register("my_lvis_train", lambda: load_lvis_json(path, tmp))
-    MetadataCatalog.get("my_lvis_train").set(json_file=path)
-    try:
-        cfg = _cfg()
-        cfg.DATASETS.TRAIN = ("my_lvis_train",)
-        return loader_dataset_dicts(cfg)
-    finally:
-        DatasetCatalog.remove("my_lvis_train")
-        MetadataCatalog.remove("my_lvis_train")
+    return make
+
+
+def lvis_training_json(data: dict) -> Callable[[str], object]:
+    """Load the LVIS json ``data`` with detectron2's LVIS loader through the training load."""
+
+    def run(tmp):
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+        from detectron2.data.datasets.lvis import load_lvis_json
+
+        from iif_d2.data.loader import loader_dataset_dicts
+
+        path = os.path.join(tmp, "l.json")
+        _write(tmp, {"l.json": data})
+        DatasetCatalog.register("my_lvis_train", lambda: load_lvis_json(path, tmp))
+        MetadataCatalog.get("my_lvis_train").set(json_file=path, thing_classes=["a"])
+        try:
+            cfg = _cfg()
+            cfg.DATASETS.TRAIN = ("my_lvis_train",)
+            return loader_dataset_dicts(cfg)
+        finally:
+            DatasetCatalog.remove("my_lvis_train")
+            MetadataCatalog.remove("my_lvis_train")
+
+    return run
+
+
+def _lvis_train(images, *annotations) -> dict:
+    return {"images": images, "annotations": list(annotations), "categories": LVIS_CATS}
+
+
+def _lvis_image(image_id, number=None) -> dict:
+    url = f"x/train2017/{number or image_id}.jpg"
+    return {"id": image_id, "width": 20, "height": 20, "coco_url": url}
+
+
+def _lvis_ann(ann_id, segmentation=((1, 1, 9, 1, 9, 9, 1, 9),)) -> dict:
+    return {"id": ann_id, "image_id": 1, "category_id": 1, "bbox": [1, 1, 8, 8], "area": 64,
+            "segmentation": [list(p) for p in segmentation]}  # fmt: skip
 
 
 def second_writer(tmp):
@@ -384,6 +470,28 @@ CUT_JPEG = bytes.fromhex(
     "090a0bffc400b5100002010303020403050504040000017d01020300041105122131410613516107227114"
 )
 LVIS_CSV = "iif_d2://lvis_v1_train.csv"
+CSV10 = "# num_images: 10\n" + CSV + "1,1,2\n2,3,4\n"
+DEEP = "[" * 100000 + "]" * 100000  # json (and YAML) nested 100,000 levels deep
+LVIS_IMAGE, LVIS_ANN = LVIS_GT["images"][0], LVIS_GT["annotations"][0]
+# config files each naming the next one twice as _BASE_: 2**30 reads, no cycle
+DIAMOND = {f"d{i}.yaml": f"_BASE_: [d{i + 1}.yaml, d{i + 1}.yaml]\n" for i in range(30)}
+DIAMOND["d30.yaml"] = "MODEL:\n  DEVICE: cpu\n"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A 1-bit PNG of ``width`` x ``height`` with no pixel data: PIL reads its size (and
+    refuses a decompression bomb) when it opens it."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    idat = zlib.compress(b"")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
 
 ROWS = [
     # counts files (MODEL.CLASS_COUNTS.FILE, python -m iif_d2.cli --counts-file)
@@ -411,6 +519,7 @@ ROWS = [
     Row("`cli --save` JSON, count -1", counts("w.json", {"stats": dict(IIF_JSON, image_counts=[-1, 1]), "weights": {}}), ValueError, "w.json: image_counts[0]: -1"),  # noqa: E501
     Row("JSON list", counts("s.json", [1, 2]), ValueError, "is an object, not a list"),
     Row("JSON syntax error", counts("s.json", "{"), ValueError, "not valid JSON"),
+    Row("counts json nested 100,000 levels deep", counts("c.json", DEEP), ValueError, "nests too deeply"),  # noqa: E501
     Row("LVIS json, category id twice", counts("l.json", {"categories": LVIS_CATS * 2}), ValueError, "category id 1 appears twice"),  # noqa: E501
     Row('LVIS json, image_count `"1"`', counts("l.json", {"categories": [dict(LVIS_CATS[0], image_count="1")]}), ValueError, "category id 1: image_count: '1'"),  # noqa: E501
     Row("COCO json, unknown category_id", counts("c.json", dict(GT, annotations=[dict(GT["annotations"][0], category_id=9)])), ValueError, "annotations[0] (id 1) has category_id 9"),  # noqa: E501
@@ -449,6 +558,9 @@ ROWS = [
     Row("cli `--counts-file` a named pipe", fifo("p", cli(C, "--counts-file", "{tmp}/p")), CLIFailed, "is not a regular file (a pipe or device?)"),  # noqa: E501
     Row("cli `--save /dev/null` (a device)", cli(C, "--counts-file", LVIS_CSV, "--save", "/dev/null"), CLIFailed, "--save /dev/null is not a regular file"),  # noqa: E501
     Row("cli `--save ''`", cli(C, "--counts-file", LVIS_CSV, "--save", ""), CLIFailed, "--save is empty"),  # noqa: E501
+    Row("cli `--save` = a `_BASE_` of `--config-file`", cli(C, "--config-file", "{tmp}/c.yaml", "--save", "{tmp}/b.yaml", files={"b.yaml": f"_BASE_: {QUICK_CONFIG}\n", "c.yaml": "_BASE_: b.yaml\n"}), CLIFailed, "is the input file"),  # noqa: E501
+    Row("cli `--save` a read-only file", then(read_only("ro.json", "{}"), cli(C, "--counts-file", "{tmp}/c.csv", "--save", "{tmp}/ro.json", files={"c.csv": CSV10})), CLIFailed, "is a read-only file; it is not replaced"),  # noqa: E501
+    Row("cli `--counts-file http://...`", cli(C, "--counts-file", "http://127.0.0.1:9/c.csv"), CLIFailed, "never fetched from the web"),  # noqa: E501
     # python -m iif_d2.lvis_eval and its fp_analysis
     Row("lvis_eval `--results` a named pipe", fifo("r.json", cli(EV, *EV_ARGS, files={"gt.json": LVIS_GT})), CLIFailed, "is not a regular file (a pipe or device?)"),  # noqa: E501
     Row("lvis_eval `--json-out /dev/null` (a device)", cli(EV, *EV_ARGS, "--json-out", "/dev/null", files=EV_FILES), CLIFailed, "--json-out /dev/null is not a regular file"),  # noqa: E501
@@ -456,6 +568,13 @@ ROWS = [
     Row("lvis_eval `--max-dets 0`", cli(EV, *EV_ARGS, "--max-dets", "0", files=EV_FILES), CLIFailed, "argument --max-dets: 0 must be >= 1"),  # noqa: E501
     Row("fp_analysis `--iou-thresh 0`", cli(FP, *FP_ARGS, "--iou-thresh", "0", files=FP_FILES), CLIFailed, "--iou-thresh 0.0 must lie in (0, 1]"),  # noqa: E501
     Row("fp_analysis `--score-thresh nan`", cli(FP, *FP_ARGS, "--score-thresh", "nan", files=FP_FILES), CLIFailed, "'nan' is not a finite number"),  # noqa: E501
+    Row("lvis_eval results nested 100,000 levels deep", cli(EV, *EV_ARGS, files={**EV_FILES, "r.json": DEEP}), CLIFailed, "nests json arrays and objects more than 32 levels deep"),  # noqa: E501
+    Row("lvis_eval ground truth, one image id twice", cli(EV, *EV_ARGS, files={**EV_FILES, "gt.json": dict(LVIS_GT, images=[LVIS_IMAGE] * 2)}), CLIFailed, "'images': id 1 appears twice"),  # noqa: E501
+    Row("lvis_eval ground truth, a NaN box", cli(EV, *EV_ARGS, files={**EV_FILES, "gt.json": json.dumps(dict(LVIS_GT, annotations=[dict(LVIS_ANN, bbox=[0, 0, float("nan"), 5])]))}), CLIFailed, "bbox [0, 0, nan, 5] is not 4 finite numbers"),  # noqa: E501
+    Row("lvis_eval ground truth, unknown neg_category_ids", cli(EV, *EV_ARGS, files={**EV_FILES, "gt.json": dict(LVIS_GT, images=[dict(LVIS_IMAGE, neg_category_ids=[42])])}), CLIFailed, "neg_category_ids lists 42"),  # noqa: E501
+    Row("lvis_eval `--iou-type segm`, ground truth without masks", cli(EV, *EV_ARGS[:-1], "segm", files=EV_FILES), CLIFailed, "lacks field 'segmentation', needed to evaluate masks"),  # noqa: E501
+    Row("lvis_eval `--json-out` a read-only file", then(read_only("ro.json", "{}"), cli(EV, *EV_ARGS, "--json-out", "{tmp}/ro.json", files=EV_FILES)), CLIFailed, "is a read-only file"),  # noqa: E501
+    Row("fp_analysis ground-truth category id `\"1\"`", cli(FP, *FP_ARGS, files={**FP_FILES, "gt.json": dict(GT, categories=[{"id": "1", "name": "a"}])}), CLIFailed, "categories[0]: id '1' is not an integer"),  # noqa: E501
     # tools/visualize.py, tools/convert_mmdet_checkpoint.py, tools/demo.py
     Row("visualize `--weights` a folder", script("visualize", "--weights", "{tmp}", "--input", "{tmp}", "--output", "{tmp}/o"), CLIFailed, "is a directory; give a checkpoint"),  # noqa: E501
     Row("visualize, a truncated image in `--input`", script("visualize", *VIS, "--input", "{tmp}/images", "--output", "{tmp}/o", files=dict(RUN, **{"images/cut.jpg": CUT_JPEG})), CLIFailed, "cut.jpg cannot be read as an image"),  # noqa: E501
@@ -463,11 +582,15 @@ ROWS = [
     Row("visualize `--output` inside a file", script("visualize", *VIS, "--input", "{tmp}", "--output", "{tmp}/run/config.yaml/o", files=RUN), CLIFailed, "config.yaml is a file, not a folder"),  # noqa: E501
     Row("visualize `--device tpu`", script("visualize", *VIS[:2], "--input", "{tmp}", "--output", "{tmp}/o", "--device", "tpu", files=RUN), CLIFailed, "--device 'tpu' is not a device"),  # noqa: E501
     Row("visualize `--num 0`", script("visualize", *VIS, "--input", "{tmp}", "--output", "{tmp}/o", "--num", "0"), CLIFailed, "argument --num: 0 must be >= 1"),  # noqa: E501
+    Row("visualize `--score-thresh 5`", script("visualize", *VIS, "--input", "{tmp}", "--output", "{tmp}/o", "--score-thresh", "5"), CLIFailed, "'5' must lie in [0, 1]"),  # noqa: E501
+    Row("visualize, a 30000 x 30000 PNG in `--input`", script("visualize", *VIS, "--input", "{tmp}/images", "--output", "{tmp}/o", files=dict(RUN, **{"images/big.png": png_header(30000, 30000)})), CLIFailed, "big.png is too large to decode safely"),  # noqa: E501
     Row("convert IN a named pipe", fifo("in.pth", script("convert_mmdet_checkpoint", "{tmp}/in.pth", "{tmp}/out.pth")), CLIFailed, "IN <tmp>/in.pth is not a regular file".replace("<tmp>", "{tmp}")),  # noqa: E501
     Row("convert OUT `/dev/null` (a device)", script("convert_mmdet_checkpoint", "{tmp}/in.pth", "/dev/null", files={"in.pth": b"x"}), CLIFailed, "OUT /dev/null is not a regular file"),  # noqa: E501
     Row("convert `--num-classes -3`", script("convert_mmdet_checkpoint", "{tmp}/in.pth", "{tmp}/o.pth", "--num-classes", "-3"), CLIFailed, "argument --num-classes: -3 must be >= 1"),  # noqa: E501
+    Row("convert, IN a detectron2 checkpoint", then(saved("in.pth", lambda: {"model": {}, "iteration": 3}), script("convert_mmdet_checkpoint", "{tmp}/in.pth", "{tmp}/o.pth")), CLIFailed, "is a detectron2 checkpoint already"),  # noqa: E501
     Row("demo `--output-dir` a file", script("demo", "--output-dir", "{tmp}/f", files={"f": ""}), CLIFailed, "--output-dir <tmp>/f is a file".replace("<tmp>", "{tmp}")),  # noqa: E501
     Row("demo `--num-vis -1`", script("demo", "--num-vis", "-1"), CLIFailed, "argument --num-vis: -1 must be >= 0"),  # noqa: E501
+    Row("demo, OUTPUT_DIR among the overrides", script("demo", "--output-dir", "{tmp}/o", "OUTPUT_DIR", "{tmp}/p"), CLIFailed, "OUTPUT_DIR is set by --output-dir"),  # noqa: E501
     # training data, checked once where the training dicts are loaded
     Row("training set, a NaN polygon coordinate", training_set(_image(1, _box(segm=[[1, 1, 9, float("nan"), 9, 9]]))), ValueError, "image 1 (images/1.jpg): annotations[0] has a polygon coordinate that is NaN"),  # noqa: E501
     Row("training set, an inf box", training_set(_image(1, _box(bbox=(0, 0, float("inf"), 4)))), ValueError, "has bbox [0, 0, inf, 4]: a box is 4 finite numbers"),  # noqa: E501
@@ -475,9 +598,24 @@ ROWS = [
     Row("training set, one image id for two files", training_set(_image(1, _box()), _image(1, _box(), file_name="images/other.jpg")), ValueError, "image id 1 is used by two files"),  # noqa: E501
     Row("training set, a 16-bit grayscale PNG", training_set(png16), ValueError, "depth.png) is a 16-bit grayscale PNG"),  # noqa: E501
     Row("training set, every box of zero size", training_set(_image(1, _box(bbox=(2, 2, 0, 5)))), ValueError, "no training image is left"),  # noqa: E501
-    Row('LVIS training json, `"segmentation": []`', lvis_json_empty_segmentation, ValueError, "annotation id 7 (image 1) has segmentation []; fix or remove that annotation"),  # noqa: E501
+    Row("training set, an image file that is not there", training_set(_image(1, _box())), ValueError, "image 1 (images/1.jpg) does not exist"),  # noqa: E501
+    Row("training set, a category id beyond the classes", training_set(with_file(_image(1, _box(cat=5)))), ValueError, "has category_id 5 (contiguous), but the dataset has 2 classes"),  # noqa: E501
+    Row('LVIS training json, `"segmentation": []`', lvis_training_json(_lvis_train([_lvis_image(1)], _lvis_ann(7, segmentation=()))), ValueError, "annotation id 7 (image 1) has segmentation []; fix or remove that annotation"),  # noqa: E501
+    Row("LVIS training json, one image id twice", lvis_training_json(_lvis_train([_lvis_image(1), _lvis_image(1, 2)], _lvis_ann(1), _lvis_ann(2))), ValueError, "image id 1 appears twice in 'images'"),  # noqa: E501
     Row("LVIS json, image_count its annotations contradict", counts("l.json", {"images": GT["images"], "categories": [dict(LVIS_CATS[0], image_count=1, instance_count=3)], "annotations": GT["annotations"]}), ValueError, "has image_count 1 and instance_count 3, but the file's annotations put it in 1 images with 1 instances"),  # noqa: E501
     Row("COCO json, an image id twice", counts("c.json", dict(GT, images=GT["images"] * 2)), ValueError, "image id 1 appears twice in 'images'"),  # noqa: E501
+    # train_net.py: configs, settings, launch (checked before a run starts)
+    Row("config whose _BASE_ tree reads 2**30 files (no cycle)", train_net("--config-file", "{tmp}/d0.yaml", files=DIAMOND), CLIFailed, "reads more than 64 config files"),  # noqa: E501
+    Row("config with a key given twice", train_net("--config-file", "{tmp}/c.yaml", files={"c.yaml": f"_BASE_: {QUICK_CONFIG}\nSOLVER:\n  MAX_ITER: 5\nSOLVER:\n  BASE_LR: 0.1\n"}), CLIFailed, "key 'SOLVER' appears twice in one mapping (lines 2 and 4)"),  # noqa: E501
+    Row("config nested 100,000 levels deep", train_net("--config-file", "{tmp}/c.yaml", files={"c.yaml": "a: " + DEEP + "\n"}), CLIFailed, "nests its values too deeply"),  # noqa: E501
+    Row("SOLVER.STEPS `(5, 2)`", quick("SOLVER.STEPS", "(5, 2)"), CLIFailed, "SOLVER.STEPS (5, 2) must be increasing"),  # noqa: E501
+    Row("DATALOADER.NUM_WORKERS `-1`", quick("DATALOADER.NUM_WORKERS", "-1"), CLIFailed, "DATALOADER.NUM_WORKERS -1 must be >= 0"),  # noqa: E501
+    Row("SOLVER.MAX_ITER `0` (training)", quick("SOLVER.MAX_ITER", "0"), CLIFailed, "training needs at least 1 iteration"),  # noqa: E501
+    Row("MODEL.PIXEL_MEAN of one value", quick("MODEL.PIXEL_MEAN", "[1.0]"), CLIFailed, "need one value per channel of INPUT.FORMAT 'BGR' (3)"),  # noqa: E501
+    Row("MODEL.DEVICE `tpu`", quick("MODEL.DEVICE", "tpu"), CLIFailed, "MODEL.DEVICE 'tpu' is not a device"),  # noqa: E501
+    Row("OUTPUT_DIR `/proc/x` (cannot be made)", quick("OUTPUT_DIR", "/proc/x"), CLIFailed, "OUTPUT_DIR /proc/x cannot be made"),  # noqa: E501
+    Row("`--num-gpus 1000` on CPU", train_net("--num-gpus", "1000", "--config-file", QUICK_CONFIG, "OUTPUT_DIR", "{tmp}/o"), CLIFailed, "give --num-gpus"),  # noqa: E501
+    Row("`--dist-url garbage`", train_net("--num-gpus", "2", "--dist-url", "garbage", "--config-file", QUICK_CONFIG), CLIFailed, "--dist-url 'garbage' is not tcp://HOST:PORT"),  # noqa: E501
     # configs, checkpoints, runs
     Row("MODEL.CLASS_COUNTS.SOURCE `somewhere`", unknown_counts_source, ValueError, "'somewhere' is not one of 'dataset', 'json', 'file'"),  # noqa: E501
     Row("deprecated ROI_BOX_HEAD.IIF.COUNTS_SOURCE vs CLASS_COUNTS.SOURCE", deprecated_key_conflict, ValueError, "set only MODEL.CLASS_COUNTS.SOURCE"),  # noqa: E501
@@ -488,6 +626,9 @@ ROWS = [
     Row("NUM_CLASSES 8, COCO's 80-class counts", num_classes_mismatch, ValueError, "cover 80 classes, but the model has NUM_CLASSES = 8"),  # noqa: E501
     Row("NUM_CLASSES 80 and COCO's counts, 8-class training set", coco_counts_and_classes_on_synthlt, ValueError, "NUM_CLASSES is 80, but the training set 'iif_synthetic_tiny_train' has 8 classes"),  # noqa: E501
     Row("MODEL.WEIGHTS a pickle calling os.system", pickle_payload_as_weights, __import__("pickle").UnpicklingError, "references the Python global 'os.system'"),  # noqa: E501
+    Row("MODEL.WEIGHTS a named pipe", fifo("w.pth", checkpoint("w.pth")), ValueError, "is not a regular file (a pipe or device?)"),  # noqa: E501
+    Row("checkpoint with NaN weights", then(saved("w.pth", nan_state), checkpoint("w.pth")), ValueError, "holds NaN or inf in 1 weight tensor(s) (e.g. weight)"),  # noqa: E501
+    Row("checkpoint whose model is a list", then(saved("w.pth", lambda: {"model": [1, 2]}), checkpoint("w.pth")), ValueError, "holds a list as its model, not a state dict"),  # noqa: E501
     Row("a second writer of one OUTPUT_DIR", second_writer, RuntimeError, f"is in use by pid {os.getpid()}"),  # noqa: E501
     Row("IIF_D2_DIST_TIMEOUT `soon`", bad_collective_timeout, ValueError, "IIF_D2_DIST_TIMEOUT = 'soon'"),  # noqa: E501
 ]  # fmt: skip
@@ -518,7 +659,8 @@ def run_row(row: Row, tmp: str) -> BaseException:
 
 def first_line(error: BaseException, tmp: str) -> str:
     """The message's first line (joined with the next while it ends with ":"), without the
-    temporary folder, the repository's path, this process's pid and host, and times."""
+    temporary folder, the repository's path, this process's pid and host, times, and this
+    machine's core or GPU count."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = lines[0] if lines else type(error).__name__
     for line in lines[1:]:
@@ -527,6 +669,12 @@ def first_line(error: BaseException, tmp: str) -> str:
         text += " " + line
     text = text.replace(tmp, "<tmp>").replace(ROOT + os.sep, "")
     text = re.sub(r"\(started [^)]*\)", "(started <time>)", text)
+    # --num-gpus beyond this machine's cores (or GPUs)
+    text = re.sub(
+        r"has \d+ (CPU core|GPU)\(s\); give --num-gpus \d+",
+        r"has <n> \1(s); give --num-gpus <n>",
+        text,
+    )
     return text.replace(f"pid {os.getpid()}", "pid <pid>").replace(socket.gethostname(), "<host>")
 
 
@@ -539,17 +687,19 @@ Generated by `{COMMAND}` from the rows of `dev/bad_input_table.py`, which
 what the rows generate. Do not edit it by hand.
 
 Every bad input ends in an error that names the problem and the fix; the command lines
-(`python -m iif_d2.cli`, `python -m iif_d2.lvis_eval`, `python -m iif_d2.lvis_eval.fp_analysis`,
-`tools/visualize.py`, `tools/convert_mmdet_checkpoint.py`, `tools/demo.py`) exit 2 with one line
-and no traceback. Broken training data is refused where the training dicts are loaded, once per
-run; what detectron2 drops in training is dropped there, counted and logged instead (see
+(`train_net.py`, `python -m iif_d2.cli`, `python -m iif_d2.lvis_eval`,
+`python -m iif_d2.lvis_eval.fp_analysis`, `tools/visualize.py`,
+`tools/convert_mmdet_checkpoint.py`, `tools/demo.py`) exit 2 with one line and no traceback.
+Broken training data is refused where the training dicts are loaded, once per run; what
+detectron2 drops in training is dropped there, counted and logged instead (see
 [datasets.md](datasets.md)). Loading never runs code: `.pkl`/`.pth` weights are read safely (see
 [checkpoints.md](checkpoints.md)) and YAML configs without `!!python` tags. A second run writing
 the same `OUTPUT_DIR` is refused (`OUTPUT_DIR/.iif_d2.lock` names the holder's pid and host).
 CPU worker processes exit when their launcher dies, and a stalled collective ends with a
 message naming the rank after `IIF_D2_DIST_TIMEOUT` seconds (default 1800).
 
-In the messages below `<tmp>` is the folder the row ran in; pids, hosts and times are masked.
+In the messages below `<tmp>` is the folder the row ran in; pids, hosts, times and this
+machine's core count (`<n>`) are masked.
 """
 
 
