@@ -37,12 +37,37 @@ __all__ = ["APPLY_AT", "IIFDenseDetectorMixin"]
 APPLY_AT = ("both", "train", "test")
 
 
+_NORMALIZER = "loss_normalizer_ema"  # the buffer that holds ``loss_normalizer``
+
+
 class IIFDenseDetectorMixin:
     """IIF weights, the focal-loss treatments and test-time logit scaling for a
     ``DenseDetector`` subclass with ``num_classes``, ``focal_loss_alpha``/``_gamma``."""
 
     # the key of the classification loss in the detector's loss dict
     cls_loss_key = "loss_cls"
+    # the starting value of detectron2's loss normaliser (RetinaNet 100, FCOS 300)
+    loss_normalizer_init = 100.0
+
+    # detectron2 keeps the EMA of the number of foreground anchors that divides the losses
+    # (``loss_normalizer``) in a plain attribute: a checkpoint does not hold it, so a resumed run
+    # restarts it from its initial value and trains on another path than the uninterrupted run.
+    # Here it lives in a persistent float64 buffer, read and written as the Python float
+    # detectron2 computes with (the same arithmetic, bit for bit), and saved with the model.
+    @property
+    def loss_normalizer(self) -> float:
+        buffer = self.__dict__["_buffers"].get(_NORMALIZER)
+        if buffer is None:
+            raise AttributeError("loss_normalizer")
+        return buffer.item()
+
+    @loss_normalizer.setter
+    def loss_normalizer(self, value: float) -> None:
+        buffer = self.__dict__["_buffers"].get(_NORMALIZER)
+        if buffer is None:
+            self.register_buffer(_NORMALIZER, torch.tensor(float(value), dtype=torch.float64))
+        else:
+            buffer.fill_(float(value))
 
     @classmethod
     def iif_from_config(cls, cfg, head: str, num_classes: int) -> dict:
@@ -151,6 +176,8 @@ class IIFDenseDetectorMixin:
         if efl_scale_factor is not None:
             self.register_buffer("efl_pos_grad", torch.zeros(self.num_classes))
             self.register_buffer("efl_neg_grad", torch.zeros(self.num_classes))
+        if _NORMALIZER not in self._buffers:  # detectron2 main sets it at the first step
+            self.loss_normalizer = self.loss_normalizer_init
 
     def _scales_logits(self, at: str) -> bool:
         return (

@@ -71,6 +71,7 @@ class IIFFCOS(IIFDenseDetectorMixin, FCOS):
     """
 
     cls_loss_key = "loss_fcos_cls"
+    loss_normalizer_init = 300.0  # detectron2's FCOS
 
     @configurable
     def __init__(

@@ -82,6 +82,26 @@ def test_no_weights_and_all_ones_weights_are_upstream_retinanet(tmp_path):
         assert torch.equal(ref[k], off[k]) and torch.equal(ref[k], ones[k]), k
 
 
+def test_loss_normalizer_is_saved_with_the_model(tmp_path):
+    """detectron2 keeps RetinaNet's EMA loss normaliser outside the state dict, so a resumed run
+    restarted it at 100; IIFRetinaNet computes it exactly as detectron2 does and saves it."""
+    cfg = _cfg(tmp_path, "MODEL.RETINANET.IIF.ENABLED", False)
+    upstream_cfg = cfg.clone()
+    upstream_cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    ours, upstream = build_model(cfg), build_model(upstream_cfg)
+    assert ours.loss_normalizer == 100.0
+    batch = _fake_batch()
+    with EventStorage():
+        for _ in range(3):
+            ours.losses(*batch), upstream.losses(*batch)
+    assert ours.loss_normalizer == upstream.loss_normalizer != 100.0
+    restored = build_model(cfg)
+    restored.load_state_dict(ours.state_dict())
+    assert restored.loss_normalizer == ours.loss_normalizer
+    with EventStorage():
+        assert torch.equal(restored.losses(*batch)["loss_cls"], ours.losses(*batch)["loss_cls"])
+
+
 def test_inference_weights_follow_the_channel_layout(tmp_path):
     model = build_model(_cfg(tmp_path))
     A = model.anchor_generator.num_cell_anchors[0]
