@@ -42,7 +42,7 @@ from torch.utils import data as torchdata
 from iif_d2.data.heldout import KEY as HELDOUT_KEY
 from iif_d2.data.heldout import image_key, load_heldout_ids
 from iif_d2.data.samplers import position_batches
-from iif_d2.data.validate import load_checked
+from iif_d2.data.validate import DatasetError, load_checked
 from iif_d2.utils.rng import rng_preserved
 
 __all__ = [
@@ -267,7 +267,15 @@ class ResumableTrainLoader:
         global generators are left seeded for it (:func:`seed_generators`)."""
         for retry in itertools.count():
             seed_generators(self.seed, position, retry)
-            mapped = self.mapper(self.dataset[index])
+            record = self.dataset[index]
+            try:
+                mapped = self.mapper(record)
+            except OSError as e:  # PIL: a truncated, unidentified or unreadable image file
+                raise DatasetError(
+                    f"Training image {record.get('file_name')!r} (image id "
+                    f"{record.get('image_id')}) cannot be read ({e}): replace the file or "
+                    "remove the image from the dataset."
+                ) from e
             if mapped is not None:
                 return mapped
             if retry == 3:

@@ -416,3 +416,22 @@ def test_two_workers_map_what_one_process_maps(grouping):
 def test_grouping_needs_sizes():
     with pytest.raises(ValueError, match="needs 'width' and 'height'.*ASPECT_RATIO_GROUPING False"):
         ResumableTrainLoader([{"image_id": 0}], _DrawingMapper(), TrainingSampler(1), 1)
+
+
+def test_an_unreadable_training_image_is_named(tmp_path):
+    """A truncated image file, found when the loader maps it: a one-line error naming it."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetMapper
+    from PIL import Image
+
+    from iif_d2.data.validate import DatasetError
+
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    dicts = [{"file_name": str(path), "image_id": 7, "height": 64, "width": 64, "annotations": []}]
+    loader = ResumableTrainLoader(dicts, DatasetMapper(get_cfg(), True), TrainingSampler(1), 1)
+    with pytest.raises(DatasetError, match=r"cut.png' \(image id 7\) cannot be read") as e:
+        next(iter(loader))
+    assert "\n" not in str(e.value)
