@@ -25,10 +25,10 @@ OPTS = [
 TIMEOUT_S = 300
 
 
-def _start(out, *extra, resume=False, workers=0, env=None):
-    args = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", CONFIG]
+def _start(out, *extra, resume=False, workers=0, env=None, config=CONFIG, opts=OPTS):
+    args = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", config]
     args += ["--resume"] if resume else []
-    args += [*OPTS, "DATALOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out), *extra]
+    args += [*opts, "DATALOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     log = open(out.parent / f"{out.name}{'_resumed' if resume else ''}.log", "w")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -104,6 +104,29 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     expected = _weights(full)
     _assert_equal(_weights(at4), expected)
     _assert_equal(_weights(at8), expected)  # also: 2 workers map what 0 workers map
+
+
+RETINANET = os.path.join(ROOT, "configs", "quick_schedules", "retinanet_R_18_FPN_instant_iif.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="a resumed RetinaNet's conv weights differ from the uninterrupted run's by ~1e-8 "
+    "(its loss normaliser is restored: tests/modeling/test_retinanet.py); the cause is open",
+)
+def test_killed_retinanet_resumes_to_the_uninterrupted_weights(tmp_path):
+    """RetinaNet's loss normaliser, an EMA detectron2 keeps outside the model's state, is
+    restored (a resumed run restarted it at 100 before); the weights should then be the
+    uninterrupted run's bit for bit."""
+    full, at4 = tmp_path / "full", tmp_path / "killed_at_4"
+    opts = {"config": RETINANET, "opts": [*OPTS[:8], "DATASETS.TEST", "()"]}
+    uninterrupted = _start(full, **opts)
+    killed = _start(at4, **opts)
+    _kill_after_checkpoint(killed, at4, 4)
+    _finish(_start(at4, resume=True, **opts))
+    _finish(uninterrupted)
+    _assert_equal(_weights(at4), _weights(full))
 
 
 # torch's portable kernels: ATen, oneDNN and MKL held below AVX2
