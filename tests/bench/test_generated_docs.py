@@ -134,3 +134,33 @@ def test_make_docs_refuses_a_readme_without_markers_and_changes_nothing(tmp_path
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "<!-- results:begin -->" in r.stderr
     assert page.read_text() == "stale\n"
+
+
+def test_one_stage_iif_configs_say_what_the_page_shows():
+    """The one-stage IIF configs call themselves "Not a recommendation" exactly while no IIF
+    form raises box APr over its plain detector on the SynthLT page (read from the records)."""
+    import glob
+
+    from iif_d2.bench.records import load_records
+    from iif_d2.bench.synthlt_table import METHODS, summarise
+
+    runs, seeds = make_docs._runs(load_records(make_docs.SYNTHLT_RECORDS))
+    _, claims = summarise(METHODS, runs, seeds)
+    iif_helps = any(
+        c["a"].startswith(("retinanet_iif", "fcos_iif"))
+        and c["b"] in ("retinanet", "fcos")
+        and c["metric"] == "APr box"
+        and c["verdict"] == "shown"
+        for c in claims
+    )
+    configs = [
+        p
+        for family in ("COCO-Detection", "LVISv1-Detection", "SynthLT-Detection")
+        for p in glob.glob(os.path.join(ROOT, "configs", family, "*.yaml"))
+        if os.path.basename(p).startswith(("retinanet", "fcos")) and p.endswith("_iif.yaml")
+    ]
+    assert len(configs) >= 5
+    for path in configs:
+        with open(path) as f:
+            header = "".join(f.readline() for _ in range(3))
+        assert ("Not a recommendation" in header) != iif_helps, path
