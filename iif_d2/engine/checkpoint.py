@@ -291,8 +291,7 @@ class IIFCheckpointer(DetectionCheckpointer):
             UnsafeCheckpointError,
             TorchTooOldError,
         ):
-            self._reset_url()
-            raise
+            raise  # already named: not wrapped below
         except (
             OSError,
             EOFError,
@@ -305,18 +304,15 @@ class IIFCheckpointer(DetectionCheckpointer):
             pickle.UnpicklingError,
             zipfile.BadZipFile,
         ) as e:
-            self._reset_url()
             message = " ".join(str(e).split())[:300] or type(e).__name__
             raise CheckpointReadError(
                 f"Cannot load checkpoint {path} ({type(e).__name__}: {message}); {_READ_FIX}."
             ) from None
-        except BaseException:
+        finally:
             # detectron2 main's load sets _parsed_url_during_load and asserts it unset on the
             # next call; a load that raised midway (a refused checkpoint) must not leave it set
             if getattr(self, "_parsed_url_during_load", None) is not None:
                 self._parsed_url_during_load = None
-            raise
-        finally:
             self._loading, self._restoring = None, []
 
     # -- resuming -------------------------------------------------------------------------
@@ -504,10 +500,6 @@ class IIFCheckpointer(DetectionCheckpointer):
         with contextlib.suppress(AttributeError):
             owner = self.model.get_submodule(key.rpartition(".")[0])
         return isinstance(owner, (ObserverBase, FakeQuantizeBase))
-
-    def _reset_url(self):
-        if getattr(self, "_parsed_url_during_load", None) is not None:
-            self._parsed_url_during_load = None
 
     def _load_model(self, checkpoint: Dict[str, Any]):
         names = {n for n, _ in self.model.named_parameters()}
