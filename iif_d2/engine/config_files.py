@@ -153,6 +153,12 @@ def check_config_tree(config_file: str) -> str:
     Raises:
         RunConfigError: naming the file, the problem and the fix.
     """
+    return _walk_config_tree(config_file)[0]
+
+
+def _walk_config_tree(config_file: str):
+    """:func:`check_config_tree`'s walk: (the local path of ``config_file``, the real paths of
+    the files it read, in reading order)."""
     top = _local_config_path(config_file)
     roots = [os.path.realpath(os.path.dirname(os.path.abspath(top)))] + _repository_configs()
     read = []
@@ -195,26 +201,14 @@ def check_config_tree(config_file: str) -> str:
             visit(target, [*chain, real], f"_BASE_ of {path}:")
 
     visit(top, [], "--config-file")
-    return top
+    return top, read
 
 
 def config_tree_files(config_file: str) -> List[str]:
     """The local files a config reads: ``config_file`` and its ``_BASE_`` chain (checked by
-    :func:`check_config_tree`), e.g. the inputs an output path must not overwrite."""
-    path = check_config_tree(config_file)
-    files, todo = [], [path]
-    while todo:
-        current = todo.pop()
-        if current in files:
-            continue
-        files.append(current)
-        bases = _read_config_yaml(current, "--config-file").get("_BASE_", [])
-        for base in [bases] if isinstance(bases, str) else bases:
-            target = os.path.expanduser(base)
-            if not os.path.isabs(target):
-                target = os.path.join(os.path.dirname(current), target)
-            todo.append(target)
-    return files
+    :func:`check_config_tree`), each once (real paths), e.g. the inputs an output path must not
+    overwrite."""
+    return list(dict.fromkeys(_walk_config_tree(config_file)[1]))
 
 
 def load_config_file(config_file: str, opts: Sequence[str] = ()):
