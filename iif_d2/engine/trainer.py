@@ -183,7 +183,13 @@ class Trainer(DefaultTrainer):
             )
             self.iter = self.max_iter - 1
             self.checkpointer.save("model_final", iteration=self.iter)  # main rank only
-        return super().train()
+        # TorchScript's profiling executor optimises a scripted function from its second call
+        # on, and the optimised graph's gradients (autodiff) differ in the last bits from eager
+        # autograd's: fvcore's ``sigmoid_focal_loss_jit`` (RetinaNet's and FCOS's focal loss)
+        # then trained on other bits in a resumed process, whose first calls fall at another
+        # iteration. Unoptimised, every call runs eager autograd: one path, resumed or not.
+        with torch.jit.optimized_execution(False):
+            return super().train()
 
     @classmethod
     def build_model(cls, cfg):
