@@ -15,6 +15,7 @@ from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
 
+import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 
@@ -33,6 +34,7 @@ from iif_d2.engine.launch import launch  # noqa: E402
 from iif_d2.engine.run_folder import check_eval_weights, check_resume_config  # noqa: E402
 from iif_d2.engine.run_lock import OutputDirInUseError  # noqa: E402
 from iif_d2.engine.trainer import Trainer, checkpointer_for, setup_run  # noqa: E402
+from iif_d2.utils.io import WriteError  # noqa: E402
 from iif_d2.utils.safe_load import UnsafeCheckpointError  # noqa: E402
 
 # errors of the user's input: printed as one line (exit 2), without a traceback
@@ -45,6 +47,7 @@ USER_ERRORS = (
     CheckpointReadError,
     DatasetError,
     UnsafeCheckpointError,
+    WriteError,
 )
 
 
@@ -92,12 +95,19 @@ def check_launch_args(args):
             f"--dist-url {url!r} is not tcp://HOST:PORT, file:///PATH or env://; the main "
             "machine's address, e.g. tcp://10.0.0.1:29500 (or auto on one machine)."
         )
+    if url.startswith("tcp://") and not 1 <= int(url.rsplit(":", 1)[1]) <= 65535:
+        raise RunConfigError(f"--dist-url {url}: the port must be 1 to 65535.")
+    if url.startswith("file://"):
+        folder = os.path.dirname(url[len("file://") :])
+        if not os.path.isdir(folder):
+            raise RunConfigError(
+                f"--dist-url {url}: the folder {folder} does not exist; the processes meet "
+                "through a file in an existing folder that every machine sees."
+            )
 
 
 def check_process_count(args, device: str) -> None:
     """More processes than this machine has GPUs (MODEL.DEVICE cuda) or CPU cores (cpu)."""
-    import os
-
     import torch
 
     if device.startswith("cuda"):
@@ -148,6 +158,12 @@ def run(argv=None) -> int:
     except USER_ERRORS as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: a training run continues from its last checkpoint with --resume.",
+            file=sys.stderr,
+        )
+        return 130
     except Exception as e:  # a worker process's error, reported by torch.multiprocessing
         message = _worker_user_error(e) if type(e).__name__ == "ProcessRaisedException" else None
         if message is None:

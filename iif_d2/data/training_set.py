@@ -227,7 +227,9 @@ def _class_counts(cfg, dicts=None) -> ClassStats:
                 "MODEL.CLASS_COUNTS.SOURCE 'file' needs MODEL.CLASS_COUNTS.FILE (a counts "
                 "CSV/JSON, e.g. iif_d2://lvis_v1_train.csv or a run's iif_class_stats.json)."
             )
-        return load_counts_file(node.FILE)
+        stats = load_counts_file(node.FILE)
+        _check_class_names(stats, cfg, node.FILE)
+        return stats
     if node.SOURCE == "json":
         from detectron2.data import MetadataCatalog
 
@@ -255,6 +257,30 @@ def _class_counts(cfg, dicts=None) -> ClassStats:
     stats = count_dataset_dicts(dicts, _num_classes(names, dicts), "+".join(names))
     stats.class_names = getattr(MetadataCatalog.get(names[0]), "thing_classes", None)
     return stats
+
+
+def _check_class_names(stats: ClassStats, cfg, path: str) -> None:
+    """A counts file whose class names are the training set's in another order, or mostly
+    other names: its counts would weight other classes. (A few names may differ: detectron2
+    names LVIS classes by their first synonym, e.g. 'horned_cow' for 'bull'.)"""
+    from detectron2.data import MetadataCatalog
+
+    names = list(cfg.DATASETS.TRAIN)
+    classes = getattr(MetadataCatalog.get(names[0]), "thing_classes", None) if names else None
+    counted = stats.class_names
+    if not classes or not counted or len(classes) != len(counted):
+        return  # no names to compare; a class count that differs is the model's check
+    differ = [i for i, (a, b) in enumerate(zip(counted, classes)) if a != b]
+    if not differ or (set(counted) != set(classes) and 2 * len(differ) <= len(classes)):
+        return
+    i = differ[0]
+    how = "in another order" if set(counted) == set(classes) else "of other classes"
+    raise ValueError(
+        f"MODEL.CLASS_COUNTS.FILE {path} counts classes {how} than the training set "
+        f"{names[0]!r} (class {i}: {counted[i]!r} there, {classes[i]!r} here): give the counts "
+        "of this training set (python -m iif_d2.cli --dataset NAME --save FILE) or "
+        "MODEL.CLASS_COUNTS.SOURCE dataset."
+    )
 
 
 def _log_json_counts_beyond_training(stats: ClassStats, dicts, cfg) -> None:

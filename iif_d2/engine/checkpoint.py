@@ -89,7 +89,8 @@ def _check_local_checkpoint(path: str) -> None:
     if os.path.isdir(path):
         raise CheckpointReadError(f"Checkpoint {path} is a folder; {_READ_FIX}.")
     if not os.path.exists(path):
-        raise CheckpointReadError(f"Checkpoint {path} does not exist; {_READ_FIX}.")
+        what = "is a symbolic link to nothing" if os.path.islink(path) else "does not exist"
+        raise CheckpointReadError(f"Checkpoint {path} {what}; {_READ_FIX}.")
     if not os.path.isfile(path):
         raise CheckpointReadError(
             f"Checkpoint {path} is not a regular file (a pipe or device?); {_READ_FIX}."
@@ -108,13 +109,20 @@ def _check_weights(weights: Any, filename: str, parameters=None) -> None:
     bad = []
     for name, value in weights.items():
         if isinstance(value, torch.Tensor):
-            finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+            real = value.is_floating_point() or value.is_complex()
+            finite = not real or bool(torch.isfinite(value).all())
         elif isinstance(value, np.ndarray):
-            finite = value.dtype.kind not in "fc" or bool(np.isfinite(value).all())
+            real = value.dtype.kind in "fc"
+            finite = not real or bool(np.isfinite(value).all())
         else:
             raise CheckpointReadError(
                 f"Checkpoint {filename}: weight {name!r} is a {type(value).__name__}, not a "
                 f"tensor; {_READ_FIX}."
+            )
+        if parameters is not None and name in parameters and not real:
+            raise CheckpointReadError(
+                f"Checkpoint {filename}: the parameter {name!r} holds integers ({value.dtype}), "
+                f"not floating-point weights: the file was converted wrongly; {_READ_FIX}."
             )
         if not finite and (parameters is None or name in parameters):
             bad.append(name)
@@ -305,6 +313,8 @@ class IIFCheckpointer(DetectionCheckpointer):
             zipfile.BadZipFile,
         ) as e:
             message = " ".join(str(e).split())[:300] or type(e).__name__
+            if isinstance(e, pickle.UnpicklingError) and message.startswith(f"{path} "):
+                raise CheckpointReadError(f"{message.rstrip('.')}; {_READ_FIX}.") from None  # named
             raise CheckpointReadError(
                 f"Cannot load checkpoint {path} ({type(e).__name__}: {message}); {_READ_FIX}."
             ) from None

@@ -2,13 +2,14 @@
 inside the config trees), overrides, and the settings detectron2 would fail on only after the
 first steps. Every command that reads a user's config goes through :func:`load_config_file`."""
 
+import functools
 import math
 import os
 import re
 from typing import Any, Dict, List, Sequence
 
 import yaml
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.utils.file_io import PathManager
 
 from iif_d2 import model_zoo
@@ -23,6 +24,7 @@ __all__ = [
     "config_tree_files",
     "load_config",
     "load_config_file",
+    "local_config_path",
 ]
 
 
@@ -52,7 +54,7 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([root, path]) == root
 
 
-def _local_config_path(config_file: str) -> str:
+def local_config_path(config_file: str) -> str:
     """A local path for ``config_file`` (a ``<scheme>://`` path through detectron2's
     PathManager, never a web address)."""
     if re.match(r"(?i)(https?|ftp)://", config_file):
@@ -107,6 +109,23 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+# the most values a config file may expand to: detectron2's full config has ~600; YAML aliases
+# (``*name``, as cfg.dump() writes repeated lists) nested in each other expand exponentially
+MAX_CONFIG_VALUES = 100_000
+
+
+def _expanded_size(data, sizes=None) -> int:
+    """How many values ``data`` holds once every alias is expanded (shared objects counted as
+    often as they are referenced, each measured once)."""
+    sizes = {} if sizes is None else sizes
+    if not isinstance(data, (dict, list)):
+        return 1
+    if id(data) not in sizes:
+        items = data.values() if isinstance(data, dict) else data
+        sizes[id(data)] = 1 + sum(_expanded_size(v, sizes) for v in items)
+    return sizes[id(data)]
+
+
 def _read_config_yaml(path: str, named_by: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         what = (
@@ -114,6 +133,8 @@ def _read_config_yaml(path: str, named_by: str) -> Dict[str, Any]:
             if os.path.isdir(path)
             else "is not a regular file (a pipe or device?)"
             if os.path.exists(path)
+            else "is a symbolic link to nothing (broken, or a loop of links)"
+            if os.path.islink(path)
             else "does not exist"
         )
         raise RunConfigError(f"{named_by} {path} {what}; give a YAML config file.")
@@ -131,12 +152,41 @@ def _read_config_yaml(path: str, named_by: str) -> Dict[str, Any]:
         ) from None
     if data is None:
         raise RunConfigError(f"{path} is empty; a config file maps keys to values (KEY: value).")
+    try:
+        size = _expanded_size(data)
+    except RecursionError:  # a value that holds itself (&a [*a])
+        size = math.inf
+    if size > MAX_CONFIG_VALUES:
+        raise RunConfigError(
+            f"{path} expands to more than {MAX_CONFIG_VALUES} values (YAML aliases *name nested "
+            "in each other); a config file spells its values out."
+        )
     if not isinstance(data, dict):
         raise RunConfigError(
             f"{path} holds a YAML {type(data).__name__}, not a mapping of config keys "
             "(KEY: value lines)."
         )
     return data
+
+
+def _default_config():
+    cfg = get_cfg()
+    add_iif_config(cfg)
+    return cfg
+
+
+def _check_sections(data: Dict[str, Any], defaults, path: str, prefix: str = "") -> None:
+    """A section of the config (``SOLVER:``, ``MODEL.ROI_HEADS:`` ...) given as anything but a
+    mapping: named in one line (detectron2 would print the whole section)."""
+    for key, value in data.items():
+        default = defaults.get(key) if isinstance(key, str) else None
+        if isinstance(default, CfgNode):
+            if not isinstance(value, dict):
+                raise RunConfigError(
+                    f"{path}: {prefix}{key} is a YAML {type(value).__name__}; it is a section "
+                    f"of keys ({key}: then indented KEY: value lines)."
+                )
+            _check_sections(value, default, path, f"{prefix}{key}.")
 
 
 def check_config_tree(config_file: str) -> str:
@@ -159,9 +209,10 @@ def check_config_tree(config_file: str) -> str:
 def _walk_config_tree(config_file: str):
     """:func:`check_config_tree`'s walk: (the local path of ``config_file``, the real paths of
     the files it read, in reading order)."""
-    top = _local_config_path(config_file)
+    top = local_config_path(config_file)
     roots = [os.path.realpath(os.path.dirname(os.path.abspath(top)))] + _repository_configs()
     read = []
+    defaults = functools.lru_cache(maxsize=1)(_default_config)
 
     def visit(path: str, chain: List[str], named_by: str):
         real = os.path.realpath(path)
@@ -175,6 +226,7 @@ def _walk_config_tree(config_file: str):
                 f"(e.g. {os.path.basename(path)} {read.count(real)} times); name each base once."
             )
         data = _read_config_yaml(path, named_by)
+        _check_sections(data, defaults(), path)
         bases = data.get("_BASE_", [])
         if not isinstance(bases, (str, list)):
             raise RunConfigError(
@@ -184,6 +236,8 @@ def _walk_config_tree(config_file: str):
         for base in [bases] if isinstance(bases, str) else bases:
             if not isinstance(base, str):
                 raise RunConfigError(f"{path}: _BASE_ {base!r} is not a file name.")
+            if not base.strip():
+                raise RunConfigError(f"{path}: _BASE_ is empty; name a config file or remove it.")
             if "://" in base:
                 raise RunConfigError(
                     f"{path}: _BASE_ {base} is not a local file; bases are never fetched: "
@@ -281,11 +335,31 @@ def check_run_config(cfg, training: bool = True) -> None:
     if not all(_number(v) and v > 0 for v in std):
         raise RunConfigError(f"MODEL.PIXEL_STD {std} must be positive numbers (it divides).")
     check_checkpoint_config(cfg)
+    _check_finite(cfg)
+    if not (cfg.SEED == -1 or 0 <= cfg.SEED < 2**32):
+        raise RunConfigError(f"SEED {cfg.SEED} must be -1 (a random seed) or 0 to 2**32 - 1.")
+    if cfg.TEST.DETECTIONS_PER_IMAGE < 1:
+        raise RunConfigError(
+            f"TEST.DETECTIONS_PER_IMAGE {cfg.TEST.DETECTIONS_PER_IMAGE} must be >= 1 (with no "
+            "detection every metric is nan)."
+        )
+    for key in _UNIT_INTERVAL_KEYS:
+        node, name = cfg, key.split(".")
+        for part in name[:-1]:
+            node = node.get(part, {})
+        value = node.get(name[-1]) if hasattr(node, "get") else None
+        if value is not None and not 0 <= value <= 1:
+            raise RunConfigError(f"{key} {value} must be between 0 and 1.")
     if cfg.TEST.EVAL_PERIOD < 0:
         raise RunConfigError(
             f"TEST.EVAL_PERIOD {cfg.TEST.EVAL_PERIOD} must be >= 0 (0: evaluate at the end only)."
         )
     if not training:
+        if not cfg.DATASETS.TEST:
+            raise RunConfigError(
+                "DATASETS.TEST is empty: --eval-only has nothing to evaluate; name the test "
+                "dataset(s)."
+            )
         return
     solver = cfg.SOLVER
     if not cfg.DATASETS.TRAIN:
@@ -306,6 +380,26 @@ def check_run_config(cfg, training: bool = True) -> None:
         raise RunConfigError(
             f"SOLVER.STEPS {tuple(steps)} must be increasing iterations >= 1 (where the learning "
             "rate drops)."
+        )
+    if not solver.GAMMA > 0:
+        raise RunConfigError(
+            f"SOLVER.GAMMA {solver.GAMMA} must be > 0 (the factor of each learning-rate drop at "
+            "SOLVER.STEPS, e.g. 0.1)."
+        )
+    if not 0 <= solver.MOMENTUM < 1:
+        raise RunConfigError(f"SOLVER.MOMENTUM {solver.MOMENTUM} must be in [0, 1).")
+    if not 0 <= solver.WARMUP_FACTOR <= 1:
+        raise RunConfigError(
+            f"SOLVER.WARMUP_FACTOR {solver.WARMUP_FACTOR} must be in [0, 1] (the learning "
+            "rate's first fraction during warmup)."
+        )
+    train = list(cfg.DATASETS.TRAIN)
+    twice = sorted({name for name in train if train.count(name) > 1})
+    if twice:
+        raise RunConfigError(
+            f"DATASETS.TRAIN names {', '.join(twice)} twice: every image would be counted and "
+            "drawn twice; name each dataset once (repeat-factor sampling: DATALOADER.SAMPLER_TRAIN "
+            "RepeatFactorTrainingSampler)."
         )
     if cfg.DATALOADER.NUM_WORKERS < 0:
         raise RunConfigError(
@@ -345,8 +439,37 @@ def check_checkpoint_config(cfg) -> None:
     kept = cfg.SOLVER.CHECKPOINTS_KEPT
     if not isinstance(kept, int) or kept < 0:
         raise RunConfigError(f"SOLVER.CHECKPOINTS_KEPT {kept!r} must be >= 0 (0: keep all).")
-    if cfg.SOLVER.MAX_ITER < 0:
-        raise RunConfigError(f"SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} must be >= 0.")
+    if not 0 <= cfg.SOLVER.MAX_ITER <= MAX_ITERATIONS:
+        raise RunConfigError(
+            f"SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} must be between 0 and {MAX_ITERATIONS}."
+        )
+
+
+# the most iterations a run may ask for (detectron2's ETA and event files hold C ints)
+MAX_ITERATIONS = 2**31 - 1
+# probabilities and IoU thresholds: outside [0, 1] they keep every box or none
+_UNIT_INTERVAL_KEYS = (
+    "MODEL.RPN.NMS_THRESH",
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "MODEL.RETINANET.NMS_THRESH_TEST",
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "MODEL.FCOS.NMS_THRESH_TEST",
+    "MODEL.FCOS.SCORE_THRESH_TEST",
+)
+
+
+def _check_finite(cfg, prefix: str = "") -> None:
+    """No NaN or infinity anywhere in the config (a NaN learning-rate factor trains a NaN model
+    without a word)."""
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            _check_finite(value, f"{prefix}{key}.")
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        flat = [v for item in values for v in (item if isinstance(item, (list, tuple)) else [item])]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in flat):
+            raise RunConfigError(f"{prefix}{key} {value!r} must be finite (not nan or inf).")
 
 
 def _check_output_dir(output_dir: str) -> None:

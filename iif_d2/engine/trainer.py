@@ -1,6 +1,7 @@
 """``Trainer``: detectron2's DefaultTrainer with IIF's evaluators, decoupled training and
 multi-process CPU training; ``setup`` builds the config the way detectron2's tools do."""
 
+import argparse
 import functools
 import logging
 import os
@@ -22,6 +23,7 @@ from iif_d2.engine.config_files import (
     check_checkpoint_config,
     check_run_config,
     load_config,
+    local_config_path,
 )
 from iif_d2.engine.hooks import FASAHook, RngStateGatherer, RunCheckpointer
 from iif_d2.engine.run_folder import check_resume_config, remove_stale_temporary_files
@@ -30,7 +32,7 @@ from iif_d2.evaluation import build_evaluator
 from iif_d2.modeling.config_check import check_settings_used, num_classes_problem
 from iif_d2.modeling.fasa import FASA
 from iif_d2.utils.compat import cpu_safe_ddp
-from iif_d2.utils.io import write_json_atomic
+from iif_d2.utils.io import same_file, write_json_atomic
 from iif_d2.utils.machine import cpu_capability, cpu_model
 from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
 
@@ -143,6 +145,13 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         run_state, self._loaded_run_state = self._loaded_run_state, None
         if run_state is None:
+            if resume and self.checkpointer.has_checkpoint():
+                last = self.checkpointer.get_checkpoint_file()
+                raise RunConfigError(
+                    f"{last} holds no trainer state (iteration, optimizer, schedule): it is not "
+                    "a checkpoint of a train_net.py run, so --resume cannot continue it. Start "
+                    f"a new run in another OUTPUT_DIR with MODEL.WEIGHTS {last}."
+                )
             return
         loader, rank = self.data_loader, comm.get_rank()
         if isinstance(loader, ResumableTrainLoader):
@@ -318,14 +327,27 @@ def setup_run(args):
         (cfg, dicts)
     """
     cfg, dicts = load_config(args), None
-    check_run_config(cfg, training=not getattr(args, "eval_only", False))
+    eval_only = getattr(args, "eval_only", False)
+    check_run_config(cfg, training=not eval_only)
     if args.resume:  # before anything is written into the folder
         check_resume_config(cfg, resolved=False)
+    config_file = local_config_path(args.config_file)
+    saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if not eval_only and not args.resume and same_file(config_file, saved):
+        raise RunConfigError(
+            f"--config-file {args.config_file} is OUTPUT_DIR's config.yaml, which the run "
+            "replaces with its full config: copy it elsewhere, or give another OUTPUT_DIR."
+        )
+    # an evaluation in a training run's folder keeps that run's log.txt and config.yaml: its
+    # own go beside its results, in OUTPUT_DIR/inference
+    log_dir = cfg.OUTPUT_DIR
+    if eval_only and os.path.isfile(saved):
+        log_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         acquire_output_dir(cfg.OUTPUT_DIR)  # a second run on this folder is refused; freed at exit
         remove_stale_temporary_files(cfg.OUTPUT_DIR)
     # logging first, so that the resolution's messages reach OUTPUT_DIR/log.txt
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="iif_d2")
+    setup_logger(output=log_dir, distributed_rank=comm.get_rank(), name="iif_d2")
     if cfg.NUM_THREADS < 0:
         raise ValueError(f"NUM_THREADS {cfg.NUM_THREADS} must be >= 0 (0: torch's default).")
     if cfg.NUM_THREADS:
@@ -347,5 +369,11 @@ def setup_run(args):
     if args.resume:  # the resolved schedule too, before default_setup rewrites config.yaml
         check_resume_config(cfg)
     cfg.freeze()
-    default_setup(cfg, args)
+    setup_cfg = cfg
+    if log_dir != cfg.OUTPUT_DIR:
+        setup_cfg = cfg.clone()
+        setup_cfg.defrost()
+        setup_cfg.OUTPUT_DIR = log_dir
+    # detectron2 logs the config file's text: the local file of an iif_d2:// config
+    default_setup(setup_cfg, argparse.Namespace(**{**vars(args), "config_file": config_file}))
     return cfg, dicts

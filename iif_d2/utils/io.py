@@ -3,13 +3,15 @@ so a reader (or a kill) never sees half a file. The mode is a plain ``open``'s (
 umask), so teammates can read a run's files as they read detectron2's."""
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import secrets
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "same_file", "write_json_atomic"]
+__all__ = ["WriteError", "atomic_write", "same_file", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,13 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+class WriteError(OSError):
+    """A file could not be written (no space left, an I/O error): one line naming the file."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def atomic_write(path: str, write: Callable[[Any], None]) -> None:
     """Write ``path`` all at once: ``write(f)`` fills a temporary file in the same directory,
     which is flushed, fsynced and renamed onto ``path``; then the directory is fsynced.
@@ -35,7 +44,8 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
         write: called with the temporary file, opened for binary writing.
 
     If ``write`` (or anything after it) fails, ``path`` is as it was and the temporary file is
-    removed.
+    removed; a failure to write (no space left, an I/O error) is a :class:`WriteError` naming
+    ``path``.
     """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(
@@ -49,11 +59,38 @@ def atomic_write(path: str, write: Callable[[Any], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        raise
+        failed = _write_failure(e, path, directory)
+        if failed is None:
+            raise
+        raise failed from None
     _fsync_directory(directory)
+
+
+# the errors of the write itself (others, e.g. a file the writer reads, are raised as they are)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS}
+
+
+def _write_failure(error: BaseException, path: str, directory: str):
+    """A :class:`WriteError` naming ``path`` for a write that failed for want of space or on an I/O
+    error (torch.save reports those as a ``RuntimeError`` of its zip writer, Python without the
+    file name), else None (the error is raised as it is)."""
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+        code = error.errno
+    elif isinstance(error, RuntimeError) and re.search(
+        r"unexpected pos|file write failed|inline_container", str(error)
+    ):
+        code = errno.EIO
+    else:
+        return None
+    with contextlib.suppress(OSError):
+        free = os.statvfs(directory)
+        if code == errno.EIO and free.f_bavail * free.f_frsize < 64 * 2**20:
+            code = errno.ENOSPC
+    reason = "no space left on the device" if code == errno.ENOSPC else os.strerror(code)
+    return WriteError(code, f"cannot write {path}: {reason}")
 
 
 def write_json_atomic(path: str, payload: Any) -> None:

@@ -15,6 +15,7 @@ import inspect
 import math
 import pickle
 import re
+import warnings
 from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Tuple
 
@@ -207,6 +208,35 @@ def _torch_safe_globals() -> List[Any]:
     return allowed
 
 
+def _first_bytes(filename: str, n: int = 64) -> bytes:
+    try:
+        with open(filename, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""  # torch.load names the problem
+
+
+def _not_a_checkpoint(filename: str, head: bytes, error: BaseException) -> str:
+    """One line: why ``filename`` is not a torch checkpoint, from its first bytes."""
+    if not head:
+        what = "the file is empty (0 bytes)"
+    elif head.startswith(b"\x80"):
+        what = (
+            "it is a plain Python pickle, not written by torch.save; unpickling it could run "
+            "code, so it is refused"
+        )
+    elif head.startswith(b"PK"):
+        what = "it is a zip file torch cannot read as a checkpoint (truncated or not torch's)"
+    elif all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        what = f"it is a text file (it starts with {head[:24].decode()!r})"
+    else:
+        detail = str(error).strip().splitlines()
+        what = f"corrupt, truncated or not written by torch.save ({type(error).__name__}" + (
+            f": {detail[-1][:120]})" if detail else ")"
+        )
+    return f"{filename} is not a torch checkpoint: {what}."
+
+
 def safe_torch_load(filename: str) -> Any:
     """``torch.load(filename, map_location="cpu", weights_only=True)``, numpy arrays allowed.
 
@@ -224,17 +254,19 @@ def safe_torch_load(filename: str) -> Any:
     require_weights_only()
     scope = getattr(torch.serialization, "safe_globals", None)
     context = scope(_torch_safe_globals()) if scope is not None else contextlib.nullcontext()
+    head = _first_bytes(filename)
     try:
-        with context:
+        with context, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
+    except (EOFError, IndexError, KeyError, ValueError, RuntimeError, AttributeError) as e:
+        # torch's readers fail this way on what is not a checkpoint (text, a truncated zip)
+        raise pickle.UnpicklingError(_not_a_checkpoint(filename, head, e)) from None
     except pickle.UnpicklingError as e:
         message = str(e)
         refused = re.search(r"GLOBAL ([\w.]+)", message)
         if refused is None and "global" not in message.lower():
-            raise pickle.UnpicklingError(
-                f"{filename} is not a readable torch checkpoint (corrupt, truncated, or not "
-                f"written by torch.save): {message.strip().splitlines()[-1]}"
-            ) from None
+            raise pickle.UnpicklingError(_not_a_checkpoint(filename, head, e)) from None
         what = f"the Python global '{refused.group(1)}'" if refused else "a Python global"
         raise UnsafeCheckpointError(
             f"Refusing to load {filename}: it needs {what}, which is not a tensor or plain "

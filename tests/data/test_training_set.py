@@ -204,3 +204,27 @@ def test_json_counts_beyond_what_training_sees_are_logged(caplog):
     same = ClassStats([0, 1], [0, 1], 1, ["a", "b"], "l.json")
     _log_json_counts_beyond_training(same, dicts, cfg)
     assert caplog.text == ""
+
+
+@pytest.mark.parametrize("how", ["reversed", "another dataset"])
+def test_counts_file_of_other_classes_is_an_error(tmp_path, how):
+    """A counts file whose class names are the training set's in another order (or mostly
+    others) would weight other classes; detectron2's LVIS first-synonym names (one differs
+    from the counts' 'name') still pass."""
+    src = MetadataCatalog.get("iif_synthetic_tiny_train")
+    counts = resolve_training_set(_recipe(tmp_path / "a")).MODEL.CLASS_COUNTS.FILE
+    data = json.loads(open(counts).read())
+    names = list(src.thing_classes)
+    renamed = names[::-1] if how == "reversed" else [f"other_{i}" for i in range(len(names))]
+    for new_names, fails in ((renamed, True), ([*names[:-1], "synonym"], False)):
+        path = tmp_path / f"{fails}.json"
+        path.write_text(json.dumps({**data, "class_names": new_names}))
+        cfg = _recipe(tmp_path / "b", "MODEL.CLASS_COUNTS.SOURCE", "file")
+        cfg.merge_from_list(["MODEL.CLASS_COUNTS.FILE", str(path)])
+        cfg.merge_from_list(["DATASETS.TRAIN", ("iif_synthetic_tiny_train",)])
+        cfg.merge_from_list(["MODEL.ROI_BOX_HEAD.FASA.ENABLED", False])
+        if fails:
+            with pytest.raises(ValueError, match="counts classes (in another order|of other)"):
+                resolve_training_set(cfg)
+        else:
+            resolve_training_set(cfg)

@@ -627,3 +627,60 @@ def test_resuming_another_models_checkpoint_is_refused_with_the_fix(tmp_path, al
     if allow:  # the advice: a new run from the checkpoint, model only
         checkpointer.load(str(tmp_path / "model_0000009.pth"), checkpointables=[])
         assert torch.equal(model.conv.weight, source.conv.weight)
+
+
+# -- files that are not checkpoints: one line naming what they are ----------------------------
+
+
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (b"", "the file is empty (0 bytes)"),
+        (b"this is not a checkpoint\n", "it is a text file (it starts with 'this is not a"),
+        (pickle.dumps({"model": {}}, protocol=4), "it is a plain Python pickle, not written by"),
+        (b"PK\x03\x04" + bytes(40), "it is a zip file torch cannot read"),
+    ],
+)
+def test_not_a_checkpoint_is_named(tmp_path, content, what):
+    path = tmp_path / "w.pth"
+    path.write_bytes(content)
+    with pytest.raises(pickle.UnpicklingError) as e:
+        safe_torch_load(str(path))
+    assert str(e.value).startswith(f"{path} is not a torch checkpoint: {what}")
+
+
+def test_integer_weights_and_a_link_to_nothing_are_refused(tmp_path):
+    from iif_d2.engine.checkpoint import CheckpointReadError
+
+    model = TinyDetector()
+    state = {k: v.int() for k, v in model.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "int.pth")
+    with pytest.raises(CheckpointReadError, match=r"'conv.weight' holds integers \(torch.int32\)"):
+        IIFCheckpointer(model, str(tmp_path / "out")).load(str(tmp_path / "int.pth"))
+    os.symlink(tmp_path / "l1", tmp_path / "l2")
+    os.symlink(tmp_path / "l2", tmp_path / "l1")
+    with pytest.raises(CheckpointReadError, match="is a symbolic link to nothing"):
+        IIFCheckpointer(model, str(tmp_path / "out")).load(str(tmp_path / "l1"))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(28, "No space left on device"),  # Python's write: no file name
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1856960"),
+    ],
+)
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch, failure):
+    """A full disk while a checkpoint is saved: one line naming the file (torch's zip writer
+    says only 'unexpected pos'); the previous checkpoint and no temporary file remain."""
+    from iif_d2.utils.io import WriteError
+
+    def save(*args, **kwargs):
+        raise failure
+
+    checkpointer = IIFCheckpointer(TinyDetector(), str(tmp_path), save_to_disk=True)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(WriteError) as e:
+        checkpointer.save("model_final", iteration=1)
+    assert str(e.value).startswith(f"cannot write {tmp_path / 'model_final.pth'}: ")
+    assert os.listdir(tmp_path) == []

@@ -32,6 +32,15 @@ def _write(folder, name, text):
         ("SOLVER: {BASE_LR: [\n", "line 2"),
         ("SOLVER:\n  NO_SUCH_KEY: 1\n", "NO_SUCH_KEY"),
         ("SOLVER:\n  MAX_ITER: ten\n", "MAX_ITER"),
+        ("SOLVER: [1, 2]\n", "SOLVER is a YAML list; it is a section of keys"),
+        ("MODEL:\n  ROI_HEADS: 3\n", "MODEL.ROI_HEADS is a YAML int"),
+        ("_BASE_: ''\n", "_BASE_ is empty"),
+        ("MODEL:\n  PIXEL_MEAN: &a [1.0, *a]\n", "expands to more than"),
+        (
+            "MODEL:\n  PIXEL_MEAN:\n    - &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+            + "".join(f"    - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)),
+            "expands to more than 100000 values",
+        ),
     ],
 )
 def test_bad_config_files_are_one_line_errors(tmp_path, text, message):
@@ -125,6 +134,16 @@ def _train_net():
         (["--machine-rank", "-1"], "the rank of this machine is 0 to 0"),
         (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD 0 must be an integer >= 1"),
         (["SOLVER.CHECKPOINTS_KEPT", "-1"], "SOLVER.CHECKPOINTS_KEPT -1 must be >= 0"),
+        (["--num-gpus", "2", "--dist-url", "tcp://127.0.0.1:99999"], "port must be 1 to 65535"),
+        (["--num-gpus", "2", "--dist-url", "file:///no/such/dir/f"], "/no/such/dir does not"),
+        (["DATASETS.TRAIN", "('a',)", "SOLVER.GAMMA", "-1.0"], "SOLVER.GAMMA -1.0 must be > 0"),
+        (["DATASETS.TRAIN", "('a',)", "SOLVER.MOMENTUM", "1.5"], "MOMENTUM 1.5 must be in [0, 1)"),
+        (["MODEL.RPN.NMS_THRESH", "-0.5"], "MODEL.RPN.NMS_THRESH -0.5 must be between 0 and 1"),
+        (["SOLVER.MAX_ITER", str(10**30)], "must be between 0 and 2147483647"),
+        (["SEED", str(2**64)], "must be -1 (a random seed) or 0 to 2**32 - 1"),
+        (["DATASETS.TRAIN", "('a', 'a')"], "DATASETS.TRAIN names a twice"),
+        (["--eval-only", "DATASETS.TEST", "()"], "--eval-only has nothing to evaluate"),
+        (["--eval-only", "TEST.DETECTIONS_PER_IMAGE", "0"], "DETECTIONS_PER_IMAGE 0 must be"),
     ],
 )
 def test_train_net_settings_it_cannot_run_are_one_line_errors(tmp_path, capsys, argv, message):
@@ -133,3 +152,24 @@ def test_train_net_settings_it_cannot_run_are_one_line_errors(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert os.listdir(tmp_path) == ["c.yaml"]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_and_inf_anywhere_in_a_config_are_refused(tmp_path, value):
+    from iif_d2.engine.config_files import check_run_config
+
+    text = f"MODEL: {{DEVICE: cpu}}\nSOLVER: {{WARMUP_FACTOR: {value}}}\nOUTPUT_DIR: {tmp_path}\n"
+    cfg = load_config_file(_write(tmp_path, "c.yaml", text))
+    with pytest.raises(RunConfigError, match="SOLVER.WARMUP_FACTOR .* must be finite"):
+        check_run_config(cfg, training=False)
+
+
+def test_config_of_the_run_folder_is_not_replaced(tmp_path, capsys):
+    """A run whose --config-file is OUTPUT_DIR/config.yaml would replace the user's file with
+    its full dump: refused (a resumed run rewrites its own dump, as detectron2 does)."""
+    text = "MODEL: {DEVICE: cpu}\nDATASETS:\n  TRAIN: ('iif_synthetic_tiny_train',)\n"
+    config = _write(tmp_path, "run/config.yaml", text)
+    argv = ["--config-file", config, "OUTPUT_DIR", str(tmp_path / "run")]
+    assert _train_net().run(argv) == 2
+    assert "is OUTPUT_DIR's config.yaml" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.yaml").read_text() == text

@@ -175,7 +175,8 @@ def _run_folder(tmp_path, *opts):
 
 
 def _snapshot(folder):
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 
 
 @pytest.mark.parametrize(
@@ -302,6 +303,26 @@ def test_finished_run_resumes_to_its_final_model(tmp_path):
     trainer.resume_or_load(resume=True)
     with pytest.raises(RunConfigError, match="past SOLVER.MAX_ITER 1"):
         trainer.train()
+
+    # a bare model as the last checkpoint (no iteration, optimizer, schedule): not resumed
+    torch.save({"model": final, "iteration": "seven"}, out / "model_0000005.pth")
+    (out / "last_checkpoint").write_text("model_0000005.pth")
+    (out / "config.yaml").unlink()
+    trainer = Trainer(setup(_args(out, *opts)))
+    with pytest.raises(RunConfigError, match="holds no trainer state"):
+        trainer.resume_or_load(resume=True)
+
+    # --eval-only in the run's folder, with an iif_d2:// config: the run's config.yaml stays
+    # as it was; the evaluation's (and its log.txt) go beside its results, in inference/
+    (out / "config.yaml").write_text(cfg.dump())
+    before = _snapshot(out)["config.yaml"]
+    config = "iif_d2://quick_schedules/mask_rcnn_R_18_FPN_instant_iif.yaml"
+    evaluate = (*opts, "DATASETS.TEST", "('iif_synthetic_tiny_val',)",
+                "TEST.DETECTIONS_PER_IMAGE", "10")  # fmt: skip
+    setup(_args(out, *evaluate, resume=False, eval_only=True, config=config))
+    assert _snapshot(out)["config.yaml"] == before
+    assert "DETECTIONS_PER_IMAGE: 10" in (out / "inference" / "config.yaml").read_text()
+    assert (out / "inference" / "log.txt").exists()
 
 
 @pytest.mark.slow
