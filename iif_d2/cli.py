@@ -12,10 +12,12 @@ import logging
 import os
 import sys
 
+from iif_d2.utils.cli_checks import interrupt_exits_quietly
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 if __name__ == "__main__":  # the command (not an import): before detectron2 is imported
     hide_upstream_deprecations()
+    interrupt_exits_quietly()  # Ctrl-C during the seconds of detectron2's imports
 
 # isort: split
 from detectron2.config import get_cfg  # noqa: E402
@@ -31,6 +33,7 @@ from iif_d2.utils.cli_checks import (
     check_input_file,
     check_output_file,
     one_line,
+    run_interruptible,
     write_json_output,
 )  # noqa: E402,E501
 from iif_d2.weights import VARIANTS, canonical_variant, iif_weights  # noqa: E402
@@ -73,9 +76,24 @@ def _check_args(args):
             f"config overrides {' '.join(args.opts[:2])} ... need --config-file; with "
             "--counts-file or --dataset use --variant/--frequency/--normalizer."
         )
+    if args.all_variants:  # every variant, IIF and IOF, weights <= 0 included
+        ignored = [f"--{k} {getattr(args, k)}" for k in ("variant", "frequency")]
+        ignored = [g for g in ignored if not g.endswith(" None")]
+        ignored += ["--allow-nonpositive"] if args.allow_nonpositive else []
+        if ignored:
+            raise CLIError(
+                f"{' and '.join(ignored)} and --all-variants exclude each other: --all-variants "
+                "prints every variant for both frequencies (non-positive weights included); "
+                "drop one of them."
+            )
     for k, default in _SETTINGS.items():
         if getattr(args, k) is None:
             setattr(args, k, default)
+    if args.counts_file is not None and args.counts_file.lower().endswith((".yaml", ".yml")):
+        raise CLIError(
+            f"--counts-file {args.counts_file} looks like a YAML config; pass it with "
+            "--config-file (--counts-file takes a counts CSV/JSON or an LVIS/COCO json)."
+        )
     if args.counts_file is not None and "://" not in args.counts_file:
         check_input_file(
             args.counts_file, "--counts-file", "a counts CSV/JSON or an LVIS/COCO json"
@@ -194,7 +212,12 @@ def _print_table(stats, weights):
 
 
 def main(argv=None) -> int:
-    """Command line: print the weights table; exit 2 with a one-line error for bad input."""
+    """Command line: print the weights table; exit 2 with a one-line error for bad input, 130
+    with one line after Ctrl-C."""
+    return run_interruptible(_main, argv)
+
+
+def _main(argv) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:

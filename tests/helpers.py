@@ -1,8 +1,11 @@
 """Small fixtures shared by several test files (imported as ``helpers``: pytest puts tests/ on
 the path)."""
 
+import _thread
+import contextlib
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -135,3 +138,20 @@ def model_outputs(gt, dets):
         inst.pred_masks = torch.tensor(masks, dtype=torch.bool)
         outputs.append(({"image_id": img["id"]}, {"instances": inst}))
     return outputs
+
+
+@contextlib.contextmanager
+def ctrl_c_in(function_name: str):
+    """Ctrl-C as the main thread enters ``function_name``: SIGINT's KeyboardInterrupt, raised
+    by Python's own handler (``_thread.interrupt_main``), where it would be raised mid-run."""
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == function_name:
+            sys.setprofile(None)
+            _thread.interrupt_main()
+
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)

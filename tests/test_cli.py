@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ctrl_c_in
 
 from iif_d2.cli import main
 
@@ -47,6 +48,60 @@ def test_all_variants_of_registered_dataset(capsys):
 def test_bad_input_exits_2_with_message(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--all-variants", "--variant", "base10"],
+            "--variant base10 and --all-variants exclude each other",
+        ),
+        (
+            ["--all-variants", "--frequency", "instance", "--allow-nonpositive"],
+            "--frequency instance and --allow-nonpositive and --all-variants exclude each other",
+        ),
+        (["--save", "w.json/"], "--save w.json/ ends in '/': give a file name (w.json, no '/')"),
+        (["--save", "new/"], "--save new/ ends in '/': give a file name; folder new does not"),
+    ],
+)
+def test_ignored_settings_and_folder_names_exit_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--counts-file", "iif_d2://coco_train2017.csv", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"error: {message}"), captured.err
+    assert captured.err.count("\n") == 1 and os.listdir(tmp_path) == []
+
+
+def test_yaml_config_as_counts_file_is_named(capsys):
+    config = "configs/quick_schedules/Base-instant.yaml"
+    assert main(["--counts-file", config]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --counts-file {config} looks like a YAML config; pass it ")
+    assert "with --config-file" in err and err.count("\n") == 1
+
+
+def test_ctrl_c_prints_one_line(capsys):
+    """Ctrl-C while the counts are read: "interrupted", exit status 130, no traceback."""
+
+    with ctrl_c_in("load_counts_file"):
+        assert main(["--counts-file", "iif_d2://coco_train2017.csv"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_importing_prints_one_line():
+    """The command's handler, installed before detectron2's imports (seconds): SIGINT at any
+    point gives "interrupted" and exit status 130, no traceback."""
+    code = (
+        "import os, signal, time\n"
+        "from iif_d2.utils.cli_checks import interrupt_exits_quietly\n"
+        "interrupt_exits_quietly()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(60)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr, r.stdout) == (130, "interrupted\n", "")
 
 
 def test_config_file_settings(capsys):

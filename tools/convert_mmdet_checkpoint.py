@@ -50,8 +50,9 @@ What is mapped and why no tensor needs more than a rename (mmdet 2.16 source, th
   they are dropped and reported, and the overrides switch FASA off for evaluation.
 
 Anything else in the state dict is an error that lists the keys; so is a missing or misshapen
-tensor. The checkpoint is read with ``torch.load(weights_only=True)``; numpy scalars and arrays in
-mmdet's meta (a seed, say) are allowed, any other pickled class is an error. The output is
+tensor, or one holding NaN or inf. The checkpoint is read with
+``torch.load(weights_only=True)``; numpy scalars and arrays in mmdet's meta (a seed, say) are
+allowed, any other pickled class is an error. The output is
 ``{"model": state_dict, "__author__": "mmdet->iif-d2", "matching_heuristics": False}``, and the
 config overrides to evaluate it are printed.
 """
@@ -350,6 +351,19 @@ def convert(sd, cosine=False, normalized_mask=False, num_classes=None, meta=None
     bad = [f"{k} {tuple(v.shape)} != {shapes[k]}" for k, v in sd.items() if v.shape != shapes[k]]
     if bad:
         raise ConversionError(f"unexpected shapes (ResNeXt, another head?): {_clip(bad)}")
+    nonfinite = [
+        f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})"
+        for k, v in sd.items()
+        if table.get(k, (None,))[0] is not None
+        and v.is_floating_point()
+        and not bool(torch.isfinite(v).all())
+    ]
+    if nonfinite:
+        raise ConversionError(
+            f"non-finite values (NaN or inf) in {len(nonfinite)} tensor(s): {_clip(nonfinite)}; "
+            "the run that saved it diverged or the file is damaged: convert an earlier "
+            "checkpoint of that run."
+        )
     out, dropped = {}, []
     for k, v in sd.items():
         target = table[k][0] if k in table else None
@@ -502,9 +516,17 @@ def check_output(input_path: str, output_path: str) -> None:
     """
     import os
 
-    from iif_d2.utils.cli_checks import UsageError, check_input_file, check_output_file
+    from iif_d2.utils.cli_checks import (
+        UsageError,
+        check_input_file,
+        check_not_blank,
+        check_output_file,
+    )
 
     try:
+        # "" would be read or written as the current folder
+        check_not_blank(input_path, "IN", "the mmdet checkpoint, e.g. epoch_24.pth")
+        check_not_blank(output_path, "OUT", "a file name for the converted model, e.g. model.pth")
         if os.path.exists(input_path):  # a missing one: load_mmdet_checkpoint says so
             check_input_file(input_path, "IN", "an mmdet 2.x checkpoint (.pth)")
         check_output_file(output_path, "OUT", (input_path,), "model.pth")
@@ -514,7 +536,7 @@ def check_output(input_path: str, output_path: str) -> None:
 
 def main(argv=None):
     """Command line; a bad input or argument is one line on stderr and exit code 2."""
-    from iif_d2.utils.io import atomic_write
+    from iif_d2.utils.io import WriteError, atomic_write
 
     args = parse_args(argv)
     try:
@@ -531,9 +553,13 @@ def main(argv=None):
         )
         check_output(args.input, args.output)  # again: the paths may have changed meanwhile
         data = {"model": model, "__author__": AUTHOR, "matching_heuristics": False}
-        atomic_write(args.output, lambda f: torch.save(data, f))
+        try:
+            atomic_write(args.output, lambda f: torch.save(data, f))
+        except WriteError as e:  # no space left, an I/O error: names the file
+            raise ConversionError(f"{e}; free some space or choose another OUT path.") from None
     except (ConversionError, OSError) as e:
-        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else e
+        named = isinstance(e, OSError) and e.strerror and e.filename is not None
+        text = f"{e.filename}: {e.strerror}" if named else e
         print(f"convert_mmdet_checkpoint: error: {' '.join(str(text).split())}", file=sys.stderr)
         raise SystemExit(2) from None
     reasons = {}

@@ -31,6 +31,7 @@ from iif_d2.bench.runner import LogFollower, run_train_net, train_config
 from iif_d2.utils.cli_checks import (
     OneLineParser,
     UsageError,
+    check_not_blank,
     check_output_folder,
     non_negative_int,
     one_line,
@@ -243,6 +244,10 @@ def _usage_error(message: str):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    try:  # "" would be the current folder: its files overwritten
+        check_not_blank(args.output_dir, "--output-dir", "a folder, e.g. output/demo")
+    except UsageError as e:
+        _usage_error(str(e))
     out = os.path.abspath(args.output_dir)
     if len(args.opts) % 2:
         _usage_error(f"config overrides come in KEY VALUE pairs; {args.opts[-1]!r} has no value")

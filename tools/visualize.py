@@ -4,10 +4,11 @@
 Each PNG holds two panels: on the left the predictions (boxes, masks, class names and scores
 from detectron2's ``Visualizer``) with a score of at least --score-thresh; on the right the
 ground truth of a registered dataset (--dataset), or the input image itself for a folder of
-images (--input). A checkpoint and its run folder are enough: the config defaults to the
-``config.yaml`` that train_net.py saved beside the checkpoint, and class counts that came from
-the training set are read from the run's ``iif_class_stats.json`` instead, so the training
-annotations are not needed.
+images (--input); it is named after the image (a.jpg: a.png; images that share a name but for
+the extension keep it: a_jpg.png, a_png.png). A checkpoint and its run folder are enough: the
+config defaults to the ``config.yaml`` that train_net.py saved beside the checkpoint, and class
+counts that came from the training set are read from the run's ``iif_class_stats.json``
+instead, so the training annotations are not needed.
 
     python tools/visualize.py --weights output/demo/model_final.pth --dataset synthlt_val \\
         --output output/demo/vis --num 8
@@ -35,6 +36,7 @@ from iif_d2.utils.cli_checks import (  # noqa: E402
     UsageError,
     check_device,
     check_input_file,
+    check_not_blank,
     check_output_folder,
     one_line,
     positive_float,
@@ -80,9 +82,28 @@ def _parser():
     return p
 
 
+# config overrides the command would ignore: each is an error (what sets it instead)
+IGNORED_OVERRIDES = {
+    "OUTPUT_DIR": "is not used (nothing is written into a run folder; the PNGs go to --output)",
+    "MODEL.WEIGHTS": "is set by --weights",
+    "MODEL.DEVICE": "is set by --device",
+}
+
+
 def _check_paths(args) -> str:
-    """The input and output paths and the device, before anything is loaded; returns the
-    device."""
+    """The input and output paths, the overrides and the device, before anything is loaded;
+    returns the device."""
+    for value, option, what in (
+        (args.weights, "--weights", "a checkpoint, e.g. RUN/model_final.pth"),
+        (args.config_file, "--config-file", "a YAML config file"),
+        (args.dataset, "--dataset", "a registered dataset, e.g. synthlt_val"),
+        (args.input, "--input", "a folder of images"),
+        (args.output, "--output", "a folder for the PNGs"),
+    ):
+        check_not_blank(value, option, what)
+    for key in args.opts[::2]:
+        if key in IGNORED_OVERRIDES:
+            raise UsageError(f"{key} {IGNORED_OVERRIDES[key]}; drop it from the config overrides.")
     check_input_file(args.weights, "--weights", "a checkpoint, e.g. RUN/model_final.pth")
     if args.config_file is not None:
         check_input_file(args.config_file, "--config-file", "a YAML config file")

@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from iif_d2.data.validate import is_box
+
 __all__ = [
     "ClassStats",
     "box_centres",
@@ -348,6 +350,12 @@ def _csv_order(rows: List[Dict], source: str) -> List[Dict]:
 
 def _read_csv(text: str, source: str) -> ClassStats:
     lines = text.splitlines()
+    header = next((line for line in lines if line.strip() and not line.startswith("#")), "")
+    if "," not in header and re.match(r"\s*[A-Za-z_][\w.]*\s*:(\s|$)", header):
+        raise ValueError(
+            f"{source} looks like a YAML config ({header.strip()!r}), not a counts CSV with "
+            "image_count and instance_count columns; a config is passed with --config-file."
+        )
     num_images = None
     for n, line in enumerate(lines, 1):
         if line.startswith("#") and ":" in line and line[1:].split(":")[0].strip() == "num_images":
@@ -429,6 +437,11 @@ def _annotation_groups(data: Dict, index: Dict[int, int], image_ids, source: str
         if unknown:
             dropped += 1
             continue
+        if not a.get("iscrowd") and "bbox" in a and not is_box(a["bbox"]):
+            raise ValueError(
+                f"{source}: annotations[{i}] (id {a.get('id')}) has bbox {repr(a['bbox'])[:60]}: a "
+                "box is 4 finite numbers [x, y, w, h]; fix or remove the annotation."
+            )
         by_image.setdefault(a["image_id"], []).append(
             {"category_id": index[cid], "iscrowd": a.get("iscrowd", 0)}
         )
@@ -566,6 +579,10 @@ def load_counts_file(path: str) -> ClassStats:
         text = text[1:] if text.startswith("\ufeff") else text  # a byte-order mark
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a text file (expected a counts CSV or JSON).") from None
+    if not text.strip():
+        raise ValueError(
+            f"{path} is empty; give a counts CSV (columns image_count, instance_count) or JSON."
+        )
     if not local.endswith(".json"):
         return _read_csv(text, path)
     try:

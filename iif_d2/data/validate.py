@@ -40,7 +40,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["DatasetError", "load_checked", "validate_dataset_dicts", "check_image_header"]
+__all__ = [
+    "DatasetError",
+    "is_box",
+    "load_checked",
+    "validate_dataset_dicts",
+    "check_image_header",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +95,13 @@ def _finite(values) -> bool:
     return math.isfinite(total)
 
 
+def is_box(box) -> bool:
+    """Whether ``box`` is 4 finite numbers: the box check of the training dicts here and of a
+    COCO/LVIS json's annotations where the class counts read them
+    (:func:`iif_d2.data.class_stats.load_counts_file`)."""
+    return isinstance(box, _SEQUENCES) and len(box) == 4 and _finite(box)
+
+
 def _box(ann: Dict, fail: Callable[[str], None]):
     """The box as absolute (x0, y0, x1, y1), or None for a rotated box (not checked)."""
     box, mode = ann.get("bbox"), ann.get("bbox_mode")
@@ -102,7 +115,7 @@ def _box(ann: Dict, fail: Callable[[str], None]):
             f"has bbox_mode {ann.get('bbox_mode')!r}; training needs an absolute mode "
             "(BoxMode.XYWH_ABS or BoxMode.XYXY_ABS)"
         )
-    if not isinstance(box, _SEQUENCES) or len(box) != 4 or not _finite(box):
+    if not is_box(box):
         fail(
             f"has bbox {_short(box)}: a box is 4 finite numbers; fix or remove the annotation in "
             "the dataset's json (or its loader)"

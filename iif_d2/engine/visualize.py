@@ -20,6 +20,7 @@ __all__ = [
     "dataset_items",
     "folder_items",
     "load_run_config",
+    "output_names",
     "use_run_class_counts",
     "visualize",
 ]
@@ -108,15 +109,25 @@ def dataset_items(name: str, num: int):
         ([(file name, dataset dict)], the dataset's metadata).
 
     Raises:
-        KeyError: ``name`` is not registered (the message lists the registered ones).
+        KeyError: ``name`` is not registered (the message names up to 3 close matches).
+        FileNotFoundError: its annotation file or image folder does not exist (named).
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    if name not in DatasetCatalog.list():
+    from iif_d2.data.dataset_files import DatasetFilesMissing, check_dataset_files
+
+    try:  # one line: an unregistered name with its close matches, or the missing file
+        check_dataset_files([name], "--dataset")
+    except DatasetFilesMissing as e:
+        if name in DatasetCatalog.list():
+            raise
+        close = str(e).endswith("?")  # "did you mean ...?": the fix is named
         raise KeyError(
-            f"dataset {name!r} is not registered; registered: "
-            + ", ".join(sorted(DatasetCatalog.list()))
-        )
+            f"{e}"
+            if close
+            else f"{e} Register it first (detectron2.data.DatasetCatalog.register), or draw a "
+            "folder of images with --input."
+        ) from None
     dicts = DatasetCatalog.get(name)[:num]
     return [(d["file_name"], d) for d in dicts], MetadataCatalog.get(name)
 
@@ -172,8 +183,15 @@ def build_predictor(cfg):
     checkpointer = IIFCheckpointer(
         predictor.model, allow_class_mismatch=cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH
     )
+    # detectron2 logs the missing and unused keys as a listing of many lines: held back until
+    # the load is known to be of this config's model (else the one-line error below says it)
+    listed = []
+    checkpointer._log_incompatible_keys = listed.append
     checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[])
     untrained = checkpointer.untrained_parameters()
+    if not untrained:
+        for incompatible in listed:
+            type(checkpointer)._log_incompatible_keys(checkpointer, incompatible)
     if untrained:
         raise ValueError(
             f"{cfg.MODEL.WEIGHTS} holds no weights for {len(untrained)} of the model's "
@@ -216,6 +234,32 @@ def _read(path: str):
         ) from None
 
 
+def output_names(paths):
+    """The PNG names of the images at ``paths``: ``<stem>.png``, and ``<stem>_<extension>.png``
+    for images that share a stem (``a.jpg`` and ``a.png`` give ``a_jpg.png`` and ``a_png.png``),
+    so no PNG replaces another; the order of ``paths`` is kept.
+
+    Raises:
+        ValueError: two images would still give one name (the same file name in two folders of
+            a dataset, say), before anything is drawn.
+    """
+    split = [os.path.splitext(os.path.basename(p)) for p in paths]
+    stems = [stem for stem, _ in split]
+    names = [
+        f"{stem}_{ext.lstrip('.')}.png" if stems.count(stem) > 1 else f"{stem}.png"
+        for stem, ext in split
+    ]
+    seen = {}
+    for path, name in zip(paths, names):
+        if name in seen:
+            raise ValueError(
+                f"{seen[name]} and {path} would both be drawn to {name}; rename one of them "
+                "(or move it to another folder)."
+            )
+        seen[name] = path
+    return names
+
+
 @contextlib.contextmanager
 def _fixed_colors(seed=0):
     """Visualizer draws each instance in a random colour (numpy's global RNG): make the
@@ -252,13 +296,15 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
 
     Raises:
         ValueError: an image that cannot be read (named; checked before the model is built and
-            before anything is written), an output folder that is the input folder or a file.
+            before anything is written), an output folder that is the input folder or a file,
+            two images that would give one PNG (:func:`output_names`), a PNG that cannot be
+            written (no space left, say: named).
     """
     import numpy as np
     from detectron2.utils.visualizer import Visualizer
     from PIL import Image
 
-    from iif_d2.utils.io import atomic_write
+    from iif_d2.utils.io import WriteError, atomic_write
 
     if (dataset is None) == (input_dir is None):
         raise ValueError("give exactly one of dataset and input_dir")
@@ -282,10 +328,11 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
                 f"({bgr.shape[1]} x {bgr.shape[0]}); give a --scale whose panels stay within "
                 f"{MAX_PANEL_PIXELS} pixels."
             )
+    names = output_names([path for path, _ in items])  # two images, one PNG: before any work
     predictor = build_predictor(cfg)
     os.makedirs(output_dir, exist_ok=True)
     written = []
-    for (path, record), bgr in zip(items, images):
+    for (_, record), bgr, name in zip(items, images, names):
         rgb = bgr[:, :, ::-1]
         s = scale or max(1.0, 512 / max(rgb.shape[:2]))
         instances = predictor(bgr)["instances"].to("cpu")
@@ -303,8 +350,11 @@ def visualize(cfg, output_dir, dataset=None, input_dir=None, num=8, score_thresh
                 _label(right, "input")
                 right = right.output
         panels = [v.get_image() for v in (left, right)]
-        out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        out = os.path.join(output_dir, name)
         image = Image.fromarray(np.concatenate(panels, axis=1))
-        atomic_write(out, lambda f, image=image: image.save(f, format="PNG"))
+        try:
+            atomic_write(out, lambda f, image=image: image.save(f, format="PNG"))
+        except WriteError as e:  # no space left, an I/O error: names the file
+            raise ValueError(f"{e}; free some space or choose another output folder.") from None
         written.append(out)
     return written

@@ -13,6 +13,7 @@ from iif_d2.utils.cli_checks import (
     check_output_file,
     one_line,
     positive_int,
+    run_interruptible,
     write_json_output,
 )
 
@@ -45,7 +46,9 @@ def _parser():
         help="fast (default): numpy + pycocotools, bounded memory; lvis-api: lvis==0.5.3 itself",
     )
     p.add_argument(
-        "--max-dets", type=positive_int, default=300, help="detections per image (default 300)"
+        "--max-dets",
+        type=positive_int,
+        help="detections per image (default 300; standard metric only)",
     )
     p.add_argument(
         "--metric",
@@ -54,7 +57,9 @@ def _parser():
         help="standard (default): LVIS AP; fixed: AP-fixed, pooled: AP-pool (Dave et al. 2021: "
         "each class's --dets-per-cat best detections, no cap per image; fast engine only)",
     )
-    p.add_argument("--dets-per-cat", type=positive_int, default=10000, help="for fixed/pooled")
+    p.add_argument(
+        "--dets-per-cat", type=positive_int, help="for fixed/pooled only (default 10000)"
+    )
     p.add_argument(
         "--json-out",
         help="also write the metrics here (percent, lvis-api's key names, null where undefined)",
@@ -83,13 +88,37 @@ def _lvis_api(args):
     gt = load_json(args.gt, "ground truth")
     results = load_json(args.results, "results")
     # lvis-api's own errors are bare asserts and KeyErrors: check the fields first
-    LVISDetections.from_results(results, args.iou_type, LVISGroundTruth.from_dict(gt, False))
+    # with segm, the ground truth's masks too (lvis-api would read an odd polygon silently)
+    gt_arrays = LVISGroundTruth.from_dict(gt, with_masks=args.iou_type == "segm")
+    LVISDetections.from_results(results, args.iou_type, gt_arrays)
     return lvis_api_evaluate(gt, results, args.iou_type, args.max_dets)
 
 
+def _options(parser, args):
+    """Refuse a count the chosen metric would ignore; fill in the defaults."""
+    if args.metric == "standard" and args.dets_per_cat is not None:
+        parser.error(
+            "--dets-per-cat applies only with --metric fixed or pooled (AP-fixed, AP-pool); "
+            "the standard metric keeps --max-dets per image: drop --dets-per-cat or add --metric."
+        )
+    if args.metric != "standard" and args.max_dets is not None:
+        parser.error(
+            f"--max-dets applies only with --metric standard; --metric {args.metric} keeps "
+            "--dets-per-cat detections per class and no cap per image: drop --max-dets."
+        )
+    args.max_dets = 300 if args.max_dets is None else args.max_dets
+    args.dets_per_cat = 10000 if args.dets_per_cat is None else args.dets_per_cat
+
+
 def main(argv=None) -> int:
-    """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """Run the command line; returns the exit status (130 after Ctrl-C, with one line)."""
+    return run_interruptible(_main, argv)
+
+
+def _main(argv) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _options(parser, args)
     start = time.perf_counter()
     try:
         if args.json_out is not None:

@@ -2,6 +2,7 @@
 
 import gc
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ def load_json(source, what: str):
         return source
     _check_input(source, what)
     try:
-        with open(source) as f:
+        with open(source, encoding="utf-8-sig") as f:  # a byte-order mark is skipped
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} file {source} is not valid json ({e}).") from None
@@ -59,6 +60,61 @@ def _csr(lists):
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     values = np.fromiter((v for x in lists for v in x), dtype=np.int64, count=int(offsets[-1]))
     return offsets, values
+
+
+class _AnnotationError(ValueError):
+    """A ground-truth annotation's one-line error, raised inside a comprehension."""
+
+
+def _image_index(ann: dict, index: dict) -> int:
+    """The index of the image an annotation refers to; an error naming the annotation for an
+    image id that is not among the file's images (or not an integer)."""
+    image_id = ann["image_id"]
+    if isinstance(image_id, bool) or not isinstance(image_id, int):
+        raise _AnnotationError(
+            f"LVIS ground truth annotation id {ann.get('id')}: image_id {image_id!r} is not an "
+            "integer; give its image's id."
+        )
+    if image_id not in index:
+        raise _AnnotationError(
+            f"LVIS ground truth annotation id {ann.get('id')} refers to image_id {image_id}, "
+            "which is not among the json's images; add the image or remove the annotation."
+        )
+    return index[image_id]
+
+
+def _checked_segm(ann: dict):
+    """An annotation's segmentation; an error naming the annotation for a polygon that is
+    not an even number (>= 6) of finite coordinates (pycocotools would rasterise it silently,
+    and read one of 4 numbers as a box)."""
+    segm = ann["segmentation"]
+    if isinstance(segm, list):
+        for k, poly in enumerate(segm):
+            ok = isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+            try:  # one C-level sum: NaN and inf propagate, a non-number raises
+                ok = ok and math.isfinite(sum(poly, 0.0))
+            except (TypeError, OverflowError):
+                ok = False
+            if not ok:
+                got = f"{len(poly)} numbers" if isinstance(poly, list) else type(poly).__name__
+                raise ValueError(
+                    f"LVIS ground truth annotation id {ann.get('id')}: segmentation[{k}] "
+                    f"({got}) is not a polygon: a polygon is a list of x, y pairs, "
+                    "at least 3 of them (finite numbers); fix the annotation file."
+                )
+    return segm
+
+
+_OVERFLOW = "overflows: its x + w, y + h or area w * h is not a finite number"
+
+
+def _finite_boxes(bbox: np.ndarray) -> np.ndarray:
+    """Per XYWH box: all 4 numbers finite, and so are its corner x + w, y + h and its area
+    w * h (a box of 1e308 numbers overflows them)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        corner = bbox[:, :2] + bbox[:, 2:]
+        area = bbox[:, 2] * bbox[:, 3]
+    return np.isfinite(bbox).all(axis=1) & np.isfinite(corner).all(axis=1) & np.isfinite(area)
 
 
 def _to_rle(segm, h: int, w: int) -> dict:
@@ -155,7 +211,7 @@ class LVISGroundTruth:
         anns = data["annotations"]
         index = {int(i): k for k, i in enumerate(img_ids)}
         try:
-            ann_img = np.array([index[a["image_id"]] for a in anns], dtype=np.int64)
+            ann_img = np.array([_image_index(a, index) for a in anns], dtype=np.int64)
             gt = cls(
                 img_ids=img_ids,
                 cat_ids=np.array([c["id"] for c in cats], dtype=np.int64),
@@ -171,11 +227,19 @@ class LVISGroundTruth:
             )
         except KeyError as e:
             raise ValueError(f"LVIS ground truth annotation lacks field {e}.") from None
+        except _AnnotationError as e:
+            raise ValueError(str(e)) from None
         except (TypeError, ValueError):
             raise ValueError(
                 "LVIS ground truth: an annotation's image_id, category_id, area or bbox is not "
                 "a number (bbox: [x, y, w, h])."
             ) from None
+        bool_cat = next((a for a in anns if isinstance(a["category_id"], bool)), None)
+        if bool_cat is not None:
+            raise ValueError(
+                f"LVIS ground truth annotation id {bool_cat['id']}: category_id "
+                f"{bool_cat['category_id']!r} is not an integer; give its category's id."
+            )
         if len(anns) and not np.isin(gt.ann_cat_id, gt.cat_ids).all():
             j = int(np.flatnonzero(~np.isin(gt.ann_cat_id, gt.cat_ids))[0])
             raise ValueError(
@@ -188,6 +252,12 @@ class LVISGroundTruth:
             raise ValueError(
                 f"LVIS ground truth annotation id {anns[j]['id']}: bbox {anns[j]['bbox']} is not "
                 "4 finite numbers [x, y, w, h] with w, h >= 0; fix the annotation file."
+            )
+        if not _finite_boxes(gt.ann_bbox).all():
+            j = int(np.flatnonzero(~_finite_boxes(gt.ann_bbox))[0])
+            raise ValueError(
+                f"LVIS ground truth annotation id {anns[j]['id']}: bbox {anns[j]['bbox']} "
+                f"{_OVERFLOW}; fix the annotation file."
             )
         for im in images:
             for side in ("height", "width"):
@@ -206,7 +276,7 @@ class LVISGroundTruth:
             widths = {im["id"]: im["width"] for im in images}
             try:
                 gt.rles = [
-                    _to_rle(a["segmentation"], heights[a["image_id"]], widths[a["image_id"]])
+                    _to_rle(_checked_segm(a), heights[a["image_id"]], widths[a["image_id"]])
                     for a in anns
                 ]
             except KeyError as e:
@@ -495,7 +565,7 @@ def _check_input(path, what) -> None:
 def _open_text(path, what):
     _check_input(path, what)
     try:
-        return open(path, encoding="utf-8")
+        return open(path, encoding="utf-8-sig")  # a byte-order mark is skipped
     except OSError as e:
         raise ValueError(f"{what} file {path} cannot be read: {e.strerror or e}") from None
 
@@ -648,7 +718,8 @@ class _Reader:
     def _ints(self, chunk, key, start):
         values = [r[key] for r in chunk]
         arr = np.array(values)
-        if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        # a bool among ints is read as 0 or 1
+        if arr.dtype.kind not in "iu" or arr.ndim != 1 or bool in set(map(type, values)):
             i = next((i for i, v in enumerate(values) if not _is_int(v)), 0)
             raise ValueError(
                 f"results[{start + i}]: {key} {values[i]!r} is not an integer; give the "
@@ -687,6 +758,10 @@ class _Reader:
                 f"results[{start + i}]: bbox {values[i]!r} is not finite with width and height "
                 f">= 0; {_BOX_FIX}."
             )
+        bad = ~_finite_boxes(bbox)
+        if bad.any():
+            i = _first_bad(bad)
+            raise ValueError(f"results[{start + i}]: bbox {values[i]!r} {_OVERFLOW}; {_BOX_FIX}.")
         return bbox
 
     def _check_ids(self, chunk, image_id, category_id, start):
@@ -839,11 +914,11 @@ def read_results(
     (for segm too); otherwise mask areas, and boxes come from the masks. Segmentations are
     read only where the evaluation uses them (segm, or bbox without boxes).
 
-    Refused, with the index of the first offending entry: a missing or non-numeric field, a
-    score that is NaN, infinite or negative, a box that is not finite or has a negative width
-    or height, and, with ``gt``, an image or category id the ground truth does not have, a
-    mask whose size is not its image's, and an RLE whose counts do not decode to exactly
-    ``height * width`` pixels.
+    Refused, with the index of the first offending entry: a missing or non-numeric field (a
+    bool id too), a score that is NaN, infinite or negative, a box that is not finite,
+    overflows (x + w, y + h or w * h) or has a negative width or height, and, with ``gt``, an
+    image or category id the ground truth does not have, a mask whose size is not its image's,
+    and an RLE whose counts do not decode to exactly ``height * width`` pixels.
 
     Args:
         source: a results json path, or the parsed list.

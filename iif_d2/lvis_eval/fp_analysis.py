@@ -43,7 +43,7 @@ import logging
 import math
 import sys
 from collections import Counter, defaultdict
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -60,6 +60,7 @@ from iif_d2.utils.cli_checks import (
     check_output_file,
     finite_float,
     one_line,
+    run_interruptible,
     write_json_output,
 )
 
@@ -98,11 +99,23 @@ def load_gt(gt) -> dict:
                     f"ground-truth {key}[{i}]: id {ident!r} is not an integer; COCO/LVIS ids are "
                     "integers"
                 )
+    image_ids = {img["id"] for img in data["images"]}
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or any(
             k not in ann for k in ("image_id", "category_id", "bbox")
         ):
             raise ValueError(f"ground-truth annotations[{i}] lacks image_id/category_id/bbox")
+        for key in ("image_id", "category_id"):
+            if not _is_id(ann[key]):
+                raise ValueError(
+                    f"ground-truth annotations[{i}] (id {ann.get('id')}): {key} {ann[key]!r} is "
+                    "not an integer; COCO/LVIS ids are integers"
+                )
+        if ann["image_id"] not in image_ids:
+            raise ValueError(
+                f"ground-truth annotation {ann.get('id')} refers to image_id {ann['image_id']}, "
+                "which is not among the json's images; add the image or remove the annotation"
+            )
         bbox = ann["bbox"]
         if (
             not isinstance(bbox, (list, tuple))
@@ -115,11 +128,26 @@ def load_gt(gt) -> dict:
                 f"ground-truth annotations[{i}]: bbox {bbox!r} is not 4 finite numbers "
                 "[x, y, w, h] with w, h >= 0"
             )
+        if not _box_fits(bbox):
+            raise ValueError(f"ground-truth annotations[{i}]: bbox {bbox!r} {_OVERFLOW}")
     return data
 
 
 def _is_number(v) -> bool:
     return isinstance(v, Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, (bool, np.bool_))
+
+
+_OVERFLOW = "overflows: its x + w, y + h or area w * h is not a finite number"
+
+
+def _box_fits(bbox) -> bool:
+    """Whether a box of 4 finite numbers has a finite corner x + w, y + h and area w * h."""
+    x, y, w, h = (float(v) for v in bbox)
+    return math.isfinite(x + w) and math.isfinite(y + h) and math.isfinite(w * h)
 
 
 def _check_detection(i: int, det) -> dict:
@@ -130,6 +158,8 @@ def _check_detection(i: int, det) -> dict:
         raise ValueError(f"results[{i}]: bbox must be [x, y, w, h], got {bbox!r}")
     if not all(_is_number(v) for v in bbox):
         raise ValueError(f"results[{i}]: bbox {bbox!r} must be 4 finite numbers [x, y, w, h]")
+    if not _box_fits(bbox):
+        raise ValueError(f"results[{i}]: bbox {bbox!r} {_OVERFLOW}")
     if bbox[2] < 0 or bbox[3] < 0:
         raise ValueError(
             f"results[{i}]: bbox {bbox!r} has a negative width or height; boxes are "
@@ -137,6 +167,12 @@ def _check_detection(i: int, det) -> dict:
         )
     if not _is_number(score) or not 0.0 <= score <= 1.0:
         raise ValueError(f"results[{i}]: score {score!r} must be a finite number in [0, 1]")
+    for key in ("image_id", "category_id"):
+        if not _is_id(det[key]):
+            raise ValueError(
+                f"results[{i}]: {key} {det[key]!r} is not an integer; give the ground truth's "
+                f"{key.split('_')[0]} id"
+            )
     return {
         "image_id": det["image_id"],
         "category_id": det["category_id"],
@@ -599,7 +635,11 @@ def _print_table(gt_path: str, lvis: bool, fp: dict, dap: dict, tide: dict):
 
 def main(argv=None) -> int:
     """Command line: print the three analyses; exit 2 with a one-line error for a missing or
-    malformed file or an unwritable --json-out."""
+    malformed file or an unwritable --json-out, 130 with one line after Ctrl-C."""
+    return run_interruptible(_main, argv)
+
+
+def _main(argv) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not 0 <= args.score_thresh <= 1:

@@ -4,14 +4,16 @@ exist and are files, output paths that can be written and are none of the inputs
 a device that exists; usage errors on one line, exit status 2.
 
 Every check raises :class:`UsageError` (a ValueError) with one line naming the option, the
-problem and the fix; the commands print ``error: <message>`` and exit 2. Nothing here imports
-torch or detectron2 (the evaluation commands stay light), except :func:`check_device`, which
-imports torch when it is called.
+problem and the fix; the commands print ``error: <message>`` and exit 2. Ctrl-C prints
+``interrupted`` and exits 130 (:func:`run_interruptible`, :func:`interrupt_exits_quietly`).
+Nothing here imports torch or detectron2 (the evaluation commands stay light), except
+:func:`check_device`, which imports torch when it is called.
 """
 
 import argparse
 import math
 import os
+import signal
 import stat
 import sys
 
@@ -25,20 +27,35 @@ __all__ = [
     "check_output_file",
     "check_output_folder",
     "finite_float",
+    "interrupt_exits_quietly",
     "non_negative_int",
     "one_line",
     "positive_float",
     "positive_int",
+    "run_interruptible",
     "unit_float",
     "write_json_output",
 ]
 
 
 _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell's
 
 
 class UsageError(ValueError):
     """A bad argument or input path: printed as one line, exit status 2."""
+
+
+def check_not_blank(value, option: str, what: str) -> None:
+    """Refuse an empty (or blank) path or name given as ``option``: an empty path would mean
+    the current folder. None (not given) passes.
+
+    Raises:
+        UsageError: one line naming the option and ``what`` to give instead.
+    """
+    if value is not None and not value.strip():
+        problem = "is empty" if not value else f"{value!r} is blank"
+        raise UsageError(f"{option} {problem}; give {what}.")
 
 
 def one_line(error) -> str:
@@ -145,6 +162,14 @@ def check_output_file(path: str, option: str, inputs=(), example: str = "out.jso
     """
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a directory; give a file name, e.g. {example}.")
+    if path.endswith(("/", os.sep)):  # a folder's name, not a file's: writing it would fail
+        name = path.rstrip("/" + os.sep)
+        if os.path.isfile(name) or os.path.splitext(name)[1]:  # w.json/: a file name meant
+            raise UsageError(f"{option} {path} ends in '/': give a file name ({name}, no '/').")
+        raise UsageError(
+            f"{option} {path} ends in '/': give a file name; folder {name} does not exist "
+            f"(create it first, then give e.g. {path}{example})."
+        )
     _writable_folder(os.path.dirname(os.path.abspath(path)), option, path)
     if os.path.exists(path) and not os.path.isfile(path):
         raise UsageError(f"{option} {path} is not a regular file; give a file name.")
@@ -192,6 +217,34 @@ def check_output_folder(path: str, option: str, inputs=(), create: bool = False)
             raise UsageError(
                 f"{option} {path} cannot be made ({e.strerror or e}); choose another folder."
             ) from None
+
+
+def run_interruptible(main, argv=None) -> int:
+    """``main(argv)``, a command's body; Ctrl-C (KeyboardInterrupt) prints one line,
+    ``interrupted``, on stderr instead of a traceback and gives exit status 130 (128 + SIGINT).
+
+    Returns:
+        the exit status.
+    """
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _exit_interrupted(signum, frame):
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(INTERRUPTED)
+
+
+def interrupt_exits_quietly() -> None:
+    """From here on, Ctrl-C ends the process with one line, ``interrupted``, and exit status
+    130, also while a command's imports run (detectron2's take seconds), before
+    :func:`run_interruptible` can catch it. For a command's ``__main__`` only; nothing where
+    SIGINT is not Python's default handler (ignored in a background job, or another's)."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_interrupted)
 
 
 def check_device(device, option: str = "--device") -> str:

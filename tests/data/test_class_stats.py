@@ -118,6 +118,37 @@ def test_bad_counts_files(tmp_path, content, match):
         load_counts_file(str(f))
 
 
+def test_coco_json_box_that_is_not_4_numbers_is_an_error(tmp_path):
+    """As training refuses it (iif_d2.data.validate.is_box): not counted as an instance."""
+    anns = [
+        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]},
+        {"id": 8, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "iscrowd": 1},
+        {"id": 9, "image_id": 2, "category_id": 1},  # no box: counted, as before
+    ]
+    coco = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1}], "annotations": anns}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert load_counts_file(str(tmp_path / "coco.json")).instance_counts == [2]
+    anns[1]["bbox"] = [0, 0, 1]  # a crowd box: not checked (detectron2 drops crowds first)
+    anns[0]["bbox"] = [0, 0, 1]
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"annotations\[0\] \(id 7\) has bbox \[0, 0, 1\]: a box"):
+        load_counts_file(str(tmp_path / "coco.json"))
+
+
+def test_empty_and_yaml_counts_files_are_named(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"empty.csv is empty; give a counts CSV"):
+        load_counts_file(str(empty))
+    empty.write_text("\n  \n")
+    with pytest.raises(ValueError, match=r"empty.csv is empty"):
+        load_counts_file(str(empty))
+    config = tmp_path / "config.txt"  # a YAML config under another suffix
+    config.write_text("# a config\n_BASE_: base.yaml\nMODEL:\n  MASK_ON: True\n")
+    with pytest.raises(ValueError, match=r"looks like a YAML config \('_BASE_: base.yaml'\)"):
+        load_counts_file(str(config))
+
+
 def test_missing_counts_file():
     with pytest.raises(FileNotFoundError, match="CLASS_COUNTS.FILE"):
         load_counts_file("/nonexistent/counts.csv")

@@ -18,7 +18,12 @@ from PIL import Image
 from iif_d2.config import add_iif_config
 from iif_d2.data.class_stats import count_dataset_dicts
 from iif_d2.data.loader import loader_dataset_dicts
-from iif_d2.data.validate import DatasetError, check_image_header, validate_dataset_dicts
+from iif_d2.data.validate import (
+    DatasetError,
+    check_image_header,
+    is_box,
+    validate_dataset_dicts,
+)
 
 SQUARE = [1.0, 1.0, 9.0, 1.0, 9.0, 9.0, 1.0, 9.0]
 
@@ -80,6 +85,25 @@ def test_broken_annotations_are_errors(change, match):
         "dataset 'my_train': image 2 (/nowhere/2.jpg): annotations[0] (id 77) "
     )
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "box, ok",
+    [([1, 1, 8, 8], True), ((1.0, 1, 8, 8.5), True), ([0, 0, 1], False), ([1, 1, 8, 8, 0], False),
+     ([1, math.nan, 8, 8], False), ([1, 1, math.inf, 8], False), ([1, "1", 8, 8], False),
+     ("1 1 8 8", False), (None, False)],
+)  # fmt: skip
+def test_is_box_is_the_training_check(box, ok):
+    """is_box (also what the class counts of a COCO/LVIS json check) refuses what training
+    refuses."""
+    assert is_box(box) is ok
+    dicts = _good()
+    dicts[1]["annotations"][0]["bbox"] = box
+    if ok:
+        validate_dataset_dicts(dicts, "my_train", masks=True, check_images=False)
+    else:
+        with pytest.raises(DatasetError, match="bbox"):
+            validate_dataset_dicts(dicts, "my_train", masks=True, check_images=False)
 
 
 @pytest.mark.parametrize("size", [(1, 20), (20, 0), (-5, 20), ("20", 20), (math.nan, 20)])

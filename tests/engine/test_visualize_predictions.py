@@ -12,7 +12,13 @@ from PIL import Image
 
 import iif_d2
 from iif_d2 import add_iif_config
-from iif_d2.engine.visualize import build_predictor, load_run_config, visualize
+from iif_d2.engine.visualize import (
+    build_predictor,
+    dataset_items,
+    load_run_config,
+    output_names,
+    visualize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +117,53 @@ def test_output_onto_the_input_folder_is_refused(run_dir, tmp_path):
         with pytest.raises(ValueError, match="is the --input folder"):
             visualize(cfg, str(out), input_dir=str(images))
     assert (images / "a.png").read_bytes() == before and os.listdir(images) == ["a.png"]
+
+
+def test_images_of_one_stem_are_drawn_to_distinct_pngs(run_dir, tmp_path):
+    """a.jpg and a.png in one folder: a_jpg.png and a_png.png (not one over the other); a
+    stem of its own keeps its name; two images that would still share a name: an error before
+    anything is drawn."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, grey in (("a.jpg", 60), ("a.png", 200), ("b.png", 128)):
+        Image.fromarray(np.full((32, 32, 3), grey, np.uint8)).save(images / name)
+    cfg = load_run_config(str(run_dir / "model_final.pth"), device="cpu")
+    out = tmp_path / "out"
+    written = visualize(cfg, str(out), input_dir=str(images), num=3, scale=1)
+    assert sorted(os.listdir(out)) == ["a_jpg.png", "a_png.png", "b.png"]
+    assert sorted(os.path.basename(p) for p in written) == sorted(os.listdir(out))
+    # the input panel of each: its own image
+    assert _panels(out / "a_jpg.png")[1].mean() < 100 < _panels(out / "a_png.png")[1].mean()
+    with pytest.raises(ValueError, match="x/a.jpg and y/a.jpg would both be drawn to a_jpg.png"):
+        output_names(["x/a.jpg", "y/a.jpg"])
+
+
+def test_an_unknown_dataset_names_close_matches_only():
+    """Not the list of every registered dataset: up to 3 close names, or how to register one."""
+    with pytest.raises(KeyError) as e:
+        dataset_items("synthlt_vall", 2)
+    message = e.value.args[0]
+    assert "'synthlt_vall' is not a registered dataset; did you mean synthlt_val" in message
+    assert len(message) < 200 and "coco_2017_train" not in message
+    with pytest.raises(KeyError, match="Register it first .* or draw a folder of images"):
+        dataset_items("no_such_ds", 2)
+
+
+def test_a_model_of_another_architecture_is_one_line(run_dir, tmp_path):
+    """A RetinaNet config with the Mask R-CNN run's weights: the one-line error of
+    build_predictor, without detectron2's many-line listing of the missing keys."""
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("fvcore.common.checkpoint")
+    logger.addHandler(handler)
+    config = os.path.join(ROOT, "configs/quick_schedules/retinanet_R_18_FPN_instant_iif.yaml")
+    try:
+        cfg = load_run_config(str(run_dir / "model_final.pth"), config, device="cpu")
+        with pytest.raises(ValueError, match="holds no weights for .* it is not a trained model"):
+            build_predictor(cfg)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "not found in the checkpoint" in r.getMessage()]

@@ -217,11 +217,29 @@ def test_inputs_are_not_modified():
         ([det(1, 1, [0, 0, 1], 0.5)], "bbox"),
         ([det(7, 1, [0, 0, 1, 1], 0.5)], "image_id 7"),
         ([det(1, 9, [0, 0, 1, 1], 0.5)], "category_id 9"),
+        # bools are ints to Python: True would be image or category 1
+        (
+            [det(2, 1, [0, 0, 1, 1], 0.5), det(True, 1, [0, 0, 1, 1], 0.5)],
+            r"results\[1\]: image_id",
+        ),
+        ([det(1, True, [0, 0, 1, 1], 0.5)], "category_id True is not an integer"),
+        ([det(1, 1, [1e308] * 4, 0.5)], r"overflows: its x \+ w, y \+ h or area w \* h"),
     ],
 )
 def test_malformed_results(results, message):
     with pytest.raises(ValueError, match=message):
         false_positives_per_image(lvis_gt(), results)
+
+
+@pytest.mark.parametrize("fmt", GTS)
+def test_annotation_of_an_unknown_image_is_named(fmt):
+    gt = GTS[fmt]()
+    gt["annotations"][0]["image_id"] = 424242
+    with pytest.raises(ValueError, match="annotation 1 refers to image_id 424242, which is not "):
+        false_positives_per_image(gt, perfect()[1:])
+    gt["annotations"][0]["image_id"] = True
+    with pytest.raises(ValueError, match=r"annotations\[0\] \(id 1\): image_id True is not an "):
+        false_positives_per_image(gt, perfect()[1:])
 
 
 def test_mixed_gt_format_rejected():

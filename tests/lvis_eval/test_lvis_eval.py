@@ -1,17 +1,21 @@
 """The fast LVIS evaluation against lvis-api (identical metrics), hand-computed cases, the CLI."""
 
+import copy
 import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
+from helpers import ctrl_c_in
 
 from iif_d2.bench.synthetic_lvis import make_dataset, to_results
 from iif_d2.lvis_eval import LVISDetections, evaluate_results, lvis_api_evaluate
 from iif_d2.lvis_eval.__main__ import main
+from iif_d2.lvis_eval.fp_analysis import main as fp_main
 
 FREQS = np.array(["r", "c", "f"])[np.random.default_rng(0).integers(0, 3, 30)]
 
@@ -408,6 +412,18 @@ _BAD_RESULTS = {
     "nan box": ([dict(_det(1, 0.9, _GOOD), bbox=[1.0, "NaN", 3.0, 4.0])], "bbox", "bbox"),
     "xyxy box": ([dict(_det(1, 0.9, _GOOD), bbox=[50.0, 50.0, 10.0, -10.0])], "bbox", "XYWH"),
     "string score": ([_det(1, "0.9", _GOOD)], "bbox", "score '0.9' is not a number"),
+    # a bool is an int to Python and numpy: among integer ids it would be read as 1
+    "bool image id": (
+        [_det(1, 0.9, _GOOD), dict(_det(1, 0.8, _GOOD), image_id=True)],
+        "bbox",
+        "results[1]: image_id True is not an integer",
+    ),
+    "bool category id": (
+        [_det(1, 0.9, _GOOD), _det(True, 0.8, _GOOD)],
+        "bbox",
+        "results[1]: category_id True is not an integer",
+    ),
+    "overflowing box": ([dict(_det(1, 0.9, _GOOD), bbox=[1e308] * 4)], "bbox", "overflows: its"),
 }
 
 
@@ -425,6 +441,103 @@ def test_cli_refuses_bad_results(tmp_path, capsys, case, engine):
     # the same check for a parsed list
     with pytest.raises(ValueError, match="results\\["):
         evaluate_results(_hand_gt(), json.loads(open(res_file).read()), iou_type)
+
+
+@pytest.mark.parametrize("engine", ["fast", "lvis-api"])
+def test_cli_refuses_overflowing_box_without_a_warning(tmp_path, capsys, engine):
+    gt_file, res_file = _bad_case(tmp_path, [dict(_det(1, 0.9, _GOOD), bbox=[1e308] * 4)])
+    args = ["--gt", gt_file, "--results", res_file, "--iou-type", "bbox", "--engine", engine]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow RuntimeWarning would fail here
+        assert main(args) == 2
+    assert "bbox [1e+308, 1e+308, 1e+308, 1e+308] overflows: its x + w" in capsys.readouterr().err
+
+
+def _bad_gt(gt):
+    # an odd number of polygon coordinates (pycocotools reads it silently, AP 100)
+    odd = copy.deepcopy(gt)
+    odd["annotations"][0]["segmentation"] = [gt["annotations"][0]["segmentation"][0][:-1]]
+    lost = copy.deepcopy(gt)
+    lost["annotations"][0]["image_id"] = 424242
+    return {
+        "odd polygon": (odd, "segm", "annotation id 1: segmentation[0] (7 numbers) is not a "),
+        "unknown image": (
+            lost,
+            "bbox",
+            "annotation id 1 refers to image_id 424242, which is not among the json's images",
+        ),
+        "no images": (
+            dict(gt, images=[]),
+            "bbox",
+            "annotation id 1 refers to image_id 7, which is not among the json's images",
+        ),
+        "overflowing box": (
+            dict(gt, annotations=[dict(gt["annotations"][0], bbox=[1e308] * 4)]),
+            "bbox",
+            "annotation id 1: bbox [1e+308, 1e+308, 1e+308, 1e+308] overflows: its x + w",
+        ),
+        "bool category": (
+            dict(gt, annotations=[dict(gt["annotations"][0], category_id=True)]),
+            "bbox",
+            "category_id True is not an integer",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["odd polygon", "unknown image", "no images", "overflowing box", "bool category"]
+)
+@pytest.mark.parametrize("engine", ["fast", "lvis-api"])
+def test_cli_refuses_bad_ground_truth(tmp_path, capsys, case, engine):
+    gt, iou_type, message = _bad_gt(_hand_gt())[case]
+    gt_file, res_file = _bad_case(tmp_path, [_det(1, 0.9, _GOOD)])
+    with open(gt_file, "w") as f:
+        json.dump(gt, f)
+    args = ["--gt", gt_file, "--results", res_file, "--iou-type", iou_type, "--engine", engine]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_cli_reads_files_with_a_byte_order_mark(tmp_path, capsys):
+    gt_file, res_file = _bad_case(tmp_path, [_det(1, 0.9, _GOOD), _det(1, 0.5, [0, 0, 9, 9])])
+    for name in (gt_file, res_file):  # as Windows tools write UTF-8: BOM first
+        text = open(name).read()
+        with open(name, "w", encoding="utf-8-sig") as f:
+            f.write(text)
+    for engine in ("fast", "lvis-api"):
+        args = ["--gt", gt_file, "--results", res_file, "--iou-type", "bbox", "--engine", engine]
+        assert main([*args, "--json-out", str(tmp_path / "m.json")]) == 0, capsys.readouterr()
+        assert json.loads((tmp_path / "m.json").read_text())["AP"] == pytest.approx(100)
+
+
+@pytest.mark.parametrize(
+    "option, other",
+    [(["--dets-per-cat", "5"], []), (["--max-dets", "5"], ["--metric", "fixed"])],
+)
+def test_cli_refuses_a_count_the_metric_ignores(tmp_path, capsys, option, other):
+    gt_file, res_file = _bad_case(tmp_path, [_det(1, 0.9, _GOOD)])
+    args = ["--gt", gt_file, "--results", res_file, "--iou-type", "bbox", *other]
+    with pytest.raises(SystemExit) as exit_:
+        main(args + option)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert f"{option[0]} applies only with --metric" in err, err
+    assert main(args) == 0  # without it
+
+
+@pytest.mark.parametrize("command", ["lvis_eval", "fp_analysis"])
+def test_cli_ctrl_c_prints_one_line(tmp_path, capsys, command):
+    """Ctrl-C while the ground truth is read: "interrupted", exit status 130, no traceback."""
+    gt_file, res_file = _bad_case(tmp_path, [_det(1, 0.9, _GOOD)])
+    args = ["--gt", gt_file, "--results", res_file]
+    run = main if command == "lvis_eval" else fp_main
+    args += ["--iou-type", "bbox"] if command == "lvis_eval" else []
+    with ctrl_c_in("from_dict"):
+        assert run(args) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert run(args) == 0  # the same command, not interrupted
 
 
 @pytest.mark.parametrize(
@@ -459,6 +572,16 @@ def test_cli_json_out_never_overwrites_an_input(tmp_path, capsys):
     assert {f: open(f).read() for f in (gt_file, res_file)} == before
     args[-1] = str(tmp_path)
     assert main(args) == 2 and "is a directory" in capsys.readouterr().err
+    # a name ending in '/': writing it would fail after the evaluation
+    for out, message in [
+        (f"{tmp_path}/new/", f"ends in '/': give a file name; folder {tmp_path}/new does not"),
+        (f"{res_file}/", f"ends in '/': give a file name ({res_file}, no '/')"),
+    ]:
+        args[-1] = out
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--json-out {out} {message}" in err and len(err.splitlines()) == 1, err
+    assert not os.path.exists(tmp_path / "new")
 
 
 @pytest.mark.parametrize("reader", ["ijson", "json"])

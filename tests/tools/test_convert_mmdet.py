@@ -421,3 +421,39 @@ def test_output_equal_to_the_input_is_refused_before_writing(tmp_path, capsys, m
     assert "does not exist" in _exit_2(capsys, str(src), str(tmp_path / "no" / "o.pth"))
     assert src.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["epoch_24.pth", "hard.pth", "link.pth"]
+
+
+def test_non_finite_weights_are_refused(tmp_path, capsys):
+    """A NaN in the box classifier (a diverged run): exit 2 naming the tensor, nothing
+    written; train_net.py would refuse the converted file only later."""
+    sd = mmdet_state_dict()
+    sd["roi_head.bbox_head.fc_cls.weight"][0, 0] = float("nan")
+    src, dst = str(tmp_path / "nan.pth"), str(tmp_path / "out.pth")
+    _save(src, sd)
+    err = _exit_2(capsys, src, dst, "--cosine", "--normalized-mask")
+    assert "non-finite values (NaN or inf) in 1 tensor(s): roi_head.bbox_head.fc_cls.weight" in err
+    assert not os.path.exists(dst)
+
+
+def test_a_full_disk_and_empty_paths_are_named(tmp_path, capsys, monkeypatch):
+    """No space left while writing OUT (an OSError without a file name): the message names
+    OUT, not "None"; an empty IN or OUT is refused before anything is read."""
+    import errno
+
+    src, dst = str(tmp_path / "mmdet.pth"), str(tmp_path / "out.pth")
+    _save(src, mmdet_state_dict())
+    for argv, message in (
+        (["", dst], "IN is empty; give the mmdet checkpoint"),
+        ([src, ""], "OUT is empty; give a file name for the converted model"),
+        ([src, " "], "OUT ' ' is blank"),
+    ):
+        assert message in _exit_2(capsys, *argv)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    err = _exit_2(capsys, src, dst, "--cosine", "--normalized-mask")
+    assert f"cannot write {dst}" in err and "None" not in err, err
+    assert "free some space or choose another OUT path" in err
+    assert sorted(os.listdir(tmp_path)) == ["mmdet.pth"]
