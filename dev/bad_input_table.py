@@ -478,6 +478,34 @@ DIAMOND = {f"d{i}.yaml": f"_BASE_: [d{i + 1}.yaml, d{i + 1}.yaml]\n" for i in ra
 DIAMOND["d30.yaml"] = "MODEL:\n  DEVICE: cpu\n"
 
 
+# nested YAML aliases: 10**9 values from 9 lines
+ALIAS_BOMB = "MODEL:\n  PIXEL_MEAN:\n    - &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"    - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)
+)
+
+
+def int_state():
+    """A checkpoint's content whose parameters are integers (a wrongly converted file)."""
+    import torch
+
+    return {"model": {"weight": torch.ones((2, 2), dtype=torch.int32), "bias": torch.zeros(2)}}
+
+
+def reordered_counts(tmp):
+    """Class counts of the tiny training set with its class names reversed, as
+    MODEL.CLASS_COUNTS.FILE."""
+    from detectron2.data import MetadataCatalog
+
+    from iif_d2 import resolve_training_set
+
+    names = list(MetadataCatalog.get(SYNTH).thing_classes)
+    counts = {"image_counts": [1] * len(names), "instance_counts": [1] * len(names)}
+    _write(tmp, {"c.json": dict(counts, num_images=5, class_names=names[::-1])})
+    cfg = _cfg(SOURCE="file", FILE=os.path.join(tmp, "c.json"))
+    cfg.OUTPUT_DIR = tmp
+    return resolve_training_set(cfg)
+
+
 def png_header(width: int, height: int) -> bytes:
     """A 1-bit PNG of ``width`` x ``height`` with no pixel data: PIL reads its size (and
     refuses a decompression bomb) when it opens it."""
@@ -560,6 +588,9 @@ ROWS = [
     Row("cli `--save ''`", cli(C, "--counts-file", LVIS_CSV, "--save", ""), CLIFailed, "--save is empty"),  # noqa: E501
     Row("cli `--save` = a `_BASE_` of `--config-file`", cli(C, "--config-file", "{tmp}/c.yaml", "--save", "{tmp}/b.yaml", files={"b.yaml": f"_BASE_: {QUICK_CONFIG}\n", "c.yaml": "_BASE_: b.yaml\n"}), CLIFailed, "is the input file"),  # noqa: E501
     Row("cli `--save` a read-only file", then(read_only("ro.json", "{}"), cli(C, "--counts-file", "{tmp}/c.csv", "--save", "{tmp}/ro.json", files={"c.csv": CSV10})), CLIFailed, "is a read-only file; it is not replaced"),  # noqa: E501
+    Row("cli `--all-variants --variant base10`", cli(C, "--counts-file", LVIS_CSV, "--all-variants", "--variant", "base10"), CLIFailed, "--variant base10 and --all-variants exclude each other"),  # noqa: E501
+    Row("cli `--counts-file` an empty file", cli(C, "--counts-file", "{tmp}/c.csv", files={"c.csv": ""}), CLIFailed, "is empty"),  # noqa: E501
+    Row("cli `--counts-file`, a bbox of 3 numbers", cli(C, "--counts-file", "{tmp}/c.json", files={"c.json": dict(GT, annotations=[dict(GT["annotations"][0], bbox=[0, 0, 1])])}), CLIFailed, "bbox"),  # noqa: E501
     Row("cli `--counts-file http://...`", cli(C, "--counts-file", "http://127.0.0.1:9/c.csv"), CLIFailed, "never fetched from the web"),  # noqa: E501
     # python -m iif_d2.lvis_eval and its fp_analysis
     Row("lvis_eval `--results` a named pipe", fifo("r.json", cli(EV, *EV_ARGS, files={"gt.json": LVIS_GT})), CLIFailed, "is not a regular file (a pipe or device?)"),  # noqa: E501
@@ -574,6 +605,10 @@ ROWS = [
     Row("lvis_eval ground truth, unknown neg_category_ids", cli(EV, *EV_ARGS, files={**EV_FILES, "gt.json": dict(LVIS_GT, images=[dict(LVIS_IMAGE, neg_category_ids=[42])])}), CLIFailed, "neg_category_ids lists 42"),  # noqa: E501
     Row("lvis_eval `--iou-type segm`, ground truth without masks", cli(EV, *EV_ARGS[:-1], "segm", files=EV_FILES), CLIFailed, "lacks field 'segmentation', needed to evaluate masks"),  # noqa: E501
     Row("lvis_eval `--json-out` a read-only file", then(read_only("ro.json", "{}"), cli(EV, *EV_ARGS, "--json-out", "{tmp}/ro.json", files=EV_FILES)), CLIFailed, "is a read-only file"),  # noqa: E501
+    Row("lvis_eval ground truth, a polygon of 5 numbers", cli(EV, *EV_ARGS[:-1], "segm", files={"gt.json": dict(LVIS_GT, annotations=[dict(LVIS_ANN, segmentation=[[1, 1, 9, 1, 9]])]), "r.json": _det(segmentation={"size": [10, 10], "counts": "0Z2"})}), CLIFailed, "segmentation[0] (5 numbers) is not a polygon"),  # noqa: E501
+    Row("lvis_eval ground truth, an annotation of an unknown image", cli(EV, *EV_ARGS, files={**EV_FILES, "gt.json": dict(LVIS_GT, annotations=[dict(LVIS_ANN, image_id=424242)])}), CLIFailed, "refers to image_id 424242, which is not among the json's images"),  # noqa: E501
+    Row("lvis_eval results, `image_id: true`", cli(EV, *EV_ARGS, files={**EV_FILES, "r.json": _det(image_id=True)}), CLIFailed, "image_id True is not an integer"),  # noqa: E501
+    Row("lvis_eval `--dets-per-cat 5` with the standard metric", cli(EV, *EV_ARGS, "--dets-per-cat", "5", files=EV_FILES), CLIFailed, "--dets-per-cat applies only with --metric fixed or pooled"),  # noqa: E501
     Row("fp_analysis ground-truth category id `\"1\"`", cli(FP, *FP_ARGS, files={**FP_FILES, "gt.json": dict(GT, categories=[{"id": "1", "name": "a"}])}), CLIFailed, "categories[0]: id '1' is not an integer"),  # noqa: E501
     # tools/visualize.py, tools/convert_mmdet_checkpoint.py, tools/demo.py
     Row("visualize `--weights` a folder", script("visualize", "--weights", "{tmp}", "--input", "{tmp}", "--output", "{tmp}/o"), CLIFailed, "is a directory; give a checkpoint"),  # noqa: E501
@@ -590,6 +625,8 @@ ROWS = [
     Row("convert, IN a detectron2 checkpoint", then(saved("in.pth", lambda: {"model": {}, "iteration": 3}), script("convert_mmdet_checkpoint", "{tmp}/in.pth", "{tmp}/o.pth")), CLIFailed, "is a detectron2 checkpoint already"),  # noqa: E501
     Row("demo `--output-dir` a file", script("demo", "--output-dir", "{tmp}/f", files={"f": ""}), CLIFailed, "--output-dir <tmp>/f is a file".replace("<tmp>", "{tmp}")),  # noqa: E501
     Row("demo `--num-vis -1`", script("demo", "--num-vis", "-1"), CLIFailed, "argument --num-vis: -1 must be >= 0"),  # noqa: E501
+    Row("visualize, OUTPUT_DIR among the overrides", script("visualize", *VIS, "--input", "{tmp}", "--output", "{tmp}/o", "OUTPUT_DIR", "{tmp}/run", files=RUN), CLIFailed, "OUTPUT_DIR is not used"),  # noqa: E501
+    Row("demo `--output-dir ''`", script("demo", "--output-dir", ""), CLIFailed, "--output-dir is empty"),  # noqa: E501
     Row("demo, OUTPUT_DIR among the overrides", script("demo", "--output-dir", "{tmp}/o", "OUTPUT_DIR", "{tmp}/p"), CLIFailed, "OUTPUT_DIR is set by --output-dir"),  # noqa: E501
     # training data, checked once where the training dicts are loaded
     Row("training set, a NaN polygon coordinate", training_set(_image(1, _box(segm=[[1, 1, 9, float("nan"), 9, 9]]))), ValueError, "image 1 (images/1.jpg): annotations[0] has a polygon coordinate that is NaN"),  # noqa: E501
@@ -608,6 +645,19 @@ ROWS = [
     Row("config whose _BASE_ tree reads 2**30 files (no cycle)", train_net("--config-file", "{tmp}/d0.yaml", files=DIAMOND), CLIFailed, "reads more than 64 config files"),  # noqa: E501
     Row("config with a key given twice", train_net("--config-file", "{tmp}/c.yaml", files={"c.yaml": f"_BASE_: {QUICK_CONFIG}\nSOLVER:\n  MAX_ITER: 5\nSOLVER:\n  BASE_LR: 0.1\n"}), CLIFailed, "key 'SOLVER' appears twice in one mapping (lines 2 and 4)"),  # noqa: E501
     Row("config nested 100,000 levels deep", train_net("--config-file", "{tmp}/c.yaml", files={"c.yaml": "a: " + DEEP + "\n"}), CLIFailed, "nests its values too deeply"),  # noqa: E501
+    Row("config of nested YAML aliases (10**9 values)", train_net("--config-file", "{tmp}/c.yaml", files={"c.yaml": ALIAS_BOMB}), CLIFailed, "expands to more than 100000 values"),  # noqa: E501
+    Row("config, a section given as a list (`SOLVER: [1, 2]`)", train_net("--config-file", "{tmp}/c.yaml", files={"c.yaml": "SOLVER: [1, 2]\n"}), CLIFailed, "SOLVER is a YAML list; it is a section of keys"),  # noqa: E501
+    Row("config, `SOLVER.WARMUP_FACTOR: .nan`", train_net("--config-file", "{tmp}/c.yaml", "OUTPUT_DIR", "{tmp}/o", files={"c.yaml": f"_BASE_: {QUICK_CONFIG}\nSOLVER:\n  WARMUP_FACTOR: .nan\n"}), CLIFailed, "SOLVER.WARMUP_FACTOR nan must be finite"),  # noqa: E501
+    Row("`--config-file` that is OUTPUT_DIR's config.yaml", train_net("--config-file", "{tmp}/run/config.yaml", "OUTPUT_DIR", "{tmp}/run", files={"run/config.yaml": f"_BASE_: {QUICK_CONFIG}\n"}), CLIFailed, "is OUTPUT_DIR's config.yaml, which the run replaces"),  # noqa: E501
+    Row("SOLVER.GAMMA `-1.0`", quick("SOLVER.GAMMA", "-1.0"), CLIFailed, "SOLVER.GAMMA -1.0 must be > 0"),  # noqa: E501
+    Row("SOLVER.MOMENTUM `1.5`", quick("SOLVER.MOMENTUM", "1.5"), CLIFailed, "SOLVER.MOMENTUM 1.5 must be in [0, 1)"),  # noqa: E501
+    Row("MODEL.RPN.NMS_THRESH `-0.5`", quick("MODEL.RPN.NMS_THRESH", "-0.5"), CLIFailed, "must be between 0 and 1"),  # noqa: E501
+    Row("SOLVER.MAX_ITER `10**30`", quick("SOLVER.MAX_ITER", str(10**30)), CLIFailed, "must be between 0 and 2147483647"),  # noqa: E501
+    Row("SEED `2**64`", quick("SEED", str(2**64)), CLIFailed, "must be -1 (a random seed) or 0 to 2**32 - 1"),  # noqa: E501
+    Row("DATASETS.TRAIN naming one dataset twice", quick("DATASETS.TRAIN", f"('{SYNTH}', '{SYNTH}')"), CLIFailed, f"DATASETS.TRAIN names {SYNTH} twice"),  # noqa: E501
+    Row("`--eval-only` with DATASETS.TEST `()`", train_net("--eval-only", "--config-file", QUICK_CONFIG, "OUTPUT_DIR", "{tmp}/o", "DATASETS.TEST", "()"), CLIFailed, "--eval-only has nothing to evaluate"),  # noqa: E501
+    Row("`--dist-url tcp://127.0.0.1:99999`", train_net("--num-gpus", "2", "--dist-url", "tcp://127.0.0.1:99999", "--config-file", QUICK_CONFIG), CLIFailed, "the port must be 1 to 65535"),  # noqa: E501
+    Row("`--dist-url` a file in a folder that does not exist", train_net("--num-gpus", "2", "--dist-url", "file:///no/such/folder/f", "--config-file", QUICK_CONFIG), CLIFailed, "the folder /no/such/folder does not exist"),  # noqa: E501
     Row("SOLVER.STEPS `(5, 2)`", quick("SOLVER.STEPS", "(5, 2)"), CLIFailed, "SOLVER.STEPS (5, 2) must be increasing"),  # noqa: E501
     Row("DATALOADER.NUM_WORKERS `-1`", quick("DATALOADER.NUM_WORKERS", "-1"), CLIFailed, "DATALOADER.NUM_WORKERS -1 must be >= 0"),  # noqa: E501
     Row("SOLVER.MAX_ITER `0` (training)", quick("SOLVER.MAX_ITER", "0"), CLIFailed, "training needs at least 1 iteration"),  # noqa: E501
@@ -628,6 +678,10 @@ ROWS = [
     Row("MODEL.WEIGHTS a pickle calling os.system", pickle_payload_as_weights, __import__("pickle").UnpicklingError, "references the Python global 'os.system'"),  # noqa: E501
     Row("MODEL.WEIGHTS a named pipe", fifo("w.pth", checkpoint("w.pth")), ValueError, "is not a regular file (a pipe or device?)"),  # noqa: E501
     Row("checkpoint with NaN weights", then(saved("w.pth", nan_state), checkpoint("w.pth")), ValueError, "holds NaN or inf in 1 weight tensor(s) (e.g. weight)"),  # noqa: E501
+    Row("MODEL.WEIGHTS a text file", then(lambda tmp: _write(tmp, {"w.pth": "not a checkpoint\n"}), checkpoint("w.pth")), ValueError, "it is a text file (it starts with 'not a checkpoint"),  # noqa: E501
+    Row("MODEL.WEIGHTS an empty file", then(lambda tmp: _write(tmp, {"w.pth": b""}), checkpoint("w.pth")), ValueError, "the file is empty (0 bytes)"),  # noqa: E501
+    Row("checkpoint with integer weights", then(saved("w.pth", int_state), checkpoint("w.pth")), ValueError, "the parameter 'weight' holds integers (torch.int32)"),  # noqa: E501
+    Row("MODEL.CLASS_COUNTS.FILE of the classes in another order", reordered_counts, ValueError, "counts classes in another order than the training set"),  # noqa: E501
     Row("checkpoint whose model is a list", then(saved("w.pth", lambda: {"model": [1, 2]}), checkpoint("w.pth")), ValueError, "holds a list as its model, not a state dict"),  # noqa: E501
     Row("a second writer of one OUTPUT_DIR", second_writer, RuntimeError, f"is in use by pid {os.getpid()}"),  # noqa: E501
     Row("IIF_D2_DIST_TIMEOUT `soon`", bad_collective_timeout, ValueError, "IIF_D2_DIST_TIMEOUT = 'soon'"),  # noqa: E501

@@ -228,7 +228,8 @@ def _not_a_checkpoint(filename: str, head: bytes, error: BaseException) -> str:
     elif head.startswith(b"PK"):
         what = "it is a zip file torch cannot read as a checkpoint (truncated or not torch's)"
     elif all(32 <= b < 127 or b in b"\t\r\n" for b in head):
-        what = f"it is a text file (it starts with {head[:24].decode()!r})"
+        first = (head.decode().strip().splitlines() or [""])[0][:24]
+        what = f"it is a text file (it starts with {first!r})"
     else:
         detail = str(error).strip().splitlines()
         what = f"corrupt, truncated or not written by torch.save ({type(error).__name__}" + (
