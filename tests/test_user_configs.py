@@ -1,6 +1,7 @@
 """Every COCO and LVIS v1 config, tried as a new user would, on CPU: the YAML itself, with only
 its data, its pretrained weights (none offline) and its image size swapped, trains one step
-through the trainer and runs inference.
+through the trainer and runs inference; a config that is another leaf with a deeper ResNet
+(R-101, X-101) builds its model, and its leaf trains the step.
 
 COCO configs use the tiny synthetic set (8 classes). LVIS v1 configs use the reduced
 LVIS-shaped set (``lvis_shaped_mini``: LVIS v1's 1203 classes and frequency groups, many classes
@@ -43,8 +44,25 @@ def _is_alias(name):
     return set(data) == {"_BASE_"} and not os.path.basename(data["_BASE_"]).startswith("Base-")
 
 
+def _backbone_variant(name):
+    """The leaf config it is with another backbone, or None: a config whose own keys are only
+    MODEL.WEIGHTS, MODEL.PIXEL_MEAN/STD and MODEL.RESNETS over a ``_BASE_`` that is a leaf
+    (e.g. an R-101 or X-101 of an R-50 recipe) trains as that leaf does but for its ResNet."""
+    with open(os.path.join(ROOT, name)) as f:
+        data = yaml.safe_load(f) or {}
+    base = data.pop("_BASE_", "")
+    own = {"WEIGHTS", "PIXEL_MEAN", "PIXEL_STD", "RESNETS"}
+    if set(data) != {"MODEL"} or not set(data["MODEL"]) <= own:
+        return None
+    if not base or os.path.basename(base).startswith("Base-"):
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(name), base))
+
+
 ALIASES = [n for n in LEAVES if _is_alias(n)]
 USER_CONFIGS = [n for n in LEAVES if n not in ALIASES]
+# backbone variants build their model (the deeper ResNet); their leaf trains a step
+VARIANTS = {n: _backbone_variant(n) for n in USER_CONFIGS if _backbone_variant(n)}
 COMMON = [
     "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", 1, "SOLVER.MAX_ITER", 1,
     # one iteration, not the LVIS configs' epochs (tests/data/test_epoch_schedule.py and
@@ -125,6 +143,11 @@ def test_config_trains_one_step_and_infers(name, tmp_path):
     if "decoupled" in name:  # stage 2 starts from a stage-1 checkpoint; none offline
         assert cfg.MODEL.ROI_BOX_HEAD.TRAIN_ONLY_CLASSIFIER
     resolve_training_set(cfg)
+    if name in VARIANTS:  # its leaf trains the step: here the deeper ResNet is built
+        assert VARIANTS[name] in USER_CONFIGS and VARIANTS[name] not in VARIANTS
+        bottom_up = Trainer.build_model(cfg).backbone.bottom_up
+        assert len(bottom_up.res4) == {50: 6, 101: 23}[cfg.MODEL.RESNETS.DEPTH]
+        return
     if lvis and cfg.MODEL.CLASS_COUNTS.FILE:  # resolved from the full 2,000-image training set
         stats = load_counts_file(cfg.MODEL.CLASS_COUNTS.FILE)
         assert (stats.num_classes, stats.num_images) == (1203, 2000)
