@@ -61,6 +61,7 @@ import importlib
 import pickle
 import re
 import sys
+import warnings
 
 import torch
 
@@ -130,20 +131,26 @@ def load_mmdet_checkpoint(path):
     Returns:
         (state_dict, meta): the tensors by name and the meta dict ({} if there is none).
     """
+    from iif_d2.utils.safe_load import not_a_checkpoint
+
     try:
-        return _split(torch.load(path, map_location="cpu", weights_only=True))
+        with warnings.catch_warnings():  # torch's note on a plain pickle's protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return _split(torch.load(path, map_location="cpu", weights_only=True))
     except FileNotFoundError:
         raise ConversionError(f"{path}: no such file.") from None
     except pickle.UnpicklingError:  # weights_only refused a class: see which (below)
         pass
     except ConversionError as e:  # read, but not an mmdet checkpoint
         raise ConversionError(f"{path}: {e}") from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise ConversionError(f"{path} is not a torch checkpoint ({e}).") from None
+    except (RuntimeError, EOFError, ValueError, IndexError, KeyError, AttributeError) as e:
+        raise ConversionError(not_a_checkpoint(path, e)) from None  # text, empty, a cut zip
     try:
-        needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as e:  # noqa: BLE001  (a legacy or damaged file)
-        raise ConversionError(f"{path} cannot be read with weights_only=True ({e}).") from None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as e:  # noqa: BLE001  (a plain pickle, a damaged file)
+        raise ConversionError(not_a_checkpoint(path, e)) from None
     refused = [g for g in needed if not NUMPY_GLOBALS.fullmatch(g)]
     if refused:
         raise ConversionError(

@@ -557,8 +557,9 @@ def _check_input(path, what) -> None:
             f"{what} file {path} is not a regular file (a pipe or device?); pass a json file."
         )
     if not os.path.isfile(path):
+        problem = "is a symbolic link to nothing" if os.path.islink(path) else "does not exist"
         raise FileNotFoundError(
-            f"{what} file not found: {path} does not exist; pass an existing json file."
+            f"{what} file not found: {path} {problem}; pass an existing json file."
         )
 
 

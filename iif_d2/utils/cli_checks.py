@@ -133,7 +133,8 @@ def check_input_file(path: str, option: str, what: str = "file") -> None:
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a directory; give {what} (a file).")
     if not os.path.exists(path):
-        raise UsageError(f"{option} {path} does not exist; give {what}.")
+        problem = "is a symbolic link to nothing" if os.path.islink(path) else "does not exist"
+        raise UsageError(f"{option} {path} {problem}; give {what}.")
     if not os.path.isfile(path):
         raise UsageError(f"{option} {path} is not a regular file (a pipe or device?); give {what}.")
     if not os.access(path, os.R_OK):

@@ -27,6 +27,7 @@ __all__ = [
     "TorchTooOldError",
     "UnsafeCheckpointError",
     "require_weights_only",
+    "not_a_checkpoint",
     "safe_load_pkl",
     "safe_torch_load",
 ]
@@ -216,8 +217,10 @@ def _first_bytes(filename: str, n: int = 64) -> bytes:
         return b""  # torch.load names the problem
 
 
-def _not_a_checkpoint(filename: str, head: bytes, error: BaseException) -> str:
-    """One line: why ``filename`` is not a torch checkpoint, from its first bytes."""
+def not_a_checkpoint(filename: str, error: BaseException, head: bytes = None) -> str:
+    """One line: why ``filename`` (whose reading raised ``error``) is not a torch checkpoint,
+    from its first bytes (``head``, read here when not given)."""
+    head = _first_bytes(filename) if head is None else head
     if not head:
         what = "the file is empty (0 bytes)"
     elif head.startswith(b"\x80"):
@@ -262,12 +265,12 @@ def safe_torch_load(filename: str) -> Any:
             return torch.load(filename, map_location=torch.device("cpu"), weights_only=True)
     except (EOFError, IndexError, KeyError, ValueError, RuntimeError, AttributeError) as e:
         # torch's readers fail this way on what is not a checkpoint (text, a truncated zip)
-        raise pickle.UnpicklingError(_not_a_checkpoint(filename, head, e)) from None
+        raise pickle.UnpicklingError(not_a_checkpoint(filename, e, head)) from None
     except pickle.UnpicklingError as e:
         message = str(e)
         refused = re.search(r"GLOBAL ([\w.]+)", message)
         if refused is None and "global" not in message.lower():
-            raise pickle.UnpicklingError(_not_a_checkpoint(filename, head, e)) from None
+            raise pickle.UnpicklingError(not_a_checkpoint(filename, e, head)) from None
         what = f"the Python global '{refused.group(1)}'" if refused else "a Python global"
         raise UnsafeCheckpointError(
             f"Refusing to load {filename}: it needs {what}, which is not a tensor or plain "

@@ -173,3 +173,15 @@ def test_config_of_the_run_folder_is_not_replaced(tmp_path, capsys):
     assert _train_net().run(argv) == 2
     assert "is OUTPUT_DIR's config.yaml" in capsys.readouterr().err
     assert (tmp_path / "run" / "config.yaml").read_text() == text
+
+
+def test_ctrl_c_is_one_line(tmp_path, capsys):
+    """Ctrl-C (as the command checks its input, sets up or trains): one line saying how to
+    continue, exit status 130."""
+    from helpers import ctrl_c_in
+
+    config = _write(tmp_path, "c.yaml", "MODEL: {DEVICE: cpu}\n")
+    with ctrl_c_in("check_launch_args"):
+        assert _train_net().run(["--config-file", config]) == 130
+    err = capsys.readouterr().err
+    assert err == "interrupted: a training run continues from its last checkpoint with --resume.\n"

@@ -387,7 +387,7 @@ def test_loading_refuses_pickled_classes_and_cli_errors_are_one_line(tmp_path, c
     torch.save([torch.zeros(1)], str(tmp_path / "list.pth"))
     for name, message in (
         ("missing.pth", "no such file"),
-        ("junk.pth", "cannot be read with weights_only=True"),
+        ("junk.pth", "junk.pth is not a torch checkpoint: it is a plain Python pickle"),
         ("list.pth", "expected a dict checkpoint, got a list"),
     ):
         err = _exit_2(capsys, str(tmp_path / name), str(tmp_path / "out.pth"))
@@ -457,3 +457,18 @@ def test_a_full_disk_and_empty_paths_are_named(tmp_path, capsys, monkeypatch):
     assert f"cannot write {dst}" in err and "None" not in err, err
     assert "free some space or choose another OUT path" in err
     assert sorted(os.listdir(tmp_path)) == ["mmdet.pth"]
+
+
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (b"this is not a checkpoint\n", "it is a text file"),
+        (b"", "the file is empty (0 bytes)"),
+        (pickle.dumps({"state_dict": {}}, protocol=4), "it is a plain Python pickle"),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, capsys, content, what):
+    (tmp_path / "in.pth").write_bytes(content)
+    err = _exit_2(capsys, str(tmp_path / "in.pth"), str(tmp_path / "out.pth"))
+    assert f"in.pth is not a torch checkpoint: {what}" in err
+    assert not (tmp_path / "out.pth").exists()

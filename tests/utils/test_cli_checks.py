@@ -88,3 +88,10 @@ def test_devices():
 def test_one_line():
     assert one_line(KeyError("a 'b'")) == "a 'b'"
     assert one_line(ValueError("first\n  second\n\n")) == "first; second"
+
+
+def test_a_link_to_nothing_is_named(tmp_path):
+    os.symlink(tmp_path / "l1", tmp_path / "l2")
+    os.symlink(tmp_path / "l2", tmp_path / "l1")
+    with pytest.raises(UsageError, match="--weights .*l1 is a symbolic link to nothing"):
+        check_input_file(str(tmp_path / "l1"), "--weights", "a checkpoint")
