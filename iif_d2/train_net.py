@@ -156,7 +156,10 @@ def run(argv=None) -> int:
             backend="gloo" if cfg.MODEL.DEVICE == "cpu" else "auto",
         )
     except USER_ERRORS as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        fix = ""
+        if isinstance(e, WriteError):  # a checkpoint or a result while training or evaluating
+            fix = "; free some space there (--resume continues from the last checkpoint)"
+        print(f"error: {' '.join(str(e).split())}{fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

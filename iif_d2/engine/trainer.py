@@ -123,6 +123,13 @@ class Trainer(DefaultTrainer):
         return ret
 
     def load_state_dict(self, state_dict):
+        iteration = state_dict.get("iteration")
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < -1:
+            raise ValueError(
+                f"its trainer state's iteration {iteration!r} is not an iteration number: it "
+                "is not a checkpoint of a train_net.py run; start a new run with MODEL.WEIGHTS "
+                "set to it"
+            )
         super().load_state_dict(state_dict)
         if not _UPSTREAM_SAVES_TRAINER and "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])

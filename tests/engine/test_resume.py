@@ -362,3 +362,13 @@ def test_stale_temporary_files_are_removed_only_when_their_writer_is_gone(tmp_pa
         path.write_bytes(b"x")
     assert remove_stale_temporary_files(str(tmp_path)) == [str(dead)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+@pytest.mark.parametrize("iteration", ["0", None, 1.5, True, -5])
+def test_a_trainer_state_without_an_iteration_number_is_refused(iteration):
+    """A checkpoint whose trainer state's iteration is not an iteration number is not resumed
+    (detectron2 would add 1 to it: a TypeError, or a run that starts anywhere)."""
+    from iif_d2.engine.trainer import Trainer
+
+    with pytest.raises(ValueError, match="is not an iteration number"):
+        Trainer.load_state_dict(None, {"iteration": iteration, "hooks": {}})
