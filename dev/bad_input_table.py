@@ -797,12 +797,15 @@ def main(argv=None) -> int:
 
     logging.disable(logging.WARNING)  # the table shows the errors, not the logs
     lines, failed = [], []
-    for row in ROWS:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                lines.append(table_line(row, tmp))
-            except AssertionError as e:
-                failed.append(str(e))
+    try:
+        for row in ROWS:
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    lines.append(table_line(row, tmp))
+                except AssertionError as e:
+                    failed.append(str(e))
+    finally:  # the caller's logging as it was (a test process goes on)
+        logging.disable(logging.NOTSET)
     if failed:
         for message in failed:
             print(f"NOT AS EXPECTED: {message}", file=sys.stderr)

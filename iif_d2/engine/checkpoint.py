@@ -41,7 +41,7 @@ from detectron2.checkpoint.c2_model_loading import (
     convert_c2_detectron_names,
 )
 
-from iif_d2.utils.io import atomic_write
+from iif_d2.utils.io import atomic_write, missing_reason
 from iif_d2.utils.safe_load import (
     TorchTooOldError,
     UnsafeCheckpointError,
@@ -89,8 +89,7 @@ def _check_local_checkpoint(path: str) -> None:
     if os.path.isdir(path):
         raise CheckpointReadError(f"Checkpoint {path} is a folder; {_READ_FIX}.")
     if not os.path.exists(path):
-        what = "is a symbolic link to nothing" if os.path.islink(path) else "does not exist"
-        raise CheckpointReadError(f"Checkpoint {path} {what}; {_READ_FIX}.")
+        raise CheckpointReadError(f"Checkpoint {path} {missing_reason(path)}; {_READ_FIX}.")
     if not os.path.isfile(path):
         raise CheckpointReadError(
             f"Checkpoint {path} is not a regular file (a pipe or device?); {_READ_FIX}."

@@ -15,6 +15,7 @@ from detectron2.utils.file_io import PathManager
 from iif_d2 import model_zoo
 from iif_d2.config import add_iif_config, apply_deprecated_keys
 from iif_d2.data.training_set import check_schedule_opts
+from iif_d2.utils.io import missing_reason
 
 __all__ = [
     "RunConfigError",
@@ -133,9 +134,7 @@ def _read_config_yaml(path: str, named_by: str) -> Dict[str, Any]:
             if os.path.isdir(path)
             else "is not a regular file (a pipe or device?)"
             if os.path.exists(path)
-            else "is a symbolic link to nothing (broken, or a loop of links)"
-            if os.path.islink(path)
-            else "does not exist"
+            else missing_reason(path)
         )
         raise RunConfigError(f"{named_by} {path} {what}; give a YAML config file.")
     try:

@@ -11,6 +11,8 @@ from typing import List, Optional
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from iif_d2.utils.io import missing_reason
+
 __all__ = [
     "LVISDetections",
     "LVISGroundTruth",
@@ -557,9 +559,8 @@ def _check_input(path, what) -> None:
             f"{what} file {path} is not a regular file (a pipe or device?); pass a json file."
         )
     if not os.path.isfile(path):
-        problem = "is a symbolic link to nothing" if os.path.islink(path) else "does not exist"
         raise FileNotFoundError(
-            f"{what} file not found: {path} {problem}; pass an existing json file."
+            f"{what} file not found: {path} {missing_reason(path)}; pass an existing json file."
         )
 
 

@@ -17,7 +17,7 @@ import signal
 import stat
 import sys
 
-from iif_d2.utils.io import same_file, write_json_atomic
+from iif_d2.utils.io import missing_reason, same_file, write_json_atomic
 
 __all__ = [
     "OneLineParser",
@@ -133,8 +133,7 @@ def check_input_file(path: str, option: str, what: str = "file") -> None:
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a directory; give {what} (a file).")
     if not os.path.exists(path):
-        problem = "is a symbolic link to nothing" if os.path.islink(path) else "does not exist"
-        raise UsageError(f"{option} {path} {problem}; give {what}.")
+        raise UsageError(f"{option} {path} {missing_reason(path)}; give {what}.")
     if not os.path.isfile(path):
         raise UsageError(f"{option} {path} is not a regular file (a pipe or device?); give {what}.")
     if not os.access(path, os.R_OK):

@@ -11,7 +11,7 @@ import re
 import secrets
 from typing import Any, Callable
 
-__all__ = ["WriteError", "atomic_write", "same_file", "write_json_atomic"]
+__all__ = ["WriteError", "atomic_write", "missing_reason", "same_file", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,12 @@ def write_json_atomic(path: str, payload: Any) -> None:
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
+
+
+def missing_reason(path: str) -> str:
+    """Why ``path``, which does not exist, is missing: "does not exist", or "is a symbolic link
+    to nothing" (broken, or a loop of links), for a one-line error."""
+    return "is a symbolic link to nothing" if os.path.islink(path) else "does not exist"
 
 
 def same_file(a: str, b: str) -> bool:
