@@ -34,6 +34,7 @@ from iif_d2.engine.launch import launch  # noqa: E402
 from iif_d2.engine.run_folder import check_eval_weights, check_resume_config  # noqa: E402
 from iif_d2.engine.run_lock import OutputDirInUseError  # noqa: E402
 from iif_d2.engine.trainer import Trainer, checkpointer_for, setup_run  # noqa: E402
+from iif_d2.utils.cli_checks import INTERRUPTED  # noqa: E402
 from iif_d2.utils.io import WriteError  # noqa: E402
 from iif_d2.utils.safe_load import UnsafeCheckpointError  # noqa: E402
 
@@ -166,7 +167,7 @@ def run(argv=None) -> int:
             "interrupted: a training run continues from its last checkpoint with --resume.",
             file=sys.stderr,
         )
-        return 130
+        return INTERRUPTED
     except Exception as e:  # a worker process's error, reported by torch.multiprocessing
         message = _worker_user_error(e) if type(e).__name__ == "ProcessRaisedException" else None
         if message is None:
