@@ -133,6 +133,11 @@ def _check_weights(weights: Any, filename: str, parameters=None) -> None:
         )
 
 
+class UntrainedWeightsError(ValueError):
+    """A file loaded as a trained model leaves some of the model's parameters at their
+    initialisation: it is not a trained model of this config."""
+
+
 class CheckpointShapeMismatchError(ValueError):
     """Checkpoint tensors whose shapes differ from the model's."""
 
@@ -196,6 +201,7 @@ class IIFCheckpointer(DetectionCheckpointer):
         self._loading: Optional[str] = None
         self._restoring: List[str] = []  # the checkpointables the current load restores
         self.last_incompatible = None  # the last load's missing / unexpected keys
+        self._held_listings: Optional[List[Any]] = None  # see load_trained
 
     @classmethod
     def from_checkpointer(cls, other, **kwargs) -> "IIFCheckpointer":
@@ -542,6 +548,40 @@ class IIFCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         self.last_incompatible = incompatible
         return incompatible
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        # fvcore's hook: a listing of many lines, held back by load_trained
+        if self._held_listings is not None:
+            self._held_listings.append(incompatible)
+        else:
+            super()._log_incompatible_keys(incompatible)
+
+    def load_trained(self, path: str) -> Dict[str, Any]:
+        """The model's weights from ``path`` (no optimizer or scheduler state), which must
+        cover every parameter: the model to evaluate or predict with. detectron2's listing of
+        missing and unused keys is logged only once the file is known to be a trained model of
+        this config; otherwise the error says it in one line.
+
+        Returns:
+            the loaded file.
+
+        Raises:
+            UntrainedWeightsError: ``path`` leaves parameters at their initialisation.
+        """
+        self._held_listings = []
+        try:
+            checkpoint = self.load(path, checkpointables=[])
+        finally:
+            held, self._held_listings = self._held_listings, None
+        untrained = self.untrained_parameters()
+        if untrained:
+            raise UntrainedWeightsError(
+                f"{path} holds no weights for {len(untrained)} of the model's parameters (e.g. "
+                f"{untrained[0]}): it is not a trained model of this config"
+            )
+        for incompatible in held:
+            super()._log_incompatible_keys(incompatible)
+        return checkpoint
 
     def untrained_parameters(self) -> List[str]:
         """The model's parameters the last :meth:`load` left at their initialisation (missing

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 
+from iif_d2.engine.checkpoint import UntrainedWeightsError
 from iif_d2.engine.config_files import RunConfigError
 
 __all__ = ["check_eval_weights", "check_resume_config", "remove_stale_temporary_files"]
@@ -188,7 +189,12 @@ def check_eval_weights(checkpointer, cfg, resume: bool) -> str:
                 "path/to/model_final.pth (or use --resume to take OUTPUT_DIR's checkpoint)."
             )
     try:
-        checkpointer.load(path, checkpointables=[])
+        checkpointer.load_trained(path)
+    except UntrainedWeightsError as e:
+        raise RunConfigError(
+            f"--eval-only: {e}, and evaluating it would report the AP of an untrained detector. "
+            "Set MODEL.WEIGHTS to the trained checkpoint (OUTPUT_DIR/model_final.pth)."
+        ) from None
     except (
         OSError,
         AssertionError,
@@ -199,12 +205,4 @@ def check_eval_weights(checkpointer, cfg, resume: bool) -> str:
     ) as e:
         message = " ".join(str(e).split())[:300]
         raise RunConfigError(f"--eval-only: cannot read {path}: {message}") from None
-    untrained = checkpointer.untrained_parameters()
-    if untrained:
-        raise RunConfigError(
-            f"--eval-only: {path} holds no weights for {len(untrained)} of the model's "
-            f"parameters (e.g. {untrained[0]}): it is not a trained model of this config, and "
-            "evaluating it would report the AP of an untrained detector. Set MODEL.WEIGHTS to "
-            "the trained checkpoint (OUTPUT_DIR/model_final.pth)."
-        )
     return path

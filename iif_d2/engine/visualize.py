@@ -164,7 +164,7 @@ def build_predictor(cfg):
     from detectron2.engine import DefaultPredictor
 
     from iif_d2.data.training_set import needs_class_counts
-    from iif_d2.engine.checkpoint import IIFCheckpointer
+    from iif_d2.engine.checkpoint import IIFCheckpointer, UntrainedWeightsError
 
     source = cfg.MODEL.CLASS_COUNTS.SOURCE
     if source in ("dataset", "json") and needs_class_counts(cfg):
@@ -183,21 +183,10 @@ def build_predictor(cfg):
     checkpointer = IIFCheckpointer(
         predictor.model, allow_class_mismatch=cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH
     )
-    # detectron2 logs the missing and unused keys as a listing of many lines: held back until
-    # the load is known to be of this config's model (else the one-line error below says it)
-    listed = []
-    checkpointer._log_incompatible_keys = listed.append
-    checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[])
-    untrained = checkpointer.untrained_parameters()
-    if not untrained:
-        for incompatible in listed:
-            type(checkpointer)._log_incompatible_keys(checkpointer, incompatible)
-    if untrained:
-        raise ValueError(
-            f"{cfg.MODEL.WEIGHTS} holds no weights for {len(untrained)} of the model's "
-            f"parameters (e.g. {untrained[0]}): it is not a trained model of this config; "
-            "pass the run's model_final.pth (and its config)."
-        )
+    try:
+        checkpointer.load_trained(cfg.MODEL.WEIGHTS)
+    except UntrainedWeightsError as e:
+        raise ValueError(f"{e}; pass the run's model_final.pth (and its config).") from None
     predictor.cfg = cfg
     return predictor
 

@@ -15,6 +15,7 @@ from iif_d2.engine.checkpoint import (
     CheckpointLocationError,
     CheckpointShapeMismatchError,
     IIFCheckpointer,
+    UntrainedWeightsError,
 )
 from iif_d2.utils.rng import rng_preserved, rng_state, set_rng_state
 from iif_d2.utils.safe_load import UnsafeCheckpointError, safe_load_pkl, safe_torch_load
@@ -684,3 +685,25 @@ def test_a_failed_write_names_the_file(tmp_path, monkeypatch, failure):
         checkpointer.save("model_final", iteration=1)
     assert str(e.value).startswith(f"cannot write {tmp_path / 'model_final.pth'}: ")
     assert os.listdir(tmp_path) == []
+
+
+def test_load_trained_refuses_partial_weights_in_one_line_and_logs_listings_only_of_a_trained_model(
+    tmp_path, caplog
+):
+    """load_trained: a file covering only some parameters is an error of one line, without
+    detectron2's many-line listing of the missing keys before it; a trained model's file with
+    extra keys loads, and that listing (of the unused keys) is logged."""
+    model = TinyDetector()
+    state = model.state_dict()
+    torch.save({"model": {k: v for k, v in state.items() if k.startswith("conv.")}}, tmp_path / "a")
+    checkpointer = IIFCheckpointer(TinyDetector())
+    with caplog.at_level(logging.INFO), pytest.raises(UntrainedWeightsError) as e:
+        checkpointer.load_trained(str(tmp_path / "a"))
+    assert "\n" not in str(e.value) and "holds no weights for" in str(e.value)
+    assert not [r for r in caplog.records if "not found in checkpoint" in r.getMessage()]
+    caplog.clear()
+    torch.save({"model": {**state, "extra.weight": torch.zeros(2)}}, tmp_path / "b")
+    with caplog.at_level(logging.INFO):
+        checkpointer.load_trained(str(tmp_path / "b"))
+    assert checkpointer.untrained_parameters() == []
+    assert [r for r in caplog.records if "extra.weight" in r.getMessage()]
