@@ -21,9 +21,10 @@ data order) with a 95 % Student-t confidence interval; a claim whose interval in
 shown", one whose interval lies on the other side is "contradicted".
 
 `--dataset fashionlt` runs the Mask R-CNN rows on FashionLT (real Fashion-MNIST garments,
-iif_d2/data/fashion_lt.py) instead: the same configs with the dataset's overrides (its train and
-val sets, 10 classes), into output/benchmark_fashionlt, recorded in
-docs/results/fashionlt_runs.json unless --records names another file.
+iif_d2/data/fashion_lt.py) instead, or the rows --only names (one-stage ones too): the same
+configs with the dataset's overrides (its train and val sets, 10 classes, on the key of each
+row's head), into output/benchmark_fashionlt, recorded in docs/results/fashionlt_runs.json
+unless --records names another file.
 
 Writes OUTPUT/benchmark.md, OUTPUT/benchmark.json (every run, the means, the claims) and
 OUTPUT/benchmark.png (error bars: ± one std).
@@ -190,8 +191,8 @@ def _parser():
     parser.add_argument(
         "--dataset", default="synthlt", choices=list(BENCHMARK_DATASETS),
         help="what the rows train and evaluate on: synthlt (default; every row) or fashionlt "
-        "(real Fashion-MNIST garments; the Mask R-CNN rows, recorded in "
-        "docs/results/fashionlt_runs.json by default)",
+        "(real Fashion-MNIST garments; the Mask R-CNN rows unless --only names others, recorded "
+        "in docs/results/fashionlt_runs.json by default)",
     )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
@@ -273,15 +274,8 @@ def main(argv=None):
     if args.write_band and args.dataset != "synthlt":
         sys.exit("[benchmark] --write-band writes make demo's SynthLT band: drop it or --dataset")
     methods = select_methods(args.only, args.quick)
-    if dataset["mask_only"]:
-        mask_rows = mask_rcnn_rows(methods)
-        if args.only and len(mask_rows) < len(methods):
-            other = [m[0] for m in methods if m not in mask_rows]
-            sys.exit(
-                f"[benchmark] --dataset {args.dataset} runs the Mask R-CNN rows only; drop "
-                f"{', '.join(other)} from --only"
-            )
-        methods = mask_rows
+    if dataset["mask_by_default"] and not args.only:
+        methods = mask_rcnn_rows(methods)
     if args.records is None and dataset["default_records"]:
         args.records = os.path.join(REPO, dataset["records"])
     device = _device()

@@ -6,7 +6,7 @@ in docs/results/ (no training, no timing: a few seconds).
                                claims with their 95 % intervals and verdicts, the one-stage
                                detectors' rows, and the --quick table
                                (docs/results/synthlt_quick.json); figures in docs/results/
-  docs/benchmarks/fashionlt.md the SynthLT benchmark's Mask R-CNN rows on FashionLT (real
+  docs/benchmarks/fashionlt.md the SynthLT benchmark's rows on FashionLT (real
                                Fashion-MNIST garments; docs/results/fashionlt_runs.json), each
                                claim's verdict on both sets side by side, and what differs
                                (docs/results/fashionlt_analysis.json and the pictures of
@@ -335,15 +335,25 @@ def _analysis_lines(analysis):
 
 
 def fashionlt_page(synthlt_claims):
-    """docs/benchmarks/fashionlt.md: the Mask R-CNN rows on FashionLT from their records, each
-    claim beside its SynthLT verdict, and what differs."""
+    """docs/benchmarks/fashionlt.md: the Mask R-CNN rows, and the one-stage rows run there, on
+    FashionLT from their records, each claim beside its SynthLT verdict, and what differs."""
     import json
 
     records = load_records(FASHIONLT_RECORDS)
-    methods = mask_rcnn_rows(METHODS)
+    mask_methods = mask_rcnn_rows(METHODS)
     runs, _ = _runs(records)
-    seeds, complete, partial, missing = _complete_rows(methods, runs)
-    rows, claims = summarise(complete, runs, seeds) if complete else ([], [])
+    # the one-stage rows run on FashionLT so far (a subset of SynthLT's, by --only)
+    one_stage = [m for m in METHODS if m[0] in ONE_STAGE and m[0] in runs]
+    methods = mask_methods + one_stage
+    # each group's table over the seeds of its most-seeded row: one group's runs in progress
+    # do not hide the other's
+    seeds, complete, partial, missing = _complete_rows(mask_methods, runs)
+    mask_rows, claims = summarise(complete, runs, seeds) if complete else ([], [])
+    os_seeds, os_complete, _, _ = _complete_rows(one_stage, runs)
+    one_stage_rows, one_stage_claims = (
+        summarise(os_complete, runs, os_seeds) if os_complete else ([], [])
+    )
+    claims = claims + one_stage_claims
     keys = {m[0] for m in methods}
     mine = {c["claim"]: c for c in claims}
     theirs = {c["claim"]: c for c in synthlt_claims}
@@ -385,7 +395,7 @@ def fashionlt_page(synthlt_claims):
         "[the SynthLT page](synthlt.md): mean ± std over seeds; each claim the paired "
         "difference a − b over seeds with its 95 % Student-t interval.",
         "",
-        f"## Table: {span}, {len(rows)} of {len(methods)} Mask R-CNN rows",
+        f"## Table: {span}, {len(mask_rows)} of {len(mask_methods)} Mask R-CNN rows",
         "",
         (
             "- records: [docs/results/fashionlt_runs.json](../results/fashionlt_runs.json), "
@@ -403,7 +413,29 @@ def fashionlt_page(synthlt_claims):
         "- not yet measured: " + (", ".join(not_measured) if not_measured else "none"),
         "",
     ]
-    lines += [synthlt_markdown(rows, MASK_COLUMNS), ""] if rows else ["No run recorded yet.", ""]
+    if mask_rows:
+        lines += [synthlt_markdown(mask_rows, MASK_COLUMNS), ""]
+    else:
+        lines += ["No Mask R-CNN run recorded yet.", ""]
+    lines += [
+        "## One-stage detectors (box AP)",
+        "",
+        "SynthLT's RetinaNet and FCOS rows (box only) on FashionLT, the detectors' class count "
+        "set on their heads' keys; the rows run so far "
+        f"(`--dataset fashionlt --only {' '.join(m[0] for m in one_stage) or 'KEY ...'}`), "
+        "each shown once recorded on every seed of the group"
+        + (f", {_seed_span(os_seeds)}:" if os_complete else ":"),
+        "",
+    ]
+    if one_stage_rows:
+        lines += [
+            synthlt_markdown(one_stage_rows, BOX_COLUMNS),
+            "",
+            one_stage_verdict(one_stage_claims),
+            "",
+        ]
+    else:
+        lines += ["No one-stage row recorded on every seed yet.", ""]
     lines += [
         "## Each claim on both sets",
         "",

@@ -9,6 +9,7 @@ import os
 from iif_d2.bench.records import (
     REPO,
     config_digest,
+    config_values,
     finished_metrics,
     recorded_metrics,
 )
@@ -186,13 +187,35 @@ def run_dir(out_root, key, seed):
     return os.path.join(out_root, key, f"seed{seed}")
 
 
+# the class-count key of each one-stage architecture a row builds (the R-CNNs':
+# MODEL.ROI_HEADS.NUM_CLASSES)
+ONE_STAGE_NUM_CLASSES = {
+    "IIFRetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+    "IIFFCOS": "MODEL.FCOS.NUM_CLASSES",
+    "FCOS": "MODEL.FCOS.NUM_CLASSES",
+}
+
+
+def class_count_on_head(config, opts):
+    """``opts`` with a dataset's class count, given as MODEL.ROI_HEADS.NUM_CLASSES (a
+    benchmark dataset's overrides), set on the key ``config``'s architecture reads: a
+    one-stage row (RetinaNet, FCOS) takes it on its head's key."""
+    meta = config_values(config).get("MODEL", {}).get("META_ARCHITECTURE")
+    key = ONE_STAGE_NUM_CLASSES.get(meta)
+    if key is None:
+        return list(opts)
+    return [key if i % 2 == 0 and o == "MODEL.ROI_HEADS.NUM_CLASSES" else o
+            for i, o in enumerate(opts)]  # fmt: skip
+
+
 def run_plan(key, seed, config, weights_of, out_root, opts):
     """Where one (row, seed) runs, its train_net.py overrides and its stamp (what makes two runs
     the same run: config, the text of its files (and of the source row's, for a row evaluating
     another row's model), overrides; the source model's path relative to ``out_root``)."""
     out = run_dir(out_root, key, seed)
     opts = ["SEED", str(seed), "TEST.LVIS_EVAL_SAVE_RESULTS", "True",
-            "TEST.LVIS_EVAL_FIXED_POOLED", "True", *opts]  # fmt: skip
+            "TEST.LVIS_EVAL_FIXED_POOLED", "True", *class_count_on_head(config, opts)]  # fmt: skip
     sources = [config] + ([METHOD_CONFIGS[weights_of]] if weights_of else [])
     stamp = {"config": os.path.relpath(config, REPO), "config_sha256": config_digest(*sources),
              "opts": list(opts)}  # fmt: skip

@@ -11,7 +11,7 @@ analysed (a ``segmentation`` key is ignored).
 Three measures:
 
 * :func:`false_positives_per_image`: detections above a score threshold (default 0.3, the one
-  of the README's FP/img numbers, ``tools/benchmark_synthlt.py``) are matched one-to-one to
+  of the README's FP/img numbers, ``dev/benchmark_synthlt.py``) are matched one-to-one to
   the ground-truth boxes of their class (greedily, by descending score, IoU >= 0.5). Unmatched
   detections are false positives; a duplicate of a matched object is one.
 * :func:`delta_ap_fp`: TIDE's dAP_FP, the box AP50 gained when every detection that overlaps no
@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
 _LVIS_MAX_DETS = 300  # LVIS's official limit of detections per image
 _COCO_MAX_DETS = 100  # COCOeval's largest maxDets
-# the threshold of the README's published FP/img numbers (tools/benchmark_synthlt.py)
+# the threshold of the README's published FP/img numbers (dev/benchmark_synthlt.py)
 DEFAULT_SCORE_THRESH = 0.3
 
 

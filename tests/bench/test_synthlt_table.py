@@ -354,3 +354,26 @@ def test_a_base_chain_that_loops_is_an_error(tmp_path):
     (tmp_path / "b.yaml").write_text('_BASE_: "a.yaml"\n')
     with pytest.raises(SystemExit, match="twice"):
         rec.config_chain(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize(
+    "key, head", [("softmax", "ROI_HEADS"), ("retinanet_iif", "RETINANET"), ("fcos", "FCOS")]
+)
+def test_a_benchmark_datasets_class_count_reaches_each_rows_head(key, head):
+    """FashionLT's overrides give its 10 classes as MODEL.ROI_HEADS.NUM_CLASSES; a one-stage
+    row's run sets them on its own head's key, so the built config has 10 classes where the
+    model reads them and passes the run checks (a key the model ignores would be refused).
+    The Mask R-CNN rows' overrides, and so their recorded stamps, are unchanged."""
+    from iif_d2.bench.runner import train_config
+    from iif_d2.engine.config_files import check_run_config
+
+    by_key = {m[0]: m for m in table.METHODS}
+    _, _, config, _ = by_key[key]
+    opts = rec.benchmark_dataset("fashionlt")["opts"]
+    out, run_opts, stamp = table.run_plan(key, 42, config, None, "out", opts)
+    cfg = train_config(config, run_opts)
+    assert cfg.MODEL[head].NUM_CLASSES == 10
+    check_run_config(cfg)
+    assert ("MODEL.ROI_HEADS.NUM_CLASSES" in run_opts) == (head == "ROI_HEADS")
+    assert stamp["opts"][-len(opts):] == (opts if head == "ROI_HEADS" else [
+        o.replace("ROI_HEADS", head) for o in opts])  # fmt: skip

@@ -168,7 +168,7 @@ def test_crowd_overlap_is_ignored_coco():
 
 
 def test_score_threshold():
-    # the default is the README's FP/img threshold (tools/benchmark_synthlt.py --score-thresh)
+    # the default is the README's FP/img threshold (dev/benchmark_synthlt.py --score-thresh)
     assert DEFAULT_SCORE_THRESH == 0.3
     results = [*perfect(), det(1, 1, [70, 0, 20, 20], 0.29)]
     fp = false_positives_per_image(lvis_gt(), results)
