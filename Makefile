@@ -67,7 +67,9 @@ bench: $(STAMP)
 rehearse: $(STAMP)
 	$(PY) dev/rehearse.py $(ARGS)
 
-# every results page and the README's results table, from the records in docs/results/
+# docs/benchmarks/{synthlt,fashionlt,speed}.md and the README's results table, from the records
+# in docs/results/, and docs/bad_inputs.md (classification.md: dev/classify_fashion_mnist.py
+# --from-records; lvis_schedules.md: dev/rehearse_schedules.py --write ...)
 docs: $(STAMP)
 	$(PY) dev/make_docs.py
 	@test -f dev/bad_input_table.py || { echo "make docs: dev/bad_input_table.py is missing: \
