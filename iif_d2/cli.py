@@ -23,7 +23,7 @@ if __name__ == "__main__":  # the command (not an import): before detectron2 is 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
-from iif_d2.config import add_iif_config, apply_deprecated_keys  # noqa: E402
+from iif_d2.config import add_iif_config  # noqa: E402
 from iif_d2.data.class_stats import FREQUENCIES, NORMALIZERS, load_counts_file  # noqa: E402
 from iif_d2.data.dataset_files import check_dataset_files  # noqa: E402
 from iif_d2.data.training_set import compute_class_stats  # noqa: E402
@@ -139,19 +139,16 @@ def _registered(name: str) -> str:
 
 def _config(args):
     # the loader every command uses: plain YAML, _BASE_ local and acyclic, never fetched
-    from iif_d2.engine.config_files import RunConfigError, load_config_file
+    from iif_d2.engine.config_files import RunConfigError, load_config_file, merge_overrides
 
     try:
         cfg = load_config_file(args.config_file)
     except RunConfigError as e:
         raise CLIError(f"--config-file {one_line(e)}") from None
-    if len(args.opts) % 2:
-        raise CLIError(f"config overrides come in KEY VALUE pairs; {args.opts[-1]!r} has no value.")
     try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise CLIError(f"config overrides {' '.join(args.opts)}: {one_line(e)}") from None
-    return apply_deprecated_keys(cfg)
+        return merge_overrides(cfg, args.opts)
+    except RunConfigError as e:
+        raise CLIError(one_line(e)) from None
 
 
 def _stats_and_settings(args):

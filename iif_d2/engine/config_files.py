@@ -26,6 +26,7 @@ __all__ = [
     "load_config",
     "load_config_file",
     "local_config_path",
+    "merge_overrides",
 ]
 
 
@@ -282,17 +283,48 @@ def load_config_file(config_file: str, opts: Sequence[str] = ()):
     except (KeyError, AssertionError, ValueError, TypeError) as e:
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise RunConfigError(f"{config_file}: {' '.join(str(text).split())}") from None
+    return merge_overrides(cfg, opts)
+
+
+def merge_overrides(cfg, opts: Sequence[str]):
+    """``cfg`` with the command line's overrides ``KEY VALUE ...`` merged (deprecated keys moved
+    to their new names).
+
+    Raises:
+        RunConfigError: one line: a key without a value, an unknown key, a value of the wrong
+            type, a whole section given one value.
+    """
     opts = list(opts)
     if len(opts) % 2:
         raise RunConfigError(
             f"config overrides come in KEY VALUE pairs; {opts[-1]!r} has no value."
         )
+    for key in opts[0::2]:
+        _check_not_a_section(cfg, key)
     try:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError, TypeError) as e:
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise RunConfigError(f"config overrides: {' '.join(str(text).split())}") from None
     return apply_deprecated_keys(cfg)
+
+
+def _check_not_a_section(cfg, key) -> None:
+    """An override ``KEY VALUE`` whose key names a section (e.g. SOLVER.EPOCH_SCHEDULE): one
+    line naming the section's keys (yacs would report a type mismatch of two node reprs)."""
+    from detectron2.config import CfgNode
+
+    node = cfg
+    for part in str(key).split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return  # an unknown key: merge_from_list names it
+        node = node[part]
+    if isinstance(node, CfgNode):
+        keys = sorted(node)
+        raise RunConfigError(
+            f"config overrides: {key} is a section, not a value; set its keys "
+            f"({', '.join(keys)}), e.g. {key}.{keys[0] if keys else 'KEY'} VALUE."
+        )
 
 
 def load_config(args):

@@ -185,3 +185,17 @@ def test_ctrl_c_is_one_line(tmp_path, capsys):
         assert _train_net().run(["--config-file", config]) == 130
     err = capsys.readouterr().err
     assert err == "interrupted: a training run continues from its last checkpoint with --resume.\n"
+
+
+@pytest.mark.parametrize("key", ["SOLVER.EPOCH_SCHEDULE", "MODEL.ROI_BOX_HEAD.IIF", "MODEL"])
+def test_an_override_of_a_whole_section_names_its_keys(tmp_path, key):
+    """``SOLVER.EPOCH_SCHEDULE ()``: a section given one value is one line naming the section's
+    keys, not yacs's type mismatch of two node reprs; a key inside it is a value as before."""
+    ok = _write(tmp_path, "c.yaml", "SOLVER:\n  BASE_LR: 0.01\n")
+    with pytest.raises(RunConfigError) as e:
+        load_config_file(ok, [key, "()"])
+    text = str(e.value)
+    assert "\n" not in text and f"{key} is a section, not a value" in text
+    assert f"e.g. {key}." in text
+    cfg = load_config_file(ok, ["SOLVER.EPOCH_SCHEDULE.EPOCHS", "3"])
+    assert cfg.SOLVER.EPOCH_SCHEDULE.EPOCHS == 3
