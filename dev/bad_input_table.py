@@ -566,7 +566,7 @@ ROWS = [
     Row("cli config with an unknown key", cli(C, "--config-file", "{tmp}/u.yaml", files={"u.yaml": "MODEL:\n  FOO: 1\n"}), CLIFailed, "Non-existent config key: MODEL.FOO"),  # noqa: E501
     Row("cli opts without a value", cli(C, "--config-file", CONFIG, "MODEL.ROI_HEADS.NUM_CLASSES"), CLIFailed, "KEY VALUE pairs"),  # noqa: E501
     Row("cli opts, unknown key", cli(C, "--config-file", CONFIG, "MODEL.FOO", "1"), CLIFailed, "Non-existent key: MODEL.FOO"),  # noqa: E501
-    Row("cli opts, wrong type", cli(C, "--config-file", CONFIG, "MODEL.ROI_HEADS.NUM_CLASSES", "many"), CLIFailed, "Type mismatch"),  # noqa: E501
+    Row("cli opts, wrong type", cli(C, "--config-file", CONFIG, "MODEL.ROI_HEADS.NUM_CLASSES", "many"), CLIFailed, "MODEL.ROI_HEADS.NUM_CLASSES takes a value of type int"),  # noqa: E501
     Row("cli opts, a whole section as one value", cli(C, "--config-file", CONFIG, "SOLVER.EPOCH_SCHEDULE", "()"), CLIFailed, "is a section, not a value"),  # noqa: E501
     Row("cli opts without `--config-file`", cli(C, "--counts-file", LVIS_CSV, "MODEL.FOO", "1"), CLIFailed, "need --config-file"),  # noqa: E501
     Row("cli `--variant` with `--config-file`", cli(C, "--config-file", CONFIG, "--variant", "base10"), CLIFailed, "--variant would be ignored"),  # noqa: E501

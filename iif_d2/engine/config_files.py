@@ -281,8 +281,7 @@ def load_config_file(config_file: str, opts: Sequence[str] = ()):
     try:
         cfg.merge_from_file(path, allow_unsafe=False)  # no !!python tags: no code runs
     except (KeyError, AssertionError, ValueError, TypeError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise RunConfigError(f"{config_file}: {' '.join(str(text).split())}") from None
+        raise RunConfigError(f"{config_file}: {_yacs_message(e)}") from None
     return merge_overrides(cfg, opts)
 
 
@@ -304,9 +303,25 @@ def merge_overrides(cfg, opts: Sequence[str]):
     try:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError, TypeError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise RunConfigError(f"config overrides: {' '.join(str(text).split())}") from None
+        raise RunConfigError(f"config overrides: {_yacs_message(e)}") from None
     return apply_deprecated_keys(cfg)
+
+
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)"
+)
+
+
+def _yacs_message(error: BaseException) -> str:
+    """yacs's error as one line; its type mismatch said as what the key takes."""
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    text = " ".join(str(text).split())
+    match = _TYPE_MISMATCH.fullmatch(text)
+    if match:
+        want, got, default, value, key = match.groups()
+        text = f"{key} takes a value of type {want}, as the config's {default}; {value} is a {got}."
+    return text
 
 
 def _check_not_a_section(cfg, key) -> None:

@@ -199,3 +199,18 @@ def test_an_override_of_a_whole_section_names_its_keys(tmp_path, key):
     assert f"e.g. {key}." in text
     cfg = load_config_file(ok, ["SOLVER.EPOCH_SCHEDULE.EPOCHS", "3"])
     assert cfg.SOLVER.EPOCH_SCHEDULE.EPOCHS == 3
+
+
+def test_a_value_of_the_wrong_type_says_what_the_key_takes(tmp_path):
+    """yacs's type mismatch (two class reprs and two values) said as the key's type and the
+    config's value, in a file and in an override."""
+    ok = _write(tmp_path, "c.yaml", "SOLVER:\n  BASE_LR: 0.01\n")
+    with pytest.raises(RunConfigError) as e:
+        load_config_file(ok, ["SOLVER.BASE_LR", "fast"])
+    assert str(e.value) == (
+        "config overrides: SOLVER.BASE_LR takes a value of type float, as the config's 0.01; "
+        "fast is a str."
+    )
+    bad = _write(tmp_path, "b.yaml", "SOLVER:\n  MAX_ITER: many\n")
+    with pytest.raises(RunConfigError, match=r"SOLVER.MAX_ITER takes a value of type int, as"):
+        load_config_file(bad)
