@@ -45,7 +45,15 @@ from iif_d2.bench.report import (
     synthlt_figure,
     synthlt_markdown,
 )
-from iif_d2.bench.synthlt_table import CLAIMS, COLUMNS, DET, METHOD_CONFIGS, METHODS, summarise
+from iif_d2.bench.synthlt_table import (
+    CLAIMS,
+    COLUMNS,
+    DET,
+    METHOD_CONFIGS,
+    METHODS,
+    group_differences,
+    summarise,
+)
 
 RESULTS = os.path.join(REPO, "docs", "results")
 SYNTHLT_RECORDS = os.path.join(RESULTS, "synthlt_runs.json")
@@ -142,7 +150,8 @@ def one_stage_verdict(claims):
 
 
 def synthlt_page():
-    """docs/benchmarks/synthlt.md, and the rows of its 5-seed table (for the README)."""
+    """docs/benchmarks/synthlt.md, the rows of its 5-seed table (for the README), its claims
+    and its runs (for the FashionLT page)."""
     full = load_records(SYNTHLT_RECORDS)
     quick = load_records(QUICK_RECORDS)
     methods = list(METHODS)
@@ -216,7 +225,7 @@ def synthlt_page():
         claims_markdown(q_claims),
         "",
     ]
-    return "\n".join(lines), rows, q_rows, claims
+    return "\n".join(lines), rows, q_rows, claims, runs
 
 
 def _seed_span(seeds):
@@ -242,6 +251,22 @@ def _complete_rows(methods, runs):
     partial = {m[0]: sorted(runs[m[0]]) for m in methods if m[0] in runs and m not in complete}
     missing = [m[0] for m in methods if m[0] not in runs]
     return seeds, complete, partial, missing
+
+
+def _where_from(claim, measured) -> str:
+    """The frequency groups a claim's difference comes from on each set: a − b on APr, APc,
+    APf (mask or box, as the claim's metric) with its 95 % interval; "" for a metric without
+    groups. ``measured``: {set: its runs}; the seeds: those both rows have (the claim's)."""
+    parts = []
+    for name, runs in measured.items():
+        seeds = sorted(set(runs[claim["a"]]) & set(runs[claim["b"]]))
+        diffs = group_differences(claim["a"], claim["b"], claim["metric"], runs, seeds)
+        if diffs:
+            parts.append(f"{name} " + ", ".join(
+                f"{col} {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                for col, d in diffs.items()
+            ))  # fmt: skip
+    return "; by frequency group, a − b: " + "; ".join(parts) if parts else ""
 
 
 def _rare_summary(analysis, span):
@@ -334,7 +359,7 @@ def _analysis_lines(analysis):
     return lines
 
 
-def fashionlt_page(synthlt_claims):
+def fashionlt_page(synthlt_claims, synthlt_runs):
     """docs/benchmarks/fashionlt.md: the Mask R-CNN rows, and the one-stage rows run there, on
     FashionLT from their records, each claim beside its SynthLT verdict, and what differs."""
     import json
@@ -363,6 +388,7 @@ def fashionlt_page(synthlt_claims):
     on_both = [c[0] for c in both if c[0] in mine and c[0] in theirs]
     differ = [
         f"- {claim}: {theirs[claim]['verdict']} on SynthLT, {mine[claim]['verdict']} on FashionLT"
+        + _where_from(mine[claim], {"SynthLT": synthlt_runs, "FashionLT": runs})
         for claim in on_both
         if mine[claim]["verdict"] != theirs[claim]["verdict"]
         and mine[claim]["low"] is not None  # one seed: no interval, no verdict to compare
@@ -456,7 +482,8 @@ def fashionlt_page(synthlt_claims):
         "",
         "## What differs",
         "",
-        "Claims whose verdict differs between the two sets (with an interval on both):",
+        "Claims whose verdict differs between the two sets (with an interval on both), and the "
+        "frequency groups each difference comes from (paired over the same seeds, 95 % interval):",
         "",
         *(differ or ["- none among the claims measured on both"]),
         "",
@@ -556,11 +583,11 @@ def speed_page():
 def generate():
     """{path: text} of every generated page, the README's block under README's path (None
     where the README has no markers: see :func:`readme_text`), and the figures' rows."""
-    synthlt, rows, q_rows, claims = synthlt_page()
+    synthlt, rows, q_rows, claims, synthlt_runs = synthlt_page()
     pages = {
         SYNTHLT_PAGE: synthlt,
         SPEED_PAGE: speed_page(),
-        FASHIONLT_PAGE: fashionlt_page(claims),
+        FASHIONLT_PAGE: fashionlt_page(claims, synthlt_runs),
     }
     return pages, rows, q_rows
 

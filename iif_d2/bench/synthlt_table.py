@@ -319,6 +319,29 @@ def summarise(methods, runs, seeds):
     return rows, claims
 
 
+# the frequency-group columns of a claim's AP metric (mask or box): where a difference comes from
+GROUP_COLUMNS = {
+    "AP": ("APr", "APc", "APf"),
+    "APr": ("APr", "APc", "APf"),
+    "APbox": ("APr box", "APc box", "APf box"),
+    "APr box": ("APr box", "APc box", "APf box"),
+}
+
+
+def group_differences(a, b, metric, runs, seeds):
+    """Where the difference a − b of ``metric`` comes from: the paired differences over
+    ``seeds`` on its frequency-group columns, {column: difference}; {} for a metric without
+    groups (FP/img, dAP_FP) or a column some run lacks."""
+    out = {}
+    for column in GROUP_COLUMNS.get(metric, ()):
+        va = [runs[a][s].get(column) for s in seeds]
+        vb = [runs[b][s].get(column) for s in seeds]
+        if None in va or None in vb:
+            return {}
+        out[column] = paired_difference(va, vb)
+    return out
+
+
 def select_methods(only, quick):
     """The rows to run, in table order: ``only`` (or the quick rows) plus the rows whose models
     they evaluate."""

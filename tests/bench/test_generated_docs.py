@@ -58,7 +58,7 @@ def test_fashionlt_page_shows_each_claim_on_both_sets(generated):
     FashionLT page with SynthLT's verdict beside it; Mask R-CNN rows without runs are named as
     not yet measured; hardware and command are named."""
     from iif_d2.bench.records import benchmark_dataset, load_records, mask_rcnn_rows
-    from iif_d2.bench.synthlt_table import CLAIMS, METHODS
+    from iif_d2.bench.synthlt_table import CLAIMS, GROUP_COLUMNS, METHODS
 
     pages, _, _ = generated
     page = pages[make_docs.FASHIONLT_PAGE]
@@ -77,6 +77,13 @@ def test_fashionlt_page_shows_each_claim_on_both_sets(generated):
         else:
             assert line is None  # a one-stage row not run on FashionLT
     assert "python dev/benchmark_synthlt.py --dataset fashionlt" in page
+    differs = page.split("## What differs")[1].split("\n\n")[2].splitlines()
+    for line in differs:  # a differing AP claim says which frequency groups moved, on both sets
+        claim = next(c for c in CLAIMS if line.startswith(f"- {c[0]}: "))
+        if claim[3] in GROUP_COLUMNS:
+            assert (
+                "by frequency group" in line and "SynthLT APr" in line and "FashionLT APr" in line
+            )
     assert "## One-stage detectors (box AP)" in page
     missing = sorted(mask_rows - measured)
     line = next(x for x in page.splitlines() if x.startswith("- not yet measured: "))

@@ -89,6 +89,27 @@ def test_report_from_runs(tmp_path):
     assert saved["claims"][0]["verdict"] == "shown" and (out / "benchmark.png").exists()
 
 
+def test_group_differences_split_a_claim_by_frequency_group():
+    """Where an AP difference comes from: paired differences on the metric's own group columns
+    (mask for AP, box for box AP); none for a metric without groups or a run without a column."""
+    seeds = [42, 43]
+    cols = {"APr": (5.0, 1.0), "APc": (2.0, 2.0), "APf": (-1.0, -3.0),
+            "APr box": (4.0, 4.0), "APc box": (0.0, 0.0), "APf box": (1.0, 3.0)}  # fmt: skip
+    runs = {
+        "b": {s: dict.fromkeys(cols, 10.0) for s in seeds},
+        "a": {s: {c: 10.0 + d[i] for c, d in cols.items()} for i, s in enumerate(seeds)},
+    }
+    mask = table.group_differences("a", "b", "AP", runs, seeds)
+    assert list(mask) == ["APr", "APc", "APf"]
+    assert mask["APr"]["mean"] == pytest.approx(3.0) and mask["APf"]["mean"] == pytest.approx(-2.0)
+    assert mask["APc"]["std"] == 0.0
+    box = table.group_differences("a", "b", "APr box", runs, seeds)
+    assert list(box) == ["APr box", "APc box", "APf box"] and box["APf box"]["mean"] == 2.0
+    assert table.group_differences("a", "b", "FP/img", runs, seeds) == {}
+    del runs["a"][43]["APc"]
+    assert table.group_differences("a", "b", "AP", runs, seeds) == {}
+
+
 def test_demo_band_round_trip(tmp_path):
     demo = load_tool("demo")
     seeds = [42, 43]
