@@ -246,7 +246,7 @@ def _claim_cells(c):
 def _complete_rows(methods, runs):
     """The seeds of the most-seeded row, the rows measured on all of them, and the rest:
     {key: seeds it has} (rows on fewer seeds) and the keys with no run."""
-    seeds = max((sorted(by_seed) for by_seed in runs.values()), key=len, default=[])
+    seeds = max((sorted(runs[m[0]]) for m in methods if m[0] in runs), key=len, default=[])
     complete = [m for m in methods if m[0] in runs and set(seeds) <= set(runs[m[0]])]
     partial = {m[0]: sorted(runs[m[0]]) for m in methods if m[0] in runs and m not in complete}
     missing = [m[0] for m in methods if m[0] not in runs]

@@ -98,6 +98,26 @@ def test_fashionlt_page_shows_each_claim_on_both_sets(generated):
         benchmark_dataset("coco")
 
 
+def test_each_group_of_rows_is_shown_over_its_own_seeds():
+    """The FashionLT page's Mask R-CNN table and one-stage table each go over the seeds of their
+    own most-seeded row: one-stage runs on more seeds do not hide the Mask R-CNN rows."""
+    from iif_d2.bench.synthlt_table import METHODS
+
+    by_key = {m[0]: m for m in METHODS}
+    runs = {"softmax": {42: {}}, "iif_raw": {42: {}}, "retinanet": {42: {}, 43: {}}}
+    seeds, complete, partial, missing = make_docs._complete_rows(
+        [by_key["softmax"], by_key["iif_raw"], by_key["balanced"]], runs
+    )
+    assert seeds == [42] and [m[0] for m in complete] == ["softmax", "iif_raw"]
+    assert partial == {} and missing == ["balanced"]
+    runs["iif_raw"][43] = {}
+    seeds, complete, partial, _ = make_docs._complete_rows(
+        [by_key["softmax"], by_key["iif_raw"]], runs
+    )
+    assert seeds == [42, 43] and [m[0] for m in complete] == ["iif_raw"]
+    assert partial == {"softmax": [42]}
+
+
 def test_fashionlt_confusion_counts_the_best_covering_detection():
     """dev/fashionlt_figures.py's look-alike confusion: a garment is taken for the class of the
     best-scoring detection covering it (IoU >= 0.5); one no detection covers is "none"."""
