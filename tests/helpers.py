@@ -5,6 +5,7 @@ import _thread
 import contextlib
 import importlib.util
 import os
+import signal
 import sys
 
 import numpy as np
@@ -140,18 +141,29 @@ def model_outputs(gt, dets):
     return outputs
 
 
+def sigint_as_at_a_terminal():
+    """SIGINT back to its default in a child process (``preexec_fn``), so that Python raises
+    KeyboardInterrupt on it: a suite started in the background (``nohup make test &``) runs
+    with SIGINT ignored, which its children inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def ctrl_c_in(function_name: str):
     """Ctrl-C as the main thread enters ``function_name``: SIGINT's KeyboardInterrupt, raised
-    by Python's own handler (``_thread.interrupt_main``), where it would be raised mid-run."""
+    by Python's own handler (``_thread.interrupt_main``), where it would be raised mid-run.
+    Python's handler is installed for the while: in a suite started in the background SIGINT
+    is ignored, and ``interrupt_main`` would do nothing."""
 
     def profile(frame, event, arg):
         if event == "call" and frame.f_code.co_name == function_name:
             sys.setprofile(None)
             _thread.interrupt_main()
 
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.setprofile(profile)
     try:
         yield
     finally:
         sys.setprofile(None)
+        signal.signal(signal.SIGINT, previous)

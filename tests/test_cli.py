@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ctrl_c_in
+from helpers import ctrl_c_in, sigint_as_at_a_terminal
 
 from iif_d2.cli import main
 
@@ -100,7 +100,10 @@ def test_ctrl_c_while_importing_prints_one_line():
         "os.kill(os.getpid(), signal.SIGINT)\n"
         "time.sleep(60)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        preexec_fn=sigint_as_at_a_terminal,
+    )  # fmt: skip
     assert (r.returncode, r.stderr, r.stdout) == (130, "interrupted\n", "")
 
 
