@@ -320,11 +320,12 @@ def summarise(methods, runs, seeds):
 
 
 # the frequency-group columns of a claim's AP metric (mask or box): where a difference comes from
+_MASK_GROUPS, _BOX_GROUPS = ("APr", "APc", "APf"), ("APr box", "APc box", "APf box")
 GROUP_COLUMNS = {
-    "AP": ("APr", "APc", "APf"),
-    "APr": ("APr", "APc", "APf"),
-    "APbox": ("APr box", "APc box", "APf box"),
-    "APr box": ("APr box", "APc box", "APf box"),
+    "AP": _MASK_GROUPS,
+    "APr": _MASK_GROUPS,
+    "APbox": _BOX_GROUPS,
+    "APr box": _BOX_GROUPS,
 }
 
 
