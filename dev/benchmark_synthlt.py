@@ -69,6 +69,7 @@ from iif_d2.bench.synthlt_table import (
     select_methods,
     summarise,
 )
+from iif_d2.lvis_eval.fp_analysis import DEFAULT_SCORE_THRESH
 from iif_d2.utils.machine import KERNEL_PINS, resolve_kernel_pin
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
@@ -225,8 +226,8 @@ def _parser():
         "output/benchmark_quick; --dataset fashionlt: output/benchmark_fashionlt[_quick])",
     )  # fmt: skip
     parser.add_argument(
-        "--score-thresh", type=float, default=0.3,
-        help="score threshold of the false positives per image (default: 0.3)",
+        "--score-thresh", type=float, default=DEFAULT_SCORE_THRESH,
+        help=f"score threshold of the false positives per image (default: {DEFAULT_SCORE_THRESH})",
     )  # fmt: skip
     parser.add_argument(
         "--compare", metavar="JSON", default=None,

@@ -4,7 +4,10 @@
   docs/results/fashionlt_analysis.json   per-class mask AP of softmax and IIF raw (mean, std
                                          and the paired difference over seeds) and the
                                          confusion between look-alike garments, before and
-                                         after IIF (make docs puts them on
+                                         after IIF, and the false positives per image of
+                                         each frequency group (rare, common, frequent
+                                         classes' detections) of the rows of the FP/img
+                                         claims (make docs puts them on
                                          docs/benchmarks/fashionlt.md)
   docs/results/fashionlt_per_class_ap.png  per-class mask AP, classes in training frequency
                                          order, softmax vs IIF raw
@@ -12,7 +15,8 @@
 
 Reads the runs of `python dev/benchmark_synthlt.py --dataset fashionlt` under
 output/benchmark_fashionlt (each run's saved LVIS results; the picture also needs the
-softmax and IIF raw runs' model_final.pth of --picture-seed). No training.
+softmax and IIF raw runs' model_final.pth of --picture-seed; a row of an FP/img claim without
+saved results for every seed is left out of the false positives). No training.
 
     python dev/fashionlt_figures.py [--runs DIR] [--seeds 42 43 ...] [--picture-seed 42]
 """
@@ -26,6 +30,7 @@ import numpy as np
 
 from iif_d2.bench.records import REPO
 from iif_d2.bench.stats import mean_std, paired_difference
+from iif_d2.bench.synthlt_table import CLAIMS, FP_GROUPS
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
@@ -43,11 +48,19 @@ LOOK_ALIKES = [
     ("Sandal", "Sneaker"),
 ]  # fmt: skip
 PICTURE_SCORE = 0.3
+# the rows of the FP/img claims, and softmax beside them
+FP_ROWS = tuple(
+    dict.fromkeys(["softmax", *(k for c in CLAIMS if c[3] == "FP/img" for k in c[1:3])])
+)
 COMMAND = "python dev/fashionlt_figures.py"
 
 
+def _results_path(runs_dir, key, seed):
+    return os.path.join(runs_dir, key, f"seed{seed}", "inference", "lvis_instances_results.json")
+
+
 def _results(runs_dir, key, seed):
-    path = os.path.join(runs_dir, key, f"seed{seed}", "inference", "lvis_instances_results.json")
+    path = _results_path(runs_dir, key, seed)
     if not os.path.exists(path):
         sys.exit(
             f"[figures] {path} is missing: run `python dev/benchmark_synthlt.py --dataset "
@@ -108,6 +121,30 @@ def confusion(gt, dets, num_classes):
         best = found[ok[np.argmax([found[i]["score"] for i in ok])]]
         counts[g, best["category_id"] - 1] += 1
     return counts / counts.sum(1, keepdims=True)
+
+
+def false_positives(runs_dir, seeds, gt):
+    """{row: {seed: {"FP/img": .., "FP/img r": .., "FP/img c": .., "FP/img f": ..}}}: the
+    benchmark's false positives per val image (score >= its threshold, matched one-to-one at
+    IoU 0.5) and their split by the frequency group of the detection's class, for each row of
+    :data:`FP_ROWS` with saved results for every seed."""
+    from iif_d2.lvis_eval.fp_analysis import DEFAULT_SCORE_THRESH, false_positives_per_image
+
+    out = {}
+    for key in FP_ROWS:
+        if not all(os.path.exists(_results_path(runs_dir, key, s)) for s in seeds):
+            print(f"[figures] {key}: no saved results for every seed, left out of FP/img")
+            continue
+        out[key] = {}
+        for seed in seeds:
+            fp = false_positives_per_image(
+                gt, _results(runs_dir, key, seed), score_thresh=DEFAULT_SCORE_THRESH
+            )
+            # FP_GROUPS' columns end with their group's letter
+            groups = {col: fp["by_frequency"][col[-1]]["fp_per_image"] for col in FP_GROUPS}
+            out[key][str(seed)] = {"FP/img": fp["fp_per_image"], **groups}
+        print(f"[figures] {key}: false positives by frequency group", flush=True)
+    return out
 
 
 def analyse(runs_dir, seeds, gt_file):
@@ -250,6 +287,8 @@ def main(argv=None):
         sys.exit(f"[figures] {e}")
     gt_file = MetadataCatalog.get("fashionlt_val").json_file
     per_class, pairs, matrices, names = analyse(args.runs, args.seeds, gt_file)
+    with open(gt_file) as f:
+        fps = false_positives(args.runs, args.seeds, json.load(f))
     os.makedirs(args.out, exist_ok=True)
     per_class_figure(per_class, args.seeds, os.path.join(args.out, "fashionlt_per_class_ap.png"))
     ids = predictions_figure(
@@ -259,7 +298,7 @@ def main(argv=None):
         "seeds": args.seeds, "per_class": per_class, "confusion": pairs,
         "confusion_matrices": {"classes": names, **matrices},
         "picture_seed": args.picture_seed, "picture_score": PICTURE_SCORE,
-        "picture_images": ids,
+        "picture_images": ids, "false_positives": fps,
         "command": f"{COMMAND} --seeds {' '.join(map(str, args.seeds))} --picture-seed "
         f"{args.picture_seed}",
     }  # fmt: skip

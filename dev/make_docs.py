@@ -45,10 +45,12 @@ from iif_d2.bench.report import (
     synthlt_figure,
     synthlt_markdown,
 )
+from iif_d2.bench.stats import mean_std
 from iif_d2.bench.synthlt_table import (
     CLAIMS,
     COLUMNS,
     DET,
+    FP_GROUPS,
     METHOD_CONFIGS,
     METHODS,
     group_differences,
@@ -297,6 +299,40 @@ def _rare_summary(analysis, span):
     return line
 
 
+def _with_fp_groups(runs, analysis):
+    """``runs`` with, where dev/fashionlt_figures.py measured them on a run, its false positives
+    per image by the frequency group of the detection's class (FP_GROUPS' columns)."""
+    out = {key: dict(by_seed) for key, by_seed in runs.items()}
+    for key, by_seed in (analysis or {}).get("false_positives", {}).items():
+        for seed, fp in by_seed.items():
+            if int(seed) in out.get(key, {}):
+                out[key][int(seed)] = {**out[key][int(seed)], **{c: fp[c] for c in FP_GROUPS}}
+    return out
+
+
+def _fp_lines(analysis, span):
+    """The table of false positives per image by the detection's frequency group."""
+    fps = analysis.get("false_positives", {})
+    if not fps:
+        return []
+    label, body = {m[0]: m[1] for m in METHODS}, []
+    for key, by_seed in fps.items():
+        cells = []
+        for column in ("FP/img", *FP_GROUPS):
+            m, s = mean_std([fp[column] for fp in by_seed.values()])
+            cells.append(f"{m:.2f} ± {s:.2f}")
+        body.append([label[key], *cells])
+    return [
+        "False positives per val image (score ≥ the benchmark's threshold, matched one-to-one "
+        "at box IoU ≥ 0.5), split by the frequency group of the detection's class: rare, "
+        f"common, frequent (mean ± std over {span}; the rows of the FP/img claims whose "
+        "saved results cover every seed):",
+        "",
+        markdown_table(["method", "FP/img", *FP_GROUPS], body),
+        "",
+    ]
+
+
 def _analysis_lines(analysis):
     """The page's "what differs" tables from dev/fashionlt_figures.py's measurements."""
     seeds = analysis["seeds"]
@@ -355,6 +391,7 @@ def _analysis_lines(analysis):
             ],
         ),  # fmt: skip
         "",
+        *_fp_lines(analysis, span),
     ]
     return lines
 
@@ -365,6 +402,10 @@ def fashionlt_page(synthlt_claims, synthlt_runs):
     import json
 
     records = load_records(FASHIONLT_RECORDS)
+    analysis = None
+    if os.path.exists(FASHIONLT_ANALYSIS):
+        with open(FASHIONLT_ANALYSIS) as f:
+            analysis = json.load(f)
     mask_methods = mask_rcnn_rows(METHODS)
     runs, _ = _runs(records)
     # the one-stage rows run on FashionLT so far (a subset of SynthLT's, by --only)
@@ -388,7 +429,9 @@ def fashionlt_page(synthlt_claims, synthlt_runs):
     on_both = [c[0] for c in both if c[0] in mine and c[0] in theirs]
     differ = [
         f"- {claim}: {theirs[claim]['verdict']} on SynthLT, {mine[claim]['verdict']} on FashionLT"
-        + _where_from(mine[claim], {"SynthLT": synthlt_runs, "FashionLT": runs})
+        + _where_from(
+            mine[claim], {"SynthLT": synthlt_runs, "FashionLT": _with_fp_groups(runs, analysis)}
+        )
         for claim in on_both
         if mine[claim]["verdict"] != theirs[claim]["verdict"]
         and mine[claim]["low"] is not None  # one seed: no interval, no verdict to compare
@@ -490,9 +533,7 @@ def fashionlt_page(synthlt_claims, synthlt_runs):
         signs,
         "",
     ]
-    if os.path.exists(FASHIONLT_ANALYSIS):
-        with open(FASHIONLT_ANALYSIS) as f:
-            analysis = json.load(f)
+    if analysis:
         lines += _analysis_lines(analysis)
         lines += [
             "## Predictions",

@@ -1,6 +1,7 @@
 """The results pages and the README's results table are what dev/make_docs.py generates from
 the records in docs/results/ (`make docs` rewrites them; nothing is pasted by hand)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -78,9 +79,14 @@ def test_fashionlt_page_shows_each_claim_on_both_sets(generated):
             assert line is None  # a one-stage row not run on FashionLT
     assert "python dev/benchmark_synthlt.py --dataset fashionlt" in page
     differs = page.split("## What differs")[1].split("\n\n")[2].splitlines()
+    with open(make_docs.FASHIONLT_ANALYSIS) as f:
+        fp_rows = json.load(f).get("false_positives", {})
     for line in differs:  # a differing AP claim says which frequency groups moved, on both sets
         claim = next(c for c in CLAIMS if line.startswith(f"- {c[0]}: "))
-        if claim[3] in GROUP_COLUMNS:
+        if claim[3] == "FP/img":  # groups measured from FashionLT's saved results only
+            assert "SynthLT FP/img" not in line
+            assert ("FashionLT FP/img r" in line) == (claim[1] in fp_rows and claim[2] in fp_rows)
+        elif claim[3] in GROUP_COLUMNS:
             assert (
                 "by frequency group" in line and "SynthLT APr" in line and "FashionLT APr" in line
             )
@@ -135,6 +141,54 @@ def test_fashionlt_confusion_counts_the_best_covering_detection():
     ]
     shares = figures.confusion(gt, dets, 2)
     assert shares.tolist() == [[0.0, 0.5, 0.5], [0.0, 1.0, 0.0]]
+
+
+def test_fashionlt_false_positives_are_the_benchmarks_split_by_group():
+    """The FP/img that dev/fashionlt_figures.py splits by frequency group is the benchmark's
+    recorded FP/img of the same run, and its groups add up to it."""
+    from iif_d2.bench.records import load_records
+    from iif_d2.bench.synthlt_table import FP_GROUPS
+
+    records = load_records(make_docs.FASHIONLT_RECORDS)
+    with open(make_docs.FASHIONLT_ANALYSIS) as f:
+        fps = json.load(f).get("false_positives", {})
+    for key, by_seed in fps.items():
+        for seed, fp in by_seed.items():
+            assert fp["FP/img"] == pytest.approx(records[key, int(seed)]["metrics"]["FP/img"])
+            assert sum(fp[c] for c in FP_GROUPS) == pytest.approx(fp["FP/img"])
+
+
+def test_fashionlt_false_positives_count_each_group_of_the_detections_class(tmp_path):
+    """A false positive counts in the group of its detection's class; a matched detection is
+    none; a row without saved results for every seed is left out."""
+    figures = load_dev("fashionlt_figures")
+    cats = [{"id": i, "name": n, "frequency": n} for i, n in ((1, "r"), (2, "c"), (3, "f"))]
+    gt = {
+        "images": [{"id": 1, "neg_category_ids": [1, 2], "not_exhaustive_category_ids": []},
+                   {"id": 2, "neg_category_ids": [1, 2, 3], "not_exhaustive_category_ids": []}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 10, 10],
+                         "area": 100, "iscrowd": 0}],
+        "categories": cats,
+    }  # fmt: skip
+    dets = [
+        {"image_id": 1, "category_id": 3, "bbox": [0, 0, 10, 10], "score": 0.9},  # matched
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.8},  # rare FP
+        {"image_id": 2, "category_id": 2, "bbox": [5, 5, 10, 10], "score": 0.7},  # common FP
+        {"image_id": 2, "category_id": 3, "bbox": [5, 5, 10, 10], "score": 0.1},  # below 0.3
+    ]
+    for key, seeds in (("softmax", (1, 2)), ("iif_raw", (1,))):
+        for seed in seeds:
+            out = tmp_path / key / f"seed{seed}" / "inference"
+            out.mkdir(parents=True)
+            (out / "lvis_instances_results.json").write_text(json.dumps(dets))
+    fps = figures.false_positives(str(tmp_path), [1, 2], gt)
+    assert list(fps) == ["softmax"]  # iif_raw lacks seed 2
+    one = {"FP/img": 1.0, "FP/img r": 0.5, "FP/img c": 0.5, "FP/img f": 0.0}
+    assert fps["softmax"] == {"1": one, "2": one}
+    runs = {"softmax": {1: {"AP": 1.0}, 2: {"AP": 2.0}}}
+    merged = make_docs._with_fp_groups(runs, {"false_positives": fps})
+    assert merged["softmax"][2] == {"AP": 2.0, "FP/img r": 0.5, "FP/img c": 0.5, "FP/img f": 0.0}
+    assert runs["softmax"][2] == {"AP": 2.0}  # the records' metrics are left as they were
 
 
 def test_the_readme_block_replaces_only_what_lies_between_the_markers():
