@@ -62,6 +62,7 @@ from iif_d2.bench.synthlt_table import (
     QUICK_ROWS,
     compare_tables,
     demo_band,
+    fp_by_group,
     from_records,
     identical_runs,
     record_runs,
@@ -100,7 +101,7 @@ def fp_stats(out, gt_file, score_thresh):
 
     results = os.path.join(out, "inference", "lvis_instances_results.json")
     fp = false_positives_per_image(gt_file, results, score_thresh=score_thresh)
-    return fp["fp_per_image"], delta_ap_fp(gt_file, results)["delta_ap_fp"]
+    return fp, delta_ap_fp(gt_file, results)["delta_ap_fp"]
 
 
 def run_one(key, seed, config, weights_of, out_root, opts, gt_file, score_thresh, progress):
@@ -124,8 +125,8 @@ def run_one(key, seed, config, weights_of, out_root, opts, gt_file, score_thresh
         "AP": segm.get("AP"), "APr": segm.get("APr"), "APc": segm.get("APc"),
         "APf": segm.get("APf"), "AP-fixed": segm.get("AP-fixed", bbox.get("AP-fixed")),
         "AP-pool": segm.get("AP-pool", bbox.get("AP-pool")), "APbox": bbox["AP"],
-        "APr box": bbox["APr"], "APc box": bbox["APc"], "APf box": bbox["APf"], "FP/img": fp,
-        "dAP_FP": dap,
+        "APr box": bbox["APr"], "APc box": bbox["APc"], "APf box": bbox["APf"],
+        "FP/img": fp["fp_per_image"], **fp_by_group(fp), "dAP_FP": dap,
         "train s/it": None if weights_of else train_seconds_per_iter(out), "run (s)": wall,
     }  # fmt: skip
     with open(os.path.join(out, "benchmark_run.json"), "w") as f:

@@ -7,8 +7,9 @@
                                          after IIF, and the false positives per image of
                                          each frequency group (rare, common, frequent
                                          classes' detections) of the rows of the FP/img
-                                         claims (make docs puts them on
-                                         docs/benchmarks/fashionlt.md)
+                                         claims, for the runs recorded before the
+                                         benchmark recorded that split (make docs puts
+                                         them on docs/benchmarks/fashionlt.md)
   docs/results/fashionlt_per_class_ap.png  per-class mask AP, classes in training frequency
                                          order, softmax vs IIF raw
   docs/results/fashionlt_predictions.png   a few val images: softmax | IIF raw | ground truth
@@ -30,7 +31,7 @@ import numpy as np
 
 from iif_d2.bench.records import REPO
 from iif_d2.bench.stats import mean_std, paired_difference
-from iif_d2.bench.synthlt_table import CLAIMS, FP_GROUPS
+from iif_d2.bench.synthlt_table import FP_ROWS, fp_by_group
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
 hide_upstream_deprecations()  # before detectron2 is imported
@@ -48,10 +49,6 @@ LOOK_ALIKES = [
     ("Sandal", "Sneaker"),
 ]  # fmt: skip
 PICTURE_SCORE = 0.3
-# the rows of the FP/img claims, and softmax beside them
-FP_ROWS = tuple(
-    dict.fromkeys(["softmax", *(k for c in CLAIMS if c[3] == "FP/img" for k in c[1:3])])
-)
 COMMAND = "python dev/fashionlt_figures.py"
 
 
@@ -140,9 +137,7 @@ def false_positives(runs_dir, seeds, gt):
             fp = false_positives_per_image(
                 gt, _results(runs_dir, key, seed), score_thresh=DEFAULT_SCORE_THRESH
             )
-            # FP_GROUPS' columns end with their group's letter
-            groups = {col: fp["by_frequency"][col[-1]]["fp_per_image"] for col in FP_GROUPS}
-            out[key][str(seed)] = {"FP/img": fp["fp_per_image"], **groups}
+            out[key][str(seed)] = {"FP/img": fp["fp_per_image"], **fp_by_group(fp)}
         print(f"[figures] {key}: false positives by frequency group", flush=True)
     return out
 

@@ -51,6 +51,7 @@ from iif_d2.bench.synthlt_table import (
     COLUMNS,
     DET,
     FP_GROUPS,
+    FP_ROWS,
     METHOD_CONFIGS,
     METHODS,
     group_differences,
@@ -300,33 +301,38 @@ def _rare_summary(analysis, span):
 
 
 def _with_fp_groups(runs, analysis):
-    """``runs`` with, where dev/fashionlt_figures.py measured them on a run, its false positives
-    per image by the frequency group of the detection's class (FP_GROUPS' columns)."""
+    """``runs`` with, for a run whose record lacks them (recorded before the benchmark recorded
+    them), the false positives per image by the frequency group of the detection's class that
+    dev/fashionlt_figures.py measured from its saved results (FP_GROUPS' columns)."""
     out = {key: dict(by_seed) for key, by_seed in runs.items()}
     for key, by_seed in (analysis or {}).get("false_positives", {}).items():
         for seed, fp in by_seed.items():
-            if int(seed) in out.get(key, {}):
-                out[key][int(seed)] = {**out[key][int(seed)], **{c: fp[c] for c in FP_GROUPS}}
+            metrics = out.get(key, {}).get(int(seed))
+            if metrics is not None and FP_GROUPS[0] not in metrics:
+                out[key][int(seed)] = {**metrics, **{c: fp[c] for c in FP_GROUPS}}
     return out
 
 
-def _fp_lines(analysis, span):
-    """The table of false positives per image by the detection's frequency group."""
-    fps = analysis.get("false_positives", {})
-    if not fps:
+def _fp_lines(runs, seeds):
+    """The table of false positives per image by the detection's frequency group: softmax and
+    the rows of the FP/img claims measured by group on every seed of ``seeds``."""
+    label = {m[0]: m[1] for m in METHODS}
+    shown = [
+        k for k in FP_ROWS
+        if k in runs and all(FP_GROUPS[0] in runs[k].get(s, {}) for s in seeds)
+    ]  # fmt: skip
+    if not seeds or not shown:
         return []
-    label, body = {m[0]: m[1] for m in METHODS}, []
-    for key, by_seed in fps.items():
-        cells = []
-        for column in ("FP/img", *FP_GROUPS):
-            m, s = mean_std([fp[column] for fp in by_seed.values()])
-            cells.append(f"{m:.2f} ± {s:.2f}")
-        body.append([label[key], *cells])
+    body = [
+        [label[k], *(f"{m:.2f} ± {sd:.2f}" for m, sd in (
+            mean_std([runs[k][s][c] for s in seeds]) for c in ("FP/img", *FP_GROUPS)))]
+        for k in shown
+    ]  # fmt: skip
     return [
         "False positives per val image (score ≥ the benchmark's threshold, matched one-to-one "
         "at box IoU ≥ 0.5), split by the frequency group of the detection's class: rare, "
-        f"common, frequent (mean ± std over {span}; the rows of the FP/img claims whose "
-        "saved results cover every seed):",
+        f"common, frequent (mean ± std over {_seed_span(seeds)}; softmax and the rows of the "
+        "FP/img claims measured by group on every seed):",
         "",
         markdown_table(["method", "FP/img", *FP_GROUPS], body),
         "",
@@ -391,7 +397,6 @@ def _analysis_lines(analysis):
             ],
         ),  # fmt: skip
         "",
-        *_fp_lines(analysis, span),
     ]
     return lines
 
@@ -408,6 +413,7 @@ def fashionlt_page(synthlt_claims, synthlt_runs):
             analysis = json.load(f)
     mask_methods = mask_rcnn_rows(METHODS)
     runs, _ = _runs(records)
+    runs = _with_fp_groups(runs, analysis)
     # the one-stage rows run on FashionLT so far (a subset of SynthLT's, by --only)
     one_stage = [m for m in METHODS if m[0] in ONE_STAGE and m[0] in runs]
     methods = mask_methods + one_stage
@@ -429,9 +435,7 @@ def fashionlt_page(synthlt_claims, synthlt_runs):
     on_both = [c[0] for c in both if c[0] in mine and c[0] in theirs]
     differ = [
         f"- {claim}: {theirs[claim]['verdict']} on SynthLT, {mine[claim]['verdict']} on FashionLT"
-        + _where_from(
-            mine[claim], {"SynthLT": synthlt_runs, "FashionLT": _with_fp_groups(runs, analysis)}
-        )
+        + _where_from(mine[claim], {"SynthLT": synthlt_runs, "FashionLT": runs})
         for claim in on_both
         if mine[claim]["verdict"] != theirs[claim]["verdict"]
         and mine[claim]["low"] is not None  # one seed: no interval, no verdict to compare
@@ -535,6 +539,8 @@ def fashionlt_page(synthlt_claims, synthlt_runs):
     ]
     if analysis:
         lines += _analysis_lines(analysis)
+    lines += _fp_lines(runs, seeds)
+    if analysis:
         lines += [
             "## Predictions",
             "",

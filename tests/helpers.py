@@ -65,6 +65,21 @@ def box_features(n=11, dim=16):
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(2))
 
 
+def fp_by_group_case():
+    """(ground truth, detections, their false positives per image by the frequency group of
+    the detection's class at score >= 0.3): 2 images, one frequent object matched, two rare
+    false positives, one common, one frequent below the threshold."""
+    gt = lvis_gt_dict([(1, 1, [0, 0, 10, 10])], {1: [2, 3], 2: [1, 2, 3]})
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},  # matched
+        {"image_id": 1, "category_id": 3, "bbox": [0, 0, 10, 10], "score": 0.8},  # rare FP
+        {"image_id": 2, "category_id": 3, "bbox": [5, 5, 10, 10], "score": 0.7},  # rare FP
+        {"image_id": 2, "category_id": 2, "bbox": [5, 5, 10, 10], "score": 0.6},  # common FP
+        {"image_id": 2, "category_id": 1, "bbox": [5, 5, 10, 10], "score": 0.1},  # below 0.3
+    ]
+    return gt, dets, {"FP/img r": 1.0, "FP/img c": 0.5, "FP/img f": 0.0}
+
+
 def lvis_gt_dict(gt_boxes, neg, not_exhaustive=None):
     """A small LVIS-format ground truth: 100x100 images ``neg`` (image id -> its
     neg_category_ids), categories 1 "f", 2 "c", 3 "r", and ``gt_boxes`` (image_id, category_id,

@@ -319,11 +319,16 @@ def summarise(methods, runs, seeds):
     return rows, claims
 
 
-# the frequency-group columns of a claim's metric: where a difference comes from. FP/img's
-# (false positives per image of the detections whose class is rare, common, frequent) are not
-# in the benchmark's records: dev/fashionlt_figures.py measures them from the saved results.
+# the frequency-group columns of a claim's metric: where a difference comes from. FP/img's:
+# the false positives per image of the detections whose class is rare, common, frequent (the
+# benchmark records them; for runs recorded before it did, dev/fashionlt_figures.py measures
+# them from the saved results)
 _MASK_GROUPS, _BOX_GROUPS = ("APr", "APc", "APf"), ("APr box", "APc box", "APf box")
 FP_GROUPS = ("FP/img r", "FP/img c", "FP/img f")
+# the rows of the FP/img claims, and softmax beside them
+FP_ROWS = tuple(
+    dict.fromkeys(["softmax", *(k for c in CLAIMS if c[3] == "FP/img" for k in c[1:3])])
+)
 GROUP_COLUMNS = {
     "AP": _MASK_GROUPS,
     "APr": _MASK_GROUPS,
@@ -331,6 +336,14 @@ GROUP_COLUMNS = {
     "APr box": _BOX_GROUPS,
     "FP/img": FP_GROUPS,
 }
+
+
+def fp_by_group(fp):
+    """{FP_GROUPS' column: false positives per image} from
+    :func:`iif_d2.lvis_eval.fp_analysis.false_positives_per_image`'s answer ({} for ground
+    truth without frequency groups); each column ends with its group's letter."""
+    by = fp.get("by_frequency")
+    return {col: by[col[-1]]["fp_per_image"] for col in FP_GROUPS} if by else {}
 
 
 def group_differences(a, b, metric, runs, seeds):

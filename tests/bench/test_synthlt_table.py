@@ -8,7 +8,7 @@ import os
 import re
 
 import pytest
-from helpers import load_dev, load_tool
+from helpers import fp_by_group_case, load_dev, load_tool
 
 from iif_d2.bench import records as rec
 from iif_d2.bench import report, stats
@@ -105,9 +105,33 @@ def test_group_differences_split_a_claim_by_frequency_group():
     assert mask["APc"]["std"] == 0.0
     box = table.group_differences("a", "b", "APr box", runs, seeds)
     assert list(box) == ["APr box", "APc box", "APf box"] and box["APf box"]["mean"] == 2.0
-    assert table.group_differences("a", "b", "FP/img", runs, seeds) == {}
+    assert table.group_differences("a", "b", "FP/img", runs, seeds) == {}  # not recorded
     del runs["a"][43]["APc"]
     assert table.group_differences("a", "b", "AP", runs, seeds) == {}
+
+
+def test_the_benchmark_records_false_positives_by_frequency_group(tmp_path):
+    """A run's FP/img and its split by the frequency group of the detection's class (what the
+    benchmark records): a false positive counts in its detection's group; COCO-format ground
+    truth has no groups."""
+    gt, dets, expected = fp_by_group_case()
+    (tmp_path / "inference").mkdir()
+    (tmp_path / "inference" / "lvis_instances_results.json").write_text(json.dumps(dets))
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    fp, _ = script.fp_stats(str(tmp_path), str(tmp_path / "gt.json"), 0.3)
+    assert fp["fp_per_image"] == 1.5
+    groups = table.fp_by_group(fp)
+    assert groups == expected
+    assert list(groups) == list(table.FP_GROUPS)
+    runs = {k: {s: {"FP/img": 1.5, **groups} for s in (1, 2)} for k in ("a", "b")}
+    runs["a"][2] = {"FP/img": 1.0, "FP/img r": 0.5, "FP/img c": 0.5, "FP/img f": 0.0}
+    diff = table.group_differences("a", "b", "FP/img", runs, [1, 2])
+    assert diff["FP/img r"]["mean"] == -0.25 and diff["FP/img f"]["mean"] == 0.0
+    for img in gt["images"]:
+        del img["neg_category_ids"], img["not_exhaustive_category_ids"]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    coco, _ = script.fp_stats(str(tmp_path), str(tmp_path / "gt.json"), 0.3)
+    assert table.fp_by_group(coco) == {}
 
 
 def test_demo_band_round_trip(tmp_path):
