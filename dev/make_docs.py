@@ -537,10 +537,9 @@ def fashionlt_page(synthlt_claims, synthlt_runs):
         signs,
         "",
     ]
-    if analysis:
-        lines += _analysis_lines(analysis)
     lines += _fp_lines(runs, seeds)
     if analysis:
+        lines += _analysis_lines(analysis)
         lines += [
             "## Predictions",
             "",
