@@ -67,6 +67,7 @@ from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 hide_upstream_deprecations()  # before detectron2 is imported
 
 import argparse
+import atexit
 import copy
 import csv
 import json
@@ -230,6 +231,7 @@ def _quick_cfg(name, device, *opts):
     add_iif_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "quick_schedules", name + ".yaml"))
     out = tempfile.mkdtemp(prefix="iif-d2-benchmark-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # the resolution's files only
     cfg.merge_from_list(["MODEL.DEVICE", device.type, "OUTPUT_DIR", out, *opts])
     return resolve_training_set(cfg, training=False)
 

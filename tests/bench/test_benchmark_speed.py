@@ -13,11 +13,15 @@ SPEED = os.path.join(DEV, "benchmark_speed.py")
 
 
 def _run_task(task, tmp_path, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
     cmd = [sys.executable, SPEED, "--task", task, "--repeats", "3", "--warmup", "0"]
     cmd += ["--images", "1", "--output-dir", str(tmp_path), *args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # the configs' resolved class counts went to temporary folders, removed at exit
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("iif-d2-benchmark-")]
     return r.stdout
 
 
