@@ -70,7 +70,11 @@ from iif_d2.bench.synthlt_table import (
     select_methods,
     summarise,
 )
-from iif_d2.lvis_eval.fp_analysis import DEFAULT_SCORE_THRESH
+from iif_d2.lvis_eval.fp_analysis import (
+    DEFAULT_SCORE_THRESH,
+    delta_ap_fp,
+    false_positives_per_image,
+)
 from iif_d2.utils.machine import KERNEL_PINS, resolve_kernel_pin
 from iif_d2.utils.upstream_warnings import hide_upstream_deprecations
 
@@ -97,8 +101,6 @@ def train_seconds_per_iter(out):
 
 
 def fp_stats(out, gt_file, score_thresh):
-    from iif_d2.lvis_eval.fp_analysis import delta_ap_fp, false_positives_per_image
-
     results = os.path.join(out, "inference", "lvis_instances_results.json")
     fp = false_positives_per_image(gt_file, results, score_thresh=score_thresh)
     return fp, delta_ap_fp(gt_file, results)["delta_ap_fp"]
