@@ -2,14 +2,15 @@
 """`make benchmark`: softmax vs additive margins vs IIF on SynthLT (the paper's Fig. 1 question),
 over several seeds, with every claim tested by a paired difference.
 
-The same model and schedule trained with: softmax, IIF raw, IOF base10, balanced softmax and
-logit adjustment in the loss; post-process IIF and post-hoc logit adjustment evaluate the softmax
-model, as do the training-free calibrations NorCal (Pan et al. 2021) and FRACAL (Alexandridis et
-al. 2025). Then the paper's Table XV components added one by one to IOF base10 (cosine
-classifier + normalised mask, FASA, repeat-factor sampling, test settings = the full recipe),
-and the one-stage detectors RetinaNet and FCOS without and with IIF (box AP only). Every row is
-trained once per seed (SEED = 42, 43, ...: 42 is the configs' seed, so the "IIF raw" row's first
-seed is `make demo`'s run); a post-process row evaluates its source row's model of the same seed.
+The same model and schedule trained with: softmax, IIF raw, IOF base10, balanced softmax and logit
+adjustment in the loss; post-process IIF and post-hoc logit adjustment evaluate the softmax model,
+as do the training-free calibrations NorCal (Pan et al. 2021) and FRACAL (Alexandridis et al.
+2025). Then the paper's Table XV components added one by one to IOF base10 (cosine classifier +
+normalised mask, FASA, repeat-factor sampling, test settings = the full recipe; the + RFS model is
+also scored with each test setting alone), and the one-stage detectors RetinaNet and FCOS without
+and with IIF (box AP only). Every row is trained once per seed (SEED = 42, 43, ...: 42 is the
+configs' seed, so the "IIF raw" row's first seed is `make demo`'s run); a post-process row
+evaluates its source row's model of the same seed.
 Each run goes through train_net.py with a pinned intra-op thread count (NUM_THREADS), so a rerun
 on the same thread count repeats it; a finished run is reused, an interrupted one resumed.
 
@@ -136,18 +137,30 @@ def run_one(key, seed, config, weights_of, out_root, opts, gt_file, score_thresh
     return metrics
 
 
+def run_order(methods, seeds):
+    """The (row, seed) runs in the order :func:`run_all` submits them: each seed's trained rows,
+    the rows evaluating their models one seed later (after the next seed's trained rows)."""
+    trained, evaluated = [m for m in methods if not m[3]], [m for m in methods if m[3]]
+    order = []
+    for i, s in enumerate(seeds):
+        order += [(m, s) for m in trained]
+        order += [(m, seeds[i - 1]) for m in evaluated] if i else []
+    return order + ([(m, seeds[-1]) for m in evaluated] if seeds else [])
+
+
 def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs, records=None):
     """Every (row, seed), seed by seed (a benchmark cut short leaves whole seeds: every claim
-    paired), trained rows before the post-process rows of their seed (which wait for their
-    source's model), at most ``jobs`` at a time; prints one line per finished run with an ETA.
-    Runs the ``records`` answer are read from them.
+    paired), at most ``jobs`` at a time: a seed's trained rows, then the next seed's trained
+    rows, then the first seed's post-process rows (which evaluate their source's model), so that
+    a worker seldom waits for a model still in training; prints one line per finished run with
+    an ETA. Runs the ``records`` answer are read from them.
 
     Returns:
         {key: {seed: metrics}}.
     """
     known = from_records(methods, seeds, out_root, opts, records or {})
-    ordered = [m for m in methods if not m[3]] + [m for m in methods if m[3]]
-    total = len(ordered) * len(seeds)
+    order = run_order(methods, seeds)
+    total = len(order)
     runs, finished, t0 = {}, 0, time.time()
 
     def one(method, seed, source):
@@ -166,9 +179,8 @@ def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs, records
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {}
-        for s in seeds:
-            for m in ordered:
-                futures[(m[0], s)] = pool.submit(one, m, s, futures.get((m[3], s)))
+        for m, s in order:  # a source row is submitted before the rows evaluating its model
+            futures[(m[0], s)] = pool.submit(one, m, s, futures.get((m[3], s)))
         for fut in futures.values():
             key, seed, metrics = fut.result()
             runs.setdefault(key, {})[seed] = metrics

@@ -40,6 +40,13 @@ METHODS = [
      f"{SEG}/mask_rcnn_R_18_FPN_iof_base10_cos_normmask_fasa_rfs.yaml", None),
     ("recipe", "  + test settings = recipe", f"{SEG}/mask_rcnn_R_18_FPN_recipe.yaml",
      "cos_norm_fasa_rfs"),
+    # where the test settings act: the + RFS model scored with one of them alone
+    ("rfs_test_nms", "  RFS, NMS IoU 0.3 alone", f"{SEG}/mask_rcnn_R_18_FPN_rfs_test_nms.yaml",
+     "cos_norm_fasa_rfs"),
+    ("rfs_test_mask", "  RFS, mask threshold 0.4 alone",
+     f"{SEG}/mask_rcnn_R_18_FPN_rfs_test_mask_threshold.yaml", "cos_norm_fasa_rfs"),
+    ("rfs_test_top300", "  RFS, 300 detections alone",
+     f"{SEG}/mask_rcnn_R_18_FPN_rfs_test_top300.yaml", "cos_norm_fasa_rfs"),
     # one-stage detectors (box only)
     ("retinanet", "RetinaNet", f"{DET}/retinanet_R_18_FPN.yaml", None),
     ("retinanet_iif", "RetinaNet IIF", f"{DET}/retinanet_R_18_FPN_iif.yaml", None),
@@ -87,6 +94,9 @@ CLAIMS = [
     ("FASA over cos + norm. mask (AP)", "cos_norm_fasa", "cos_norm", "AP", +1),
     ("RFS over FASA (AP)", "cos_norm_fasa_rfs", "cos_norm_fasa", "AP", +1),
     ("test settings over RFS (AP)", "recipe", "cos_norm_fasa_rfs", "AP", +1),
+    ("NMS IoU 0.3 alone over RFS (AP)", "rfs_test_nms", "cos_norm_fasa_rfs", "AP", +1),
+    ("mask threshold 0.4 alone over RFS (AP)", "rfs_test_mask", "cos_norm_fasa_rfs", "AP", +1),
+    ("300 detections alone over RFS (AP)", "rfs_test_top300", "cos_norm_fasa_rfs", "AP", +1),
     ("IIF on RetinaNet (box AP)", "retinanet_iif", "retinanet", "APbox", +1),
     ("IIF on FCOS (box AP)", "fcos_iif", "fcos", "APbox", +1),
     ("IIF on RetinaNet (box APr)", "retinanet_iif", "retinanet", "APr box", +1),

@@ -274,6 +274,21 @@ def test_records_answer_a_benchmark_without_running_it(tmp_path):
     assert table.from_records(methods, [42], str(tmp_path), ["NUM_THREADS", "2"], loaded) == {}
 
 
+def test_run_order_keeps_two_trainings_going():
+    """A post-process row waits for its source's model: it is queued after the next seed's
+    trained rows, so that two workers train two seeds at once instead of one waiting."""
+    methods = table.select_methods(["iif_post", "iif_raw"], quick=False)
+    order = [(m[0], s) for m, s in script.run_order(methods, [42, 43, 44])]
+    assert len(order) == len(set(order)) == 3 * len(methods)
+    trained = [k for k, s in order if s == 42 and k != "iif_post"]
+    assert set(trained) == {"softmax", "iif_raw"}
+    assert order[:4] == [(k, 42) for k in trained] + [(k, 43) for k in trained]
+    assert order[4] == ("iif_post", 42) and order[-1] == ("iif_post", 44)
+    for i, (key, seed) in enumerate(order):  # every model is queued before its evaluation
+        if key == "iif_post":
+            assert order.index(("softmax", seed)) < i
+
+
 def test_an_unrecorded_post_process_run_retrains_its_source(tmp_path):
     methods = table.select_methods(["iif_post"], quick=False)
     opts = ["NUM_THREADS", "1"]
