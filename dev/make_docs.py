@@ -54,6 +54,7 @@ from iif_d2.bench.synthlt_table import (
     FP_ROWS,
     METHOD_CONFIGS,
     METHODS,
+    TEST_SETTING_ROWS,
     group_differences,
     summarise,
 )
@@ -640,8 +641,6 @@ def generate():
 
 # the one-stage rows of the README's table (the treatments are on the benchmark page only)
 README_ONE_STAGE = ("retinanet", "retinanet_iif", "fcos", "fcos_iif")
-# the + RFS model scored with one test setting alone: on the benchmark pages only
-TEST_SETTING_ROWS = ("rfs_test_nms", "rfs_test_mask", "rfs_test_top300")
 
 
 def readme_rows(rows):
