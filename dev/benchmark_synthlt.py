@@ -149,11 +149,10 @@ def run_order(methods, seeds):
 
 
 def run_all(methods, seeds, out_root, opts, gt_file, score_thresh, jobs, records=None):
-    """Every (row, seed), seed by seed (a benchmark cut short leaves whole seeds: every claim
-    paired), at most ``jobs`` at a time: a seed's trained rows, then the next seed's trained
-    rows, then the first seed's post-process rows (which evaluate their source's model), so that
-    a worker seldom waits for a model still in training; prints one line per finished run with
-    an ETA. Runs the ``records`` answer are read from them.
+    """Every (row, seed), seed by seed (a benchmark cut short leaves its earlier seeds whole:
+    their claims paired), at most ``jobs`` at a time, in :func:`run_order` (a post-process row
+    one seed late, so that a worker seldom waits for a model still in training); prints one
+    line per finished run with an ETA. Runs the ``records`` answer are read from them.
 
     Returns:
         {key: {seed: metrics}}.
